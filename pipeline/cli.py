@@ -1,0 +1,150 @@
+"""The `reg2cls` command line: one thin command per stage, plus `convert` which runs them all.
+
+Only click and the config module are imported at start-up; torch, pandas and mlflow load inside the
+commands, so `--help` and argument errors return at once. A `UserError` becomes one line on stderr
+and exit code 1; Ctrl+C and SIGTERM end the open MLflow runs as KILLED and exit 130 / 143.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+
+import click
+
+from . import config
+from .config import DEVICES, UserError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so open runs unwind and end KILLED like on Ctrl+C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _overrides(opts: dict) -> dict[str, object]:
+    """CLI options -> dotted config keys; options left unset do not override the experiment file."""
+    mapping = {"data": "data.source", "target": "data.target", "classes": "data.classes",
+               "strategies": "head_swap.strategies", "epochs": "train.epochs", "batch_size": "train.batch_size",
+               "lr": "train.lr", "device": "train.device", "seed": "seed", "experiment": "experiment"}
+    out = {mapping[k]: v for k, v in opts.items() if k in mapping and v is not None}
+    for item in opts.get("set") or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.01")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def common_options(fn):
+    """The options every stage command shares."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Experiment YAML file (overrides only)."),
+        click.option("--data", help="CSV/Parquet path, builtin:diabetes (default) or synthetic:friedman1?rows=N."),
+        click.option("--target", help="The continuous target column (default: target)."),
+        click.option("--classes", help="quantile:K (default quantile:3), thresholds:a,b,... or label:COL."),
+        click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per training run."),
+        click.option("--batch-size", type=click.IntRange(min=1)),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
+        click.option("--seed", type=int, help="Seed for the split and every training run."),
+        click.option("--device", type=click.Choice(DEVICES), help="auto (default): CUDA when available."),
+        click.option("--experiment", help="MLflow experiment name (default: reg2cls)."),
+        click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+        click.option("--set", "set", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set train.lr=0.01."),
+        click.option("--force", is_flag=True, help="Re-run stages even when a finished run with the same inputs exists."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def user_errors(fn):
+    """Turn UserError into a one-line error and signals into KILLED runs, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise click.ClickException(str(e)) from None
+        except Terminated:
+            click.echo("terminated: open runs were ended as KILLED", err=True)
+            sys.exit(143)
+        except KeyboardInterrupt:
+            click.echo("interrupted: open runs were ended as KILLED", err=True)
+            sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return wrapper
+
+
+def _prepare(opts: dict):
+    """Config, then data (validated before any run opens: bad input leaves nothing behind), then MLflow."""
+    cfg = config.load(opts.get("config_path"), _overrides(opts))
+    from . import data, tracking
+
+    prepared = data.prepare(cfg.data, cfg.seed)
+    uri = tracking.setup(opts.get("tracking_uri"), cfg.experiment)
+    return cfg, prepared, uri
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="reg2cls")
+def cli():
+    """reg2cls: convert a PyTorch regression model into a classifier and prove which way wins.
+
+    Every run, parameter, metric and model goes to MLflow; browse them with the command `convert` prints.
+    """
+
+
+@cli.command()
+@common_options
+@click.option("--strategies", help="Comma-separated subset of: " + ",".join(config.STRATEGIES))
+@user_errors
+def convert(**opts):
+    """Run every stage under one parent run and print the leaderboard."""
+    cfg, prepared, uri = _prepare(opts)
+    from . import stages, tracking
+
+    result = stages.convert(cfg, prepared, force=opts["force"])
+    board = result.details["leaderboard"].drop(columns=["run_id"])
+    click.echo("\nLeaderboard (test split, sorted by macro-F1):")
+    click.echo(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    click.echo(f"\nParent run: {result.run_id}\nBrowse the runs: {tracking.ui_command(uri)}")
+
+
+@cli.command()
+@common_options
+@user_errors
+def baseline(**opts):
+    """Train the baseline regressor and log its regression and thresholded metrics."""
+    cfg, prepared, uri = _prepare(opts)
+    from . import stages
+
+    result = stages.baseline(cfg, prepared, force=opts["force"])
+    click.echo(f"baseline run: {result.run_id}")
+
+
+@cli.command("head-swap")
+@common_options
+@click.option("--strategies", help="Comma-separated subset of: " + ",".join(config.STRATEGIES))
+@click.option("--baseline-run", help="Run id of a finished baseline run (default: the newest one on the same data).")
+@user_errors
+def head_swap(**opts):
+    """Convert a baseline regressor with every head-swap strategy, one nested run each."""
+    cfg, prepared, uri = _prepare(opts)
+    from . import stages, tracking
+
+    run_id = opts["baseline_run"] or tracking.latest_run("baseline", prepared.digest)
+    if not run_id:
+        raise UserError("no finished baseline run on this data in this experiment; run `reg2cls baseline` first or pass --baseline-run")
+    prev = stages.StageResult(run_id, tracking.load_run_model(run_id, "baseline"))
+    result = stages.head_swap(cfg, prepared, prev, force=opts["force"])
+    click.echo(stages.leaderboard(result.run_id).drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    click.echo(f"head_swap run: {result.run_id}")
+
+
+def main() -> None:
+    cli(prog_name="reg2cls")

@@ -1,0 +1,172 @@
+"""The run configuration: frozen dataclasses with every default in one place.
+
+An experiment file (experiments/*.yaml) holds only overrides; CLI options override it in turn.
+Unknown keys are rejected, so a typo never silently falls back to a default. This module imports
+neither torch nor mlflow: `reg2cls --help` and argument errors must stay fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STRATEGIES = ("threshold", "linear_probe", "finetune", "lp_ft", "warm_start", "scratch")
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UserError(Exception):
+    """Bad input from the user: the CLI prints the message on one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class Data:
+    source: str = "builtin:diabetes"  # csv/parquet path, builtin:NAME or synthetic:NAME?rows=N
+    target: str = "target"            # the continuous target column
+    classes: str = "quantile:3"       # quantile:K | thresholds:a,b,... | label:COL
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class Model:
+    depth: int = 2          # hidden layers of the pipeline's own MLP
+    width: int = 64         # units per hidden layer
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 25      # epochs without a better validation loss before stopping
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class HeadSwap:
+    strategies: tuple[str, ...] = STRATEGIES
+    lp_ft_lr_factor: float = 0.1  # lp_ft fine-tunes at lr * this after the linear probe
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: str = "reg2cls"
+    seed: int = 0  # one seed for the split and every training run
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    head_swap: HeadSwap = field(default_factory=HeadSwap)
+
+    def flat(self) -> dict[str, object]:
+        """The resolved config as `section.key -> value`, the form logged as MLflow params."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for g in dataclasses.fields(value):
+                    v = getattr(value, g.name)
+                    out[f"{f.name}.{g.name}"] = ",".join(v) if isinstance(v, tuple) else v
+            else:
+                out[f.name] = value
+        return out
+
+
+def _coerce(key: str, default: object, value: object) -> object:
+    """Convert a YAML or command-line value to the type of the field's default."""
+    try:
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key '{key}': cannot read {value!r} as {type(default).__name__}") from None
+
+
+def _apply(cfg: Config, overrides: dict[str, object]) -> Config:
+    """Apply `section.key -> value` (or top-level `key -> value`) overrides; unknown keys are errors."""
+    sections: dict[str, dict[str, object]] = {}
+    top: dict[str, object] = {}
+    for key, value in overrides.items():
+        head, _, tail = key.partition(".")
+        if not hasattr(cfg, head):
+            known = ", ".join(f.name for f in dataclasses.fields(cfg))
+            raise UserError(f"unknown config key '{key}' (known sections and keys: {known})")
+        current = getattr(cfg, head)
+        if dataclasses.is_dataclass(current):
+            if not tail or not hasattr(current, tail):
+                known = ", ".join(f"{head}.{f.name}" for f in dataclasses.fields(current))
+                raise UserError(f"unknown config key '{key}' (known: {known})")
+            sections.setdefault(head, {})[tail] = _coerce(key, getattr(current, tail), value)
+        elif tail:
+            raise UserError(f"unknown config key '{key}': '{head}' has no sub-keys")
+        else:
+            top[head] = _coerce(key, current, value)
+    changes = {name: dataclasses.replace(getattr(cfg, name), **kv) for name, kv in sections.items()}
+    return dataclasses.replace(cfg, **changes, **top)
+
+
+def _flatten_yaml(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten_yaml(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def validate(cfg: Config) -> Config:
+    """Reject values that would only fail later, deep inside a stage."""
+    unknown = [s for s in cfg.head_swap.strategies if s not in STRATEGIES]
+    if unknown or not cfg.head_swap.strategies:
+        raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; choose from {', '.join(STRATEGIES)}")
+    if cfg.model.activation not in ACTIVATIONS:
+        raise UserError(f"unknown activation '{cfg.model.activation}'; choose from {', '.join(ACTIVATIONS)}")
+    if cfg.train.device not in DEVICES:
+        raise UserError(f"unknown device '{cfg.train.device}'; choose from {', '.join(DEVICES)}")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(cfg.data, name) < 0.5:
+            raise UserError(f"data.{name} must be between 0 and 0.5, got {getattr(cfg.data, name)}")
+    if cfg.model.depth < 1 or cfg.model.width < 1:
+        raise UserError("model.depth and model.width must be at least 1")
+    if not 0 <= cfg.model.dropout < 1:
+        raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
+        raise UserError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
+    """Defaults, then the experiment file at `path` (if any), then `overrides` (dotted keys)."""
+    cfg = Config()
+    if path is not None:
+        import yaml  # only when a file is given: keeps --help fast
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"experiment file {path} not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"experiment file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"experiment file {path} must be a mapping of config keys")
+        cfg = _apply(cfg, _flatten_yaml(tree))
+    return validate(_apply(cfg, overrides or {}))

@@ -1,0 +1,121 @@
+"""Metrics: classification, regression, calibration (ECE) and cost (params, FLOPs, latency).
+
+Every function returns plain floats keyed by the metric names that the runs carry, without the
+`val/` or `test/` prefix; `prefixed()` adds it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
+from torch import nn
+
+
+def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def probabilities(out: torch.Tensor, n_classes: int) -> np.ndarray:
+    """(N, K) class probabilities from raw logits: sigmoid for one binary logit, softmax otherwise."""
+    if n_classes == 2 and out.reshape(len(out), -1).shape[1] == 1:
+        p = torch.sigmoid(out.reshape(-1).double())
+        return torch.stack([1 - p, p], dim=1).numpy()
+    return torch.softmax(out.double(), dim=1).numpy()
+
+
+def expected_calibration_error(c_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == c_true
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+def f1_macro(c_true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Unweighted mean of per-class F1 (a class never predicted nor present scores 0)."""
+    tp = np.bincount(c_true[pred == c_true], minlength=n_classes)
+    n_pred = np.bincount(pred, minlength=n_classes)
+    n_true = np.bincount(c_true, minlength=n_classes)
+    denom = n_pred + n_true
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+
+def classification(c_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """accuracy, balanced_accuracy, f1_macro, roc_auc (one-vs-rest macro), log_loss, ece."""
+    k = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    eps = 1e-15  # hard 0/1 probabilities (the threshold strategy) get a finite, large log loss
+    p_true = np.clip(proba[np.arange(len(c_true)), c_true], eps, 1.0)
+    out = {
+        "accuracy": float(skm.accuracy_score(c_true, pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(c_true, pred)),
+        "f1_macro": f1_macro(c_true, pred, k),
+        "log_loss": float(-np.log(p_true).mean()),
+        "ece": expected_calibration_error(c_true, proba),
+    }
+    try:
+        if k == 2:
+            out["roc_auc"] = float(skm.roc_auc_score(c_true, proba[:, 1]))
+        else:
+            out["roc_auc"] = float(skm.roc_auc_score(c_true, proba, multi_class="ovr", average="macro", labels=list(range(k))))
+    except ValueError:  # a class absent from this split: AUC undefined
+        out["roc_auc"] = float("nan")
+    return out
+
+
+def regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """rmse, mae, r2 in the target's own units."""
+    return {
+        "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
+        "mae": float(np.mean(np.abs(y_true - y_pred))),
+        "r2": float(skm.r2_score(y_true, y_pred)),
+    }
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, n_features: int) -> int:
+    """Multiply-adds per sample of every nn.Linear called in one forward pass (counted, not estimated)."""
+    total = 0
+
+    def hook(module: nn.Linear, inputs, output) -> None:
+        nonlocal total
+        total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, n_features, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total  # per sample: each Linear's hook fires once per call, whatever the batch size
+
+
+def latency_ms_per_1k(model: nn.Module, n_features: int, repeats: int = 7) -> float:
+    """Median wall time of a forward pass over 1,000 rows, after one warm-up, on the model's device."""
+    device = next(model.parameters()).device
+    x = torch.randn(1000, n_features, device=device)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first pass warms caches and allocators
+                times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)

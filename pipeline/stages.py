@@ -1,0 +1,240 @@
+"""The stages: baseline, head_swap and convert, which runs them in order under one parent run.
+
+Each stage has one shape, `stage(cfg, data, prev) -> StageResult`, and composes model, surgery,
+train, metrics and tracking; batch loops live in train.py only. A stage whose stage key (config, data
+digest, upstream runs, package source) matches a FINISHED run is reused instead of trained again.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import metrics, tracking
+from .config import Config, UserError
+from .data import Prepared, to_classes
+from .model import MLP, architecture
+from .surgery import (find_head, fit_warm_start_scale, freeze_backbone, new_head, swap_head, unfreeze,
+                      warm_start_head)
+from .train import classification_task, fit, predict, resolve_device
+
+LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
+    "test/accuracy": "accuracy", "test/balanced_accuracy": "balanced_acc", "test/f1_macro": "f1_macro",
+    "test/roc_auc": "roc_auc", "test/log_loss": "log_loss", "test/ece": "ece",
+    "cost/params": "params", "cost/train_seconds": "train_s",
+}
+
+
+@dataclass
+class StageResult:
+    run_id: str
+    model: nn.Module | None = None   # the stage's output: the regressor (baseline), best classifier (head_swap)
+    reused: bool = False
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _reusable(stage: str, cfg: Config, sections: dict, data: Prepared, upstream: list[str], force: bool) -> tuple[str, str | None]:
+    key = tracking.stage_key(stage, {"seed": cfg.seed, **sections}, data.digest, upstream)
+    return key, None if force else tracking.find_finished(key)
+
+
+def _regressor_outputs(model: nn.Module, x: torch.Tensor, data: Prepared, device) -> np.ndarray:
+    """Regressor output in target units, (N,)."""
+    return predict(model, x, device).reshape(-1).double().numpy() * data.y_std + data.y_mean
+
+
+def _one_hot(classes: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k)[classes]
+
+
+# ------------------------------------------------------------------------------------------ baseline
+def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False) -> StageResult:
+    """Train the regressor (MSE on the standardised target); log RMSE/MAE/R2 and the thresholded classes."""
+    sections = {"data": asdict(cfg.data), "model": asdict(cfg.model), "train": asdict(cfg.train)}
+    key, reuse = _reusable("baseline", cfg, sections, data, [], force)
+    if reuse:
+        _say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
+        return StageResult(reuse, tracking.load_run_model(reuse), reused=True)
+    device = resolve_device(cfg.train.device)
+    with tracking.start("baseline", "baseline", tags={"stage_key": key, "data_digest": data.digest}) as run_id:
+        _log_run_inputs(cfg, data)
+        torch.manual_seed(cfg.seed)
+        model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation, cfg.model.dropout)
+        log = tracking.EpochLog()
+
+        def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+            rmse = float(torch.sqrt(torch.mean((val_out.reshape(-1).cpu() - data.val.y) ** 2))) * data.y_std
+            log.add(epoch, {**logs, "val/rmse": rmse})
+
+        t = cfg.train
+        hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                   weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, on_epoch=on_epoch)
+        log.flush()
+        values = {"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds}
+        for name, split in (("val", data.val), ("test", data.test)):
+            r = _regressor_outputs(model, split.x, data, device)
+            y = split.y.double().numpy() * data.y_std + data.y_mean
+            values.update(metrics.prefixed(name, metrics.regression(y, r)))
+            # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
+            values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), _one_hot(to_classes(r, data.edges), data.n_classes))))
+        values.update(_costs(model, data))
+        tracking.log_metrics(values)
+        tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
+        _say(f"baseline: test RMSE {values['test/rmse']:.4g}, R2 {values['test/r2']:.3f}, "
+             f"thresholded macro-F1 {values['test/f1_macro']:.3f} ({hist.epochs} epochs, {hist.seconds:.1f} s)")
+    return StageResult(run_id, model)
+
+
+def _log_run_inputs(cfg: Config, data: Prepared) -> None:
+    tracking.log_params({**cfg.flat(), **{f"split.{k}": v for k, v in data.summary.items()},
+                         "data.digest": data.digest, "data.class_names": " | ".join(data.class_names),
+                         "data.edges": ",".join(f"{e:.6g}" for e in data.edges)})
+    tracking.log_dataset(data.frame, cfg.data.source, cfg.data.target, data.digest)
+
+
+def _costs(model: nn.Module, data: Prepared) -> dict[str, float]:
+    return {"cost/params": metrics.count_params(model), "cost/flops": metrics.count_flops(model, data.n_features),
+            "cost/latency_ms_per_1k": metrics.latency_ms_per_1k(model, data.n_features)}
+
+
+# ----------------------------------------------------------------------------------------- head_swap
+def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
+    """One nested run per strategy, all on the same splits; the output is the best classifier by
+    validation macro-F1 (among strategies that train a model: `threshold` is the bar they must beat)."""
+    sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap),
+                "data": asdict(cfg.data)}
+    key, reuse = _reusable("head_swap", cfg, sections, data, [prev.run_id], force)
+    if reuse:
+        _say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
+        best = _best_child(reuse)
+        model = tracking.load_run_model(best) if best else None
+        return StageResult(reuse, model, reused=True, details={"best_run": best})
+    device = resolve_device(cfg.train.device)
+    regressor = prev.model.to(device)
+    best_model, best_f1, best_run = None, -1.0, None
+    with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": prev.run_id,
+                                                        "data_digest": data.digest}) as run_id:
+        _log_run_inputs(cfg, data)
+        for strategy in cfg.head_swap.strategies:
+            with tracking.start(strategy, "head_swap", strategy=strategy,
+                                tags={"baseline_run": prev.run_id}) as child_id:
+                tracking.log_params({**cfg.flat(), "strategy": strategy})
+                model, values = _run_strategy(strategy, cfg, data, regressor, device)
+                tracking.log_metrics(values)
+                if model is not None:
+                    tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
+                    if values["val/f1_macro"] > best_f1:
+                        best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
+            _say(f"head_swap/{strategy}: test macro-F1 {values['test/f1_macro']:.3f}, "
+                 f"accuracy {values['test/accuracy']:.3f}, log loss {values['test/log_loss']:.3f}")
+        if best_run:
+            tracking.set_tags({"best_run": best_run})
+    return StageResult(run_id, best_model, details={"best_run": best_run})
+
+
+def _best_child(run_id: str) -> str | None:
+    """The child run with a model and the highest val/f1_macro."""
+    runs = [r for r in tracking.children(run_id) if r.data.tags.get("strategy") != "threshold"]
+    runs = [r for r in runs if "val/f1_macro" in r.data.metrics]
+    return max(runs, key=lambda r: r.data.metrics["val/f1_macro"]).info.run_id if runs else None
+
+
+def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, device) -> tuple[nn.Module | None, dict]:
+    """Build and train the classifier of one strategy; returns it (None for `threshold`) and its metrics."""
+    k, task, t = data.n_classes, classification_task(data.n_classes), cfg.train
+    if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
+        values = {}
+        for name, split in (("val", data.val), ("test", data.test)):
+            cls = to_classes(_regressor_outputs(regressor, split.x, data, device), data.edges)
+            values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), _one_hot(cls, k))))
+        return None, {**values, **_costs(regressor, data), "cost/train_seconds": 0.0}
+
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(regressor)
+    head_name = find_head(model, data.n_features)
+    old_head = model.get_submodule(head_name)
+    if strategy == "warm_start":
+        # the head is computed from the regression head, in the regressor's (standardised) output units
+        edges = (data.edges - data.y_mean) / data.y_std
+        r_val = predict(regressor, data.val.x, device).reshape(-1)
+        scale = fit_warm_start_scale(r_val, data.val.c, edges)
+        swap_head(model, head_name, warm_start_head(old_head, edges, scale))
+        tracking.log_params({"warm_start.scale": round(scale, 6)})
+    else:
+        swap_head(model, head_name, new_head(old_head.in_features, k).to(device))
+    if strategy == "scratch":  # same architecture, regression weights thrown away: the control
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    log = tracking.EpochLog()
+    offset = 0
+
+    def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+        pred = metrics.probabilities(val_out.cpu(), k).argmax(axis=1)
+        c = data.val.c.numpy()
+        log.add(offset + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": metrics.f1_macro(c, pred, k)})
+
+    common = dict(batch_size=t.batch_size, weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed,
+                  device=device, on_epoch=on_epoch)
+    seconds = 0.0
+    if strategy in ("linear_probe", "lp_ft"):
+        head_params = freeze_backbone(model, head_name)
+        hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=t.lr, params=head_params, **common)
+        unfreeze(model)
+        seconds, offset = hist.seconds, hist.epochs
+    if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
+        lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
+        hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=lr, **common)
+        seconds += hist.seconds
+    log.flush()
+
+    values = {"cost/train_seconds": seconds, **_costs(model, data)}
+    for name, split in (("val", data.val), ("test", data.test)):
+        proba = metrics.probabilities(predict(model, split.x, device), k)
+        values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba)))
+    # logged after the per-epoch points, at a later step, so the run's summary shows the returned model
+    tracking.log_metrics({k_: v for k_, v in values.items() if k_.startswith("val/")}, step=offset + hist.epochs + 1)
+    return model, values
+
+
+# ------------------------------------------------------------------------------------------- convert
+def leaderboard(head_swap_run: str) -> pd.DataFrame:
+    """One row per strategy run under the head_swap stage run, read back from the store."""
+    rows = []
+    for run in tracking.children(head_swap_run):
+        row = {"strategy": run.data.tags.get("strategy", run.info.run_name)}
+        row.update({col: run.data.metrics.get(key, float("nan")) for key, col in LEADERBOARD_COLUMNS.items()})
+        row["run_id"] = run.info.run_id
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=["strategy", *LEADERBOARD_COLUMNS.values(), "run_id"])
+    return frame.sort_values("f1_macro", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    def cell(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False) -> StageResult:
+    """baseline -> head_swap under one parent run; logs and returns the leaderboard."""
+    with tracking.start("convert", "convert", tags={"data_digest": data.digest}) as run_id:
+        _log_run_inputs(cfg, data)
+        base = baseline(cfg, data, force=force)
+        swapped = head_swap(cfg, data, base, force=force)
+        tracking.set_tags({"baseline_run": base.run_id, "head_swap_run": swapped.run_id})
+        board = leaderboard(swapped.run_id)
+        tracking.log_texts({"leaderboard.csv": board.to_csv(index=False), "leaderboard.md": markdown(board)})
+    return StageResult(run_id, swapped.model, details={"leaderboard": board, "baseline": base, "head_swap": swapped})

@@ -1,0 +1,221 @@
+"""The only module that talks to MLflow: runs, params, batched metrics, datasets, models, reuse.
+
+Conventions (shared/DESIGN.md): every run carries the tag `stage` (and `strategy` on strategy runs);
+params are the flattened config, logged once; per-epoch metrics are buffered and sent with
+`log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, RunStatus
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_NAME = "model"  # artifact name of every logged model: runs:/<id>/model
+
+
+def setup(tracking_uri: str | None, experiment: str) -> str:
+    """Point MLflow at the store and experiment; returns the tracking URI in use.
+
+    Under `mlflow run`, MLFLOW_RUN_ID names the run MLflow created for the entry point, in the
+    experiment `mlflow run` was given: that run becomes the parent, and the experiment is left alone
+    (set_experiment with another name would fail).
+    """
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
+    return mlflow.get_tracking_uri()
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+@contextlib.contextmanager
+def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A run nested under the active run (top level when there is none); yields its id.
+
+    Ends FINISHED on success, KILLED on KeyboardInterrupt (the CLI turns SIGTERM into one), FAILED on
+    any other exception, which is re-raised.
+    """
+    all_tags = {"stage": stage, **({"strategy": strategy} if strategy else {}), **(tags or {})}
+    top_level = mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID")
+    if top_level:  # the run `mlflow run` made: adopt it, naming and tagging it like our own
+        run = mlflow.start_run(tags=all_tags)
+        mlflow.set_tag("mlflow.runName", name)
+    else:
+        run = mlflow.start_run(run_name=name, nested=True, tags=all_tags)
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params(params: dict[str, object]) -> None:
+    mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+
+
+def log_metrics(values: dict[str, float], step: int | None = None) -> None:
+    """Many metrics in one call; NaN values (an undefined AUC) are skipped, not stored."""
+    clean = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+class EpochLog:
+    """Buffers per-epoch metrics and sends them with one `log_batch` call per 1,000 points."""
+
+    def __init__(self) -> None:
+        self.points: list[Metric] = []
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        self.points += [Metric(k, float(v), ts, step) for k, v in values.items() if np.isfinite(v)]
+
+    def flush(self) -> None:
+        run_id = mlflow.active_run().info.run_id
+        client = MlflowClient()
+        for i in range(0, len(self.points), 1000):  # the store's limit per batch
+            client.log_batch(run_id, metrics=self.points[i:i + 1000])
+        self.points = []
+
+
+def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, context: str = "training") -> None:
+    dataset = mlflow.data.from_pandas(frame, source=source if "://" in source or source.startswith("/") else None,
+                                      targets=target, name=source, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_texts(files: dict[str, str]) -> None:
+    """Text artifacts, `file name -> content`, in one upload."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        mlflow.log_artifacts(tmp)
+
+
+def log_model(model, x_example: np.ndarray, architecture: dict) -> None:
+    """Log `model` twice over, each for its reader, both without pickle:
+
+    - `model/`: an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
+      example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI;
+    - `state/`: the state_dict and the architecture as JSON, which `load_run_model` rebuilds with
+      `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back.
+    """
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":  # export and serve on the CPU, wherever it trained
+        model = copy.deepcopy(model).cpu()
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x_example)).numpy()
+    mlflow.pytorch.log_model(
+        model, name=MODEL_NAME, serialization_format="pt2", input_example=x_example,
+        signature=infer_signature(x_example, out),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, Path(tmp) / "weights.pt")
+        (Path(tmp) / "architecture.json").write_text(json.dumps(architecture, indent=1))
+        mlflow.log_artifacts(tmp, artifact_path="state")
+
+
+def load_run_model(run_id: str, stage: str | None = None):
+    """The nn.Module a FINISHED run logged (of `stage`, when given); a one-line UserError otherwise."""
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from .config import UserError
+    from .model import build
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"run {run_id} not found in the tracking store {mlflow.get_tracking_uri()}") from None
+    if (stage and run.data.tags.get("stage") != stage) or run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is not a finished {stage or ''} run (stage={run.data.tags.get('stage')}, status={run.info.status})")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state"))
+    except MlflowException:
+        raise UserError(f"run {run_id} has no logged model (artifact state/ missing)") from None
+    model = build(json.loads((local / "architecture.json").read_text()))
+    model.load_state_dict(torch.load(local / "weights.pt", map_location="cpu", weights_only=True))
+    return model
+
+
+def latest_run(stage: str, digest: str) -> str | None:
+    """The newest FINISHED run of `stage` on data with this digest, in the current experiment."""
+    runs = MlflowClient().search_runs(
+        [current_experiment_id()],
+        filter_string=f"tags.stage = '{stage}' and tags.data_digest = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def source_hash() -> str:
+    """Hash of the package's own source: an edit to the code invalidates every reusable stage."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(stage: str, config: dict[str, object], digest: str, upstream: list[str]) -> str:
+    """Identity of a stage's work: its resolved config, the data, the runs it builds on, the code."""
+    blob = json.dumps({"stage": stage, "config": config, "data": digest, "upstream": upstream,
+                       "code": source_hash()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def find_finished(key: str) -> str | None:
+    """Id of the newest FINISHED run carrying this stage key in the current experiment, if any."""
+    runs = MlflowClient().search_runs(
+        [current_experiment_id()], filter_string=f"tags.stage_key = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def current_experiment_id() -> str:
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    return mlflow.tracking.fluent._get_experiment_id()
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def children(run_id: str) -> list:
+    """Runs nested directly under `run_id`, oldest first."""
+    exp = MlflowClient().get_run(run_id).info.experiment_id
+    return MlflowClient().search_runs([exp], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+                                      order_by=["attributes.start_time ASC"], max_results=1000)
+
+
+def get_run(run_id: str):
+    return MlflowClient().get_run(run_id)

@@ -1,0 +1,131 @@
+"""The training loop: `fit()` and `predict()`, one loop for regression and classification.
+
+Data stay as whole tensors on the device; each epoch slices them with a `randperm` index, which runs
+several times faster than a per-sample `DataLoader` for models this small (bench/bench_fit.py).
+`fit()` knows nothing of MLflow or Optuna: callers watch training through one `on_epoch` hook.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import Split
+
+# regression: MSE on the standardised target; binary: one logit, BCEWithLogits; multiclass: CrossEntropy
+TASKS = ("regression", "binary", "multiclass")
+
+
+def classification_task(n_classes: int) -> str:
+    return "binary" if n_classes == 2 else "multiclass"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .config import UserError
+
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def target_of(split: Split, task: str) -> torch.Tensor:
+    return split.y if task == "regression" else split.c
+
+
+def loss_of(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    """out: (N, 1) or (N, K) raw model output; target: (N,) float (regression) or int64 classes."""
+    if task == "regression":
+        return F.mse_loss(out.reshape(-1), target)
+    if task == "binary":
+        return F.binary_cross_entropy_with_logits(out.reshape(-1), target.float())
+    return F.cross_entropy(out, target)
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0     # epoch whose weights were restored (0: the starting weights)
+    seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+
+# on_epoch(epoch, {"train/loss": .., "val/loss": ..}, val_out) with val_out the (N, out) validation output
+EpochHook = Callable[[int, dict[str, float], torch.Tensor], None]
+
+
+def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, batch_size: int, lr: float,
+        weight_decay: float = 0.0, patience: int = 0, seed: int = 0, device: torch.device | str = "cpu",
+        params: Iterable[nn.Parameter] | None = None, on_epoch: EpochHook | None = None) -> History:
+    """Train `model` in place with AdamW; keep the weights with the lowest validation loss (the
+    starting weights included).
+
+    `params` restricts which parameters are optimised (a linear probe passes only the head's);
+    `patience` > 0 stops after that many epochs without a better validation loss.
+    """
+    device = torch.device(device)
+    model.to(device)
+    xt, tt = train.x.to(device), target_of(train, task).to(device)
+    xv, tv = val.x.to(device), target_of(val, task).to(device)
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    try:  # fused AdamW: one kernel for all parameters (~15% faster here); older builds lack it on CPU
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n = len(xt)
+    start = time.perf_counter()
+    model.eval()
+    with torch.no_grad():  # the starting point competes too: a warm-started head may already be best
+        best = loss_of(model(xv), tv, task).item()
+    hist, best_state, since_best = History(), copy.deepcopy(model.state_dict()), 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        total = torch.zeros((), device=device)
+        seen = 0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            if len(idx) < 2 < n:  # a batch of one breaks BatchNorm and adds only noise
+                continue
+            loss = loss_of(model(xt[idx]), tt[idx], task)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)  # stays on the device: no sync per batch
+            seen += len(idx)
+        model.eval()
+        with torch.no_grad():
+            val_out = model(xv)
+            val_loss = loss_of(val_out, tv, task).item()
+        hist.train_loss.append(total.item() / max(seen, 1))
+        hist.val_loss.append(val_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, {"train/loss": hist.train_loss[-1], "val/loss": val_loss}, val_out)
+        if val_loss < best:
+            best, since_best, hist.best_epoch = val_loss, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+            if patience and since_best >= patience:
+                break
+    model.load_state_dict(best_state)
+    hist.seconds = time.perf_counter() - start
+    return hist
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", chunk: int = 65536) -> torch.Tensor:
+    """Raw model output for `x`, on the CPU: (N, out)."""
+    model.to(device).eval()
+    return torch.cat([model(x[i:i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)])
