@@ -29,7 +29,8 @@ def _overrides(opts: dict) -> dict[str, object]:
     mapping = {"data": "data.source", "target": "data.target", "classes": "data.classes",
                "strategies": "head_swap.strategies", "epochs": "train.epochs", "batch_size": "train.batch_size",
                "lr": "train.lr", "device": "train.device", "seed": "seed", "experiment": "experiment"}
-    out = {mapping[k]: v for k, v in opts.items() if k in mapping and v is not None}
+    # an empty string (an MLproject parameter left at "") means "not given"
+    out = {mapping[k]: v for k, v in opts.items() if k in mapping and v not in (None, "")}
     for item in opts.get("set") or ():
         key, sep, value = item.partition("=")
         if not sep:
@@ -82,7 +83,7 @@ def user_errors(fn):
 
 def _prepare(opts: dict):
     """Config, then data (validated before any run opens: bad input leaves nothing behind), then MLflow."""
-    cfg = config.load(opts.get("config_path"), _overrides(opts))
+    cfg = config.load(opts.get("config_path") or None, _overrides(opts))
     from . import data, tracking
 
     prepared = data.prepare(cfg.data, cfg.seed)

@@ -23,18 +23,20 @@ SYNTHETIC = ("friedman1", "friedman2", "friedman3")
 
 
 # ---------------------------------------------------------------------------------------- loading
-def load(source: str, target: str) -> pd.DataFrame:
-    """`builtin:diabetes`, `synthetic:friedman1?rows=N&noise=X&seed=S`, or a .csv / .parquet path."""
+def load(source: str) -> pd.DataFrame:
+    """`builtin:diabetes`, `synthetic:friedman1?rows=N&noise=X&seed=S`, or a .csv / .parquet path.
+
+    Built-in and synthetic tables name their target column `target`.
+    """
     if source.startswith("builtin:"):
         name = source.split(":", 1)[1]
         if name != "diabetes":
             raise UserError(f"unknown built-in data set '{name}'; available: builtin:diabetes")
         from sklearn.datasets import load_diabetes  # scikit-learn's bundled copy: no download
 
-        frame = load_diabetes(as_frame=True).frame
-        return frame.rename(columns={"target": target}) if target not in frame else frame
+        return load_diabetes(as_frame=True).frame
     if source.startswith("synthetic:"):
-        return _synthetic(source.split(":", 1)[1], target)
+        return _synthetic(source.split(":", 1)[1])
     path = Path(source)
     if not path.is_file():
         raise UserError(f"data file {path} not found (or use builtin:diabetes / synthetic:friedman1?rows=N)")
@@ -50,7 +52,7 @@ def load(source: str, target: str) -> pd.DataFrame:
     raise UserError(f"data file {path}: unsupported extension '{suffix}'; use .csv or .parquet")
 
 
-def _synthetic(spec: str, target: str) -> pd.DataFrame:
+def _synthetic(spec: str) -> pd.DataFrame:
     from sklearn import datasets
 
     name, _, query = spec.partition("?")
@@ -67,7 +69,7 @@ def _synthetic(spec: str, target: str) -> pd.DataFrame:
     make = getattr(datasets, f"make_{name}")
     x, y = make(n_samples=rows, noise=noise, random_state=seed)
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
-    frame[target] = y
+    frame["target"] = y
     return frame
 
 
@@ -171,7 +173,8 @@ class Preprocessor:
         values = np.where(np.isnan(values), np.asarray(self.medians), values)
         parts = [(values - np.asarray(self.means)) / np.asarray(self.stds)]
         for col, vals in self.categories.items():
-            codes = pd.Categorical(frame[col].astype("string"), categories=vals).codes  # -1: unseen/missing
+            column = frame[col]
+            codes = pd.Index(vals).get_indexer(column.astype(str).where(column.notna(), None))  # -1: unseen/missing
             onehot = np.zeros((len(frame), len(vals)))
             rows = np.flatnonzero(codes >= 0)
             onehot[rows, codes[rows]] = 1.0
@@ -227,7 +230,7 @@ def prepare(cfg: Data, seed: int) -> Prepared:
     from sklearn.model_selection import train_test_split
 
     kind, arg = _parse_classes(cfg.classes)
-    frame = load(cfg.source, cfg.target)
+    frame = load(cfg.source)
     if cfg.target not in frame.columns:
         raise UserError(f"target column '{cfg.target}' not in the data; columns: {', '.join(map(str, frame.columns))}; pass --target COL")
     raw_target = frame[cfg.target]

@@ -51,8 +51,17 @@ def _regressor_outputs(model: nn.Module, x: torch.Tensor, data: Prepared, device
     return predict(model, x, device).reshape(-1).double().numpy() * data.y_std + data.y_mean
 
 
-def _one_hot(classes: np.ndarray, k: int) -> np.ndarray:
-    return np.eye(k)[classes]
+def _threshold_proba(regressor: nn.Module, split, data: Prepared, device) -> np.ndarray:
+    """(N, K) one-hot 'probabilities' of the regressor's output cut at the class edges."""
+    return np.eye(data.n_classes)[to_classes(_regressor_outputs(regressor, split.x, data, device), data.edges)]
+
+
+def _classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
+    """val/* and test/* classification metrics, with proba_of(split) -> (N, K) probabilities."""
+    values: dict[str, float] = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba_of(split))))
+    return values
 
 
 # ------------------------------------------------------------------------------------------ baseline
@@ -80,11 +89,10 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
         log.flush()
         values = {"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds}
         for name, split in (("val", data.val), ("test", data.test)):
-            r = _regressor_outputs(model, split.x, data, device)
             y = split.y.double().numpy() * data.y_std + data.y_mean
-            values.update(metrics.prefixed(name, metrics.regression(y, r)))
-            # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
-            values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), _one_hot(to_classes(r, data.edges), data.n_classes))))
+            values.update(metrics.prefixed(name, metrics.regression(y, _regressor_outputs(model, split.x, data, device))))
+        # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
+        values.update(_classifier_metrics(data, lambda split: _threshold_proba(model, split, data, device)))
         values.update(_costs(model, data))
         tracking.log_metrics(values)
         tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
@@ -151,11 +159,8 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
     """Build and train the classifier of one strategy; returns it (None for `threshold`) and its metrics."""
     k, task, t = data.n_classes, classification_task(data.n_classes), cfg.train
     if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
-        values = {}
-        for name, split in (("val", data.val), ("test", data.test)):
-            cls = to_classes(_regressor_outputs(regressor, split.x, data, device), data.edges)
-            values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), _one_hot(cls, k))))
-        return None, {**values, **_costs(regressor, data), "cost/train_seconds": 0.0}
+        values = _classifier_metrics(data, lambda split: _threshold_proba(regressor, split, data, device))
+        return None, {**values, "val/loss": values["val/log_loss"], **_costs(regressor, data), "cost/train_seconds": 0.0}
 
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(regressor)
@@ -197,13 +202,11 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
         seconds += hist.seconds
     log.flush()
 
-    values = {"cost/train_seconds": seconds, **_costs(model, data)}
-    for name, split in (("val", data.val), ("test", data.test)):
-        proba = metrics.probabilities(predict(model, split.x, device), k)
-        values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba)))
+    values = _classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
+    values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
     # logged after the per-epoch points, at a later step, so the run's summary shows the returned model
     tracking.log_metrics({k_: v for k_, v in values.items() if k_.startswith("val/")}, step=offset + hist.epochs + 1)
-    return model, values
+    return model, {**values, "cost/train_seconds": seconds, **_costs(model, data)}
 
 
 # ------------------------------------------------------------------------------------------- convert

@@ -1,0 +1,59 @@
+"""Shared fixtures: a real MLflow SQLite store in a temp dir (MLFLOW_TRACKING_URI points at it), tiny data."""
+from __future__ import annotations
+
+import uuid
+
+import mlflow
+import pytest
+
+from pipeline import config, data
+
+# about 0.3 s of training per strategy: enough for losses to fall, small enough for a fast suite
+TINY = {"data.source": "synthetic:friedman1?rows=240&noise=0.5", "train.epochs": 12, "train.patience": 0,
+        "model.width": 16, "train.batch_size": 32, "train.device": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root}/mlflow.db"
+
+
+@pytest.fixture
+def store(store_uri, tmp_path, monkeypatch) -> str:
+    """The session's store, a fresh experiment name per test, artifacts under this test's tmp dir."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(store_uri)
+    while mlflow.active_run():  # a failed test must not leave its run active for the next one
+        mlflow.end_run("FAILED")
+    return store_uri
+
+
+@pytest.fixture
+def experiment(store) -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def tiny_config(**overrides) -> config.Config:
+    return config.load(None, {**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> data.Prepared:
+    cfg = tiny_config()
+    return data.prepare(cfg.data, cfg.seed)
+
+
+def runs_of(experiment: str) -> list:
+    exp = mlflow.get_experiment_by_name(experiment)
+    return mlflow.search_runs([exp.experiment_id], output_format="list", max_results=1000) if exp else []
+
+
+def tiny_args(experiment: str, *extra: str) -> list[str]:
+    """CLI arguments for a tiny run of any stage command."""
+    return ["--data", TINY["data.source"], "--epochs", str(TINY["train.epochs"]), "--device", "cpu",
+            "--set", "model.width=16", "--set", "train.patience=0", "--set", "train.batch_size=32",
+            "--experiment", experiment, *extra]
