@@ -92,23 +92,23 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        seen = 0
+        xs, ts = xt[perm], tt[perm]  # one gather per epoch; batches are then contiguous views
+        losses, sizes = [], []
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            if len(idx) < 2 < n:  # a batch of one breaks BatchNorm and adds only noise
+            xb, tb = xs[i:i + batch_size], ts[i:i + batch_size]
+            if len(xb) < 2 < n:  # a batch of one breaks BatchNorm and adds only noise
                 continue
-            loss = loss_of(model(xt[idx]), tt[idx], task)
+            loss = loss_of(model(xb), tb, task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach() * len(idx)  # stays on the device: no sync per batch
-            seen += len(idx)
+            losses.append(loss.detach())  # stays on the device: no sync per batch
+            sizes.append(len(xb))
         model.eval()
         with torch.no_grad():
             val_out = model(xv)
             val_loss = loss_of(val_out, tv, task).item()
-        hist.train_loss.append(total.item() / max(seen, 1))
+        hist.train_loss.append(float(torch.stack(losses) @ torch.tensor(sizes, dtype=losses[0].dtype, device=device)) / sum(sizes))
         hist.val_loss.append(val_loss)
         if on_epoch is not None:
             on_epoch(epoch, {"train/loss": hist.train_loss[-1], "val/loss": val_loss}, val_out)

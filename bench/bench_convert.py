@@ -1,0 +1,39 @@
+"""Wall time of the default `reg2cls convert` (built-in data, every strategy), process start included.
+
+Runs the real CLI in a fresh directory with a new SQLite store, so store creation counts too, then once
+more on the same store (every stage reused). Prints each against the 60 s budget of issue 2.
+
+    python bench/bench_convert.py [extra convert args...]
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+BUDGET_S = 60.0
+
+
+def timed(args: list[str], cwd: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline", "convert", *args], cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cold = timed(args, tmp)
+        warm = timed(args, tmp)
+    print(f"reg2cls convert {' '.join(args) or '(defaults)'}")
+    print(f"  fresh store, all stages trained : {cold:6.1f} s  = {cold / BUDGET_S:.2f} of the {BUDGET_S:.0f} s budget")
+    print(f"  same store, all stages reused   : {warm:6.1f} s  = {warm / cold:.2f} of the fresh run")
+
+
+if __name__ == "__main__":
+    main()
