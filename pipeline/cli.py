@@ -87,6 +87,10 @@ def _prepare(opts: dict):
     from . import data, tracking
 
     prepared = data.prepare(cfg.data, cfg.seed)
+    s = prepared.summary
+    click.echo(f"data: {cfg.data.source}: {s['rows']} rows ({s['rows_dropped_missing_target']} dropped for a missing "
+               f"target, {s['features_imputed']} feature values imputed), {s['n_features']} features; "
+               f"classes {', '.join(prepared.class_names)}; split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
     uri = tracking.setup(opts.get("tracking_uri"), cfg.experiment)
     return cfg, prepared, uri
 
