@@ -28,9 +28,14 @@ def _overrides(opts: dict) -> dict[str, object]:
     """CLI options -> dotted config keys; options left unset do not override the experiment file."""
     mapping = {"data": "data.source", "target": "data.target", "classes": "data.classes",
                "strategies": "head_swap.strategies", "epochs": "train.epochs", "batch_size": "train.batch_size",
-               "lr": "train.lr", "device": "train.device", "seed": "seed", "experiment": "experiment"}
+               "lr": "train.lr", "device": "train.device", "seed": "seed", "experiment": "experiment",
+               "model": "user_model.spec", "model_kwargs": "user_model.kwargs", "checkpoint": "user_model.checkpoint",
+               "model_uri": "user_model.uri", "head": "user_model.head", "features": "data.features",
+               "scaling": "data.scaling", "target_scaling": "data.target_scaling"}
     # an empty string (an MLproject parameter left at "") means "not given"
     out = {mapping[k]: v for k, v in opts.items() if k in mapping and v not in (None, "")}
+    if opts.get("retrain"):
+        out["user_model.retrain"] = True
     for item in opts.get("set") or ():
         key, sep, value = item.partition("=")
         if not sep:
@@ -46,6 +51,15 @@ def common_options(fn):
         click.option("--data", help="CSV/Parquet path, builtin:diabetes (default) or synthetic:friedman1?rows=N."),
         click.option("--target", help="The continuous target column (default: target)."),
         click.option("--classes", help="quantile:K (default quantile:3), thresholds:a,b,... or label:COL."),
+        click.option("--features", help="Feature columns in the model's order, comma-separated (default: all but the target)."),
+        click.option("--model", help="Bring your regressor: path/to/file.py:ClassName or package.module:ClassName."),
+        click.option("--model-kwargs", help="JSON keyword arguments for --model's class, e.g. '{\"hidden_dim\": 50}'."),
+        click.option("--checkpoint", help="state_dict file for --model (loaded with weights_only=True)."),
+        click.option("--model-uri", help="Or a PyTorch model in MLflow: runs:/<id>/model or models:/<name>/<version>."),
+        click.option("--retrain", is_flag=True, default=None, help="Train the brought model on the data first."),
+        click.option("--head", help="Dotted module name of the regression head (default: found by a forward pass)."),
+        click.option("--scaling", type=click.Choice(config.SCALINGS), help="Whether the model expects standardised features (default standard)."),
+        click.option("--target-scaling", type=click.Choice(config.SCALINGS), help="Whether the model outputs the standardised target (default standard)."),
         click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per training run."),
         click.option("--batch-size", type=click.IntRange(min=1)),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
@@ -82,7 +96,8 @@ def user_errors(fn):
 
 
 def _prepare(opts: dict):
-    """Config, then data (validated before any run opens: bad input leaves nothing behind), then MLflow."""
+    """Config, data and the brought model, each validated before anything is written to MLflow: bad
+    input leaves no run and no experiment behind. Returns (config, data, brought model, tracking URI)."""
     cfg = config.load(opts.get("config_path") or None, _overrides(opts))
     from . import data, tracking
 
@@ -91,8 +106,12 @@ def _prepare(opts: dict):
     click.echo(f"data: {cfg.data.source}: {s['rows']} rows ({s['rows_dropped_missing_target']} dropped for a missing "
                f"target, {s['features_imputed']} feature values imputed), {s['n_features']} features; "
                f"classes {', '.join(prepared.class_names)}; split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
-    uri = tracking.setup(opts.get("tracking_uri"), cfg.experiment)
-    return cfg, prepared, uri
+    uri = tracking.setup(opts.get("tracking_uri"))
+    from . import stages
+
+    brought = stages.bring(cfg, prepared)  # may read a model from the store, but writes nothing
+    tracking.use_experiment(cfg.experiment)
+    return cfg, prepared, brought, uri
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,10 +129,10 @@ def cli():
 @user_errors
 def convert(**opts):
     """Run every stage under one parent run and print the leaderboard."""
-    cfg, prepared, uri = _prepare(opts)
+    cfg, prepared, brought, uri = _prepare(opts)
     from . import stages, tracking
 
-    result = stages.convert(cfg, prepared, force=opts["force"])
+    result = stages.convert(cfg, prepared, force=opts["force"], brought=brought)
     board = result.details["leaderboard"].drop(columns=["run_id"])
     click.echo("\nLeaderboard (test split, sorted by macro-F1):")
     click.echo(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -125,10 +144,10 @@ def convert(**opts):
 @user_errors
 def baseline(**opts):
     """Train the baseline regressor and log its regression and thresholded metrics."""
-    cfg, prepared, uri = _prepare(opts)
+    cfg, prepared, brought, uri = _prepare(opts)
     from . import stages
 
-    result = stages.baseline(cfg, prepared, force=opts["force"])
+    result = stages.baseline(cfg, prepared, force=opts["force"], brought=brought)
     click.echo(f"baseline run: {result.run_id}")
 
 
@@ -139,7 +158,7 @@ def baseline(**opts):
 @user_errors
 def head_swap(**opts):
     """Convert a baseline regressor with every head-swap strategy, one nested run each."""
-    cfg, prepared, uri = _prepare(opts)
+    cfg, prepared, _, uri = _prepare(opts)
     from . import stages, tracking
 
     run_id = opts["baseline_run"] or tracking.latest_run("baseline", prepared.digest)

@@ -13,6 +13,7 @@ from pathlib import Path
 STRATEGIES = ("threshold", "linear_probe", "finetune", "lp_ft", "warm_start", "scratch")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 DEVICES = ("auto", "cpu", "cuda")
+SCALINGS = ("standard", "none")
 
 
 class UserError(Exception):
@@ -26,6 +27,9 @@ class Data:
     classes: str = "quantile:3"       # quantile:K | thresholds:a,b,... | label:COL
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
+    scaling: str = "standard"        # standard | none: whether the model sees standardised features
+    target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,17 @@ class Model:
     width: int = 64         # units per hidden layer
     activation: str = "relu"
     dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """A regression model the user brings instead of the pipeline's MLP (empty spec and uri: the MLP)."""
+    spec: str = ""        # path/to/file.py:ClassName or package.module:ClassName
+    kwargs: str = "{}"    # JSON keyword arguments for the class
+    checkpoint: str = ""  # a state_dict file, loaded with torch.load(weights_only=True)
+    uri: str = ""         # or a PyTorch model already in MLflow: runs:/<id>/model, models:/<name>/<version>
+    retrain: bool = False # train the brought model on the data first
+    head: str = ""        # dotted name of the regression head; "" = found by a forward pass
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Config:
     seed: int = 0  # one seed for the split and every training run
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
+    user_model: UserModel = field(default_factory=UserModel)
     train: Train = field(default_factory=Train)
     head_swap: HeadSwap = field(default_factory=HeadSwap)
 
@@ -141,6 +157,16 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"unknown activation '{cfg.model.activation}'; choose from {', '.join(ACTIVATIONS)}")
     if cfg.train.device not in DEVICES:
         raise UserError(f"unknown device '{cfg.train.device}'; choose from {', '.join(DEVICES)}")
+    for name in ("scaling", "target_scaling"):
+        if getattr(cfg.data, name) not in SCALINGS:
+            raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")
+    um = cfg.user_model
+    if um.spec and um.uri:
+        raise UserError("--model and --model-uri both given; bring the model one way")
+    if (um.checkpoint or um.retrain or um.head or um.kwargs.strip() not in ("", "{}")) and not (um.spec or um.uri):
+        raise UserError("--checkpoint, --model-kwargs, --retrain and --head need a model: add --model FILE.py:Class or --model-uri URI")
+    if um.spec and ":" not in um.spec:
+        raise UserError(f"--model '{um.spec}' must name a class: path/to/file.py:ClassName or package.module:ClassName")
     for name in ("val_fraction", "test_fraction"):
         if not 0 < getattr(cfg.data, name) < 0.5:
             raise UserError(f"data.{name} must be between 0 and 0.5, got {getattr(cfg.data, name)}")

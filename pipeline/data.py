@@ -148,15 +148,18 @@ class Preprocessor:
     categories: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame) -> Preprocessor:
+    def fit(cls, frame: pd.DataFrame, standardize: bool = True) -> Preprocessor:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         cats = [c for c in frame.columns if c not in numeric]
         values = frame[numeric].astype("float64")
         medians = values.median().fillna(0.0)  # an all-missing column becomes a constant 0
         filled = values.fillna(medians)
-        stds = filled.std(ddof=0).replace(0.0, 1.0).fillna(1.0)
+        if standardize:
+            means, stds = filled.mean().tolist(), filled.std(ddof=0).replace(0.0, 1.0).fillna(1.0).tolist()
+        else:  # the model was trained on raw features: impute, but keep the scale
+            means, stds = [0.0] * len(numeric), [1.0] * len(numeric)
         categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in cats}
-        return cls(numeric, medians.tolist(), filled.mean().tolist(), stds.tolist(), categories)
+        return cls(numeric, medians.tolist(), means, stds, categories)
 
     @property
     def columns(self) -> list[str]:
@@ -186,7 +189,8 @@ class Preprocessor:
 @dataclass
 class Split:
     x: torch.Tensor  # (N, F) float32 features
-    y: torch.Tensor  # (N,) float32 target, standardised with the training mean and std
+    y: torch.Tensor  # (N,) float32 target in the model's output units: standardised with the training
+                     # mean and std, or raw with target_scaling none
     c: torch.Tensor  # (N,) int64 class index
 
     def __len__(self) -> int:
@@ -291,11 +295,20 @@ def prepare(cfg: Data, seed: int) -> Prepared:
         names = class_names(edges)
         classes_all = to_classes(y_all, edges)
 
-    features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
+    if cfg.features:
+        missing = [c for c in cfg.features if c not in frame.columns]
+        if missing:
+            raise UserError(f"feature column(s) {', '.join(missing)} not in the data; columns: {', '.join(map(str, frame.columns))}")
+        features = frame[list(cfg.features)]
+    else:
+        features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
     if features.shape[1] == 0:
         raise UserError(f"no feature columns left besides the target '{cfg.target}'")
-    pre = Preprocessor.fit(features.iloc[train_idx])
-    y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
+    pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
+    if cfg.target_scaling == "standard":
+        y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
+    else:  # the model's output is the target in its own units
+        y_mean, y_std = 0.0, 1.0
 
     def split(rows: np.ndarray) -> Split:
         return Split(

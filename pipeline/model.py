@@ -1,12 +1,30 @@
-"""The pipeline's own model: a plain MLP whose last layer, `head`, emits raw values or logits.
+"""Models: the pipeline's own MLP, and loading the regression model a user brings.
 
-The backbone is `body` (Linear -> activation -> Dropout blocks) and the head a single `nn.Linear`, so
-a regressor (head width 1) and a classifier (head width K, or 1 for binary) differ only in `head`.
+The MLP's backbone is `body` (Linear -> activation -> Dropout blocks) and its head a single
+`nn.Linear`, so a regressor (head width 1) and a classifier (head width K, or 1 for binary) differ
+only in `head`. A user's model comes as `file.py:Class` or `package.module:Class` plus JSON kwargs
+and a state_dict checkpoint, loaded with `torch.load(weights_only=True)` only.
+
+Every model carries `reg2cls_arch`: how it was built (`base`) and the surgery applied since (`ops`,
+recorded by surgery.py). `build()` replays both, so a logged state_dict can be loaded back into the
+right layers without pickling the model.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import pickle
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from .config import UserError
 
 ACTIVATION = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -15,7 +33,6 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, width: int = 64, depth: int = 2, out_dim: int = 1,
                  activation: str = "relu", dropout: float = 0.0):
         super().__init__()
-        self.kwargs = dict(in_dim=in_dim, width=width, depth=depth, out_dim=out_dim, activation=activation, dropout=dropout)
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += [nn.Linear(in_dim if i == 0 else width, width), ACTIVATION[activation]()]
@@ -23,18 +40,128 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(dropout))
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_dim)
+        kwargs = dict(in_dim=in_dim, width=width, depth=depth, out_dim=out_dim, activation=activation, dropout=dropout)
+        self.reg2cls_arch = {"base": {"kind": "mlp", "kwargs": kwargs}, "ops": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, in_dim) -> (N, out_dim); no output activation: losses take raw values / logits
         return self.head(self.body(x))
 
 
-def architecture(model: MLP) -> dict:
+# ------------------------------------------------------------------------------ the user's model
+def import_class(spec: str) -> type[nn.Module]:
+    """`path/to/file.py:ClassName` or `package.module:ClassName` -> the class."""
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"model file {path} not found (--model path/to/file.py:ClassName)")
+        # a stable module name per file, so a rebuilt model's class is the same object
+        module_name = "reg2cls_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        module = sys.modules.get(module_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as e:  # the user's code: any error means "cannot import"
+                raise UserError(f"cannot import {path}: {type(e).__name__}: {_first_line(e)}") from None
+            sys.modules[module_name] = module
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as e:
+            raise UserError(f"cannot import module '{target}': {type(e).__name__}: {_first_line(e)}") from None
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        found = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__)
+        raise UserError(f"class '{name}' not found in {target} (nn.Module classes there: {', '.join(found) or 'none'})")
+    return cls
+
+
+def construct(cls: type[nn.Module], kwargs_json: str) -> nn.Module:
+    try:
+        kwargs = json.loads(kwargs_json or "{}")
+    except json.JSONDecodeError as e:
+        raise UserError(f"--model-kwargs is not valid JSON ({e.msg} at character {e.pos}): {kwargs_json}") from None
+    if not isinstance(kwargs, dict):
+        raise UserError(f"--model-kwargs must be a JSON object like '{{\"hidden_dim\": 50}}', got {kwargs_json}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise UserError(f"{cls.__name__}{inspect.signature(cls)} rejected --model-kwargs {kwargs_json}: {e}") from None
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a state_dict saved with torch.save into `model`, strictly: every key, every shape."""
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"checkpoint {path} refused: it holds more than tensors and would need full pickle to load, "
+                        "which can run code from the file; save only the weights: torch.save(model.state_dict(), path)") from None
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {_first_line(e)}); save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # {"state_dict": ..., "epoch": ...}
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path} is not a state_dict (a dict of tensors); save it with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: missing keys {_few(missing)}; "
+                        f"unexpected keys {_few(unexpected)}; check --model and --model-kwargs")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
+    if wrong:
+        raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: shapes (checkpoint vs model) "
+                        f"{_few(wrong)}; check --model-kwargs")
+    model.load_state_dict(state)
+
+
+def load_user_model(spec: str, kwargs_json: str, checkpoint: str) -> nn.Module:
+    """The user's class built with its kwargs; weights from `checkpoint` when given."""
+    model = construct(import_class(spec), kwargs_json)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    model.reg2cls_arch = {"base": {"kind": "class", "spec": spec, "kwargs": kwargs_json}, "ops": []}
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _few(items: list[str], n: int = 6) -> str:
+    if not items:
+        return "none"
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+# ----------------------------------------------------------------------------- architecture
+def architecture(model: nn.Module) -> dict:
     """What `build` needs to recreate `model`'s layers (weights travel separately)."""
-    return {"class": "MLP", "kwargs": {**model.kwargs, "out_dim": model.head.out_features}}
+    return copy.deepcopy(model.reg2cls_arch)
 
 
-def build(arch: dict) -> nn.Module:
-    if arch.get("class") != "MLP":
-        raise ValueError(f"unknown architecture {arch.get('class')!r}")
-    return MLP(**arch["kwargs"])
+def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
+    """Recreate a model from `architecture()`: the base, then the recorded surgery, in order.
+
+    `base_model` is the freshly loaded base for kinds that live outside the package (an MLflow URI).
+    """
+    from . import surgery
+
+    base = arch["base"]
+    if base["kind"] == "mlp":
+        model = MLP(**base["kwargs"])
+    elif base["kind"] == "class":
+        model = construct(import_class(base["spec"]), base["kwargs"])
+    elif base_model is not None:
+        model = base_model
+    else:
+        raise ValueError(f"cannot build a model of kind {base['kind']!r} without its base model")
+    model.reg2cls_arch = {"base": copy.deepcopy(base), "ops": []}
+    for op in arch["ops"]:
+        surgery.replay(model, op)
+    return model

@@ -17,9 +17,9 @@ from torch import nn
 from . import metrics, tracking
 from .config import Config, UserError
 from .data import Prepared, to_classes
-from .model import MLP, architecture
-from .surgery import (find_head, fit_warm_start_scale, freeze_backbone, new_head, swap_head, unfreeze,
-                      warm_start_head)
+from .model import MLP, architecture, load_user_model
+from .surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
+                      new_head, swap_head, unfreeze, warm_start_head)
 from .train import classification_task, fit, predict, resolve_device
 
 LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
@@ -65,9 +65,47 @@ def _classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ baseline
-def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False) -> StageResult:
-    """Train the regressor (MSE on the standardised target); log RMSE/MAE/R2 and the thresholded classes."""
-    sections = {"data": asdict(cfg.data), "model": asdict(cfg.model), "train": asdict(cfg.train)}
+def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
+    """The user's regression model (None when the pipeline trains its own MLP), checked against the data.
+
+    Called before any run opens, so a model that does not load or fit stops with nothing half-written.
+    """
+    um = cfg.user_model
+    if not (um.spec or um.uri):
+        return None
+    if um.spec and not (um.checkpoint or um.retrain):
+        raise UserError(f"--model {um.spec} without --checkpoint has random weights: pass --checkpoint weights.pt, "
+                        "or --retrain to train it on the data first")
+    model = tracking.load_model_uri(um.uri) if um.uri else load_user_model(um.spec, um.kwargs, um.checkpoint)
+    head = find_head(model, data.n_features, um.head or None)
+    _check_convertible(cfg, data, model, head)
+    return model, head
+
+
+def _check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
+    """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start
+    could not reproduce threshold through the model's output activation."""
+    classifier_from(regressor, head, data, "cpu")
+    if "warm_start" in cfg.head_swap.strategies:
+        _warm_start_edges(regressor, head, data)
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+    from pathlib import Path
+
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+
+
+def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
+             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
+    """The regressor: the pipeline's MLP trained here (MSE on the standardised target), or the user's
+    model, evaluated as it is or retrained; logs RMSE/MAE/R2 and the thresholded classes."""
+    um = cfg.user_model
+    brought = brought or bring(cfg, data)
+    sections = {"data": asdict(cfg.data), "model": asdict(cfg.model), "train": asdict(cfg.train),
+                "user_model": asdict(um), "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
     key, reuse = _reusable("baseline", cfg, sections, data, [], force)
     if reuse:
         _say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
@@ -75,8 +113,14 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
     device = resolve_device(cfg.train.device)
     with tracking.start("baseline", "baseline", tags={"stage_key": key, "data_digest": data.digest}) as run_id:
         _log_run_inputs(cfg, data)
-        torch.manual_seed(cfg.seed)
-        model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation, cfg.model.dropout)
+        if brought:
+            model, head = brought
+            tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
+            _say(f"baseline: brought model {um.spec or um.uri}, regression head {head.describe()}")
+        else:
+            torch.manual_seed(cfg.seed)
+            model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation, cfg.model.dropout)
+        model.to(device)
         log = tracking.EpochLog()
 
         def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
@@ -84,10 +128,12 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
             log.add(epoch, {**logs, "val/rmse": rmse})
 
         t = cfg.train
-        hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                   weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, on_epoch=on_epoch)
-        log.flush()
-        values = {"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds}
+        values: dict[str, float] = {"cost/train_seconds": 0.0}
+        if not brought or um.retrain:
+            hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                       weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, on_epoch=on_epoch)
+            log.flush()
+            values.update({"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds})
         for name, split in (("val", data.val), ("test", data.test)):
             y = split.y.double().numpy() * data.y_std + data.y_mean
             values.update(metrics.prefixed(name, metrics.regression(y, _regressor_outputs(model, split.x, data, device))))
@@ -97,7 +143,7 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
         tracking.log_metrics(values)
         tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
         _say(f"baseline: test RMSE {values['test/rmse']:.4g}, R2 {values['test/r2']:.3f}, "
-             f"thresholded macro-F1 {values['test/f1_macro']:.3f} ({hist.epochs} epochs, {hist.seconds:.1f} s)")
+             f"thresholded macro-F1 {values['test/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")
     return StageResult(run_id, model)
 
 
@@ -127,15 +173,21 @@ def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = Fals
         return StageResult(reuse, model, reused=True, details={"best_run": best})
     device = resolve_device(cfg.train.device)
     regressor = prev.model.to(device)
+    head = find_head(regressor, data.n_features, cfg.user_model.head or None)
+    if head.activation:
+        _say(f"head_swap: warning: output activation '{head.activation}' "
+             f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
+    _check_convertible(cfg, data, regressor, head)
     best_model, best_f1, best_run = None, -1.0, None
     with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": prev.run_id,
                                                         "data_digest": data.digest}) as run_id:
         _log_run_inputs(cfg, data)
+        tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
         for strategy in cfg.head_swap.strategies:
             with tracking.start(strategy, "head_swap", strategy=strategy,
                                 tags={"baseline_run": prev.run_id}) as child_id:
                 tracking.log_params({**cfg.flat(), "strategy": strategy})
-                model, values = _run_strategy(strategy, cfg, data, regressor, device)
+                model, values = _run_strategy(strategy, cfg, data, regressor, head, device)
                 tracking.log_metrics(values)
                 if model is not None:
                     tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
@@ -155,7 +207,36 @@ def _best_child(run_id: str) -> str | None:
     return max(runs, key=lambda r: r.data.metrics["val/f1_macro"]).info.run_id if runs else None
 
 
-def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, device) -> tuple[nn.Module | None, dict]:
+def _warm_start_edges(regressor: nn.Module, head: Head, data: Prepared) -> np.ndarray:
+    """Class edges in the units of the regression head's own output (before any output activation)."""
+    edges = (data.edges - data.y_mean) / data.y_std  # in the regressor's output units
+    activation = regressor.get_submodule(head.activation) if head.activation else None
+    return edges_before_activation(activation, edges)
+
+
+def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
+                    warm_start: bool = False) -> tuple[nn.Module, float | None]:
+    """A copy of the regressor with a classification head: random, or computed from the regression
+    head (`warm_start`, whose fitted scale is returned too); output activation removed; output shape
+    and untouched backbone checked."""
+    model = copy.deepcopy(regressor)
+    if head.activation:  # logits, not squashed outputs
+        swap_head(model, head.activation, nn.Identity())
+    backbone = {name: v.clone() for name, v in model.state_dict().items()}
+    scale = None
+    if warm_start:
+        # the model without its output activation outputs the head's own r
+        edges = _warm_start_edges(regressor, head, data)
+        scale = fit_warm_start_scale(predict(model, data.val.x, device).reshape(-1), data.val.c, edges)
+        swap_head(model, head.name, warm_start_head(model.get_submodule(head.name), edges, scale))
+    else:
+        swap_head(model, head.name, new_head(head.in_features, data.n_classes))
+    check_swap(model, backbone, head.name, data.n_features, data.n_classes)
+    return model, scale
+
+
+def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,
+                  device) -> tuple[nn.Module | None, dict]:
     """Build and train the classifier of one strategy; returns it (None for `threshold`) and its metrics."""
     k, task, t = data.n_classes, classification_task(data.n_classes), cfg.train
     if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
@@ -163,18 +244,9 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
         return None, {**values, "val/loss": values["val/log_loss"], **_costs(regressor, data), "cost/train_seconds": 0.0}
 
     torch.manual_seed(cfg.seed)
-    model = copy.deepcopy(regressor)
-    head_name = find_head(model, data.n_features)
-    old_head = model.get_submodule(head_name)
-    if strategy == "warm_start":
-        # the head is computed from the regression head, in the regressor's (standardised) output units
-        edges = (data.edges - data.y_mean) / data.y_std
-        r_val = predict(regressor, data.val.x, device).reshape(-1)
-        scale = fit_warm_start_scale(r_val, data.val.c, edges)
-        swap_head(model, head_name, warm_start_head(old_head, edges, scale))
+    model, scale = classifier_from(regressor, head, data, device, warm_start=strategy == "warm_start")
+    if scale is not None:
         tracking.log_params({"warm_start.scale": round(scale, 6)})
-    else:
-        swap_head(model, head_name, new_head(old_head.in_features, k).to(device))
     if strategy == "scratch":  # same architecture, regression weights thrown away: the control
         for m in model.modules():
             if hasattr(m, "reset_parameters"):
@@ -192,7 +264,7 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
                   device=device, on_epoch=on_epoch)
     seconds = 0.0
     if strategy in ("linear_probe", "lp_ft"):
-        head_params = freeze_backbone(model, head_name)
+        head_params = freeze_backbone(model, head.name)
         hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=t.lr, params=head_params, **common)
         unfreeze(model)
         seconds, offset = hist.seconds, hist.epochs
@@ -231,11 +303,13 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False) -> StageResult:
+def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
+            brought: tuple[nn.Module, Head] | None = None) -> StageResult:
     """baseline -> head_swap under one parent run; logs and returns the leaderboard."""
+    brought = brought or bring(cfg, data)  # before the parent run opens: a model that does not fit leaves no run
     with tracking.start("convert", "convert", tags={"data_digest": data.digest}) as run_id:
         _log_run_inputs(cfg, data)
-        base = baseline(cfg, data, force=force)
+        base = baseline(cfg, data, force=force, brought=brought)
         swapped = head_swap(cfg, data, base, force=force)
         tracking.set_tags({"baseline_run": base.run_id, "head_swap_run": swapped.run_id})
         board = leaderboard(swapped.run_id)

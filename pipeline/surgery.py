@@ -1,53 +1,208 @@
-"""Model surgery: find the regression head, swap it for a classification head, freeze the backbone.
+"""Model surgery: find the regression head, swap it for a classification head, freeze, add dropout.
 
-The head is found by running one forward pass with hooks, so it works whatever the model calls its
-layers. `warm_start_head` builds a classification head from the regression head so that, before any
+The head is found by running one forward pass with hooks: the last `nn.Linear` called whose output
+becomes the model's output (through at most a reshape or an output activation module), wherever it
+sits. `warm_start_head` builds a classification head from the regression head so that, before any
 training, its argmax equals the regressor's output cut at the class edges.
+
+Every change is recorded in the model's `reg2cls_arch["ops"]` so `model.build` can replay it.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import UserError
 
-def find_head(model: nn.Module, n_features: int) -> str:
-    """Dotted name of the last nn.Linear called in a forward pass (the regression head)."""
-    called: list[str] = []
+# modules that squash or clip a regressor's output; the new head must emit logits instead
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
+               nn.Softmax, nn.LogSoftmax, nn.Softplus, nn.Hardtanh, nn.Hardsigmoid, nn.PReLU)
+
+
+@dataclass
+class Head:
+    name: str                          # dotted module name of the regression head (nn.Linear, 1 output)
+    in_features: int
+    activation: str | None = None      # trailing output activation module, removed before the swap
+    hidden_activations: list[str] = field(default_factory=list)  # activation modules the backbone calls
+
+    def describe(self) -> str:
+        act = f", then output activation '{self.activation}'" if self.activation else ""
+        return f"'{self.name}' (Linear {self.in_features}->1{act})"
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    input: torch.Tensor | None
+    output: torch.Tensor
+
+
+def _probe(model: nn.Module, n_features: int) -> tuple[list[_Call], torch.Tensor]:
+    """One eval-mode forward pass on random rows: every leaf module called, in order, and the output."""
     names = {m: n for n, m in model.named_modules()}
-    handles = [m.register_forward_hook(lambda mod, i, o: called.append(names[mod]))
-               for m in model.modules() if isinstance(m, nn.Linear)]
+    calls: list[_Call] = []
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            calls.append(_Call(names[module], module, first, output))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     device = next(model.parameters()).device
+    x = torch.randn(4, n_features, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(2, n_features, device=device))
+            out = model.eval()(x)
+    except Exception as e:  # the user's forward: a shape error here means the columns do not fit
+        first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+        expects = f"; its first nn.Linear takes {first.in_features} features" if first is not None else ""
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"the model does not accept {n_features} input features ({msg}){expects}: choose the "
+                        "columns with --features a,b,c") from None
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    if not called:
-        from .config import UserError
-
-        raise UserError("no nn.Linear layer runs in the model's forward pass; name the head with --head")
-    return called[-1]
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"the model returns {type(out).__name__}, not a tensor; a regressor must return (N,) or (N, 1)")
+    return calls, out
 
 
-def swap_head(model: nn.Module, name: str, new_head: nn.Module) -> nn.Module:
-    """Replace the submodule `name` (dotted) by `new_head` in its parent, in place; returns the model."""
+def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """Equal up to a reshape/squeeze/flatten."""
+    return a is not None and a.numel() == b.numel() and torch.equal(a.reshape(-1), b.reshape(-1))
+
+
+def find_head(model: nn.Module, n_features: int, name: str | None = None) -> Head:
+    """The regression head: `name` if given, else the last nn.Linear whose output is the model's output.
+
+    Raises UserError when the model's output is not (N,) or (N, 1), no such Linear exists, or the
+    output passes through anything but a reshape or one activation module after the head.
+    """
+    calls, out = _probe(model, n_features)
+    n = 4
+    if tuple(out.shape) not in ((n,), (n, 1)):
+        raise UserError(f"the model's output has shape {tuple(out.shape)} for {n} rows; a regressor must output (N,) or (N, 1)")
+    if name:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"--head '{name}' is not a module of the model") from None
+        if not isinstance(module, nn.Linear):
+            raise UserError(f"--head '{name}' is a {type(module).__name__}, not an nn.Linear")
+        head_calls = [i for i, c in enumerate(calls) if c.module is module]
+        if not head_calls:
+            raise UserError(f"--head '{name}' is not called in the model's forward pass")
+    else:
+        head_calls = [i for i, c in enumerate(calls) if isinstance(c.module, nn.Linear)]
+        if not head_calls:
+            raise UserError("no nn.Linear layer is called in the model's forward pass; name the head with --head")
+    i = head_calls[-1]
+    head = calls[i]
+    if head.module.out_features != 1:
+        raise UserError(f"the head '{head.name}' has {head.module.out_features} outputs; a regression head has one "
+                        "(name another layer with --head)")
+    activation = None
+    if not _same(head.output, out):
+        after = [c for c in calls[i + 1:] if isinstance(c.module, ACTIVATIONS)
+                 and _same(c.input, head.output) and _same(c.output, out)]
+        if not after:
+            raise UserError(f"the model's output is not the output of its last nn.Linear '{head.name}': the forward pass "
+                            "computes more after it (a functional activation such as torch.sigmoid?); make the head's "
+                            "output the model's output, use an activation module, or name the head with --head")
+        activation = after[-1].name
+        if sum(c.module is after[-1].module for c in calls) > 1:
+            raise UserError(f"the output activation '{activation}' is the same module as a hidden activation; "
+                            "give the output its own module so it can be removed")
+    hidden = []
+    for c in calls[:i]:
+        if isinstance(c.module, ACTIVATIONS) and c.name not in hidden:
+            hidden.append(c.name)
+    return Head(head.name, head.module.in_features, activation, hidden)
+
+
+# ----------------------------------------------------------------------------------- swapping
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if isinstance(parent, (nn.Sequential, nn.ModuleList)) and child.isdigit():
-        parent[int(child)] = new_head
+        parent[int(child)] = module
     else:
-        setattr(parent, child, new_head)
+        setattr(parent, child, module)  # also nn.ModuleDict keys and plain attributes
+
+
+def _record(model: nn.Module, op: dict) -> None:
+    arch = getattr(model, "reg2cls_arch", None)
+    if arch is not None:
+        arch["ops"].append(op)
+
+
+def swap_head(model: nn.Module, name: str, new: nn.Linear | nn.Identity) -> nn.Module:
+    """Replace the submodule `name` (dotted) by `new` in its parent, in place; returns the model."""
+    device = next(model.parameters()).device
+    _set_module(model, name, new.to(device))
+    if isinstance(new, nn.Linear):
+        _record(model, {"op": "linear", "name": name, "in": new.in_features, "out": new.out_features,
+                        "bias": new.bias is not None})
+    elif isinstance(new, nn.Identity):
+        _record(model, {"op": "identity", "name": name})
+    else:
+        raise TypeError(f"swap_head takes nn.Linear or nn.Identity, got {type(new).__name__}")
     return model
+
+
+def add_dropout(model: nn.Module, head: Head, p_head: float, p_hidden: float) -> tuple[str, str | None]:
+    """Dropout before the head, always; after each hidden activation module where there are some.
+
+    Returns the head's new name and a warning when hidden dropout cannot be added (the forward pass
+    uses functional activations, which have no module to follow).
+    """
+    _set_module(model, head.name, nn.Sequential(nn.Dropout(p_head), model.get_submodule(head.name)))
+    for name in head.hidden_activations:
+        _set_module(model, name, nn.Sequential(model.get_submodule(name), nn.Dropout(p_hidden)))
+    _record(model, {"op": "dropout", "head": head.name, "p_head": p_head, "hidden": list(head.hidden_activations),
+                    "p_hidden": p_hidden})
+    warning = None if head.hidden_activations else (
+        "the model's forward pass uses functional activations: hidden dropout cannot be added; head dropout only")
+    return f"{head.name}.1", warning
+
+
+def replay(model: nn.Module, op: dict) -> None:
+    """Apply one recorded surgery op (see swap_head and add_dropout) to a freshly built model."""
+    if op["op"] == "linear":
+        swap_head(model, op["name"], nn.Linear(op["in"], op["out"], bias=op["bias"]))
+    elif op["op"] == "identity":
+        swap_head(model, op["name"], nn.Identity())
+    elif op["op"] == "dropout":
+        add_dropout(model, Head(op["head"], 0, None, op["hidden"]), op["p_head"], op["p_hidden"])
+    else:
+        raise ValueError(f"unknown surgery op {op['op']!r}")
 
 
 def new_head(in_features: int, n_classes: int) -> nn.Linear:
     """A randomly initialised classification head: K logits, or one logit when binary."""
     return nn.Linear(in_features, 1 if n_classes == 2 else n_classes)
+
+
+def check_swap(model: nn.Module, before: dict[str, torch.Tensor], head_name: str, n_features: int, n_classes: int) -> None:
+    """After a swap: the output is (N, K) ((N, 1) or (N,) when binary) and no backbone weight moved."""
+    _, out = _probe(model, n_features)
+    ok = {(4, 1), (4,)} if n_classes == 2 else {(4, n_classes)}
+    if tuple(out.shape) not in ok:
+        raise UserError(f"after the head swap the model outputs {tuple(out.shape)} for 4 rows, expected "
+                        f"{' or '.join(map(str, sorted(ok)))}: its forward pass reshapes the head's output (e.g. .view(-1))")
+    now = model.state_dict()
+    moved = [k for k, v in before.items() if not k.startswith(head_name + ".") and k in now and not torch.equal(v, now[k])]
+    if moved:
+        raise RuntimeError(f"head swap changed backbone weights {moved[:3]}")
 
 
 def freeze_backbone(model: nn.Module, head_name: str) -> list[nn.Parameter]:
@@ -65,8 +220,30 @@ def unfreeze(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
+# --------------------------------------------------------------------------------- warm start
+def edges_before_activation(activation: nn.Module | None, edges: np.ndarray) -> np.ndarray:
+    """Class edges moved through the inverse of a monotone output activation, to the head's output.
+
+    Cutting act(z) at e equals cutting z at act^-1(e), so warm_start still reproduces threshold.
+    """
+    if activation is None:
+        return edges
+    if isinstance(activation, nn.Sigmoid):
+        e = np.clip(edges, 1e-7, 1 - 1e-7)
+        return np.log(e / (1 - e))
+    if isinstance(activation, nn.Tanh):
+        return np.arctanh(np.clip(edges, -1 + 1e-7, 1 - 1e-7))
+    if isinstance(activation, nn.Softplus) and activation.beta == 1:
+        return np.log(np.expm1(np.maximum(edges, 1e-7)))
+    if isinstance(activation, (nn.ReLU, nn.ReLU6)) and np.all(edges > 0) and (
+            not isinstance(activation, nn.ReLU6) or np.all(edges < 6)):
+        return edges
+    raise UserError(f"warm_start cannot reproduce threshold through the output activation {type(activation).__name__} "
+                    "with these class edges; leave warm_start out of --strategies")
+
+
 def _edge_offsets(edges: np.ndarray) -> torch.Tensor:
-    """(K,) offsets sum_{j<k} e_j: 0, e_1, e_1+e_2, ... (edges in the regressor's output units)."""
+    """(K,) offsets sum_{j<k} e_j: 0, e_1, e_1+e_2, ... (edges in the head's output units)."""
     return torch.tensor(np.concatenate([[0.0], np.cumsum(edges)]), dtype=torch.float64)
 
 

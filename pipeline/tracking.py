@@ -28,18 +28,22 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "model"  # artifact name of every logged model: runs:/<id>/model
 
 
-def setup(tracking_uri: str | None, experiment: str) -> str:
-    """Point MLflow at the store and experiment; returns the tracking URI in use.
-
-    Under `mlflow run`, MLFLOW_RUN_ID names the run MLflow created for the entry point, in the
-    experiment `mlflow run` was given: that run becomes the parent, and the experiment is left alone
-    (set_experiment with another name would fail).
-    """
+def setup(tracking_uri: str | None) -> str:
+    """Point MLflow at the store; returns the tracking URI in use. Creates nothing yet."""
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment)
     return mlflow.get_tracking_uri()
+
+
+def use_experiment(name: str) -> None:
+    """Create or select the experiment, unless running under `mlflow run`.
+
+    There MLFLOW_RUN_ID names the run MLflow created for the entry point, in the experiment
+    `mlflow run` was given: that run becomes the parent, and the experiment is left alone
+    (set_experiment with another name would fail).
+    """
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(name)
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -103,8 +107,8 @@ class EpochLog:
 
 
 def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, context: str = "training") -> None:
-    dataset = mlflow.data.from_pandas(frame, source=source if "://" in source or source.startswith("/") else None,
-                                      targets=target, name=source, digest=digest)
+    # the source goes in the name: a local path as `source` makes MLflow warn about ambiguous source types
+    dataset = mlflow.data.from_pandas(frame, targets=target, name=source, digest=digest)
     mlflow.log_input(dataset, context=context)
 
 
@@ -119,27 +123,32 @@ def log_texts(files: dict[str, str]) -> None:
 def log_model(model, x_example: np.ndarray, architecture: dict) -> None:
     """Log `model` twice over, each for its reader, both without pickle:
 
-    - `model/`: an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
-      example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI;
     - `state/`: the state_dict and the architecture as JSON, which `load_run_model` rebuilds with
-      `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back.
+      `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back;
+    - `model/`: an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
+      example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI.
+      A brought model that torch.export cannot trace keeps `state/` only, with a warning.
     """
     import torch
 
     if next(model.parameters()).device.type != "cpu":  # export and serve on the CPU, wherever it trained
         model = copy.deepcopy(model).cpu()
     model.eval()
-    with torch.no_grad():
-        out = model(torch.from_numpy(x_example)).numpy()
-    mlflow.pytorch.log_model(
-        model, name=MODEL_NAME, serialization_format="pt2", input_example=x_example,
-        signature=infer_signature(x_example, out),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-    )
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, Path(tmp) / "weights.pt")
         (Path(tmp) / "architecture.json").write_text(json.dumps(architecture, indent=1))
         mlflow.log_artifacts(tmp, artifact_path="state")
+    with torch.no_grad():
+        out = model(torch.from_numpy(x_example)).numpy()
+    try:
+        mlflow.pytorch.log_model(
+            model, name=MODEL_NAME, serialization_format="pt2", input_example=x_example,
+            signature=infer_signature(x_example, out),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+    except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
+        print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
+        mlflow.set_tag("model_format", "state_only")
 
 
 def load_run_model(run_id: str, stage: str | None = None):
@@ -158,10 +167,44 @@ def load_run_model(run_id: str, stage: str | None = None):
         raise UserError(f"run {run_id} is not a finished {stage or ''} run (stage={run.data.tags.get('stage')}, status={run.info.status})")
     try:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state"))
-    except MlflowException:
-        raise UserError(f"run {run_id} has no logged model (artifact state/ missing)") from None
-    model = build(json.loads((local / "architecture.json").read_text()))
+    except (MlflowException, OSError):
+        raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
+    arch = json.loads((local / "architecture.json").read_text())
+    base = load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None
+    model = build(arch, base)
     model.load_state_dict(torch.load(local / "weights.pt", map_location="cpu", weights_only=True))
+    return model
+
+
+def load_model_uri(uri: str):
+    """A PyTorch model already in MLflow (runs:/<id>/model, models:/<name>/<version>) as an nn.Module.
+
+    A run logged by reg2cls is rebuilt from its state/ (no pickle). Anything else goes through
+    mlflow.pytorch.load_model, which unpickles models saved in the `pickle` format: bring only models
+    from a store you trust.
+    """
+    from mlflow.exceptions import MlflowException
+    from torch import nn
+
+    from .config import UserError
+
+    parts = uri.split("/")
+    if uri.startswith("runs:/") and len(parts) >= 3 and parts[1]:
+        try:
+            has_state = any(f.path == "state" for f in MlflowClient().list_artifacts(parts[1]))
+        except MlflowException:
+            raise UserError(f"cannot load {uri}: run {parts[1]} not found in {mlflow.get_tracking_uri()}") from None
+        if has_state:
+            return load_run_model(parts[1])
+    try:
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except Exception as e:  # MlflowException, OSError, unpickling errors: all mean "cannot load"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load {uri}: {first}") from None
+    if not isinstance(model, nn.Module) or not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise UserError(f"the model at {uri} has no nn.Linear layers to swap (MLflow's pt2 format keeps a traced graph, "
+                        "not modules); log it with serialization_format='pickle', or bring its class with --model and --checkpoint")
+    model.reg2cls_arch = {"base": {"kind": "uri", "uri": uri}, "ops": []}
     return model
 
 

@@ -1,4 +1,5 @@
-"""Head-swap contracts: the head is found, output shapes, backbone untouched, warm_start == threshold."""
+"""Head-swap contracts on the pipeline's MLP and on user-style models: the head is found wherever it
+sits, output shapes, backbone untouched, output activations removed, warm_start == threshold."""
 from __future__ import annotations
 
 import copy
@@ -9,36 +10,62 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import user_models as um
 from pipeline import data
-from pipeline.config import Data
-from pipeline.model import MLP
-from pipeline.surgery import (find_head, fit_warm_start_scale, freeze_backbone, new_head, swap_head,
-                              warm_start_head, warm_start_logits)
-from pipeline.train import fit, predict
+from pipeline.config import UserError
+from pipeline.model import MLP, architecture, build
+from pipeline.surgery import (add_dropout, edges_before_activation, find_head, fit_warm_start_scale,
+                              freeze_backbone, new_head, swap_head, warm_start_head, warm_start_logits)
+
+MODELS = {  # factory, head name, trailing activation, hidden activation modules
+    "mlp": (lambda: MLP(10, 16, 2), "head", None, ["body.1", "body.3"]),
+    "attr": (lambda: um.AttrNet(10), "fc3", None, ["act1", "act2"]),
+    "seq": (lambda: um.SeqNet(10), "net.4", None, ["net.1", "net.3"]),
+    "dict": (lambda: um.DictNet(10), "blocks.heads.value", None, ["blocks.encoder.1"]),
+    "functional": (lambda: um.FunctionalNet(10), "fc2", None, []),
+    "batchnorm": (lambda: um.BNNet(10), "regressor", None, ["layers.2", "layers.5"]),
+    "sigmoid": (lambda: um.SigmoidNet(10), "out", "squash", ["body.1"]),
+}
 
 
-class Nested(nn.Module):
-    """Head two levels down, inside a ModuleDict inside a Sequential."""
-
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.ModuleDict({"out": nn.Linear(8, 1)}))
-
-    def forward(self, x):
-        return self.blocks[2]["out"](self.blocks[1](self.blocks[0](x)))
-
-
-@pytest.mark.parametrize("model, name", [(MLP(4, 8, 2), "head"), (Nested(), "blocks.2.out"),
-                                         (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)), "2")])
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_swap_gives_k_logits_and_leaves_the_backbone_alone(model, name, k):
-    assert find_head(model, 4) == name
-    before = {n: p.clone() for n, p in model.named_parameters() if not n.startswith(name + ".")}
-    swap_head(model, name, new_head(8, k))
-    out = model(torch.randn(7, 4))
-    assert out.shape == ((7, 1) if k == 2 else (7, k))
-    after = dict(model.named_parameters())
-    assert all(torch.equal(p, after[n]) for n, p in before.items())
+def test_head_found_swapped_and_backbone_untouched(kind, k):
+    factory, name, activation, hidden = MODELS[kind]
+    torch.manual_seed(0)
+    model = factory()
+    head = find_head(model, 10)
+    assert (head.name, head.activation, head.hidden_activations) == (name, activation, hidden)
+    if head.activation:
+        swap_head(model, head.activation, nn.Identity())
+    before = {n: p.clone() for n, p in model.state_dict().items() if not n.startswith(name + ".")}
+    swap_head(model, name, new_head(head.in_features, k))
+    out = model.eval()(torch.randn(7, 10))
+    assert tuple(out.shape) in ({(7, 1), (7,)} if k == 2 else {(7, k)})
+    after = model.state_dict()
+    assert all(torch.equal(v, after[n]) for n, v in before.items())
+    if kind == "mlp":
+        build(architecture(model)).load_state_dict(after)  # strict: the recorded surgery recreates every layer
+
+
+@pytest.mark.parametrize("factory, message", [
+    (lambda: um.MultiOutput(10), "output has shape (4, 3)"),
+    (lambda: um.NoLinear(10), "no nn.Linear layer"),
+    (lambda: um.FunctionalSigmoid(10), "not the output of its last nn.Linear 'fc'"),
+    (lambda: um.AttrNet(5), "does not accept 10 input features"),
+])
+def test_models_that_cannot_be_converted_are_refused_clearly(factory, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        find_head(factory(), 10)
+
+
+def test_head_override_and_its_errors():
+    model = um.AttrNet(10)
+    assert find_head(model, 10, "fc3").name == "fc3"
+    with pytest.raises(UserError, match="'act1' is a ReLU, not an nn.Linear"):
+        find_head(model, 10, "act1")
+    with pytest.raises(UserError, match="'fc2' has 16 outputs"):
+        find_head(model, 10, "fc2")
 
 
 def test_freeze_backbone_trains_only_the_head():
@@ -48,41 +75,85 @@ def test_freeze_backbone_trains_only_the_head():
     assert not any(p.requires_grad for p in model.body.parameters())
 
 
-@pytest.fixture(scope="module")
-def regressor_and_data():
-    d = data.prepare(Data(source="synthetic:friedman1?rows=300&noise=0.5"), seed=0)
-    torch.manual_seed(0)
-    model = MLP(d.n_features, 16, 2)
-    fit(model, d.train, d.val, "regression", epochs=20, batch_size=32, lr=3e-3)
-    return model, d
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("n_edges", [1, 2, 4])
+def test_warm_start_equals_threshold_before_training(kind, n_edges):
+    """Any weights will do: the identity holds for every regressor, trained or not."""
+    factory, name, activation, _ = MODELS[kind]
+    torch.manual_seed(1)
+    regressor = factory().eval()
+    x, x_other = torch.randn(400, 10), torch.randn(400, 10)
+    with torch.no_grad():
+        r, r_other = regressor(x).reshape(-1).double(), regressor(x_other).reshape(-1).double()
+    # edges from other rows: no output of `x` sits on an edge, so the comparison is exact
+    edges = np.quantile(r_other.numpy(), np.arange(1, n_edges + 1) / (n_edges + 1))
+    threshold = data.to_classes(r.numpy(), edges)
 
-
-@pytest.mark.parametrize("classes", ["quantile:3", "quantile:5", "thresholds:14"])
-def test_warm_start_equals_threshold_before_training(regressor_and_data, classes):
-    regressor, _ = regressor_and_data
-    d = data.prepare(Data(source="synthetic:friedman1?rows=300&noise=0.5", classes=classes), seed=0)
-    edges = (d.edges - d.y_mean) / d.y_std  # in the regressor's standardised output units
-    r_test = predict(regressor, d.test.x).reshape(-1)
-    threshold = data.to_classes(r_test.double().numpy() * d.y_std + d.y_mean, d.edges)
-    # the data are continuous: no output sits on an edge, so the comparison is exact
-    assert np.min(np.abs(r_test.double().numpy()[:, None] - edges[None, :])) > 1e-4
-
-    scale = fit_warm_start_scale(predict(regressor, d.val.x).reshape(-1), d.val.c, edges)
     model = copy.deepcopy(regressor)
-    swap_head(model, "head", warm_start_head(model.head, edges, scale))
-    logits = predict(model, d.test.x)
-    pred = (logits.reshape(-1) > 0).long().numpy() if d.n_classes == 2 else logits.argmax(1).numpy()
+    head = find_head(model, 10)
+    act = model.get_submodule(head.activation) if head.activation else None
+    if head.activation:
+        swap_head(model, head.activation, nn.Identity())
+    inner = edges_before_activation(act, edges)
+    with torch.no_grad():
+        z_val = model(x_other).reshape(-1)
+    scale = fit_warm_start_scale(z_val, torch.from_numpy(data.to_classes(r_other.numpy(), edges)), inner)
+    swap_head(model, head.name, warm_start_head(model.get_submodule(head.name), inner, scale))
+    with torch.no_grad():
+        logits = model(x)
+    pred = (logits.reshape(-1) > 0).long().numpy() if n_edges == 1 else logits.argmax(1).numpy()
     assert np.array_equal(pred, threshold)
-    torch.testing.assert_close(logits.double(), warm_start_logits(r_test, edges, scale), rtol=1e-4, atol=1e-3)
+    assert len(np.unique(threshold)) == n_edges + 1  # every class occurs: the test is not vacuous
 
 
-def test_warm_start_scale_minimises_validation_log_loss(regressor_and_data):
-    regressor, d = regressor_and_data
-    edges = (d.edges - d.y_mean) / d.y_std
-    r = predict(regressor, d.val.x).reshape(-1)
-    s = fit_warm_start_scale(r, d.val.c, edges)
+def test_warm_start_logits_match_the_head_and_the_scale_minimises_log_loss():
+    torch.manual_seed(0)
+    model = MLP(10, 16, 2).eval()
+    x = torch.randn(300, 10)
+    with torch.no_grad():
+        r = model(x).reshape(-1)
+    edges = np.quantile(r.numpy(), [0.3, 0.7]) + 1e-3
+    c = torch.from_numpy(data.to_classes((r + 0.05 * torch.randn(300)).numpy(), edges))
+    s = fit_warm_start_scale(r, c, edges)
+    swap_head(model, "head", warm_start_head(model.head, edges, s))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).double(), warm_start_logits(r, edges, s), rtol=1e-4, atol=1e-4)
 
     def loss(scale):
-        return F.cross_entropy(warm_start_logits(r, edges, scale), d.val.c).item()
+        return F.cross_entropy(warm_start_logits(r, edges, scale), c).item()
 
     assert loss(s) <= min(loss(s * 1.3), loss(s / 1.3))
+
+
+def test_dropout_goes_before_the_head_and_after_hidden_activation_modules():
+    torch.manual_seed(0)
+    model = um.AttrNet(10)
+    head = find_head(model, 10)
+    new_name, warning = add_dropout(model, head, p_head=0.5, p_hidden=0.3)
+    assert warning is None and new_name == "fc3.1"
+    assert isinstance(model.fc3[0], nn.Dropout) and isinstance(model.act1[1], nn.Dropout)
+    assert find_head(model, 10).name == "fc3.1"
+    x = torch.randn(64, 10)
+    model.train()
+    assert not torch.equal(model(x), model(x))  # dropout active in training
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+    functional = um.FunctionalNet(10)
+    _, warning = add_dropout(functional, find_head(functional, 10), 0.5, 0.3)
+    assert "hidden dropout cannot be added" in warning
+    assert isinstance(functional.fc2[0], nn.Dropout)
+
+
+def test_recorded_surgery_rebuilds_a_brought_model(tmp_path):
+    from pipeline.model import load_user_model
+
+    spec = f"{um.__file__}:AttrNet"
+    model = load_user_model(spec, '{"input_dim": 10}', "")
+    head = find_head(model, 10)
+    add_dropout(model, head, 0.2, 0.1)
+    swap_head(model, "fc3.1", new_head(16, 4))
+    rebuilt = build(architecture(model))
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(5, 10)
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))

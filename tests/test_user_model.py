@@ -1,0 +1,150 @@
+"""Bringing your own regression model: every strategy runs on it, and every mistake is one clear line."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+import user_models as um
+from pipeline.cli import cli
+
+from conftest import runs_of, tiny_args
+
+MODELS_FILE = um.__file__
+STRATEGIES = "threshold,linear_probe,lp_ft,warm_start,scratch"
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def checkpoint(tmp_path: Path, cls, **kwargs) -> str:
+    torch.manual_seed(0)
+    path = tmp_path / f"{cls.__name__}.pt"
+    torch.save(cls(**kwargs).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def unit_csv(tmp_path_factory) -> str:
+    """A target in (0, 1), for the Sigmoid regressor (its output is the raw target)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 10))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(10)])
+    frame["target"] = 1 / (1 + np.exp(-(x[:, 0] + 0.5 * x[:, 1])))
+    path = tmp_path_factory.mktemp("data") / "unit.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["AttrNet", "SeqNet", "DictNet", "FunctionalNet", "BNNet", "SigmoidNet"])
+def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, unit_csv, name):
+    cls = getattr(um, name)
+    args = tiny_args(experiment, "--model", f"{MODELS_FILE}:{name}", "--model-kwargs", '{"input_dim": 10}',
+                     "--checkpoint", checkpoint(tmp_path, cls, input_dim=10), "--strategies", STRATEGIES)
+    if name == "SigmoidNet":
+        args[args.index("--data") + 1] = unit_csv
+        args += ["--target-scaling", "none"]
+    result = invoke("convert", *args)
+    assert result.exit_code == 0, result.output
+    if name == "SigmoidNet":
+        assert "output activation 'squash' (Sigmoid) removed" in result.output
+    runs = runs_of(experiment)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_strategy = {r.data.tags["strategy"]: r for r in runs if "strategy" in r.data.tags}
+    assert set(by_strategy) == set(STRATEGIES.split(","))
+    base = next(r for r in runs if r.data.tags["stage"] == "baseline")
+    assert base.data.params["user_model.spec"].endswith(f":{name}") and "test/r2" in base.data.metrics
+    assert "cost/train_seconds" in base.data.metrics and "train/loss" not in base.data.metrics  # evaluated, not trained
+    # warm_start starts where threshold is; the per-epoch curve starts from the computed head
+    assert "warm_start.scale" in by_strategy["warm_start"].data.params
+    loaded = mlflow.pyfunc.load_model(f"runs:/{by_strategy['lp_ft'].info.run_id}/model")
+    assert loaded.predict(np.zeros((3, 10), dtype=np.float32)).shape == (3, 3)
+
+
+def test_retrain_trains_a_model_without_checkpoint(experiment):
+    result = invoke("convert", *tiny_args(experiment, "--model", f"{MODELS_FILE}:SeqNet", "--model-kwargs",
+                                          '{"input_dim": 10, "hidden_dim": 8}', "--retrain", "--strategies", "threshold,finetune"))
+    assert result.exit_code == 0, result.output
+    base = next(r for r in runs_of(experiment) if r.data.tags["stage"] == "baseline")
+    history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "train/loss")
+    assert len(history) > 1 and history[-1].value < history[0].value
+
+
+def test_model_uri_from_mlflow_and_from_a_reg2cls_run(experiment, store, tmp_path):
+    model = um.BNNet(10)
+    mlflow.set_experiment("user-registry")
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(model, name="regressor", serialization_format="pickle",
+                                        pip_requirements=["torch"])
+    result = invoke("convert", *tiny_args(experiment, "--model-uri", info.model_uri, "--strategies", "threshold,warm_start"))
+    assert result.exit_code == 0, result.output
+    base = next(r for r in runs_of(experiment) if r.data.tags["stage"] == "baseline")
+    # a run that reg2cls logged is reloaded from state/ (weights_only), then converted again
+    again = invoke("convert", *tiny_args(experiment + "b", "--model-uri", f"runs:/{base.info.run_id}/model",
+                                         "--strategies", "threshold,linear_probe"))
+    assert again.exit_code == 0, again.output
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_models_exit_with_one_line_and_leave_no_run(experiment, tmp_path):
+    ck = checkpoint(tmp_path, um.AttrNet, input_dim=10)
+    wrong_shape = checkpoint(tmp_path / "..", um.AttrNet, input_dim=10, hidden_dim=8)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in torch.load(ck, weights_only=True).items() if not k.startswith("fc3")} | {"extra.w": torch.zeros(1)}, partial)
+    broken_py = _write(tmp_path / "broken.py", "def oops(:\n")
+    kw = '{"input_dim": 10}'
+    cases = [
+        (["--model", f"{tmp_path}/nope.py:Net", "--checkpoint", ck], "model file"),
+        (["--model", f"{broken_py}:Net", "--checkpoint", ck], "cannot import"),
+        (["--model", f"{MODELS_FILE}:Nope", "--checkpoint", ck], "class 'Nope' not found in"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", '{"width": 3}', "--checkpoint", ck], "AttrNet(input_dim: int, hidden_dim: int = 16) rejected --model-kwargs"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", "{bad json", "--checkpoint", ck], "--model-kwargs is not valid JSON"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw], "without --checkpoint has random weights"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw, "--checkpoint", str(partial)], "missing keys fc3.bias, fc3.weight; unexpected keys extra.w"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw, "--checkpoint", wrong_shape], "fc1.weight (8, 10) vs (16, 10)"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", '{"input_dim": 4}', "--retrain"], "does not accept 10 input features"),
+        (["--model", f"{MODELS_FILE}:MultiOutput", "--model-kwargs", kw, "--retrain"], "a regressor must output (N,) or (N, 1)"),
+        (["--model", f"{MODELS_FILE}:NoLinear", "--model-kwargs", kw, "--retrain"], "name the head with --head"),
+        (["--model", f"{MODELS_FILE}:FunctionalSigmoid", "--model-kwargs", kw, "--retrain"], "functional activation"),
+        (["--model", f"{MODELS_FILE}:Flattening", "--model-kwargs", kw, "--retrain"], "reshapes the head's output"),
+        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw, "--retrain", "--head", "fc9"], "--head 'fc9' is not a module"),
+        (["--model-uri", "runs:/0123456789abcdef0123456789abcdef/model"], "cannot load"),
+        (["--checkpoint", ck], "need a model"),
+    ]
+    for extra, message in cases:
+        result = invoke("convert", *tiny_args(experiment, *extra))
+        assert result.exit_code == 1, (extra, result.output)
+        lines = [ln for ln in result.output.splitlines() if not ln.startswith("data: ")]
+        assert len(lines) == 1 and message in lines[0], (extra, result.output)
+    assert runs_of(experiment) == []
+
+
+def test_a_checkpoint_that_needs_pickle_is_refused_without_running_it(experiment, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"fc1.weight": torch.zeros(16, 10), "payload": Payload()}, evil)
+    result = invoke("convert", *tiny_args(experiment, "--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs",
+                                          '{"input_dim": 10}', "--checkpoint", str(evil)))
+    assert result.exit_code == 1
+    assert "refused" in result.output and "can run code" in result.output
+    assert not marker.exists()
+    assert runs_of(experiment) == []
