@@ -40,7 +40,8 @@ def _overrides(opts: dict) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.01")
-        out[key.strip()] = value.strip()
+        if value.strip():  # `--set key=` (an MLproject parameter left empty) keeps the file's or default value
+            out[key.strip()] = value.strip()
     return out
 
 
@@ -61,9 +62,9 @@ def common_options(fn):
         click.option("--scaling", type=click.Choice(config.SCALINGS), help="Whether the model expects standardised features (default standard)."),
         click.option("--target-scaling", type=click.Choice(config.SCALINGS), help="Whether the model outputs the standardised target (default standard)."),
         click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per training run."),
-        click.option("--batch-size", type=click.IntRange(min=1)),
+        click.option("--batch-size", type=click.IntRange(min=2)),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
-        click.option("--seed", type=int, help="Seed for the split and every training run."),
+        click.option("--seed", type=click.IntRange(min=0), help="Seed for the split and every training run."),
         click.option("--device", type=click.Choice(DEVICES), help="auto (default): CUDA when available."),
         click.option("--experiment", help="MLflow experiment name (default: reg2cls)."),
         click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
@@ -161,10 +162,11 @@ def head_swap(**opts):
     cfg, prepared, _, uri = _prepare(opts)
     from . import stages, tracking
 
-    run_id = opts["baseline_run"] or tracking.latest_run("baseline", prepared.digest)
+    run_id = opts["baseline_run"] or tracking.latest_run("baseline", prepared.split_key)
     if not run_id:
-        raise UserError("no finished baseline run on this data in this experiment; run `reg2cls baseline` first or pass --baseline-run")
-    prev = stages.StageResult(run_id, tracking.load_run_model(run_id, "baseline"))
+        raise UserError("no finished baseline run on this data, split and classes in this experiment; run "
+                        "`reg2cls baseline` with the same options first, or pass --baseline-run")
+    prev = stages.StageResult(run_id, tracking.load_run_model(run_id, "baseline", prepared.split_key))
     result = stages.head_swap(cfg, prepared, prev, force=opts["force"])
     click.echo(stages.leaderboard(result.run_id).drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     click.echo(f"head_swap run: {result.run_id}")

@@ -174,8 +174,12 @@ def validate(cfg: Config) -> Config:
         raise UserError("model.depth and model.width must be at least 1")
     if not 0 <= cfg.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
-        raise UserError("train.epochs and train.batch_size must be at least 1 and train.lr positive")
+    if cfg.train.epochs < 1 or cfg.train.lr <= 0:
+        raise UserError("train.epochs must be at least 1 and train.lr positive")
+    if cfg.train.batch_size < 2:
+        raise UserError(f"train.batch_size must be at least 2 (BatchNorm needs two rows a batch), got {cfg.train.batch_size}")
+    if cfg.seed < 0:
+        raise UserError(f"seed must be 0 or more, got {cfg.seed}")
     return cfg
 
 

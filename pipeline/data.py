@@ -8,8 +8,9 @@ Every user mistake is raised as `UserError` with one line that names the problem
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -87,7 +88,12 @@ def to_classes(y: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def class_names(edges: np.ndarray) -> list[str]:
-    cuts = [str(round(float(e), 4)) for e in edges]
+    """`<=120.0`, `120.0-200.0`, `>200.0`: the fewest significant digits (5 or more) that keep the
+    cut points distinct."""
+    for digits in range(5, 18):
+        cuts = [repr(float(f"{float(e):.{digits}g}")) for e in edges]
+        if len(set(cuts)) == len(cuts):
+            break
     return [f"<={cuts[0]}"] + [f"{a}-{b}" for a, b in zip(cuts, cuts[1:])] + [f">{cuts[-1]}"]
 
 
@@ -208,7 +214,8 @@ class Prepared:
     y_std: float
     preprocessor: Preprocessor
     frame: pd.DataFrame        # the table as loaded, rows with a missing target dropped
-    digest: str
+    digest: str                # the table's content
+    split_key: str             # the table, the data config and the seed: same key, same splits and classes
     summary: dict[str, object]
 
     @property
@@ -218,6 +225,21 @@ class Prepared:
     @property
     def n_features(self) -> int:
         return self.train.x.shape[1]
+
+
+def _check_features(features: pd.DataFrame, n_train: int) -> None:
+    """Refuse columns that would become garbage features: infinities, dates, identifiers."""
+    for col in features.columns:
+        values = features[col]
+        if pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_timedelta64_dtype(values):
+            raise UserError(f"feature column '{col}' holds dates/times, which reg2cls does not encode; derive numbers "
+                            "from it or leave it out with --features")
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            if np.isinf(values.astype("float64")).any():
+                raise UserError(f"feature column '{col}' has infinite values; drop or fix those rows")
+        elif n_train >= 20 and values.nunique() >= 0.9 * len(values):
+            raise UserError(f"feature column '{col}' looks like an identifier ({values.nunique()} distinct values in "
+                            f"{len(values)} rows): one-hot encoding it would only memorise rows; leave it out with --features")
 
 
 def _check_class_sizes(counts: pd.Series, names: list[str], cfg: Data) -> None:
@@ -248,6 +270,8 @@ def prepare(cfg: Data, seed: int) -> Prepared:
     y_all = target[keep].to_numpy(dtype=np.float64)
     if len(y_all) == 0:
         raise UserError(f"target column '{cfg.target}' has no values")
+    if not np.all(np.isfinite(y_all)):
+        raise UserError(f"target column '{cfg.target}' has {int((~np.isfinite(y_all)).sum())} infinite values; drop or fix those rows")
     if np.all(y_all == y_all[0]):
         raise UserError(f"target column '{cfg.target}' is constant ({y_all[0]:g}); a regression target must vary")
 
@@ -259,11 +283,11 @@ def prepare(cfg: Data, seed: int) -> Prepared:
         if frame[label_col].isna().any():
             raise UserError(f"label column '{label_col}' has {int(frame[label_col].isna().sum())} missing values; fill or drop them")
         labels_all = frame[label_col].astype(str).to_numpy()
-        order = sorted(set(labels_all), key=lambda v: (np.median(y_all[labels_all == v]), v))
-        if len(order) < 2:
+        alphabetical = sorted(set(labels_all))  # for stratifying only; classes are ordered on train below
+        if len(alphabetical) < 2:
             raise UserError(f"label column '{label_col}' has a single class; a classifier needs at least two")
-        strata = np.array([order.index(v) for v in labels_all])
-        _check_class_sizes(pd.Series(strata).value_counts().sort_index(), order, cfg)
+        strata = np.searchsorted(alphabetical, labels_all)
+        _check_class_sizes(pd.Series(strata).value_counts().sort_index(), alphabetical, cfg)
     elif kind == "thresholds":
         edges = _thresholds(arg, y_all)
         strata = to_classes(y_all, edges)
@@ -285,10 +309,12 @@ def prepare(cfg: Data, seed: int) -> Prepared:
     val_idx, test_idx = train_test_split(rest, test_size=cfg.test_fraction / holdout, stratify=strata[rest], random_state=seed)
 
     y_train = y_all[train_idx]
-    if kind == "label":
-        names = order
-        classes_all = strata
-        edges = _label_edges(y_train, labels_all[train_idx], order)
+    if kind == "label":  # classes ordered by their median target on the training rows
+        labels_train = labels_all[train_idx]
+        names = sorted(alphabetical, key=lambda v: (np.median(y_train[labels_train == v]), v))
+        rank = {v: i for i, v in enumerate(names)}
+        classes_all = np.array([rank[v] for v in labels_all], dtype=np.int64)
+        edges = _label_edges(y_train, labels_train, names)
     else:
         if kind == "quantile":
             edges = _quantile_edges(y_train, k)
@@ -304,6 +330,7 @@ def prepare(cfg: Data, seed: int) -> Prepared:
         features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
     if features.shape[1] == 0:
         raise UserError(f"no feature columns left besides the target '{cfg.target}'")
+    _check_features(features, len(train_idx))
     pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
     if cfg.target_scaling == "standard":
         y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
@@ -331,5 +358,7 @@ def prepare(cfg: Data, seed: int) -> Prepared:
         summary[f"{name}_rows"] = len(part)
         counts = np.bincount(part.c.numpy(), minlength=len(names))
         summary.update({f"{name}_class_{i}": int(n) for i, n in enumerate(counts)})
+    table = digest(frame)
+    split_key = hashlib.sha256(json.dumps([table, asdict(cfg), seed], sort_keys=True).encode()).hexdigest()[:16]
     return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
-                    frame, digest(frame), summary)
+                    frame, table, split_key, summary)

@@ -2,7 +2,7 @@
 
 Each stage has one shape, `stage(cfg, data, prev) -> StageResult`, and composes model, surgery,
 train, metrics and tracking; batch loops live in train.py only. A stage whose stage key (config, data
-digest, upstream runs, package source) matches a FINISHED run is reused instead of trained again.
+key, upstream runs, package source) matches a FINISHED run is reused instead of trained again.
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _reusable(stage: str, cfg: Config, sections: dict, data: Prepared, upstream: list[str], force: bool) -> tuple[str, str | None]:
-    key = tracking.stage_key(stage, {"seed": cfg.seed, **sections}, data.digest, upstream)
+def _reusable(stage: str, sections: dict, data: Prepared, upstream: list[str], force: bool) -> tuple[str, str | None]:
+    """The stage key (its config sections, the split, upstream runs, the code) and a FINISHED run with it."""
+    key = tracking.stage_key(stage, sections, data.split_key, upstream)
     return key, None if force else tracking.find_finished(key)
 
 
@@ -104,14 +105,14 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
     model, evaluated as it is or retrained; logs RMSE/MAE/R2 and the thresholded classes."""
     um = cfg.user_model
     brought = brought or bring(cfg, data)
-    sections = {"data": asdict(cfg.data), "model": asdict(cfg.model), "train": asdict(cfg.train),
-                "user_model": asdict(um), "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
-    key, reuse = _reusable("baseline", cfg, sections, data, [], force)
+    sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "user_model": asdict(um),
+                "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
+    key, reuse = _reusable("baseline", sections, data, [], force)
     if reuse:
         _say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
         return StageResult(reuse, tracking.load_run_model(reuse), reused=True)
     device = resolve_device(cfg.train.device)
-    with tracking.start("baseline", "baseline", tags={"stage_key": key, "data_digest": data.digest}) as run_id:
+    with tracking.start("baseline", "baseline", tags={"stage_key": key, "split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         if brought:
             model, head = brought
@@ -149,8 +150,9 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
 
 def _log_run_inputs(cfg: Config, data: Prepared) -> None:
     tracking.log_params({**cfg.flat(), **{f"split.{k}": v for k, v in data.summary.items()},
-                         "data.digest": data.digest, "data.class_names": " | ".join(data.class_names),
-                         "data.edges": ",".join(f"{e:.6g}" for e in data.edges)})
+                         "data.digest": data.digest, "data.split_key": data.split_key,
+                         "data.class_names": " | ".join(data.class_names),
+                         "data.edges": ",".join(repr(float(e)) for e in data.edges)})
     tracking.log_dataset(data.frame, cfg.data.source, cfg.data.target, data.digest)
 
 
@@ -163,9 +165,8 @@ def _costs(model: nn.Module, data: Prepared) -> dict[str, float]:
 def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
     """One nested run per strategy, all on the same splits; the output is the best classifier by
     validation macro-F1 (among strategies that train a model: `threshold` is the bar they must beat)."""
-    sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap),
-                "data": asdict(cfg.data)}
-    key, reuse = _reusable("head_swap", cfg, sections, data, [prev.run_id], force)
+    sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head}
+    key, reuse = _reusable("head_swap", sections, data, [prev.run_id], force)
     if reuse:
         _say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
         best = _best_child(reuse)
@@ -180,7 +181,7 @@ def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = Fals
     _check_convertible(cfg, data, regressor, head)
     best_model, best_f1, best_run = None, -1.0, None
     with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": prev.run_id,
-                                                        "data_digest": data.digest}) as run_id:
+                                                        "split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
         for strategy in cfg.head_swap.strategies:
@@ -188,7 +189,6 @@ def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = Fals
                                 tags={"baseline_run": prev.run_id}) as child_id:
                 tracking.log_params({**cfg.flat(), "strategy": strategy})
                 model, values = _run_strategy(strategy, cfg, data, regressor, head, device)
-                tracking.log_metrics(values)
                 if model is not None:
                     tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
                     if values["val/f1_macro"] > best_f1:
@@ -241,7 +241,9 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
     k, task, t = data.n_classes, classification_task(data.n_classes), cfg.train
     if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
         values = _classifier_metrics(data, lambda split: _threshold_proba(regressor, split, data, device))
-        return None, {**values, "val/loss": values["val/log_loss"], **_costs(regressor, data), "cost/train_seconds": 0.0}
+        values = {**values, "val/loss": values["val/log_loss"], **_costs(regressor, data), "cost/train_seconds": 0.0}
+        tracking.log_metrics(values)
+        return None, values
 
     torch.manual_seed(cfg.seed)
     model, scale = classifier_from(regressor, head, data, device, warm_start=strategy == "warm_start")
@@ -267,7 +269,9 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
         head_params = freeze_backbone(model, head.name)
         hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=t.lr, params=head_params, **common)
         unfreeze(model)
-        seconds, offset = hist.seconds, hist.epochs
+        seconds = hist.seconds
+        if strategy == "lp_ft":  # the fine-tune's epochs continue the probe's curve
+            offset = hist.epochs
     if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
         lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
         hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=lr, **common)
@@ -276,9 +280,13 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
 
     values = _classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
     values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
-    # logged after the per-epoch points, at a later step, so the run's summary shows the returned model
-    tracking.log_metrics({k_: v for k_, v in values.items() if k_.startswith("val/")}, step=offset + hist.epochs + 1)
-    return model, {**values, "cost/train_seconds": seconds, **_costs(model, data)}
+    # val/* after the per-epoch points, one step later, so the run's summary shows the returned model
+    final_step = offset + hist.epochs + 1
+    tracking.log_metrics({key: v for key, v in values.items() if key.startswith("val/")}, step=final_step)
+    rest = {key: v for key, v in values.items() if not key.startswith("val/")}
+    rest.update({"cost/train_seconds": seconds, **_costs(model, data)})
+    tracking.log_metrics(rest)
+    return model, {**values, **rest}
 
 
 # ------------------------------------------------------------------------------------------- convert
@@ -307,7 +315,7 @@ def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force:
             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
     """baseline -> head_swap under one parent run; logs and returns the leaderboard."""
     brought = brought or bring(cfg, data)  # before the parent run opens: a model that does not fit leaves no run
-    with tracking.start("convert", "convert", tags={"data_digest": data.digest}) as run_id:
+    with tracking.start("convert", "convert", tags={"split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         base = baseline(cfg, data, force=force, brought=brought)
         swapped = head_swap(cfg, data, base, force=force)

@@ -284,7 +284,9 @@ def warm_start_head(head: nn.Linear, edges: np.ndarray, scale: float) -> nn.Line
     """A classification head computed from the regression head `head` (out_features 1).
 
     With r = w.h + b: row k of the weight is s*k*w and bias_k = s*(k*b - sum_{j<k} e_j), so the new
-    head's logits equal warm_start_logits(head(h), edges, scale) for every hidden vector h.
+    head's logits equal warm_start_logits(head(h), edges, scale) for every hidden vector h. The bias
+    is computed as s*(k*(b-c) - sum_{j<k} (e_j-c)) with c a middle edge (the same value, as the c's
+    cancel): for a regressor of large raw targets (b ~ 1e5) float32 would otherwise lose the cut.
     """
     w = head.weight.detach().double().reshape(-1)
     b = head.bias.detach().double().reshape(()) if head.bias is not None else torch.zeros((), dtype=torch.float64)
@@ -295,8 +297,9 @@ def warm_start_head(head: nn.Linear, edges: np.ndarray, scale: float) -> nn.Line
             weight, bias = scale * w[None, :], (scale * (b - float(edges[0]))).reshape(1)
         else:
             k = torch.arange(n_out, dtype=torch.float64)
+            c = float(edges[len(edges) // 2])
             weight = scale * k[:, None] * w[None, :]
-            bias = scale * (k * b - _edge_offsets(edges))
+            bias = scale * (k * (b - c) - _edge_offsets(edges - c))
         out.weight.copy_(weight.to(out.weight.dtype))
         out.bias.copy_(bias.to(out.bias.dtype))
     return out

@@ -78,7 +78,20 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
 
 
 def log_params(params: dict[str, object]) -> None:
-    mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+    """Log params once. A key the run already holds with another value (an `mlflow run` entry-point
+    parameter such as `seed`, as typed or left empty) is logged as `resolved.<key>` instead, since
+    MLflow forbids changing a param."""
+    run = mlflow.active_run()
+    held = MlflowClient().get_run(run.info.run_id).data.params
+    out = {}
+    for k, v in params.items():
+        v = "" if v is None else str(v)
+        if k not in held:
+            out[k] = v
+        elif held[k] != v:
+            out[f"resolved.{k}"] = v
+    if out:
+        mlflow.log_params(out)
 
 
 def log_metrics(values: dict[str, float], step: int | None = None) -> None:
@@ -151,8 +164,9 @@ def log_model(model, x_example: np.ndarray, architecture: dict) -> None:
         mlflow.set_tag("model_format", "state_only")
 
 
-def load_run_model(run_id: str, stage: str | None = None):
-    """The nn.Module a FINISHED run logged (of `stage`, when given); a one-line UserError otherwise."""
+def load_run_model(run_id: str, stage: str | None = None, split_key: str | None = None):
+    """The nn.Module a FINISHED run logged (of `stage` and on the split `split_key`, when given);
+    a one-line UserError otherwise."""
     import torch
     from mlflow.exceptions import MlflowException
 
@@ -165,6 +179,9 @@ def load_run_model(run_id: str, stage: str | None = None):
         raise UserError(f"run {run_id} not found in the tracking store {mlflow.get_tracking_uri()}") from None
     if (stage and run.data.tags.get("stage") != stage) or run.info.status != "FINISHED":
         raise UserError(f"run {run_id} is not a finished {stage or ''} run (stage={run.data.tags.get('stage')}, status={run.info.status})")
+    if split_key and run.data.tags.get("split_key") != split_key:
+        raise UserError(f"run {run_id} was trained on other data, target, classes, features or seed than given now; "
+                        "pass the options it ran with, or leave out --baseline-run to take the newest matching one")
     try:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state"))
     except (MlflowException, OSError):
@@ -208,11 +225,11 @@ def load_model_uri(uri: str):
     return model
 
 
-def latest_run(stage: str, digest: str) -> str | None:
-    """The newest FINISHED run of `stage` on data with this digest, in the current experiment."""
+def latest_run(stage: str, split_key: str) -> str | None:
+    """The newest FINISHED run of `stage` on the same data, split and classes, in the current experiment."""
     runs = MlflowClient().search_runs(
         [current_experiment_id()],
-        filter_string=f"tags.stage = '{stage}' and tags.data_digest = '{digest}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.stage = '{stage}' and tags.split_key = '{split_key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -225,9 +242,9 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def stage_key(stage: str, config: dict[str, object], digest: str, upstream: list[str]) -> str:
-    """Identity of a stage's work: its resolved config, the data, the runs it builds on, the code."""
-    blob = json.dumps({"stage": stage, "config": config, "data": digest, "upstream": upstream,
+def stage_key(stage: str, config: dict[str, object], split_key: str, upstream: list[str]) -> str:
+    """Identity of a stage's work: its resolved config, the data and split, the runs it builds on, the code."""
+    blob = json.dumps({"stage": stage, "config": config, "split": split_key, "upstream": upstream,
                        "code": source_hash()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

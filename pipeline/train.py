@@ -96,7 +96,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
         losses, sizes = [], []
         for i in range(0, n, batch_size):
             xb, tb = xs[i:i + batch_size], ts[i:i + batch_size]
-            if len(xb) < 2 < n:  # a batch of one breaks BatchNorm and adds only noise
+            if len(xb) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
                 continue
             loss = loss_of(model(xb), tb, task)
             opt.zero_grad(set_to_none=True)

@@ -111,6 +111,11 @@ def test_head_swap_alone_builds_on_the_latest_baseline(experiment):
     assert swap.data.tags["baseline_run"] == base.info.run_id
     bad = invoke("head-swap", *tiny_args(experiment, "--baseline-run", "0123456789abcdef"))
     assert bad.exit_code == 1 and "not found in the tracking store" in bad.output
+    # a baseline trained on another split is never picked up, nor accepted when named
+    other = invoke("head-swap", *tiny_args(experiment, "--seed", "5"))
+    assert other.exit_code == 1 and "no finished baseline run on this data, split and classes" in other.output
+    named = invoke("head-swap", *tiny_args(experiment, "--seed", "5", "--baseline-run", base.info.run_id))
+    assert named.exit_code == 1 and "was trained on other data, target, classes, features or seed" in named.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -170,15 +175,22 @@ def test_sigterm_ends_every_run_killed(experiment, store):
 
 
 def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
+    experiment_file = tmp_path / "exp.yaml"
+    experiment_file.write_text("data:\n  classes: quantile:2\ntrain:\n  epochs: 3\n  patience: 0\n")
     proc = subprocess.run(
         ["mlflow", "run", str(REPO), "-e", "convert", "--env-manager", "local", "--experiment-name", "mlflow-run",
-         "-P", f"data={TINY['data.source']}", "-P", "epochs=3", "-P", "strategies=threshold,warm_start"],
+         "-P", f"config={experiment_file}", "-P", f"data={TINY['data.source']}", "-P", "seed=07",
+         "-P", "strategies=threshold,warm_start"],
         capture_output=True, text=True, env=_env(store), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = runs_of("mlflow-run")
     assert all(r.info.status == "FINISHED" for r in runs)
     [parent] = by_stage(runs, "convert")
     assert parent.info.run_name == "convert"
+    # parameters left empty keep the experiment file's values; `seed` as typed and as resolved
+    params = parent.data.params
+    assert params["data.classes"] == "quantile:2" and params["train.epochs"] == "3"
+    assert params["seed"] == "07" and params["resolved.seed"] == "7"
     assert {r.data.tags.get("strategy") for r in runs} >= {"threshold", "warm_start"}
     children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == {"baseline", "head_swap"}

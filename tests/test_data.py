@@ -73,6 +73,9 @@ def test_categorical_missing_values_and_label_column(tmp_path):
     ("CSV", "price", "label:band", "label column 'band' (from --classes label:band) not in the data"),
     ("CSV", "price", "bins:3", "not understood"),
     ("BROKEN", "price", "quantile:3", "cannot read"),
+    ("CSV", "inf_target", "quantile:3", "target column 'inf_target' has 1 infinite values"),
+    ("CSV", "price", "quantile:3|inf_feature", "feature column 'inf_feature' has infinite values"),
+    ("CSV", "price", "quantile:3|row_id", "feature column 'row_id' looks like an identifier"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, spec, target, classes, message):
     rng = np.random.default_rng(0)
@@ -80,11 +83,28 @@ def test_bad_input_is_one_clear_error(tmp_path, spec, target, classes, message):
     frame["price"] = frame["a"] * 2
     if target == "const":
         frame["const"] = 1.0
+    frame["inf_target"] = frame["price"].where(frame.index != 3, np.inf)
+    classes, _, extra = classes.partition("|")
+    if extra == "inf_feature":
+        frame["inf_feature"] = frame["a"].where(frame.index != 5, -np.inf)
+    if extra == "row_id":
+        frame["row_id"] = [f"id-{i}" for i in range(len(frame))]
+    features = () if not extra else ("a", extra)
     csv = tmp_path / "t.csv"
     frame.to_csv(csv, index=False)
     broken = tmp_path / "broken.parquet"
     broken.write_text("not parquet")
     source = {"CSV": str(csv), "BROKEN": str(broken)}.get(spec, spec)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
-        data.prepare(Data(source=source, target=target, classes=classes), seed=0)
+        data.prepare(Data(source=source, target=target, classes=classes, features=features), seed=0)
     assert "\n" not in str(err.value)
+
+
+def test_dates_are_refused_and_close_edges_keep_distinct_names(tmp_path):
+    frame = pd.DataFrame({"when": pd.date_range("2020-01-01", periods=60), "a": np.arange(60.0)})
+    frame["target"] = frame["a"] * 2
+    frame.to_parquet(tmp_path / "d.parquet")
+    with pytest.raises(UserError, match="feature column 'when' holds dates"):
+        data.prepare(Data(source=str(tmp_path / "d.parquet")), seed=0)
+    assert len(set(data.class_names(np.array([-1e-5, 1e-5, 2e-5])))) == 4
+    assert data.class_names(np.array([100001.1, 100001.3]))[1] == "100001.1-100001.3"

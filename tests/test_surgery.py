@@ -157,3 +157,25 @@ def test_recorded_surgery_rebuilds_a_brought_model(tmp_path):
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(5, 10)
     assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("n_edges", [1, 2, 4])
+def test_warm_start_stays_exact_for_large_raw_targets(n_edges):
+    """A regressor of raw prices: its bias carries a 1e5 offset that float32 must not cancel badly."""
+    torch.manual_seed(0)
+    model = MLP(10, 16, 2).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(1000.0)
+        model.head.bias.fill_(1e5)
+        x, x_other = torch.randn(20000, 10), torch.randn(2000, 10)
+        r, r_other = model(x).reshape(-1).double(), model(x_other).reshape(-1).double()
+    edges = np.quantile(r_other.numpy(), np.arange(1, n_edges + 1) / (n_edges + 1))
+    threshold = data.to_classes(r.numpy(), edges)
+    scale = fit_warm_start_scale(r_other, torch.from_numpy(data.to_classes(r_other.numpy(), edges)), edges)
+    swap_head(model, "head", warm_start_head(model.head, edges, scale))
+    with torch.no_grad():
+        logits = model(x)
+    pred = (logits.reshape(-1) > 0).long().numpy() if n_edges == 1 else logits.argmax(1).numpy()
+    # rows within float32 resolution of an edge (|r - e| < 1e-2 at r ~ 1e5) may tie either way
+    near = np.min(np.abs(r.numpy()[:, None] - edges[None, :]), axis=1) < 1e-2
+    assert np.array_equal(pred[~near], threshold[~near]) and near.sum() < 20
