@@ -148,3 +148,24 @@ def test_a_checkpoint_that_needs_pickle_is_refused_without_running_it(experiment
     assert "refused" in result.output and "can run code" in result.output
     assert not marker.exists()
     assert runs_of(experiment) == []
+
+
+def test_the_shipped_example_converts_its_user_model(store, tmp_path):
+    """README: `python experiments/user_regressor.py user_regressor.pt` then convert with its experiment file."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+           "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(repo)}
+    ck = tmp_path / "user_regressor.pt"
+    made = subprocess.run([sys.executable, "experiments/user_regressor.py", str(ck), "--epochs", "3"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    converted = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--config", "experiments/user_model.yaml",
+                                "--checkpoint", str(ck), "--epochs", "2", "--experiment", "example-user-model",
+                                "--strategies", "threshold,warm_start"],
+                               cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert "regression head 'fc_out' (Linear 32->1)" in converted.stdout
+    assert {r.info.status for r in runs_of("example-user-model")} == {"FINISHED"}
