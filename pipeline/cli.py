@@ -134,9 +134,8 @@ def convert(**opts):
     from . import stages, tracking
 
     result = stages.convert(cfg, prepared, force=opts["force"], brought=brought)
-    board = result.details["leaderboard"].drop(columns=["run_id"])
     click.echo("\nLeaderboard (test split, sorted by macro-F1):")
-    click.echo(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _print_board(result.details["leaderboard"])
     click.echo(f"\nParent run: {result.run_id}\nBrowse the runs: {tracking.ui_command(uri)}")
 
 
@@ -168,8 +167,40 @@ def head_swap(**opts):
                         "`reg2cls baseline` with the same options first, or pass --baseline-run")
     prev = stages.StageResult(run_id, tracking.load_run_model(run_id, "baseline", prepared.split_key))
     result = stages.head_swap(cfg, prepared, prev, force=opts["force"])
-    click.echo(stages.leaderboard(result.run_id).drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _print_board(stages.leaderboard([result.run_id]))
     click.echo(f"head_swap run: {result.run_id}")
+
+
+@cli.command()
+@common_options
+@click.option("--from-run", help="A head_swap stage run (its best strategy) or any run with a reg2cls model "
+                                  "(default: the newest head_swap stage run on the same split).")
+@click.option("--keep-ratios", help="Share of hidden units each width variant keeps, e.g. 0.75,0.5,0.25.")
+@click.option("--distill", is_flag=True, default=None, help="Also train every variant on the unslimmed model's soft labels.")
+@user_errors
+def slim(**opts):
+    """Make physically smaller classifiers from a converted model, with costs and a Pareto plot."""
+    if opts["keep_ratios"]:
+        opts["set"] = (*opts["set"], f"slim.keep_ratios={opts['keep_ratios']}")
+    if opts["distill"]:
+        opts["set"] = (*opts["set"], "slim.distill=true")
+    cfg, prepared, _, uri = _prepare(opts)
+    from . import stages, tracking
+
+    run_id = opts["from_run"] or tracking.latest_run("head_swap", prepared.split_key)
+    if not run_id:
+        raise UserError("no finished head_swap run on this data, split and classes in this experiment; run "
+                        "`reg2cls head-swap` first or pass --from-run")
+    source = tracking.get_run(run_id).data.tags.get("best_run", run_id)  # a stage run names its best strategy
+    prev = stages.StageResult(run_id, tracking.load_run_model(source, split_key=prepared.split_key),
+                              details={"best_run": source})
+    result = stages.slim(cfg, prepared, prev, force=opts["force"])
+    _print_board(stages.leaderboard([result.run_id]))
+    click.echo(f"slim run: {result.run_id}")
+
+
+def _print_board(board) -> None:
+    click.echo(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def main() -> None:

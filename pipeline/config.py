@@ -68,6 +68,17 @@ class HeadSwap:
 
 
 @dataclass(frozen=True)
+class Slim:
+    keep_ratios: tuple[str, ...] = ("0.75", "0.5", "0.25")  # share of hidden units kept, per variant
+    depth: bool = True         # also drop hidden blocks (the pipeline's own MLP only)
+    epochs: int = 100          # fine-tune budget per variant (early stopping on validation loss)
+    distill: bool = False      # also train each variant on the unslimmed classifier's soft labels
+    temperature: float = 2.0
+    alpha: float = 0.5         # weight of the soft-label term
+    tolerance: float = 0.01    # recommend the smallest variant within this macro-F1 of the best
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: str = "reg2cls"
     seed: int = 0  # one seed for the split and every training run
@@ -76,6 +87,7 @@ class Config:
     user_model: UserModel = field(default_factory=UserModel)
     train: Train = field(default_factory=Train)
     head_swap: HeadSwap = field(default_factory=HeadSwap)
+    slim: Slim = field(default_factory=Slim)
 
     def flat(self) -> dict[str, object]:
         """The resolved config as `section.key -> value`, the form logged as MLflow params."""
@@ -157,6 +169,14 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"unknown activation '{cfg.model.activation}'; choose from {', '.join(ACTIVATIONS)}")
     if cfg.train.device not in DEVICES:
         raise UserError(f"unknown device '{cfg.train.device}'; choose from {', '.join(DEVICES)}")
+    try:
+        ratios = [float(r) for r in cfg.slim.keep_ratios]
+    except ValueError:
+        raise UserError(f"slim.keep_ratios must be numbers, got {','.join(cfg.slim.keep_ratios)}") from None
+    if any(not 0 < r <= 1 for r in ratios):
+        raise UserError(f"slim.keep_ratios must lie in (0, 1], got {','.join(cfg.slim.keep_ratios)}")
+    if not 0 <= cfg.slim.alpha <= 1 or cfg.slim.temperature <= 0:
+        raise UserError("slim.alpha must lie in [0, 1] and slim.temperature be positive")
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")

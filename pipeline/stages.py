@@ -1,4 +1,4 @@
-"""The stages: baseline, head_swap and convert, which runs them in order under one parent run.
+"""The stages: baseline, head_swap, slim and convert, which runs them in order under one parent run.
 
 Each stage has one shape, `stage(cfg, data, prev) -> StageResult`, and composes model, surgery,
 train, metrics and tracking; batch loops live in train.py only. A stage whose stage key (config, data
@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import metrics, tracking
+from . import metrics, report, tracking
 from .config import Config, UserError
 from .data import Prepared, to_classes
 from .model import MLP, architecture, load_user_model
-from .surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
-                      new_head, swap_head, unfreeze, warm_start_head)
-from .train import classification_task, fit, predict, resolve_device
+from .surgery import (Head, check_swap, drop_blocks, edges_before_activation, find_head, fit_warm_start_scale,
+                      freeze_backbone, new_head, slim_width, swap_head, unfreeze, warm_start_head)
+from .train import Distill, classification_task, fit, predict, resolve_device
 
 LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
     "test/accuracy": "accuracy", "test/balanced_accuracy": "balanced_acc", "test/f1_macro": "f1_macro",
@@ -186,11 +186,10 @@ def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = Fals
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
         for strategy in cfg.head_swap.strategies:
             with tracking.start(strategy, "head_swap", strategy=strategy,
-                                tags={"baseline_run": prev.run_id}) as child_id:
+                                tags={"baseline_run": prev.run_id, "split_key": data.split_key}) as child_id:
                 tracking.log_params({**cfg.flat(), "strategy": strategy})
                 model, values = _run_strategy(strategy, cfg, data, regressor, head, device)
                 if model is not None:
-                    tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
                     if values["val/f1_macro"] > best_f1:
                         best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
             _say(f"head_swap/{strategy}: test macro-F1 {values['test/f1_macro']:.3f}, "
@@ -238,7 +237,7 @@ def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
 def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,
                   device) -> tuple[nn.Module | None, dict]:
     """Build and train the classifier of one strategy; returns it (None for `threshold`) and its metrics."""
-    k, task, t = data.n_classes, classification_task(data.n_classes), cfg.train
+    t = cfg.train
     if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
         values = _classifier_metrics(data, lambda split: _threshold_proba(regressor, split, data, device))
         values = {**values, "val/loss": values["val/log_loss"], **_costs(regressor, data), "cost/train_seconds": 0.0}
@@ -255,71 +254,143 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
                 m.reset_parameters()
 
     log = tracking.EpochLog()
-    offset = 0
+    seconds, step = 0.0, 0
+    if strategy in ("linear_probe", "lp_ft"):
+        hist = _fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=t.lr,
+                               params=freeze_backbone(model, head.name))
+        unfreeze(model)
+        seconds, step = hist.seconds, hist.epochs  # lp_ft's fine-tune continues the probe's curve
+    if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
+        lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
+        hist = _fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr, step=step)
+        seconds, step = seconds + hist.seconds, step + hist.epochs
+    log.flush()
+    return model, _log_classifier(model, data, device, seconds, step + 1)
+
+
+def _fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: tracking.EpochLog, *, epochs: int,
+                    lr: float, step: int = 0, params=None, distill: Distill | None = None):
+    """fit() a classifier with the run's training settings; per-epoch curves go to `log` from `step` on."""
+    k, t = data.n_classes, cfg.train
+    c = data.val.c.numpy()
 
     def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
         pred = metrics.probabilities(val_out.cpu(), k).argmax(axis=1)
-        c = data.val.c.numpy()
-        log.add(offset + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": metrics.f1_macro(c, pred, k)})
+        log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": metrics.f1_macro(c, pred, k)})
 
-    common = dict(batch_size=t.batch_size, weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed,
-                  device=device, on_epoch=on_epoch)
-    seconds = 0.0
-    if strategy in ("linear_probe", "lp_ft"):
-        head_params = freeze_backbone(model, head.name)
-        hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=t.lr, params=head_params, **common)
-        unfreeze(model)
-        seconds = hist.seconds
-        if strategy == "lp_ft":  # the fine-tune's epochs continue the probe's curve
-            offset = hist.epochs
-    if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
-        lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
-        hist = fit(model, data.train, data.val, task, epochs=t.epochs, lr=lr, **common)
-        seconds += hist.seconds
-    log.flush()
+    return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=t.batch_size,
+               weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
+               on_epoch=on_epoch, distill=distill)
 
+
+def _log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int) -> dict[str, float]:
+    """Evaluate a trained classifier once, log its metrics, costs and model; returns the values."""
+    k = data.n_classes
     values = _classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
     values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
     # val/* after the per-epoch points, one step later, so the run's summary shows the returned model
-    final_step = offset + hist.epochs + 1
     tracking.log_metrics({key: v for key, v in values.items() if key.startswith("val/")}, step=final_step)
     rest = {key: v for key, v in values.items() if not key.startswith("val/")}
     rest.update({"cost/train_seconds": seconds, **_costs(model, data)})
+    rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
     tracking.log_metrics(rest)
-    return model, {**values, **rest}
+    return {**values, **rest}
+
+
+# ---------------------------------------------------------------------------------------------- slim
+def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
+    """Physically smaller classifiers made from `prev.model` (the best head-swap classifier): fewer
+    hidden units (width_<keep>), fewer hidden blocks (depth_-<n>, the pipeline's MLP only), each
+    fine-tuned, and with `slim.distill` also trained on the unslimmed model's soft labels. The output
+    is the recommended variant: the smallest within `slim.tolerance` validation macro-F1 of the best."""
+    source = prev.details.get("best_run") or prev.run_id
+    sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim)}
+    key, reuse = _reusable("slim", sections, data, [source], force)
+    if reuse:
+        _say(f"slim: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
+        best = tracking.get_run(reuse).data.tags.get("recommended_run")
+        return StageResult(reuse, tracking.load_run_model(best), reused=True, details={"best_run": best})
+    device = resolve_device(cfg.train.device)
+    teacher = prev.model.to(device).eval()
+    k = data.n_classes
+    head = find_head(teacher, data.n_features, n_out=1 if k == 2 else k)
+    variants: list[tuple[str, object]] = [(f"width_{r}", float(r)) for r in cfg.slim.keep_ratios]
+    if cfg.slim.depth and teacher.reg2cls_arch["base"]["kind"] == "mlp":
+        depth = teacher.reg2cls_arch["base"]["kwargs"]["depth"]
+        variants += [(f"depth_-{n}", n) for n in range(1, depth)]
+    teacher_logits = predict(teacher, data.train.x, device)
+    rows = [{"strategy": "unslimmed", "run_id": source, **_unslimmed_values(teacher, data, device)}]
+    with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source, "split_key": data.split_key}) as run_id:
+        _log_run_inputs(cfg, data)
+        for name, amount in variants:
+            for distilled in (False, True) if cfg.slim.distill else (False,):
+                strategy = f"{name}_distill" if distilled else name
+                with tracking.start(strategy, "slim", strategy=strategy,
+                                    tags={"source_run": source, "split_key": data.split_key}) as child_id:
+                    tracking.log_params({**cfg.flat(), "strategy": strategy})
+                    torch.manual_seed(cfg.seed)
+                    student = copy.deepcopy(teacher)
+                    if name.startswith("width_"):
+                        slim_width(student, head, amount, data.n_features)
+                    else:
+                        drop_blocks(student, amount)
+                    distill = Distill(teacher_logits, cfg.slim.temperature, cfg.slim.alpha) if distilled else None
+                    log = tracking.EpochLog()
+                    hist = _fit_classifier(student, cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
+                                           distill=distill)
+                    log.flush()
+                    values = _log_classifier(student, data, device, hist.seconds, hist.epochs + 1)
+                rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
+                _say(f"slim/{strategy}: {values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
+        best_f1 = max(r["val/f1_macro"] for r in rows)
+        chosen = min((r for r in rows if r["val/f1_macro"] >= best_f1 - cfg.slim.tolerance),
+                     key=lambda r: (r["cost/params"], -r["val/f1_macro"]))
+        tracking.set_tags({"recommended": chosen["strategy"], "recommended_run": chosen["run_id"]})
+        tracking.log_figure(report.pareto_figure(rows, chosen["strategy"]), "pareto.png")
+    _say(f"slim: recommended {chosen['strategy']} ({chosen['cost/params']:.0f} params, validation macro-F1 "
+         f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
+    return StageResult(run_id, chosen.get("model", teacher), details={"best_run": chosen["run_id"], "rows": rows})
+
+
+def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
+    """The starting classifier's metrics and costs, measured here beside its variants."""
+    k = data.n_classes
+    values = _classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
+    return {**values, **_costs(model, data)}
 
 
 # ------------------------------------------------------------------------------------------- convert
-def leaderboard(head_swap_run: str) -> pd.DataFrame:
-    """One row per strategy run under the head_swap stage run, read back from the store."""
+def leaderboard(stage_runs: list[str]) -> pd.DataFrame:
+    """One row per strategy or variant run nested under the given stage runs, read back from the store."""
     rows = []
-    for run in tracking.children(head_swap_run):
-        row = {"strategy": run.data.tags.get("strategy", run.info.run_name)}
-        row.update({col: run.data.metrics.get(key, float("nan")) for key, col in LEADERBOARD_COLUMNS.items()})
-        row["run_id"] = run.info.run_id
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=["strategy", *LEADERBOARD_COLUMNS.values(), "run_id"])
+    for stage_run in stage_runs:
+        for run in tracking.children(stage_run):
+            row = {"stage": run.data.tags.get("stage", ""), "strategy": run.data.tags.get("strategy", run.info.run_name)}
+            row.update({col: run.data.metrics.get(key, float("nan")) for key, col in LEADERBOARD_COLUMNS.items()})
+            row["run_id"] = run.info.run_id
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=["stage", "strategy", *LEADERBOARD_COLUMNS.values(), "run_id"])
     return frame.sort_values("f1_macro", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    def cell(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
 
 
 def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
-    """baseline -> head_swap under one parent run; logs and returns the leaderboard."""
+    """baseline -> head_swap -> slim under one parent run; logs and returns the leaderboard."""
     brought = brought or bring(cfg, data)  # before the parent run opens: a model that does not fit leaves no run
     with tracking.start("convert", "convert", tags={"split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         base = baseline(cfg, data, force=force, brought=brought)
         swapped = head_swap(cfg, data, base, force=force)
-        tracking.set_tags({"baseline_run": base.run_id, "head_swap_run": swapped.run_id})
-        board = leaderboard(swapped.run_id)
-        tracking.log_texts({"leaderboard.csv": board.to_csv(index=False), "leaderboard.md": markdown(board)})
-    return StageResult(run_id, swapped.model, details={"leaderboard": board, "baseline": base, "head_swap": swapped})
+        stage_runs = {"baseline_run": base.run_id, "head_swap_run": swapped.run_id}
+        slimmed = None
+        if swapped.model is not None:
+            slimmed = slim(cfg, data, swapped, force=force)
+            stage_runs["slim_run"] = slimmed.run_id
+        else:
+            _say("slim: skipped, no head-swap strategy trained a model to slim (threshold only)")
+        tracking.set_tags(stage_runs)
+        board = leaderboard([stage_runs[k] for k in ("head_swap_run", "slim_run") if k in stage_runs])
+        tracking.log_texts({"leaderboard.csv": board.to_csv(index=False), "leaderboard.md": report.markdown(board)})
+    final = slimmed or swapped
+    return StageResult(run_id, final.model, details={"leaderboard": board, "baseline": base, "head_swap": swapped,
+                                                     "slim": slimmed})

@@ -133,7 +133,7 @@ def log_texts(files: dict[str, str]) -> None:
         mlflow.log_artifacts(tmp)
 
 
-def log_model(model, x_example: np.ndarray, architecture: dict) -> None:
+def log_model(model, x_example: np.ndarray, architecture: dict) -> int:
     """Log `model` twice over, each for its reader, both without pickle:
 
     - `state/`: the state_dict and the architecture as JSON, which `load_run_model` rebuilds with
@@ -150,6 +150,7 @@ def log_model(model, x_example: np.ndarray, architecture: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, Path(tmp) / "weights.pt")
         (Path(tmp) / "architecture.json").write_text(json.dumps(architecture, indent=1))
+        n_bytes = (Path(tmp) / "weights.pt").stat().st_size
         mlflow.log_artifacts(tmp, artifact_path="state")
     with torch.no_grad():
         out = model(torch.from_numpy(x_example)).numpy()
@@ -162,6 +163,15 @@ def log_model(model, x_example: np.ndarray, architecture: dict) -> None:
     except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
         print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
         mlflow.set_tag("model_format", "state_only")
+    return n_bytes
+
+
+def log_figure(figure, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact, then free it."""
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, name)
+    plt.close(figure)
 
 
 def load_run_model(run_id: str, stage: str | None = None, split_key: str | None = None):

@@ -49,6 +49,25 @@ def loss_of(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
 
 
 @dataclass
+class Distill:
+    """Knowledge distillation: a teacher's logits on the training rows, softened by `temperature`,
+    mixed with the true labels: loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * hard loss."""
+    teacher_logits: torch.Tensor  # (N_train, out), in the training split's row order
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+    def loss(self, out: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+        t = self.temperature
+        if task == "binary":  # one logit: the soft target is the teacher's softened probability
+            soft = F.binary_cross_entropy_with_logits(out.reshape(-1) / t, torch.sigmoid(teacher.reshape(-1) / t))
+        else:
+            soft = F.kl_div(F.log_softmax(out / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                            log_target=True, reduction="batchmean")
+        # T^2 keeps the soft term's gradients on the scale of the hard term's (Hinton et al., 2015)
+        return self.alpha * t * t * soft + (1 - self.alpha) * loss_of(out, target, task)
+
+
+@dataclass
 class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
@@ -66,12 +85,14 @@ EpochHook = Callable[[int, dict[str, float], torch.Tensor], None]
 
 def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 0.0, patience: int = 0, seed: int = 0, device: torch.device | str = "cpu",
-        params: Iterable[nn.Parameter] | None = None, on_epoch: EpochHook | None = None) -> History:
+        params: Iterable[nn.Parameter] | None = None, on_epoch: EpochHook | None = None,
+        distill: Distill | None = None) -> History:
     """Train `model` in place with AdamW; keep the weights with the lowest validation loss (the
     starting weights included).
 
     `params` restricts which parameters are optimised (a linear probe passes only the head's);
-    `patience` > 0 stops after that many epochs without a better validation loss.
+    `patience` > 0 stops after that many epochs without a better validation loss; `distill` trains
+    on a teacher's soft labels too (validation loss and early stopping stay on the true labels).
     """
     device = torch.device(device)
     model.to(device)
@@ -93,12 +114,14 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
         xs, ts = xt[perm], tt[perm]  # one gather per epoch; batches are then contiguous views
+        soft = distill.teacher_logits.to(device)[perm] if distill else None
         losses, sizes = [], []
         for i in range(0, n, batch_size):
             xb, tb = xs[i:i + batch_size], ts[i:i + batch_size]
             if len(xb) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
                 continue
-            loss = loss_of(model(xb), tb, task)
+            out = model(xb)
+            loss = distill.loss(out, soft[i:i + batch_size], tb, task) if distill else loss_of(out, tb, task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -49,7 +49,7 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     parent_of = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
     assert parent_of[base.info.run_id] == parent.info.run_id and parent_of[swap.info.run_id] == parent.info.run_id
 
-    strategies = [r for r in runs if "strategy" in r.data.tags]
+    strategies = [r for r in runs if "strategy" in r.data.tags and r.data.tags["stage"] == "head_swap"]
     assert sorted(r.data.tags["strategy"] for r in strategies) == sorted(STRATEGIES)
     assert all(parent_of[r.info.run_id] == swap.info.run_id and r.data.tags["stage"] == "head_swap" for r in strategies)
     for run in strategies:
@@ -66,9 +66,10 @@ def test_convert_logs_every_stage_and_strategy(experiment):
 
     # leaderboard artifact equals the metrics on the runs; logged models load and predict
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
-    assert sorted(board["strategy"]) == sorted(STRATEGIES)
+    assert sorted(board[board["stage"] == "head_swap"]["strategy"]) == sorted(STRATEGIES)
+    assert set(board[board["stage"] == "slim"]["strategy"]) == {"width_0.75", "width_0.5", "width_0.25", "depth_-1"}
     for row in board.itertuples():
-        run = next(r for r in strategies if r.info.run_id == row.run_id)
+        run = next(r for r in runs if r.info.run_id == row.run_id)
         assert row.f1_macro == pytest.approx(run.data.metrics["test/f1_macro"])
     warm = next(r for r in strategies if r.data.tags["strategy"] == "warm_start")
     served = mlflow.pyfunc.load_model(f"runs:/{warm.info.run_id}/model")
@@ -193,4 +194,4 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     assert params["seed"] == "07" and params["resolved.seed"] == "7"
     assert {r.data.tags.get("strategy") for r in runs} >= {"threshold", "warm_start"}
     children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children == {"baseline", "head_swap"}
+    assert children == {"baseline", "head_swap", "slim"}

@@ -60,7 +60,7 @@ def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, un
         assert "output activation 'squash' (Sigmoid) removed" in result.output
     runs = runs_of(experiment)
     assert all(r.info.status == "FINISHED" for r in runs)
-    by_strategy = {r.data.tags["strategy"]: r for r in runs if "strategy" in r.data.tags}
+    by_strategy = {r.data.tags["strategy"]: r for r in runs if r.data.tags["stage"] == "head_swap" and "strategy" in r.data.tags}
     assert set(by_strategy) == set(STRATEGIES.split(","))
     base = next(r for r in runs if r.data.tags["stage"] == "baseline")
     assert base.data.params["user_model.spec"].endswith(f":{name}") and "test/r2" in base.data.metrics

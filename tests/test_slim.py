@@ -1,0 +1,102 @@
+"""Slimming: really smaller models (fewer parameters, not masks), their costs, and the recommendation."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import user_models as um
+from pipeline import stages
+from pipeline.cli import cli
+from pipeline.metrics import count_params
+from pipeline.model import MLP, architecture, build
+from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
+from pipeline.tracking import load_run_model
+from pipeline.train import Distill
+
+from conftest import runs_of, tiny_args
+
+
+def classifier(k: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return swap_head(MLP(10, 16, 2), "head", new_head(16, k))
+
+
+def test_keep_ratio_one_keeps_the_function():
+    model = classifier()
+    x = torch.randn(50, 10)
+    before = model.eval()(x)
+    slim_width(model, find_head(model, 10, n_out=3), 1.0, 10)
+    torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)
+
+
+def test_half_width_halves_every_hidden_layer_and_rebuilds():
+    model = classifier()
+    slim_width(model, find_head(model, 10, n_out=3), 0.5, 10)
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [8, 8, 3]
+    assert count_params(model) == (10 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)
+    assert model(torch.randn(5, 10)).shape == (5, 3)
+    rebuilt = build(architecture(model))
+    rebuilt.load_state_dict(model.state_dict())  # strict: the recorded resize recreates every layer
+
+
+def test_batchnorm_model_slims_coupled_layers():
+    torch.manual_seed(0)
+    model = um.BNNet(10)
+    swap_head(model, "regressor", new_head(16, 4))
+    slim_width(model, find_head(model, 10, n_out=4), 0.5, 10)
+    assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [8, 8]
+    assert model.eval()(torch.randn(6, 10)).shape == (6, 4)
+
+
+def test_dropping_a_block_shortens_the_mlp():
+    model = classifier()
+    drop_blocks(model, 1)
+    assert len(model.body) == 2 and model(torch.randn(3, 10)).shape == (3, 3)
+    build(architecture(model)).load_state_dict(model.state_dict())
+
+
+def test_distillation_loss_prefers_the_teacher():
+    teacher = torch.tensor([[4.0, 0.0, -4.0]] * 8)
+    target = torch.zeros(8, dtype=torch.long)
+    d = Distill(teacher, temperature=2.0, alpha=1.0)
+    assert d.loss(teacher.clone(), teacher, target, "multiclass") < d.loss(-teacher, teacher, target, "multiclass")
+
+
+def test_slim_stage_logs_variants_costs_and_a_recommendation(experiment):
+    result = CliRunner().invoke(cli, ["convert", *tiny_args(experiment, "--strategies", "finetune",
+                                                           "--set", "slim.keep_ratios=1.0,0.5",
+                                                           "--set", "slim.distill=true")])
+    assert result.exit_code == 0, result.output
+    runs = runs_of(experiment)
+    [stage] = [r for r in runs if r.data.tags["stage"] == "slim" and "strategy" not in r.data.tags]
+    variants = {r.data.tags["strategy"]: r for r in runs if r.data.tags["stage"] == "slim" and "strategy" in r.data.tags}
+    assert set(variants) == {"width_1.0", "width_0.5", "depth_-1", "width_1.0_distill", "width_0.5_distill",
+                             "depth_-1_distill"}
+    for run in variants.values():
+        assert {"cost/params", "cost/flops", "cost/model_bytes", "cost/latency_ms_per_1k", "test/f1_macro"} <= set(run.data.metrics)
+    half = variants["width_0.5"]
+    assert half.data.metrics["cost/params"] == (10 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)
+    assert half.data.metrics["cost/flops"] == 10 * 8 + 8 * 8 + 8 * 3
+    # logged cost/params equals the parameters of the model loaded back, both ways
+    assert count_params(load_run_model(half.info.run_id)) == half.data.metrics["cost/params"]
+    served = mlflow.pytorch.load_model(f"runs:/{half.info.run_id}/model")
+    assert sum(p.numel() for p in served.parameters()) == half.data.metrics["cost/params"]
+    assert served(torch.zeros(4, 10)).shape == (4, 3)
+    assert stage.data.tags["recommended"] in set(variants) | {"unslimmed"}
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(stage.info.run_id)}
+    assert "pareto.png" in artifacts
+    assert "slim" in result.output  # the leaderboard shows slim rows
+
+
+def test_slim_alone_builds_on_the_latest_head_swap(experiment):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["baseline", *tiny_args(experiment)]).exit_code == 0
+    assert runner.invoke(cli, ["head-swap", *tiny_args(experiment, "--strategies", "linear_probe")]).exit_code == 0
+    result = runner.invoke(cli, ["slim", *tiny_args(experiment, "--keep-ratios", "0.5")])
+    assert result.exit_code == 0, result.output
+    [stage] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "slim" and "strategy" not in r.data.tags]
+    probe = next(r for r in runs_of(experiment) if r.data.tags.get("strategy") == "linear_probe")
+    assert stage.data.tags["source_run"] == probe.info.run_id
