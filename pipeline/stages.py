@@ -319,7 +319,7 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
         depth = teacher.reg2cls_arch["base"]["kwargs"]["depth"]
         variants += [(f"depth_-{n}", n) for n in range(1, depth)]
     teacher_logits = predict(teacher, data.train.x, device)
-    rows = [{"strategy": "unslimmed", "run_id": source, **_unslimmed_values(teacher, data, device)}]
+    rows = [{"strategy": "unslimmed", "run_id": source, "model": teacher, **_unslimmed_values(teacher, data, device)}]
     with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source, "split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         for name, amount in variants:
@@ -349,7 +349,7 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
         tracking.log_figure(report.pareto_figure(rows, chosen["strategy"]), "pareto.png")
     _say(f"slim: recommended {chosen['strategy']} ({chosen['cost/params']:.0f} params, validation macro-F1 "
          f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
-    return StageResult(run_id, chosen.get("model", teacher), details={"best_run": chosen["run_id"], "rows": rows})
+    return StageResult(run_id, chosen["model"], details={"best_run": chosen["run_id"], "rows": rows})
 
 
 def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
