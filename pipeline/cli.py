@@ -199,6 +199,41 @@ def slim(**opts):
     click.echo(f"slim run: {result.run_id}")
 
 
+@cli.command()
+@common_options
+@click.option("--from-run", help="A run with a reg2cls classifier, or a slim/head_swap stage run (its chosen model); "
+                                  "default: the newest slim, else head_swap, stage run on the same split.")
+@click.option("--n-trials", type=click.IntRange(min=0), help="New trials to add to the study (default 8).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop starting trials after this many seconds.")
+@click.option("--metric", type=click.Choice(sorted(config.TUNE_METRICS)), help="Objective (default val/f1_macro).")
+@click.option("--pruner", type=click.Choice(config.PRUNERS), help="Pruner (default median).")
+@click.option("--storage", help="Optuna storage URL (default: sqlite optuna.db next to the MLflow store).")
+@click.option("--study-name", help="Default: <experiment>-<architecture hash>-<split key>.")
+@click.option("--workers", type=click.IntRange(min=1), help="Local worker processes, one torch thread each.")
+@user_errors
+def tune(**opts):
+    """Tune dropout, learning rate and weight decay with Optuna; every trial a run in MLflow."""
+    names = {"n_trials": "n_trials", "timeout": "timeout", "metric": "metric", "pruner": "pruner",
+             "storage": "storage", "study_name": "study_name", "workers": "workers"}
+    opts["set"] = (*opts["set"], *(f"tune.{key}={opts[o]}" for o, key in names.items() if opts[o] not in (None, "")))
+    cfg, prepared, _, uri = _prepare(opts)
+    from . import stages, tracking
+
+    run_id = opts["from_run"]
+    if not run_id:
+        run_id = tracking.latest_run("slim", prepared.split_key) or tracking.latest_run("head_swap", prepared.split_key)
+    if not run_id:
+        raise UserError("no finished slim or head_swap run on this data, split and classes in this experiment; "
+                        "run `reg2cls convert` or `reg2cls head-swap` first, or pass --from-run")
+    tags = tracking.get_run(run_id).data.tags
+    source = tags.get("recommended_run") or tags.get("best_run") or run_id  # a stage run names its chosen model
+    prev = stages.StageResult(run_id, tracking.load_run_model(source, split_key=prepared.split_key),
+                              details={"best_run": source})
+    result = stages.tune(cfg, prepared, prev, force=True)
+    _print_board(stages.leaderboard([], [result.run_id]))
+    click.echo(f"tune run: {result.run_id}\nBrowse the study: optuna-dashboard {result.details['storage']}")
+
+
 def _print_board(board) -> None:
     click.echo(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 

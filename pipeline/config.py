@@ -14,6 +14,8 @@ STRATEGIES = ("threshold", "linear_probe", "finetune", "lp_ft", "warm_start", "s
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
+TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
+PRUNERS = ("median", "hyperband", "none")
 
 
 class UserError(Exception):
@@ -79,6 +81,19 @@ class Slim:
 
 
 @dataclass(frozen=True)
+class Tune:
+    n_trials: int = 8             # new trials this run adds to the study (shared by its workers)
+    timeout: float = 0.0          # seconds; 0 = no limit
+    epochs: int = 60              # per trial, with the median pruner watching every epoch
+    metric: str = "val/f1_macro"  # or val/log_loss (minimised)
+    pruner: str = "median"        # median | hyperband | none
+    storage: str = ""             # Optuna storage URL; "" = sqlite optuna.db next to the MLflow store
+    study_name: str = ""          # "" = <experiment>-<architecture hash>-<split key>
+    workers: int = 1              # local worker processes, one torch thread each
+    max_dropout: float = 0.5      # upper bound of the head and hidden dropout searched
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: str = "reg2cls"
     seed: int = 0  # one seed for the split and every training run
@@ -88,6 +103,7 @@ class Config:
     train: Train = field(default_factory=Train)
     head_swap: HeadSwap = field(default_factory=HeadSwap)
     slim: Slim = field(default_factory=Slim)
+    tune: Tune = field(default_factory=Tune)
 
     def flat(self) -> dict[str, object]:
         """The resolved config as `section.key -> value`, the form logged as MLflow params."""
@@ -177,6 +193,14 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"slim.keep_ratios must lie in (0, 1], got {','.join(cfg.slim.keep_ratios)}")
     if not 0 <= cfg.slim.alpha <= 1 or cfg.slim.temperature <= 0:
         raise UserError("slim.alpha must lie in [0, 1] and slim.temperature be positive")
+    if cfg.tune.metric not in TUNE_METRICS:
+        raise UserError(f"tune.metric must be one of {', '.join(TUNE_METRICS)}, got '{cfg.tune.metric}'")
+    if cfg.tune.pruner not in PRUNERS:
+        raise UserError(f"tune.pruner must be one of {', '.join(PRUNERS)}, got '{cfg.tune.pruner}'")
+    if cfg.tune.n_trials < 0 or cfg.tune.workers < 1 or cfg.tune.epochs < 1 or cfg.tune.timeout < 0:
+        raise UserError("tune.n_trials and tune.timeout must be >= 0, tune.workers and tune.epochs >= 1")
+    if not 0 < cfg.tune.max_dropout < 1:
+        raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")

@@ -1,4 +1,4 @@
-"""The stages: baseline, head_swap, slim and convert, which runs them in order under one parent run.
+"""The stages: baseline, head_swap, slim, tune and convert, which runs them in order under one parent run.
 
 Each stage has one shape, `stage(cfg, data, prev) -> StageResult`, and composes model, surgery,
 train, metrics and tracking; batch loops live in train.py only. A stage whose stage key (config, data
@@ -359,38 +359,113 @@ def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, flo
     return {**values, **_costs(model, data)}
 
 
+# ---------------------------------------------------------------------------------------------- tune
+def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, resume: bool = True) -> StageResult:
+    """Optuna over head and hidden dropout, learning rate and weight decay, starting from `prev.model`
+    (the chosen architecture and its weights). Each call adds `tune.n_trials` trials to the study;
+    with `resume=False` (inside convert) a finished tune stage with the same key is reused instead.
+    The stage run gets the best trial's params, value and model (kept from that trial, not retrained)
+    and its test metrics, evaluated once here."""
+    import time
+
+    from . import study as optuna_study
+
+    source = prev.details.get("best_run") or prev.run_id
+    arch = architecture(prev.model)
+    name = optuna_study.study_name(cfg, arch, data.split_key)
+    url = optuna_study.storage_url(cfg.tune.storage, tracking.setup(None))
+    sections = {"train": asdict(cfg.train), "tune": asdict(cfg.tune), "study": name}
+    key, reuse = _reusable("tune", sections, data, [source], force or resume)
+    if reuse:
+        _say(f"tune: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
+        return StageResult(reuse, tracking.load_run_model(reuse), reused=True, details={"best_run": reuse})
+    study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
+    device = resolve_device(cfg.train.device)
+    with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source, "split_key": data.split_key,
+                                              "optuna_study": name, "optuna_storage": _safe_url(url)}) as run_id:
+        _log_run_inputs(cfg, data)
+        before, _ = optuna_study.counted(study)
+        job = optuna_study.Job(cfg, data, arch, {k: v.cpu() for k, v in prev.model.state_dict().items()},
+                               tracking.setup(None), run_id, url, name, target=before + cfg.tune.n_trials,
+                               deadline=time.time() + cfg.tune.timeout if cfg.tune.timeout else None,
+                               seed=cfg.seed + before)
+        _say(f"tune: study '{name}' in {_safe_url(url)}: {before} trials so far, adding {cfg.tune.n_trials} "
+             f"with {cfg.tune.workers} worker(s)")
+        optuna_study.run_workers(job, cfg.tune.workers, _say)
+        optuna_study.end_orphaned_runs(study)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if not complete:
+            raise UserError(f"study '{name}' has no completed trial (states: {', '.join(sorted(set(states))) or 'none'}); "
+                            "run more trials or use --pruner none")
+        best = study.best_trial
+        tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
+        tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})
+        model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
+        values = _classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), data.n_classes))
+        values["val/loss"] = values["val/log_loss"]
+        trial_run = tracking.get_run(best.user_attrs["mlflow_run_id"])
+        rest = {"best/" + cfg.tune.metric: best.value, **_costs(model, data),
+                "cost/train_seconds": trial_run.data.metrics.get("cost/train_seconds", float("nan")),
+                "cost/model_bytes": tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))}
+        tracking.log_metrics({**values, **rest})
+        for fig_name, fig in optuna_study.figures(study).items():
+            tracking.log_figure(fig, fig_name)
+    _say(f"tune: best trial {best.number} {cfg.tune.metric} {best.value:.4f} ({best.params}); "
+         f"test macro-F1 {values['test/f1_macro']:.3f}")
+    return StageResult(run_id, model, details={"best_run": run_id, "study": name, "storage": url})
+
+
+def _safe_url(url: str) -> str:
+    """The storage URL without its password, for tags and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 # ------------------------------------------------------------------------------------------- convert
-def leaderboard(stage_runs: list[str]) -> pd.DataFrame:
-    """One row per strategy or variant run nested under the given stage runs, read back from the store."""
+def leaderboard(stage_runs: list[str], single_runs: list[str] = ()) -> pd.DataFrame:
+    """One row per strategy or variant run nested under `stage_runs`, plus one per run in
+    `single_runs` (the tune stage: its best model), read back from the store."""
     rows = []
-    for stage_run in stage_runs:
-        for run in tracking.children(stage_run):
-            row = {"stage": run.data.tags.get("stage", ""), "strategy": run.data.tags.get("strategy", run.info.run_name)}
-            row.update({col: run.data.metrics.get(key, float("nan")) for key, col in LEADERBOARD_COLUMNS.items()})
-            row["run_id"] = run.info.run_id
-            rows.append(row)
+    runs = [run for stage_run in stage_runs for run in tracking.children(stage_run)]
+    for run in runs + [tracking.get_run(r) for r in single_runs]:
+        strategy = run.data.tags.get("strategy") or ("tuned" if run.data.tags.get("stage") == "tune" else run.info.run_name)
+        row = {"stage": run.data.tags.get("stage", ""), "strategy": strategy}
+        row.update({col: run.data.metrics.get(key, float("nan")) for key, col in LEADERBOARD_COLUMNS.items()})
+        row["run_id"] = run.info.run_id
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=["stage", "strategy", *LEADERBOARD_COLUMNS.values(), "run_id"])
     return frame.sort_values("f1_macro", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
-    """baseline -> head_swap -> slim under one parent run; logs and returns the leaderboard."""
+    """baseline -> head_swap -> slim -> tune under one parent run; logs and returns the leaderboard."""
     brought = brought or bring(cfg, data)  # before the parent run opens: a model that does not fit leaves no run
     with tracking.start("convert", "convert", tags={"split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         base = baseline(cfg, data, force=force, brought=brought)
         swapped = head_swap(cfg, data, base, force=force)
         stage_runs = {"baseline_run": base.run_id, "head_swap_run": swapped.run_id}
-        slimmed = None
+        slimmed = tuned = None
         if swapped.model is not None:
             slimmed = slim(cfg, data, swapped, force=force)
             stage_runs["slim_run"] = slimmed.run_id
+            if cfg.tune.n_trials > 0:
+                tuned = tune(cfg, data, slimmed, force=force, resume=False)
+                stage_runs["tune_run"] = tuned.run_id
         else:
-            _say("slim: skipped, no head-swap strategy trained a model to slim (threshold only)")
+            _say("slim, tune: skipped, no head-swap strategy trained a model (threshold only)")
         tracking.set_tags(stage_runs)
-        board = leaderboard([stage_runs[k] for k in ("head_swap_run", "slim_run") if k in stage_runs])
+        board = leaderboard([stage_runs[k] for k in ("head_swap_run", "slim_run") if k in stage_runs],
+                            [stage_runs["tune_run"]] if tuned else [])
         tracking.log_texts({"leaderboard.csv": board.to_csv(index=False), "leaderboard.md": report.markdown(board)})
-    final = slimmed or swapped
+    final = tuned or slimmed or swapped
     return StageResult(run_id, final.model, details={"leaderboard": board, "baseline": base, "head_swap": swapped,
-                                                     "slim": slimmed})
+                                                     "slim": slimmed, "tune": tuned})

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
 MODEL_NAME = "model"  # artifact name of every logged model: runs:/<id>/model
 
 
@@ -53,22 +54,23 @@ def ui_command(tracking_uri: str) -> str:
 
 
 @contextlib.contextmanager
-def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """A run nested under the active run (top level when there is none); yields its id.
+def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, str] | None = None,
+          parent: str | None = None, killed_on: tuple[type[BaseException], ...] = ()) -> Iterator[str]:
+    """A run nested under `parent`, else under the active run (top level when there is none); yields its id.
 
-    Ends FINISHED on success, KILLED on KeyboardInterrupt (the CLI turns SIGTERM into one), FAILED on
-    any other exception, which is re-raised.
+    Ends FINISHED on success; KILLED on KeyboardInterrupt (the CLI turns SIGTERM into one) or on an
+    exception in `killed_on` (a pruned trial); FAILED on any other exception. Exceptions are re-raised.
     """
     all_tags = {"stage": stage, **({"strategy": strategy} if strategy else {}), **(tags or {})}
-    top_level = mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID")
+    top_level = parent is None and mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID")
     if top_level:  # the run `mlflow run` made: adopt it, naming and tagging it like our own
         run = mlflow.start_run(tags=all_tags)
         mlflow.set_tag("mlflow.runName", name)
     else:
-        run = mlflow.start_run(run_name=name, nested=True, tags=all_tags)
+        run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
     try:
         yield run.info.run_id
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *killed_on):
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:
@@ -236,10 +238,12 @@ def load_model_uri(uri: str):
 
 
 def latest_run(stage: str, split_key: str) -> str | None:
-    """The newest FINISHED run of `stage` on the same data, split and classes, in the current experiment."""
+    """The newest FINISHED stage run (not a strategy run) of `stage` on the same data, split and
+    classes, in the current experiment."""
     runs = MlflowClient().search_runs(
         [current_experiment_id()],
-        filter_string=f"tags.stage = '{stage}' and tags.split_key = '{split_key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.stage = '{stage}' and tags.split_key = '{split_key}' and tags.strategy IS NULL "
+                      "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -278,6 +282,15 @@ def current_experiment_id() -> str:
 
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
+
+
+def end_if_running(run_id: str, status: str = "FAILED") -> bool:
+    """Mark a run that its process can no longer end (a killed worker's) as ended; True if it was RUNNING."""
+    client = MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status)
+        return True
+    return False
 
 
 def children(run_id: str) -> list:

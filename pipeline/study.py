@@ -1,0 +1,289 @@
+"""Optuna for the tune stage: storage, study, the trial objective and the workers that run it.
+
+- Storage: any Optuna RDB URL (SQLite by default, PostgreSQL for workers on several machines), with
+  the heartbeat on: a trial whose worker died is failed by the next worker to start a trial, its
+  MLflow run ended FAILED, and the trial retried (`RetryHeartbeatStaleTrialCallback`).
+- A study remembers its objective (`metric` user attribute); reopening it with another is refused.
+- Each trial is an MLflow run nested under the tune stage run (strategy=trial_<n>) holding its params,
+  per-epoch validation curves and model; PRUNED ends it KILLED, FAIL ends it FAILED; the trial keeps
+  the run id as user attribute `mlflow_run_id`, so optuna-dashboard and MLflow point at each other.
+- Workers share one count: they stop once the study holds `target` trials that are done, running or
+  waiting to be retried. Local workers take a lock from the count check until their trial exists, so
+  N trials are exactly N; workers on several machines can overshoot by at most (workers - 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from . import metrics, tracking
+from .config import TUNE_METRICS, Config, UserError
+from .data import Prepared
+from .model import build
+from .surgery import add_dropout, find_head
+from .train import classification_task, fit, predict, resolve_device
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HEARTBEAT_S, GRACE_S = 2, 8  # a trial without a heartbeat for 8 s belongs to a dead worker
+
+
+def storage_url(configured: str, tracking_uri: str) -> str:
+    """The configured URL, else a SQLite file `optuna.db` beside a SQLite MLflow store (or in the cwd)."""
+    if configured:
+        return configured
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def _fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A stale trial (its worker died): end its MLflow run FAILED, then queue a retry of it."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        tracking.end_if_running(run_id, "FAILED")
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    # SQLite: wait for the lock instead of failing with "database is locked" when workers write at once
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S, heartbeat_stale_trial_callback=_fail_and_retry)
+    except Exception as e:  # bad URL, server down, missing driver: one line, not a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot open the Optuna storage {url}: {first}") from None
+
+
+def open_study(url: str, name: str, metric: str) -> optuna.Study:
+    """Create the study, or reopen it when its objective and direction match; refuse otherwise."""
+    storage = make_storage(url)
+    direction = TUNE_METRICS[metric]
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+        study.set_user_attr("metric", metric)
+        return study
+    held = study.user_attrs.get("metric")
+    if held != metric or study.direction.name.lower() != direction:
+        raise UserError(f"study '{name}' optimises {held or 'another objective'} ({study.direction.name.lower()}), "
+                        f"not {metric} ({direction}); pass another --study-name or the same --metric")
+    return study
+
+
+def study_name(cfg: Config, architecture: dict, split_key: str) -> str:
+    arch = hashlib.sha256(json.dumps(architecture, sort_keys=True).encode()).hexdigest()[:8]
+    return cfg.tune.study_name or f"{cfg.experiment}-{arch}-{split_key[:8]}"
+
+
+def counted(study: optuna.Study) -> tuple[int, bool]:
+    """(trials toward the target, whether a retry is waiting). A failed trial that was retried counts
+    through its retry; one that ran out of retries counts itself."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    n = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+            or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
+    return n, any(t.state == TrialState.WAITING for t in trials)
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    if cfg.tune.pruner == "median":  # prune a trial below the median of earlier trials at the same epoch
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5)
+    if cfg.tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=5, max_resource=cfg.tune.epochs)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class Job:
+    """All a worker needs, picklable for a spawned process."""
+    cfg: Config
+    data: Prepared
+    architecture: dict
+    state: dict
+    tracking_uri: str
+    stage_run: str
+    storage: str
+    study_name: str
+    target: int
+    deadline: float | None
+    seed: int
+    threads: int | None = None
+
+
+def metric_value(out: torch.Tensor, data: Prepared, metric: str) -> float:
+    """The objective on the validation split from raw outputs (N, out)."""
+    proba = metrics.probabilities(out.cpu(), data.n_classes)
+    c = data.val.c.numpy()
+    if metric == "val/log_loss":
+        return float(-np.log(np.clip(proba[np.arange(len(c)), c], 1e-15, 1.0)).mean())
+    return metrics.f1_macro(c, proba.argmax(axis=1), data.n_classes)
+
+
+def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
+    cfg, data = job.cfg, job.data
+    gate.release()  # the trial exists now: other local workers may count it
+    params = {
+        "head_dropout": trial.suggest_float("head_dropout", 0.0, cfg.tune.max_dropout),
+        "hidden_dropout": trial.suggest_float("hidden_dropout", 0.0, cfg.tune.max_dropout),
+        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+    }
+    name = f"trial_{trial.number}"
+    with tracking.start(name, "tune", strategy=name, parent=job.stage_run, killed_on=(optuna.TrialPruned,),
+                        tags={"split_key": data.split_key, "optuna_study": job.study_name,
+                              "optuna_trial": str(trial.number)}) as run_id:
+        trial.set_user_attr("mlflow_run_id", run_id)
+        tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
+                             "optuna.trial": trial.number, **job.cfg.flat()})
+        torch.manual_seed(cfg.seed + trial.number)
+        model = build(job.architecture)
+        model.load_state_dict(job.state)
+        k = data.n_classes
+        head = find_head(model, data.n_features, n_out=1 if k == 2 else k)
+        add_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
+        log = tracking.EpochLog()
+        device = resolve_device(cfg.train.device)
+
+        def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+            value = metric_value(val_out, data, cfg.tune.metric)
+            log.add(epoch, {**logs, cfg.tune.metric: value})
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        try:
+            hist = fit(model, data.train, data.val, classification_task(k), epochs=cfg.tune.epochs,
+                       batch_size=cfg.train.batch_size, lr=params["lr"], weight_decay=params["weight_decay"],
+                       patience=cfg.train.patience, seed=cfg.seed + trial.number, device=device, on_epoch=on_epoch)
+        finally:
+            log.flush()  # a pruned trial keeps its curve up to the epoch it was stopped
+        values = metrics.prefixed("val", metrics.classification(data.val.c.numpy(), metrics.probabilities(
+            predict(model, data.val.x, device), k)))
+        tracking.log_metrics({**values, "cost/train_seconds": hist.seconds}, step=hist.epochs + 1)
+        tracking.log_model(model, data.val.x[:5].numpy(), copy.deepcopy(model.reg2cls_arch))
+        return values[cfg.tune.metric]
+
+
+class _Gate:
+    """The local workers' lock, held from the count check until the trial exists; releases once."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.held = lock, False
+
+    def acquire(self) -> None:
+        if self.lock is not None:
+            self.lock.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.release()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a terminated worker unwinds: its trial ends FAIL, its run KILLED
+
+
+def work(job: Job, lock=None) -> None:
+    """One worker: run trials until the study holds `job.target` of them (or the deadline passes)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+        signal.signal(signal.SIGTERM, _interrupt)
+    tracking.setup(job.tracking_uri)
+    sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
+    study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
+                              pruner=make_pruner(job.cfg))
+    gate = _Gate(lock)
+    while job.deadline is None or time.time() < job.deadline:
+        gate.acquire()
+        try:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried
+            n, waiting = counted(study)
+            if n >= job.target and not waiting:
+                break
+            # catch: a trial that raises ends FAIL (its run FAILED) and the worker goes on to the next
+            study.optimize(lambda t: objective(t, job, gate), n_trials=1, catch=(Exception,))
+        finally:
+            gate.release()
+
+
+def run_workers(job: Job, n_workers: int, say) -> None:
+    """`n_workers` spawned processes of `work` (one torch thread each); one worker runs in-process."""
+    if n_workers == 1:
+        work(job)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or SQLite state
+    lock = ctx.Lock()
+    procs = []
+    for i in range(n_workers):
+        worker_job = copy.copy(job)
+        worker_job.seed, worker_job.threads = job.seed + 1000 * i, 1
+        p = ctx.Process(target=work, args=(worker_job, lock), name=f"reg2cls-tune-{i}")
+        p.start()
+        say(f"tune: worker {i} started (pid {p.pid})")
+        procs.append(p)
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()  # workers turn SIGTERM into KeyboardInterrupt: their runs end KILLED
+        for p in procs:
+            p.join(30)
+        raise
+    dead = [p for p in procs if p.exitcode != 0]
+    for p in dead:
+        say(f"tune: warning: worker {p.name} (pid {p.pid}) exited with code {p.exitcode}; "
+            "its trial was failed and retried by the others")
+
+
+def end_orphaned_runs(study: optuna.Study) -> int:
+    """End the MLflow runs of failed trials that their dead worker left RUNNING; returns how many."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and tracking.end_if_running(run_id, "FAILED"):
+            n += 1
+    return n
+
+
+def figures(study: optuna.Study) -> dict[str, object]:
+    """Optimisation history, parameter importances and slice plot as matplotlib figures (those that
+    the study has enough finished trials for)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as vis
+
+    out = {}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    plots = {"optuna_history.png": vis.plot_optimization_history, "optuna_slice.png": vis.plot_slice}
+    if len(complete) >= 2:
+        plots["optuna_importances.png"] = vis.plot_param_importances
+    for name, plot in plots.items():
+        if not complete:
+            break
+        with contextlib.suppress(Exception):  # too few distinct values for a plot: skip that one plot
+            ax = plot(study)
+            ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+            out[name] = ax.figure
+    return out
