@@ -7,9 +7,10 @@
 - Each trial is an MLflow run nested under the tune stage run (strategy=trial_<n>) holding its params,
   per-epoch validation curves and model; PRUNED ends it KILLED, FAIL ends it FAILED; the trial keeps
   the run id as user attribute `mlflow_run_id`, so optuna-dashboard and MLflow point at each other.
-- Workers share one count: they stop once the study holds `target` trials that are done, running or
-  waiting to be retried. Local workers take a lock from the count check until their trial exists, so
-  N trials are exactly N; workers on several machines can overshoot by at most (workers - 1).
+- Workers share one count: they stop once the study holds `target` trials that are done or waiting
+  to be retried and none is still running (a running trial may yet go stale and need a retry). Local
+  workers take a lock from the count check until their trial exists, so N trials are exactly N;
+  workers on several machines can overshoot by at most (workers - 1).
 """
 from __future__ import annotations
 
@@ -217,7 +218,12 @@ def work(job: Job, lock=None) -> None:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried
             n, waiting = counted(study)
             if n >= job.target and not waiting:
-                break
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    break
+                # others' trials still run: wait, in case one's worker died and it must be retried here
+                gate.release()
+                time.sleep(1.0)
+                continue
             # catch: a trial that raises ends FAIL (its run FAILED) and the worker goes on to the next
             study.optimize(lambda t: objective(t, job, gate), n_trials=1, catch=(Exception,))
         finally:
@@ -282,7 +288,8 @@ def figures(study: optuna.Study) -> dict[str, object]:
     for name, plot in plots.items():
         if not complete:
             break
-        with contextlib.suppress(Exception):  # too few distinct values for a plot: skip that one plot
+        with contextlib.suppress(Exception), warnings.catch_warnings():  # too few values for a plot: skip it
+            warnings.simplefilter("ignore")  # "experimental" and "importances will be equal" notes
             ax = plot(study)
             ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
             out[name] = ax.figure
