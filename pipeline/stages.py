@@ -396,9 +396,10 @@ def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, re
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if not complete and "FAIL" in states:
+            raise RuntimeError(f"all trials of study '{name}' failed or were pruned; the first error is logged above")
         if not complete:
-            raise UserError(f"study '{name}' has no completed trial (states: {', '.join(sorted(set(states))) or 'none'}); "
-                            "run more trials or use --pruner none")
+            raise UserError(f"study '{name}' has no completed trial (all pruned); run more trials or use --pruner none")
         best = study.best_trial
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
         tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})

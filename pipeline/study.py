@@ -32,7 +32,6 @@ from optuna.trial import TrialState
 from . import metrics, tracking
 from .config import TUNE_METRICS, Config, UserError
 from .data import Prepared
-from .model import build
 from .surgery import add_dropout, find_head
 from .train import classification_task, fit, predict, resolve_device
 
@@ -96,7 +95,9 @@ def counted(study: optuna.Study) -> tuple[int, bool]:
     """(trials toward the target, whether a retry is waiting). A failed trial that was retried counts
     through its retry; one that ran out of retries counts itself."""
     trials = study.get_trials(deepcopy=False)
-    retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
     n = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
             or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
     return n, any(t.state == TrialState.WAITING for t in trials)
@@ -153,7 +154,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
                              "optuna.trial": trial.number, **job.cfg.flat()})
         torch.manual_seed(cfg.seed + trial.number)
-        model = build(job.architecture)
+        model = tracking.rebuild(job.architecture)
         model.load_state_dict(job.state)
         k = data.n_classes
         head = find_head(model, data.n_features, n_out=1 if k == 2 else k)

@@ -183,7 +183,6 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
     from mlflow.exceptions import MlflowException
 
     from .config import UserError
-    from .model import build
 
     try:
         run = MlflowClient().get_run(run_id)
@@ -198,11 +197,16 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state"))
     except (MlflowException, OSError):
         raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
-    arch = json.loads((local / "architecture.json").read_text())
-    base = load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None
-    model = build(arch, base)
+    model = rebuild(json.loads((local / "architecture.json").read_text()))
     model.load_state_dict(torch.load(local / "weights.pt", map_location="cpu", weights_only=True))
     return model
+
+
+def rebuild(arch: dict):
+    """model.build, fetching the base model from MLflow when the architecture starts from a URI."""
+    from .model import build
+
+    return build(arch, load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None)
 
 
 def load_model_uri(uri: str):

@@ -10,7 +10,7 @@ from pipeline import config, data
 
 # about 0.3 s of training per strategy: enough for losses to fall, small enough for a fast suite
 TINY = {"data.source": "synthetic:friedman1?rows=240&noise=0.5", "train.epochs": 12, "train.patience": 0,
-        "model.width": 16, "train.batch_size": 32, "train.device": "cpu"}
+        "model.width": 16, "train.batch_size": 32, "train.device": "cpu", "tune.n_trials": 3, "tune.epochs": 6}
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,12 @@ def tiny_data() -> data.Prepared:
     return data.prepare(cfg.data, cfg.seed)
 
 
+def settled(runs) -> bool:
+    """Every run ended: FINISHED, or KILLED for a pruned tuning trial."""
+    return all(r.info.status == "FINISHED" or (r.info.status == "KILLED" and r.data.tags.get("strategy", "").startswith("trial_"))
+               for r in runs)
+
+
 def runs_of(experiment: str) -> list:
     exp = mlflow.get_experiment_by_name(experiment)
     return mlflow.search_runs([exp.experiment_id], output_format="list", max_results=1000) if exp else []
@@ -56,6 +62,7 @@ def tiny_args(experiment: str, *extra: str) -> list[str]:
     """CLI arguments for a tiny run of any stage command."""
     return ["--data", TINY["data.source"], "--epochs", str(TINY["train.epochs"]), "--device", "cpu",
             "--set", "model.width=16", "--set", "train.patience=0", "--set", "train.batch_size=32",
+            "--set", "tune.n_trials=3", "--set", "tune.epochs=6",
             "--experiment", experiment, *extra]
 
 

@@ -19,7 +19,7 @@ from pipeline import tracking
 from pipeline.cli import cli
 from pipeline.config import STRATEGIES
 
-from conftest import TINY, runs_of, tiny_args
+from conftest import TINY, runs_of, settled, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIER_KEYS = {"val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/balanced_accuracy",
@@ -44,7 +44,7 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     assert result.exit_code == 0, result.output
     assert "Leaderboard" in result.output and "mlflow ui --backend-store-uri" in result.output
     runs = runs_of(experiment)
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert settled(runs)
     [parent], [base], [swap] = by_stage(runs, "convert"), by_stage(runs, "baseline"), by_stage(runs, "head_swap")
     parent_of = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
     assert parent_of[base.info.run_id] == parent.info.run_id and parent_of[swap.info.run_id] == parent.info.run_id
@@ -185,7 +185,7 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
         capture_output=True, text=True, env=_env(store), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = runs_of("mlflow-run")
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert settled(runs)
     [parent] = by_stage(runs, "convert")
     assert parent.info.run_name == "convert"
     # parameters left empty keep the experiment file's values; `seed` as typed and as resolved
@@ -194,4 +194,4 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     assert params["seed"] == "07" and params["resolved.seed"] == "7"
     assert {r.data.tags.get("strategy") for r in runs} >= {"threshold", "warm_start"}
     children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children == {"baseline", "head_swap", "slim"}
+    assert children == {"baseline", "head_swap", "slim", "tune"}
