@@ -28,7 +28,7 @@ def _overrides(opts: dict) -> dict[str, object]:
     """CLI options -> dotted config keys; options left unset do not override the experiment file."""
     mapping = {"data": "data.source", "target": "data.target", "classes": "data.classes",
                "strategies": "head_swap.strategies", "epochs": "train.epochs", "batch_size": "train.batch_size",
-               "lr": "train.lr", "device": "train.device", "seed": "seed", "experiment": "experiment",
+               "lr": "train.lr", "device": "train.device", "seed": "seed", "seeds": "seeds", "experiment": "experiment",
                "model": "user_model.spec", "model_kwargs": "user_model.kwargs", "checkpoint": "user_model.checkpoint",
                "model_uri": "user_model.uri", "head": "user_model.head", "features": "data.features",
                "scaling": "data.scaling", "target_scaling": "data.target_scaling"}
@@ -65,6 +65,7 @@ def common_options(fn):
         click.option("--batch-size", type=click.IntRange(min=2)),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
         click.option("--seed", type=click.IntRange(min=0), help="Seed for the split and every training run."),
+        click.option("--seeds", type=click.IntRange(min=1), help="Repeat every trained strategy with this many seeds (mean ± std)."),
         click.option("--device", type=click.Choice(DEVICES), help="auto (default): CUDA when available."),
         click.option("--experiment", help="MLflow experiment name (default: reg2cls)."),
         click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
@@ -134,9 +135,17 @@ def convert(**opts):
     from . import stages, tracking
 
     result = stages.convert(cfg, prepared, force=opts["force"], brought=brought)
-    click.echo("\nLeaderboard (test split, sorted by macro-F1):")
-    _print_board(result.details["leaderboard"])
-    click.echo(f"\nParent run: {result.run_id}\nBrowse the runs: {tracking.ui_command(uri)}")
+    _print_comparison(cfg, result.details["leaderboard"], result.details["compare"])
+    click.echo(f"Parent run: {result.run_id}\nBrowse the runs: {tracking.ui_command(uri)}")
+
+
+def _print_comparison(cfg, board, compared) -> None:
+    click.echo(f"\nLeaderboard (test split, sorted by {cfg.compare.metric}; * = Pareto front of it vs params):")
+    _print_board(board)
+    if compared is not None:
+        click.echo("\n" + "\n".join(compared.details["summary"]))
+        name = compared.details["registered"]
+        click.echo(f"Predict: reg2cls predict --model-uri models:/{name}@champion --input new.csv --output predictions.csv")
 
 
 @cli.command()
@@ -234,8 +243,64 @@ def tune(**opts):
     click.echo(f"tune run: {result.run_id}\nBrowse the study: optuna-dashboard {result.details['storage']}")
 
 
+@cli.command()
+@common_options
+@click.option("--run-id", help="The convert (parent) run to compare (default: the newest finished one).")
+@click.option("--metric", type=click.Choice(config.COMPARE_METRICS), help="Sorts the board and picks the champion.")
+@click.option("--no-reference", is_flag=True, default=None, help="Leave out the HistGradientBoosting reference row.")
+@click.option("--register", help="Registered model name for the champion (default reg2cls-<experiment>).")
+@user_errors
+def compare(**opts):
+    """Leaderboard, report.html and the registered champion, from the runs already in the store."""
+    from . import tracking
+
+    if opts["tracking_uri"]:
+        tracking.setup(opts["tracking_uri"])
+    run_id = opts["run_id"] or tracking.latest_parent(opts["experiment"] or "reg2cls")
+    if not run_id:
+        raise UserError(f"no finished convert run in experiment '{opts['experiment'] or 'reg2cls'}'; pass --run-id or --experiment")
+    params = tracking.run_params(run_id)  # the parent's own config: the same data, split and classes
+    opts["set"] = (*(f"{k}={v}" for k, v in params.items()), *opts["set"],
+                   *(f"compare.{k}={opts[o]}" for o, k in (("metric", "metric"), ("register", "register")) if opts[o]))
+    if opts["no_reference"]:
+        opts["set"] = (*opts["set"], "compare.reference=false")
+    opts["experiment"] = params.get("experiment")
+    cfg, prepared, _, uri = _prepare(opts)
+    from . import stages
+
+    result = stages.compare(cfg, prepared, stages.StageResult(run_id))
+    _print_comparison(cfg, result.details["leaderboard"], result)
+
+
+@cli.command()
+@click.option("--model-uri", required=True, help="e.g. models:/reg2cls-reg2cls@champion or runs:/<id>/champion")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="CSV or Parquet with the raw columns.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@user_errors
+def predict(model_uri, input_path, output_path, tracking_uri):
+    """Classify a table with a champion: adds `label` and one `proba_<class>` column per class."""
+    from . import data, tracking
+
+    tracking.setup(tracking_uri)
+    frame = data.load(input_path)
+    model, columns = tracking.load_pyfunc(model_uri)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{input_path} is missing column(s) {', '.join(missing)} that the model needs")
+    extra = [c for c in frame.columns if c not in columns]
+    if extra:
+        click.echo(f"warning: ignoring column(s) the model does not use: {', '.join(map(str, extra))}", err=True)
+    predictions = model.predict(frame[columns])
+    predictions.to_csv(output_path, index=False)
+    counts = predictions["label"].value_counts()
+    click.echo(f"wrote {len(predictions)} predictions to {output_path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 def _print_board(board) -> None:
-    click.echo(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    from .stages import display
+
+    click.echo(display(board).to_string(index=False))
 
 
 def main() -> None:

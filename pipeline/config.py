@@ -16,6 +16,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
 PRUNERS = ("median", "hyperband", "none")
+COMPARE_METRICS = ("test/f1_macro", "test/accuracy", "test/balanced_accuracy", "test/roc_auc", "test/log_loss", "test/ece")
 
 
 class UserError(Exception):
@@ -94,9 +95,17 @@ class Tune:
 
 
 @dataclass(frozen=True)
+class Compare:
+    metric: str = "test/f1_macro"  # sorts the leaderboard and picks the champion (by its mean over seeds)
+    reference: bool = True         # a HistGradientBoostingClassifier row on the same splits
+    register: str = ""             # registered model name; "" = reg2cls-<experiment>
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: str = "reg2cls"
     seed: int = 0  # one seed for the split and every training run
+    seeds: int = 1  # each trained strategy runs with seeds seed, seed+1, ...; the leaderboard shows mean ± std
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
     user_model: UserModel = field(default_factory=UserModel)
@@ -104,6 +113,7 @@ class Config:
     head_swap: HeadSwap = field(default_factory=HeadSwap)
     slim: Slim = field(default_factory=Slim)
     tune: Tune = field(default_factory=Tune)
+    compare: Compare = field(default_factory=Compare)
 
     def flat(self) -> dict[str, object]:
         """The resolved config as `section.key -> value`, the form logged as MLflow params."""
@@ -201,6 +211,8 @@ def validate(cfg: Config) -> Config:
         raise UserError("tune.n_trials and tune.timeout must be >= 0, tune.workers and tune.epochs >= 1")
     if not 0 < cfg.tune.max_dropout < 1:
         raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
+    if cfg.compare.metric not in COMPARE_METRICS:
+        raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{cfg.compare.metric}'")
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")
@@ -222,8 +234,8 @@ def validate(cfg: Config) -> Config:
         raise UserError("train.epochs must be at least 1 and train.lr positive")
     if cfg.train.batch_size < 2:
         raise UserError(f"train.batch_size must be at least 2 (BatchNorm needs two rows a batch), got {cfg.train.batch_size}")
-    if cfg.seed < 0:
-        raise UserError(f"seed must be 0 or more, got {cfg.seed}")
+    if cfg.seed < 0 or cfg.seeds < 1:
+        raise UserError(f"seed must be 0 or more and seeds at least 1, got seed {cfg.seed}, seeds {cfg.seeds}")
     return cfg
 
 

@@ -50,3 +50,107 @@ def markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def bars_figure(board: pd.DataFrame, metric: str):
+    """Mean of `metric` per row with its standard deviation over seeds as error bars."""
+    col = metric.split("/", 1)[1]
+    labels = [f"{s} ({st})" for s, st in zip(board["strategy"], board["stage"])]
+    fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(board) + 1.2), dpi=110)
+    ax.barh(labels, board[col], xerr=board[f"{col}_std"].fillna(0), color="tab:blue", alpha=0.8, capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (mean ± std over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(c_true, pred, class_names: list[str]):
+    import numpy as np
+
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (c_true, pred), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
+    ax.set_xticks(range(k), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Champion: confusion matrix (test)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(c_true, proba, class_names: list[str]):
+    """ROC curve of the positive class (binary) or one-vs-rest per class."""
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=110)
+    classes = [1] if len(class_names) == 2 else range(len(class_names))
+    for k in classes:
+        fpr, tpr, _ = roc_curve(c_true == k, proba[:, k])
+        ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Champion: ROC (test)" + ("" if len(class_names) == 2 else ", one-vs-rest"), fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(c_true, proba, bins: int = 10):
+    """Accuracy against confidence in equal-width bins: the diagonal is perfect calibration."""
+    import numpy as np
+
+    conf, correct = proba.max(axis=1), proba.argmax(axis=1) == c_true
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    xs, ys, ns = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            xs.append(conf[mask].mean())
+            ys.append(correct[mask].mean())
+            ns.append(mask.sum())
+    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=110)
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+    ax.plot(xs, ys, marker="o")
+    for x, y, n in zip(xs, ys, ns):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Champion: reliability (test; rows per bin)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def png(figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png")
+    plt.close(figure)
+    return buf.getvalue()
+
+
+def html(title: str, summary: list[str], board: pd.DataFrame, images: dict[str, bytes]) -> str:
+    """One self-contained page: the summary, the leaderboard, every image embedded as base64."""
+    import base64
+    import html as h
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{h.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;margin:1em 0}</style></head><body>",
+             f"<h1>{h.escape(title)}</h1>", "<ul>", *[f"<li>{h.escape(s)}</li>" for s in summary], "</ul>",
+             "<h2>Leaderboard</h2>", board.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
+    for name, data in images.items():
+        parts += [f"<h2>{h.escape(name)}</h2>",
+                  f"<img alt='{h.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)

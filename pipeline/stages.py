@@ -1,4 +1,5 @@
-"""The stages: baseline, head_swap, slim, tune and convert, which runs them in order under one parent run.
+"""The stages: baseline, head_swap, slim, tune, compare and convert, which runs them in order under one
+parent run.
 
 Each stage has one shape, `stage(cfg, data, prev) -> StageResult`, and composes model, surgery,
 train, metrics and tracking; batch loops live in train.py only. A stage whose stage key (config, data
@@ -7,6 +8,8 @@ key, upstream runs, package source) matches a FINISHED run is reused instead of 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,8 +28,9 @@ from .train import Distill, classification_task, fit, predict, resolve_device
 LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
     "test/accuracy": "accuracy", "test/balanced_accuracy": "balanced_acc", "test/f1_macro": "f1_macro",
     "test/roc_auc": "roc_auc", "test/log_loss": "log_loss", "test/ece": "ece",
-    "cost/params": "params", "cost/train_seconds": "train_s",
+    "cost/params": "params", "cost/latency_ms_per_1k": "latency_ms", "cost/train_seconds": "train_s",
 }
+LOWER_IS_BETTER = {"test/log_loss", "test/ece", "cost/params", "cost/latency_ms_per_1k", "cost/train_seconds"}
 
 
 @dataclass
@@ -165,7 +169,8 @@ def _costs(model: nn.Module, data: Prepared) -> dict[str, float]:
 def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
     """One nested run per strategy, all on the same splits; the output is the best classifier by
     validation macro-F1 (among strategies that train a model: `threshold` is the bar they must beat)."""
-    sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head}
+    sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
+                "seeds": cfg.seeds}
     key, reuse = _reusable("head_swap", sections, data, [prev.run_id], force)
     if reuse:
         _say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
@@ -185,18 +190,24 @@ def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = Fals
         _log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
         for strategy in cfg.head_swap.strategies:
-            with tracking.start(strategy, "head_swap", strategy=strategy,
-                                tags={"baseline_run": prev.run_id, "split_key": data.split_key}) as child_id:
-                tracking.log_params({**cfg.flat(), "strategy": strategy})
-                model, values = _run_strategy(strategy, cfg, data, regressor, head, device)
-                if model is not None:
-                    if values["val/f1_macro"] > best_f1:
+            for seed in seeds_of(cfg, trained=strategy != "threshold"):
+                run_cfg = dataclasses.replace(cfg, seed=seed)
+                with tracking.start(strategy, "head_swap", strategy=strategy, tags={
+                        "baseline_run": prev.run_id, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                    tracking.log_params({**run_cfg.flat(), "strategy": strategy})
+                    model, values = _run_strategy(strategy, run_cfg, data, regressor, head, device)
+                    if model is not None and values["val/f1_macro"] > best_f1:
                         best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
-            _say(f"head_swap/{strategy}: test macro-F1 {values['test/f1_macro']:.3f}, "
-                 f"accuracy {values['test/accuracy']:.3f}, log loss {values['test/log_loss']:.3f}")
+                _say(f"head_swap/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
+                     f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, log loss {values['test/log_loss']:.3f}")
         if best_run:
             tracking.set_tags({"best_run": best_run})
     return StageResult(run_id, best_model, details={"best_run": best_run})
+
+
+def seeds_of(cfg: Config, trained: bool = True) -> list[int]:
+    """The seeds a strategy runs with: `cfg.seeds` of them when it trains, one when it is deterministic."""
+    return [cfg.seed + i for i in range(cfg.seeds)] if trained else [cfg.seed]
 
 
 def _best_child(run_id: str) -> str | None:
@@ -304,7 +315,7 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
     fine-tuned, and with `slim.distill` also trained on the unslimmed model's soft labels. The output
     is the recommended variant: the smallest within `slim.tolerance` validation macro-F1 of the best."""
     source = prev.details.get("best_run") or prev.run_id
-    sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim)}
+    sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim), "seeds": cfg.seeds}
     key, reuse = _reusable("slim", sections, data, [source], force)
     if reuse:
         _say(f"slim: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
@@ -323,12 +334,13 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
     with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source, "split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
         for name, amount in variants:
-            for distilled in (False, True) if cfg.slim.distill else (False,):
+            for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,), seeds_of(cfg)):
                 strategy = f"{name}_distill" if distilled else name
-                with tracking.start(strategy, "slim", strategy=strategy,
-                                    tags={"source_run": source, "split_key": data.split_key}) as child_id:
-                    tracking.log_params({**cfg.flat(), "strategy": strategy})
-                    torch.manual_seed(cfg.seed)
+                run_cfg = dataclasses.replace(cfg, seed=seed)
+                with tracking.start(strategy, "slim", strategy=strategy, tags={
+                        "source_run": source, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                    tracking.log_params({**run_cfg.flat(), "strategy": strategy})
+                    torch.manual_seed(seed)
                     student = copy.deepcopy(teacher)
                     if name.startswith("width_"):
                         slim_width(student, head, amount, data.n_features)
@@ -336,20 +348,33 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
                         drop_blocks(student, amount)
                     distill = Distill(teacher_logits, cfg.slim.temperature, cfg.slim.alpha) if distilled else None
                     log = tracking.EpochLog()
-                    hist = _fit_classifier(student, cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
+                    hist = _fit_classifier(student, run_cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
                                            distill=distill)
                     log.flush()
                     values = _log_classifier(student, data, device, hist.seconds, hist.epochs + 1)
                 rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
-                _say(f"slim/{strategy}: {values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
-        best_f1 = max(r["val/f1_macro"] for r in rows)
-        chosen = min((r for r in rows if r["val/f1_macro"] >= best_f1 - cfg.slim.tolerance),
-                     key=lambda r: (r["cost/params"], -r["val/f1_macro"]))
-        tracking.set_tags({"recommended": chosen["strategy"], "recommended_run": chosen["run_id"]})
-        tracking.log_figure(report.pareto_figure(rows, chosen["strategy"]), "pareto.png")
-    _say(f"slim: recommended {chosen['strategy']} ({chosen['cost/params']:.0f} params, validation macro-F1 "
+                _say(f"slim/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: {values['cost/params']:.0f} params, "
+                     f"test macro-F1 {values['test/f1_macro']:.3f}")
+        means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
+        best_f1 = max(m["val/f1_macro"] for m in means)
+        pick = min((m for m in means if m["val/f1_macro"] >= best_f1 - cfg.slim.tolerance),
+                   key=lambda m: (m["cost/params"], -m["val/f1_macro"]))["strategy"]
+        chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
+        tracking.set_tags({"recommended": pick, "recommended_run": chosen["run_id"]})
+        tracking.log_figure(report.pareto_figure(means, pick), "pareto.png")
+    _say(f"slim: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
          f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
     return StageResult(run_id, chosen["model"], details={"best_run": chosen["run_id"], "rows": rows})
+
+
+def _mean_by_strategy(rows: list[dict]) -> list[dict]:
+    """One row per strategy: the mean of every numeric value over its seeds."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["strategy"], []).append(r)
+    return [{"strategy": name, **{k: float(np.mean([r[k] for r in group])) for k, v in group[0].items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+            for name, group in out.items()]
 
 
 def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
@@ -430,24 +455,156 @@ def _safe_url(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- convert
-def leaderboard(stage_runs: list[str], single_runs: list[str] = ()) -> pd.DataFrame:
-    """One row per strategy or variant run nested under `stage_runs`, plus one per run in
-    `single_runs` (the tune stage: its best model), read back from the store."""
-    rows = []
+def leaderboard(stage_runs: list[str], single_runs: list[str] = (), metric: str = "test/f1_macro",
+                extra_runs: list = ()) -> pd.DataFrame:
+    """One row per strategy or variant under `stage_runs`, plus one per run in `single_runs` (the tune
+    stage: its best model) and per run object in `extra_runs`, read back from the store.
+
+    Runs of one strategy with several seeds share a row: each column is their mean, `<col>_std` their
+    standard deviation, `n` their count, `best_run` the one with the best validation macro-F1. Sorted
+    by `metric`, best first; `pareto` marks rows no other row beats on both `metric` and params.
+    """
     runs = [run for stage_run in stage_runs for run in tracking.children(stage_run)]
-    for run in runs + [tracking.get_run(r) for r in single_runs]:
+    runs += [tracking.get_run(r) for r in single_runs] + list(extra_runs)
+    groups: dict[tuple[str, str], list] = {}
+    for run in runs:
+        if run.info.status != "FINISHED":
+            continue
         strategy = run.data.tags.get("strategy") or ("tuned" if run.data.tags.get("stage") == "tune" else run.info.run_name)
-        row = {"stage": run.data.tags.get("stage", ""), "strategy": strategy}
-        row.update({col: run.data.metrics.get(key, float("nan")) for key, col in LEADERBOARD_COLUMNS.items()})
-        row["run_id"] = run.info.run_id
+        groups.setdefault((run.data.tags.get("stage", ""), strategy), []).append(run)
+    rows = []
+    for (stage, strategy), group in groups.items():
+        row: dict[str, object] = {"stage": stage, "strategy": strategy, "n": len(group)}
+        for key, col in LEADERBOARD_COLUMNS.items():
+            values = [r.data.metrics[key] for r in group if key in r.data.metrics]
+            row[col] = float(np.mean(values)) if values else float("nan")
+            row[f"{col}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        best = max(group, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf")))
+        row["best_run"] = best.info.run_id
+        row["runs"] = ",".join(r.info.run_id for r in group)
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["stage", "strategy", *LEADERBOARD_COLUMNS.values(), "run_id"])
-    return frame.sort_values("f1_macro", ascending=False, kind="stable").reset_index(drop=True)
+    columns = ["stage", "strategy", "n"] + [c for col in LEADERBOARD_COLUMNS.values() for c in (col, f"{col}_std")]
+    frame = pd.DataFrame(rows, columns=columns + ["best_run", "runs"])
+    col = LEADERBOARD_COLUMNS.get(metric, metric.split("/", 1)[-1])
+    frame = frame.sort_values(col, ascending=metric in LOWER_IS_BETTER, kind="stable", na_position="last")
+    frame = frame.reset_index(drop=True)
+    sign = 1 if metric in LOWER_IS_BETTER else -1  # pareto_front wants (cost, score): lower cost, higher score
+    points = [(p if p == p else float("inf"), -sign * v) for p, v in zip(frame["params"], frame[col])]
+    front = set(report.pareto_front(points))
+    frame["pareto"] = [i in front and frame["params"].iloc[i] == frame["params"].iloc[i] for i in range(len(frame))]
+    return frame
+
+
+def display(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard for people: `mean ± std` where a row has several seeds, no run ids."""
+    out = board[["stage", "strategy", "n"]].copy()
+    for col in LEADERBOARD_COLUMNS.values():
+        out[col] = [("" if m != m else f"{m:.4g}" if not s > 0 else f"{m:.3g} ± {s:.2g}")
+                    for m, s in zip(board[col], board[f"{col}_std"])]
+    out["pareto"] = ["*" if p else "" for p in board["pareto"]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- compare
+def compare(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
+    """The answer to "which conversion wins": every strategy and variant of the convert run `prev`
+    read back from the store (mean ± std over seeds), a scikit-learn reference, the report, and the
+    champion — the best network by the mean of `compare.metric` — registered as a pyfunc that takes
+    the raw columns. Artifacts go on the parent run: leaderboard.csv, leaderboard.md, report.html."""
+    parent = prev.run_id
+    tags = tracking.get_run(parent).data.tags
+    stage_runs = [tags[k] for k in ("head_swap_run", "slim_run") if k in tags]
+    singles = [tags["tune_run"]] if "tune_run" in tags else []
+    c = cfg.compare
+    registered = c.register or f"reg2cls-{cfg.experiment}"
+    with tracking.start("compare", "compare", parent=parent, tags={"split_key": data.split_key}) as run_id:
+        reference = [_reference_run(cfg, data)] if c.reference else []
+        board = leaderboard(stage_runs, singles, c.metric, extra_runs=reference)
+        networks = board[board["stage"].isin(["head_swap", "slim", "tune"]) & (board["strategy"] != "threshold")]
+        if networks.empty:
+            raise UserError("no trained network among the runs to compare; run convert with a trained strategy")
+        top = networks.iloc[0]  # the board is sorted by the metric's mean, best first
+        champion_run = top["best_run"]
+        model = tracking.load_run_model(champion_run)
+        device = resolve_device(cfg.train.device)
+        model.to(device)
+        proba = metrics.probabilities(predict(model, data.test.x, device), data.n_classes)
+        col = LEADERBOARD_COLUMNS.get(c.metric, c.metric)
+        summary = [f"Champion: {top['strategy']} ({top['stage']}), {c.metric} {top[col]:.4f}"
+                   + (f" ± {top[col + '_std']:.3f} over {top['n']} seeds" if top["n"] > 1 else ""),
+                   f"Test accuracy {top['accuracy']:.4f}, macro-F1 {top['f1_macro']:.4f}, log loss {top['log_loss']:.4f}, "
+                   f"{top['params']:.0f} parameters",
+                   f"Data: {cfg.data.source}, target {cfg.data.target}, classes {', '.join(data.class_names)}",
+                   f"Parent run {parent}; registered model {registered}, alias champion"]
+        first = board.iloc[0]
+        if first["strategy"] != top["strategy"] or first["stage"] != top["stage"]:
+            summary.insert(1, f"Note: {first['strategy']} ({first['stage']}) scores better on {c.metric} than every "
+                              "converted network")
+        version = tracking.register_champion(
+            model, architecture(model),
+            {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
+            _raw_example(data), registered,
+            description=" ".join(summary), tags={"champion_run": champion_run, "strategy": str(top["strategy"]),
+                                                 "parent_run": parent})
+        summary[-1] += f" (version {version})"
+        tracking.set_tags({"champion": top["strategy"], "champion_run": champion_run,
+                           "registered_model": registered, "registered_version": version})
+        images = {"Per strategy": report.png(report.bars_figure(board, c.metric)),
+                  "Confusion matrix": report.png(report.confusion_figure(data.test.c.numpy(), proba.argmax(1), data.class_names)),
+                  "ROC": report.png(report.roc_figure(data.test.c.numpy(), proba, data.class_names)),
+                  "Reliability": report.png(report.reliability_figure(data.test.c.numpy(), proba))}
+        for title, run, path in (("Slimming: Pareto", tags.get("slim_run"), "pareto.png"),
+                                 ("Optuna: optimisation history", tags.get("tune_run"), "optuna_history.png")):
+            image = tracking.read_artifact(run, path) if run else None
+            if image:
+                images[title] = image
+        shown = display(board)
+        tracking.log_files_to(parent, {
+            "leaderboard.csv": board.to_csv(index=False), "leaderboard.md": report.markdown(shown),
+            "report.html": report.html(f"reg2cls: {cfg.experiment}", summary, shown, images)})
+    tracking.set_run_tags(parent, {"champion": str(top["strategy"]), "champion_run": champion_run,
+                                   "registered_model": registered, "registered_version": version})
+    return StageResult(run_id, model, details={"leaderboard": board, "summary": summary, "version": version,
+                                               "registered": registered})
+
+
+def _raw_example(data: Prepared) -> pd.DataFrame:
+    """A few rows of the raw input columns (numbers as float64, so missing values stay valid)."""
+    frame = data.frame[data.preprocessor.columns].head(5).copy()
+    for col in data.preprocessor.numeric:
+        frame[col] = frame[col].astype("float64")
+    for col in data.preprocessor.categories:
+        frame[col] = frame[col].astype(str)
+    return frame
+
+
+def _reference_run(cfg: Config, data: Prepared):
+    """scikit-learn's HistGradientBoostingClassifier on the same splits: is the network competitive?"""
+    import time
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    with tracking.start("reference_hgb", "compare", strategy="reference_hgb",
+                        tags={"split_key": data.split_key}) as run_id:
+        t = time.perf_counter()
+        clf = HistGradientBoostingClassifier(random_state=cfg.seed).fit(data.train.x.numpy(), data.train.c.numpy())
+        seconds = time.perf_counter() - t
+        values = _classifier_metrics(data, lambda split: clf.predict_proba(split.x.numpy()))
+        x = np.random.default_rng(0).normal(size=(1000, data.n_features)).astype(np.float32)
+        times = []
+        for _ in range(6):
+            t = time.perf_counter()
+            clf.predict_proba(x)
+            times.append(time.perf_counter() - t)
+        tracking.log_params({"model": "sklearn.ensemble.HistGradientBoostingClassifier", "seed": cfg.seed})
+        tracking.log_metrics({**values, "cost/train_seconds": seconds,
+                              "cost/latency_ms_per_1k": float(np.median(times[1:]) * 1000)})
+    return tracking.get_run(run_id)
 
 
 def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
-    """baseline -> head_swap -> slim -> tune under one parent run; logs and returns the leaderboard."""
+    """baseline -> head_swap -> slim -> tune -> compare under one parent run; returns the leaderboard."""
     brought = brought or bring(cfg, data)  # before the parent run opens: a model that does not fit leaves no run
     with tracking.start("convert", "convert", tags={"split_key": data.split_key}) as run_id:
         _log_run_inputs(cfg, data)
@@ -464,9 +621,8 @@ def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force:
         else:
             _say("slim, tune: skipped, no head-swap strategy trained a model (threshold only)")
         tracking.set_tags(stage_runs)
-        board = leaderboard([stage_runs[k] for k in ("head_swap_run", "slim_run") if k in stage_runs],
-                            [stage_runs["tune_run"]] if tuned else [])
-        tracking.log_texts({"leaderboard.csv": board.to_csv(index=False), "leaderboard.md": report.markdown(board)})
-    final = tuned or slimmed or swapped
-    return StageResult(run_id, final.model, details={"leaderboard": board, "baseline": base, "head_swap": swapped,
-                                                     "slim": slimmed, "tune": tuned})
+        compared = compare(cfg, data, StageResult(run_id)) if swapped.model is not None else None
+        board = compared.details["leaderboard"] if compared else leaderboard([swapped.run_id], metric=cfg.compare.metric)
+    return StageResult(run_id, compared.model if compared else None,
+                       details={"leaderboard": board, "compare": compared, "baseline": base, "head_swap": swapped,
+                                "slim": slimmed, "tune": tuned})

@@ -288,6 +288,12 @@ def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
 
 
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def end_if_running(run_id: str, status: str = "FAILED") -> bool:
     """Mark a run that its process can no longer end (a killed worker's) as ended; True if it was RUNNING."""
     client = MlflowClient()
@@ -306,3 +312,99 @@ def children(run_id: str) -> list:
 
 def get_run(run_id: str):
     return MlflowClient().get_run(run_id)
+
+
+def register_champion(model, architecture: dict, meta: dict, example: pd.DataFrame, registered_name: str,
+                      description: str, tags: dict[str, str]) -> str:
+    """Log the champion as a pyfunc (serving.py: raw columns in, label and probabilities out) on the
+    active run, register it as `registered_name` with the alias `champion`; returns the version.
+
+    A champion already registered from the same run is re-aliased, not registered again.
+    """
+    import torch
+
+    client = MlflowClient()
+    with contextlib.suppress(Exception):  # no such model or alias yet
+        current = client.get_model_version_by_alias(registered_name, "champion")
+        if current.tags.get("champion_run") == tags.get("champion_run"):
+            client.update_model_version(registered_name, current.version, description=description)
+            return current.version
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state"
+        state.mkdir()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, state / "weights.pt")
+        (state / "architecture.json").write_text(json.dumps(architecture, indent=1))
+        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
+        output = pd.DataFrame({"label": [meta["class_names"][0]] * len(example),
+                               **{f"proba_{c}": [1.0 / len(meta["class_names"])] * len(example) for c in meta["class_names"]}})
+        info = mlflow.pyfunc.log_model(
+            name="champion", python_model=str(PACKAGE_DIR / "serving.py"),
+            artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(state)},
+            code_paths=[str(PACKAGE_DIR)], signature=infer_signature(example, output), input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              f"pandas=={pd.__version__}", f"numpy=={np.__version__}"],
+            registered_model_name=registered_name)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(registered_name, "champion", version)
+    client.update_model_version(registered_name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    return version
+
+
+def log_files_to(run_id: str, files: dict[str, str | bytes]) -> None:
+    """Artifacts `name -> text or bytes` on any run (the parent, from a nested stage)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            path = Path(tmp) / name
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        MlflowClient().log_artifacts(run_id, tmp)
+
+
+def read_artifact(run_id: str, path: str) -> bytes | None:
+    """An artifact's bytes, or None when the run has no such artifact."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_bytes()
+    except Exception:
+        return None
+
+
+def latest_parent(experiment: str | None) -> str | None:
+    """The newest FINISHED convert run of `experiment` (or of the current one)."""
+    client = MlflowClient()
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        ids = [exp.experiment_id]
+    else:
+        ids = [current_experiment_id()]
+    runs = client.search_runs(ids, filter_string="tags.stage = 'convert' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """A run's config params (dotted keys), with `resolved.<key>` preferred where `mlflow run` logged both."""
+    from .config import Config
+
+    params = MlflowClient().get_run(run_id).data.params
+    known = set(Config().flat())
+    out = {k: v for k, v in params.items() if k in known}
+    out.update({k[len("resolved."):]: v for k, v in params.items() if k.startswith("resolved.") and k[9:] in known})
+    return out
+
+
+def load_pyfunc(uri: str):
+    """A pyfunc model and the input columns its signature names; a one-line UserError if it won't load."""
+    from .config import UserError
+
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load {uri}: {first}") from None
+    schema = model.metadata.get_input_schema()
+    return model, [c for c in schema.input_names()] if schema is not None else []
