@@ -67,6 +67,8 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         run = mlflow.start_run(tags=all_tags)
         mlflow.set_tag("mlflow.runName", name)
     else:
+        if parent is not None:  # our own run under `parent`; never the one `mlflow run` made for the entry point
+            os.environ.pop("MLFLOW_RUN_ID", None)
         run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
     try:
         yield run.info.run_id
