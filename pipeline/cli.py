@@ -194,16 +194,9 @@ def slim(**opts):
     if opts["distill"]:
         opts["set"] = (*opts["set"], "slim.distill=true")
     cfg, prepared, _, uri = _prepare(opts)
-    from . import stages, tracking
+    from . import stages
 
-    run_id = opts["from_run"] or tracking.latest_run("head_swap", prepared.split_key)
-    if not run_id:
-        raise UserError("no finished head_swap run on this data, split and classes in this experiment; run "
-                        "`reg2cls head-swap` first or pass --from-run")
-    source = tracking.get_run(run_id).data.tags.get("best_run", run_id)  # a stage run names its best strategy
-    prev = stages.StageResult(run_id, tracking.load_run_model(source, split_key=prepared.split_key),
-                              details={"best_run": source})
-    result = stages.slim(cfg, prepared, prev, force=opts["force"])
+    result = stages.slim(cfg, prepared, _input_model(opts["from_run"], prepared.split_key, "head_swap"), force=opts["force"])
     _print_board(stages.leaderboard([result.run_id]))
     click.echo(f"slim run: {result.run_id}")
 
@@ -222,22 +215,12 @@ def slim(**opts):
 @user_errors
 def tune(**opts):
     """Tune dropout, learning rate and weight decay with Optuna; every trial a run in MLflow."""
-    names = {"n_trials": "n_trials", "timeout": "timeout", "metric": "metric", "pruner": "pruner",
-             "storage": "storage", "study_name": "study_name", "workers": "workers"}
-    opts["set"] = (*opts["set"], *(f"tune.{key}={opts[o]}" for o, key in names.items() if opts[o] not in (None, "")))
+    names = ("n_trials", "timeout", "metric", "pruner", "storage", "study_name", "workers")
+    opts["set"] = (*opts["set"], *(f"tune.{key}={opts[key]}" for key in names if opts[key] not in (None, "")))
     cfg, prepared, _, uri = _prepare(opts)
-    from . import stages, tracking
+    from . import stages
 
-    run_id = opts["from_run"]
-    if not run_id:
-        run_id = tracking.latest_run("slim", prepared.split_key) or tracking.latest_run("head_swap", prepared.split_key)
-    if not run_id:
-        raise UserError("no finished slim or head_swap run on this data, split and classes in this experiment; "
-                        "run `reg2cls convert` or `reg2cls head-swap` first, or pass --from-run")
-    tags = tracking.get_run(run_id).data.tags
-    source = tags.get("recommended_run") or tags.get("best_run") or run_id  # a stage run names its chosen model
-    prev = stages.StageResult(run_id, tracking.load_run_model(source, split_key=prepared.split_key),
-                              details={"best_run": source})
+    prev = _input_model(opts["from_run"], prepared.split_key, "slim", "head_swap")
     result = stages.tune(cfg, prepared, prev, force=True)
     _print_board(stages.leaderboard([], [result.run_id]))
     click.echo(f"tune run: {result.run_id}\nBrowse the study: optuna-dashboard {result.details['storage']}")
@@ -295,6 +278,20 @@ def predict(model_uri, input_path, output_path, tracking_uri):
     predictions.to_csv(output_path, index=False)
     counts = predictions["label"].value_counts()
     click.echo(f"wrote {len(predictions)} predictions to {output_path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _input_model(from_run: str | None, split_key: str, *stages_in_order: str):
+    """The model a stage builds on: --from-run, else the newest finished run of the first of
+    `stages_in_order` that has one on this split. A stage run stands for the model it chose."""
+    from . import stages, tracking
+
+    run_id = from_run or next((r for s in stages_in_order if (r := tracking.latest_run(s, split_key))), None)
+    if not run_id:
+        raise UserError(f"no finished {' or '.join(stages_in_order)} run on this data, split and classes in this "
+                        "experiment; run `reg2cls convert` first, or pass --from-run")
+    tags = tracking.get_run(run_id).data.tags
+    source = tags.get("recommended_run") or tags.get("best_run") or run_id
+    return stages.StageResult(run_id, tracking.load_run_model(source, split_key=split_key), details={"best_run": source})
 
 
 def _print_board(board) -> None:

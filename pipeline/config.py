@@ -98,7 +98,7 @@ class Tune:
 class Compare:
     metric: str = "test/f1_macro"  # sorts the leaderboard and picks the champion (by its mean over seeds)
     reference: bool = True         # a HistGradientBoostingClassifier row on the same splits
-    register: str = ""             # registered model name; "" = reg2cls-<experiment>
+    register: str = ""             # registered model name; "" = reg2cls-<MLflow experiment of the parent run>
 
 
 @dataclass(frozen=True)

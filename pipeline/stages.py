@@ -516,7 +516,7 @@ def compare(cfg: Config, data: Prepared, prev: StageResult, force: bool = False)
     stage_runs = [tags[k] for k in ("head_swap_run", "slim_run") if k in tags]
     singles = [tags["tune_run"]] if "tune_run" in tags else []
     c = cfg.compare
-    registered = c.register or f"reg2cls-{cfg.experiment}"
+    registered = c.register or f"reg2cls-{tracking.experiment_name(parent)}"
     with tracking.start("compare", "compare", parent=parent, tags={"split_key": data.split_key}) as run_id:
         reference = [_reference_run(cfg, data)] if c.reference else []
         board = leaderboard(stage_runs, singles, c.metric, extra_runs=reference)

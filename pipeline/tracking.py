@@ -62,13 +62,12 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
     exception in `killed_on` (a pruned trial); FAILED on any other exception. Exceptions are re-raised.
     """
     all_tags = {"stage": stage, **({"strategy": strategy} if strategy else {}), **(tags or {})}
-    top_level = parent is None and mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID")
-    if top_level:  # the run `mlflow run` made: adopt it, naming and tagging it like our own
-        run = mlflow.start_run(tags=all_tags)
+    if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
+        # the run `mlflow run` made for the entry point (MLflow reads and clears the variable): adopt it,
+        # naming and tagging it like our own, and nesting it under `parent` when there is one
+        run = mlflow.start_run(tags={**all_tags, **({MLFLOW_PARENT_RUN_ID: parent} if parent else {})})
         mlflow.set_tag("mlflow.runName", name)
     else:
-        if parent is not None:  # our own run under `parent`; never the one `mlflow run` made for the entry point
-            os.environ.pop("MLFLOW_RUN_ID", None)
         run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
     try:
         yield run.info.run_id
@@ -288,6 +287,11 @@ def current_experiment_id() -> str:
 
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
+
+
+def experiment_name(run_id: str) -> str:
+    client = MlflowClient()
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:

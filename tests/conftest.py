@@ -78,8 +78,6 @@ def free_port() -> int:
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, served artifacts); yields its URL."""
     import subprocess
-    import time
-    import urllib.request
 
     root = tmp_path_factory.mktemp("server")
     port = free_port()
@@ -88,17 +86,37 @@ def mlflow_server(tmp_path_factory):
                              "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
                              "--artifacts-destination", str(root / "artifacts")], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    wait_for_http(f"{url}/health", proc, root / "server.log")
     yield url
     proc.terminate()
     proc.wait(20)
     log.close()
+
+
+def invoke(*args: str):
+    """The CLI in-process; an unexpected exception (not a clean exit) fails the test with its traceback."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def wait_for_http(url: str, proc, log_path) -> None:
+    """Poll `url` until it answers; fail with the server's log if its process dies or 120 s pass."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{url} did not answer: {open(log_path).read()[-3000:]}")
+            time.sleep(0.5)

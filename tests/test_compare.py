@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -15,21 +14,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import cli
 
-from conftest import free_port, runs_of, tiny_args
+from conftest import free_port, invoke, runs_of, tiny_args, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def houses(n: int, seed: int) -> pd.DataFrame:
@@ -145,14 +136,7 @@ def test_mlflow_models_serve_answers_like_predict(converted, tmp_path):
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", converted["model"], "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=log)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         body = json.dumps({"dataframe_split": json.loads(new.to_json(orient="split", index=False))}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})

@@ -12,26 +12,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.cli import cli
 from pipeline.config import STRATEGIES
 
-from conftest import TINY, runs_of, settled, tiny_args
+from conftest import TINY, invoke, runs_of, settled, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIER_KEYS = {"val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/balanced_accuracy",
                    "test/f1_macro", "test/roc_auc", "test/log_loss", "test/ece", "cost/params", "cost/flops",
                    "cost/latency_ms_per_1k", "cost/train_seconds"}
 
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def by_stage(runs, stage):

@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import mlflow
-import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
 import user_models as um
-from pipeline import stages
-from pipeline.cli import cli
 from pipeline.metrics import count_params
 from pipeline.model import MLP, architecture, build
 from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
 from pipeline.tracking import load_run_model
 from pipeline.train import Distill
 
-from conftest import runs_of, tiny_args
+from conftest import invoke, runs_of, tiny_args
 
 
 def classifier(k: int = 3) -> nn.Module:
@@ -66,9 +62,8 @@ def test_distillation_loss_prefers_the_teacher():
 
 
 def test_slim_stage_logs_variants_costs_and_a_recommendation(experiment):
-    result = CliRunner().invoke(cli, ["convert", *tiny_args(experiment, "--strategies", "finetune",
-                                                           "--set", "slim.keep_ratios=1.0,0.5",
-                                                           "--set", "slim.distill=true")])
+    result = invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=1.0,0.5",
+                                          "--set", "slim.distill=true"))
     assert result.exit_code == 0, result.output
     runs = runs_of(experiment)
     [stage] = [r for r in runs if r.data.tags["stage"] == "slim" and "strategy" not in r.data.tags]
@@ -92,10 +87,9 @@ def test_slim_stage_logs_variants_costs_and_a_recommendation(experiment):
 
 
 def test_slim_alone_builds_on_the_latest_head_swap(experiment):
-    runner = CliRunner()
-    assert runner.invoke(cli, ["baseline", *tiny_args(experiment)]).exit_code == 0
-    assert runner.invoke(cli, ["head-swap", *tiny_args(experiment, "--strategies", "linear_probe")]).exit_code == 0
-    result = runner.invoke(cli, ["slim", *tiny_args(experiment, "--keep-ratios", "0.5")])
+    assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
+    assert invoke("head-swap", *tiny_args(experiment, "--strategies", "linear_probe")).exit_code == 0
+    result = invoke("slim", *tiny_args(experiment, "--keep-ratios", "0.5"))
     assert result.exit_code == 0, result.output
     [stage] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "slim" and "strategy" not in r.data.tags]
     probe = next(r for r in runs_of(experiment) if r.data.tags.get("strategy") == "linear_probe")

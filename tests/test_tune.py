@@ -12,25 +12,17 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from pipeline import study as optuna_study
 from pipeline import tracking
-from pipeline.cli import cli
 from pipeline.model import MLP, architecture
 from pipeline.surgery import new_head, swap_head
 
-from conftest import runs_of, tiny_args, tiny_config
+from conftest import invoke, runs_of, tiny_args, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def test_objective_with_a_fixed_trial(experiment, tiny_data):

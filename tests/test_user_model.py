@@ -9,22 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 import user_models as um
-from pipeline.cli import cli
 
-from conftest import runs_of, settled, tiny_args
+from conftest import invoke, runs_of, settled, tiny_args
 
 MODELS_FILE = um.__file__
 STRATEGIES = "threshold,linear_probe,lp_ft,warm_start,scratch"
 
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def checkpoint(tmp_path: Path, cls, **kwargs) -> str:
