@@ -29,7 +29,7 @@ def run_study(cfg, data, model, workers: int, tmp: str, name: str):
     study = optuna_study.open_study(url, name, cfg.tune.metric)
     with tracking.start(name, "tune") as run_id:
         job = optuna_study.Job(cfg, data, architecture(model), model.state_dict(), tracking.setup(None), run_id,
-                               url, name, target=cfg.tune.n_trials, deadline=None, seed=cfg.seed)
+                               url, name, target=cfg.tune.n_trials, timeout=None, seed=cfg.seed)
         t = time.perf_counter()
         optuna_study.run_workers(job, workers, lambda msg: None)
         seconds = time.perf_counter() - t

@@ -60,13 +60,17 @@ def import_class(spec: str) -> type[nn.Module]:
         module_name = "reg2cls_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         module = sys.modules.get(module_name)
         if module is None:
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:  # the file may import its neighbours, as it does where it lives
+                sys.path.insert(0, folder)
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module  # dataclasses and typing look the module up while it runs
             try:
                 loader_spec.loader.exec_module(module)
             except Exception as e:  # the user's code: any error means "cannot import"
+                del sys.modules[module_name]
                 raise UserError(f"cannot import {path}: {type(e).__name__}: {_first_line(e)}") from None
-            sys.modules[module_name] = module
     else:
         try:
             module = importlib.import_module(target)
@@ -104,11 +108,17 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
                         "which can run code from the file; save only the weights: torch.save(model.state_dict(), path)") from None
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {_first_line(e)}); save it with torch.save(model.state_dict(), path)") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # {"state_dict": ..., "epoch": ...}
-        state = state["state_dict"]
+    for key in ("state_dict", "model_state_dict"):  # {"state_dict": ..., "epoch": ...}, the tutorials' form
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} is not a state_dict (a dict of tensors); save it with torch.save(model.state_dict(), path)")
     own = model.state_dict()
+    for prefix in ("module.", "model."):  # saved from DataParallel or a Lightning module
+        if state and own.keys() - state.keys() and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if stripped.keys() == own.keys():
+                state = stripped
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
         raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: missing keys {_few(missing)}; "

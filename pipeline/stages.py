@@ -22,7 +22,7 @@ from .config import Config, UserError
 from .data import Prepared, to_classes
 from .model import MLP, architecture, load_user_model
 from .surgery import (Head, check_swap, drop_blocks, edges_before_activation, find_head, fit_warm_start_scale,
-                      freeze_backbone, new_head, slim_width, swap_head, unfreeze, warm_start_head)
+                      freeze_backbone, new_head, recorded_head, slim_width, swap_head, unfreeze, warm_start_head)
 from .train import Distill, classification_task, fit, predict, resolve_device
 
 LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
@@ -324,7 +324,7 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
     device = resolve_device(cfg.train.device)
     teacher = prev.model.to(device).eval()
     k = data.n_classes
-    head = find_head(teacher, data.n_features, n_out=1 if k == 2 else k)
+    head = find_head(teacher, data.n_features, recorded_head(teacher), n_out=1 if k == 2 else k)
     variants: list[tuple[str, object]] = [(f"width_{r}", float(r)) for r in cfg.slim.keep_ratios]
     if cfg.slim.depth and teacher.reg2cls_arch["base"]["kind"] == "mlp":
         depth = teacher.reg2cls_arch["base"]["kwargs"]["depth"]
@@ -346,6 +346,7 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
                         slim_width(student, head, amount, data.n_features)
                     else:
                         drop_blocks(student, amount)
+                    _check_rebuild(student, data)
                     distill = Distill(teacher_logits, cfg.slim.temperature, cfg.slim.alpha) if distilled else None
                     log = tracking.EpochLog()
                     hist = _fit_classifier(student, run_cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
@@ -365,6 +366,15 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
     _say(f"slim: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
          f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
     return StageResult(run_id, chosen["model"], details={"best_run": chosen["run_id"], "rows": rows})
+
+
+def _check_rebuild(model: nn.Module, data: Prepared) -> None:
+    """The recorded surgery must recreate the model exactly: later stages and the champion load it so."""
+    rebuilt = tracking.rebuild(architecture(model))
+    rebuilt.load_state_dict(model.state_dict())
+    x = data.val.x[:64]
+    if not torch.allclose(predict(rebuilt, x), predict(model, x, next(model.parameters()).device), atol=1e-5):
+        raise RuntimeError("the slimmed model's recorded architecture does not rebuild it; please report this model")
 
 
 def _mean_by_strategy(rows: list[dict]) -> list[dict]:
@@ -391,8 +401,6 @@ def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, re
     with `resume=False` (inside convert) a finished tune stage with the same key is reused instead.
     The stage run gets the best trial's params, value and model (kept from that trial, not retrained)
     and its test metrics, evaluated once here."""
-    import time
-
     from . import study as optuna_study
 
     source = prev.details.get("best_run") or prev.run_id
@@ -412,19 +420,23 @@ def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, re
         before, _ = optuna_study.counted(study)
         job = optuna_study.Job(cfg, data, arch, {k: v.cpu() for k, v in prev.model.state_dict().items()},
                                tracking.setup(None), run_id, url, name, target=before + cfg.tune.n_trials,
-                               deadline=time.time() + cfg.tune.timeout if cfg.tune.timeout else None,
-                               seed=cfg.seed + before)
+                               timeout=cfg.tune.timeout or None, seed=cfg.seed + before)
+        first_new = len(study.get_trials(deepcopy=False))
         _say(f"tune: study '{name}' in {_safe_url(url)}: {before} trials so far, adding {cfg.tune.n_trials} "
              f"with {cfg.tune.workers} worker(s)")
         optuna_study.run_workers(job, cfg.tune.workers, _say)
         optuna_study.end_orphaned_runs(study)
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        states = [t.state.name for t in study.get_trials(deepcopy=False)[first_new:]]  # this run's trials
         tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        if not complete and "FAIL" in states:
-            raise RuntimeError(f"all trials of study '{name}' failed or were pruned; the first error is logged above")
-        if not complete:
-            raise UserError(f"study '{name}' has no completed trial (all pruned); run more trials or use --pruner none")
+        if "COMPLETE" not in states:
+            if "FAIL" in states:
+                raise RuntimeError(f"every trial this run started in study '{name}' failed or was pruned; "
+                                   "the first error is logged above")
+            if not states:
+                raise UserError(f"no trial started in study '{name}' within --timeout {cfg.tune.timeout:g} s; "
+                                "give it more time")
+            raise UserError(f"no trial this run started in study '{name}' completed (all pruned); "
+                            "run more trials or use --pruner none")
         best = study.best_trial
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
         tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})

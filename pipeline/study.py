@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from . import metrics, tracking
 from .config import TUNE_METRICS, Config, UserError
 from .data import Prepared
-from .surgery import add_dropout, find_head
+from .surgery import find_head, recorded_head, set_dropout
 from .train import classification_task, fit, predict, resolve_device
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -87,7 +87,8 @@ def open_study(url: str, name: str, metric: str) -> optuna.Study:
 
 
 def study_name(cfg: Config, architecture: dict, split_key: str) -> str:
-    arch = hashlib.sha256(json.dumps(architecture, sort_keys=True).encode()).hexdigest()[:8]
+    # the metric is part of the identity: a study optimises one objective in one direction
+    arch = hashlib.sha256(json.dumps([architecture, cfg.tune.metric], sort_keys=True).encode()).hexdigest()[:8]
     return cfg.tune.study_name or f"{cfg.experiment}-{arch}-{split_key[:8]}"
 
 
@@ -123,7 +124,7 @@ class Job:
     storage: str
     study_name: str
     target: int
-    deadline: float | None
+    timeout: float | None  # seconds, counted from the worker's start (after its imports and set-up)
     seed: int
     threads: int | None = None
 
@@ -157,8 +158,8 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         model = tracking.rebuild(job.architecture)
         model.load_state_dict(job.state)
         k = data.n_classes
-        head = find_head(model, data.n_features, n_out=1 if k == 2 else k)
-        add_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
+        head = find_head(model, data.n_features, recorded_head(model), n_out=1 if k == 2 else k)
+        set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
 
@@ -189,9 +190,10 @@ class _Gate:
         self.lock, self.held = lock, False
 
     def acquire(self) -> None:
+        # a worker killed while holding the lock must not stall the others: after 30 s go on without
+        # it (the cost is at most one trial beyond the count)
         if self.lock is not None:
-            self.lock.acquire()
-            self.held = True
+            self.held = self.lock.acquire(timeout=30)
 
     def release(self) -> None:
         if self.held:
@@ -212,16 +214,20 @@ def work(job: Job, lock=None) -> None:
     sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
     study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
                               pruner=make_pruner(job.cfg))
+    deadline = time.time() + job.timeout if job.timeout else None
     gate = _Gate(lock)
-    while job.deadline is None or time.time() < job.deadline:
+    awaited: set[int] | None = None  # trials running when the count was reached
+    while deadline is None or time.time() < deadline:
         gate.acquire()
         try:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried
             n, waiting = counted(study)
             if n >= job.target and not waiting:
-                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                awaited = running if awaited is None else awaited & running
+                if not awaited:
                     break
-                # others' trials still run: wait, in case one's worker died and it must be retried here
+                # wait for those trials only, in case one's worker died and it must be retried here
                 gate.release()
                 time.sleep(1.0)
                 continue

@@ -195,43 +195,57 @@ def slim_width(model: nn.Module, head: Head, keep: float, n_features: int) -> nn
     pruner = tp.pruner.MetaPruner(
         model, torch.randn(4, n_features, device=device), importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=1.0 - keep, ignored_layers=[model.get_submodule(head.name)])
+    before = {name: _shapes(m) for name, m in model.named_modules()}
     pruner.step()
-    sizes = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            sizes[name] = ["linear", m.in_features, m.out_features, m.bias is not None]
-        elif isinstance(m, nn.BatchNorm1d):
-            sizes[name] = ["batchnorm", m.num_features, m.affine, m.track_running_stats]
-        elif isinstance(m, nn.LayerNorm):
-            sizes[name] = ["layernorm", list(m.normalized_shape), m.elementwise_affine]
-    _record(model, {"op": "resize", "modules": sizes})
+    changed = {name: _shapes(m) for name, m in model.named_modules() if _shapes(m) != before.get(name)}
+    _record(model, {"op": "resize", "modules": changed})
     return model
+
+
+def _shapes(module: nn.Module) -> dict[str, list[int]]:
+    """Shapes of a module's own parameters and buffers (not its children's)."""
+    own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+    return {name: list(t.shape) for name, t in own if t is not None}
+
+
+_SIZE_ATTRS = {"in_features": ("weight", 1), "out_features": ("weight", 0), "num_features": ("weight", 0),
+               "num_parameters": ("weight", 0)}
+
+
+def _resize(module: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Give a freshly built module the pruned shapes, in place: its type and settings (eps, momentum,
+    activation slopes) stay; the state_dict loaded next fills the values."""
+    for name, shape in shapes.items():
+        current = getattr(module, name)
+        if isinstance(current, nn.Parameter):
+            setattr(module, name, nn.Parameter(current.new_empty(shape), requires_grad=current.requires_grad))
+        else:
+            module.register_buffer(name, current.new_empty(shape) if shape else current.clone())
+    for attr, (param, dim) in _SIZE_ATTRS.items():
+        if hasattr(module, attr) and param in shapes and len(shapes[param]) > dim:
+            setattr(module, attr, shapes[param][dim])
+    if isinstance(module, nn.BatchNorm1d) and "running_mean" in shapes:
+        module.num_features = shapes["running_mean"][0]
+    if isinstance(module, nn.LayerNorm) and "weight" in shapes:
+        module.normalized_shape = tuple(shapes["weight"])
 
 
 def drop_blocks(model: nn.Module, n: int) -> nn.Module:
     """Remove the last `n` hidden blocks of the pipeline's MLP (all hidden layers share one width, so
     the head reads the block before them unchanged), in place."""
-    depth = model.reg2cls_arch["base"]["kwargs"]["depth"]
+    arch = model.reg2cls_arch
+    depth = arch["base"]["kwargs"]["depth"] - sum(op["n"] for op in arch["ops"] if op["op"] == "drop_blocks")
     block = len(model.body) // depth
     model.body = model.body[:(depth - n) * block]
     _record(model, {"op": "drop_blocks", "n": n})
     return model
 
 
-def _resized(spec: list) -> nn.Module:
-    kind = spec[0]
-    if kind == "linear":
-        return nn.Linear(spec[1], spec[2], bias=spec[3])
-    if kind == "batchnorm":
-        return nn.BatchNorm1d(spec[1], affine=spec[2], track_running_stats=spec[3])
-    return nn.LayerNorm(spec[1], elementwise_affine=spec[2])
-
-
 def replay(model: nn.Module, op: dict) -> None:
     """Apply one recorded surgery op to a freshly built model (see `model.build`)."""
     if op["op"] == "resize":
-        for name, spec in op["modules"].items():
-            _set_module(model, name, _resized(spec))
+        for name, shapes in op["modules"].items():
+            _resize(model.get_submodule(name), shapes)
         _record(model, op)
     elif op["op"] == "drop_blocks":
         drop_blocks(model, op["n"])
@@ -243,6 +257,32 @@ def replay(model: nn.Module, op: dict) -> None:
         add_dropout(model, Head(op["head"], 0, None, op["hidden"]), op["p_head"], op["p_hidden"])
     else:
         raise ValueError(f"unknown surgery op {op['op']!r}")
+
+
+def recorded_head(model: nn.Module) -> str | None:
+    """The classification head's name from the recorded surgery: the last swapped-in Linear, inside
+    the Sequential that add_dropout wrapped around it if it did."""
+    name = None
+    for op in getattr(model, "reg2cls_arch", {"ops": []})["ops"]:
+        if op["op"] == "linear":
+            name = op["name"]
+        elif op["op"] == "dropout" and op["head"] == name:
+            name = f"{name}.1"
+    return name
+
+
+def set_dropout(model: nn.Module, head: Head, p_head: float, p_hidden: float) -> tuple[str, str | None]:
+    """add_dropout, or on a model that has it already (a tuned model tuned again) new rates for it."""
+    ops = model.reg2cls_arch["ops"] if hasattr(model, "reg2cls_arch") else []
+    done = [op for op in ops if op["op"] == "dropout"]
+    if not done or head.name != f"{done[-1]['head']}.1":
+        return add_dropout(model, head, p_head, p_hidden)
+    op = done[-1]
+    model.get_submodule(op["head"])[0].p = p_head
+    for name in op["hidden"]:
+        model.get_submodule(name)[1].p = p_hidden
+    op["p_head"], op["p_hidden"] = p_head, p_hidden
+    return head.name, None
 
 
 def new_head(in_features: int, n_classes: int) -> nn.Linear:
@@ -286,16 +326,19 @@ def edges_before_activation(activation: nn.Module | None, edges: np.ndarray) -> 
     """
     if activation is None:
         return edges
-    if isinstance(activation, nn.Sigmoid):
-        e = np.clip(edges, 1e-7, 1 - 1e-7)
-        return np.log(e / (1 - e))
-    if isinstance(activation, nn.Tanh):
-        return np.arctanh(np.clip(edges, -1 + 1e-7, 1 - 1e-7))
-    if isinstance(activation, nn.Softplus) and activation.beta == 1:
-        return np.log(np.expm1(np.maximum(edges, 1e-7)))
-    if isinstance(activation, (nn.ReLU, nn.ReLU6)) and np.all(edges > 0) and (
-            not isinstance(activation, nn.ReLU6) or np.all(edges < 6)):
-        return edges
+    # the activation's open range of outputs; an edge outside it can't be moved back to the head
+    ranges = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Softplus: (0.0, np.inf), nn.ReLU: (0.0, np.inf),
+              nn.ReLU6: (0.0, 6.0)}
+    low, high = ranges.get(type(activation), (None, None))
+    if low is not None and np.all(edges > low) and np.all(edges < high):
+        if isinstance(activation, nn.Sigmoid):
+            return np.log(edges / (1 - edges))
+        if isinstance(activation, nn.Tanh):
+            return np.arctanh(edges)
+        if isinstance(activation, nn.Softplus) and activation.beta == 1 and activation.threshold >= 20:
+            return np.log(np.expm1(edges))
+        if isinstance(activation, (nn.ReLU, nn.ReLU6)):
+            return edges
     raise UserError(f"warm_start cannot reproduce threshold through the output activation {type(activation).__name__} "
                     "with these class edges; leave warm_start out of --strategies")
 

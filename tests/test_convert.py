@@ -61,8 +61,8 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     assert sorted(board[board["stage"] == "head_swap"]["strategy"]) == sorted(STRATEGIES)
     assert set(board[board["stage"] == "slim"]["strategy"]) == {"width_0.75", "width_0.5", "width_0.25", "depth_-1"}
     for row in board.itertuples():
-        run = next(r for r in runs if r.info.run_id == row.run_id)
-        assert row.f1_macro == pytest.approx(run.data.metrics["test/f1_macro"])
+        run = next(r for r in runs if r.info.run_id == row.best_run)
+        assert row.n == 1 and row.f1_macro == pytest.approx(run.data.metrics["test/f1_macro"])
     warm = next(r for r in strategies if r.data.tags["strategy"] == "warm_start")
     served = mlflow.pyfunc.load_model(f"runs:/{warm.info.run_id}/model")
     assert served.predict(np.zeros((4, 10), dtype=np.float32)).shape == (4, 3)
@@ -186,4 +186,4 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     assert params["seed"] == "07" and params["resolved.seed"] == "7"
     assert {r.data.tags.get("strategy") for r in runs} >= {"threshold", "warm_start"}
     children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children == {"baseline", "head_swap", "slim", "tune"}
+    assert children == {"baseline", "head_swap", "slim", "tune", "compare"}

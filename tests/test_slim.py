@@ -94,3 +94,46 @@ def test_slim_alone_builds_on_the_latest_head_swap(experiment):
     [stage] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "slim" and "strategy" not in r.data.tags]
     probe = next(r for r in runs_of(experiment) if r.data.tags.get("strategy") == "linear_probe")
     assert stage.data.tags["source_run"] == probe.info.run_id
+
+
+def test_rebuild_keeps_per_channel_prelu_and_batchnorm_settings():
+    """Pruned shapes are replayed onto freshly built modules, so their settings (eps, momentum) stay."""
+    from pipeline.model import load_user_model
+
+    class Net(nn.Module):  # an in-test stand-in; the file-based path is covered in test_user_model
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.bn, self.act = nn.Linear(10, 16), nn.BatchNorm1d(16, eps=1e-3, momentum=0.01), nn.PReLU(16)
+            self.fc2 = nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.bn(self.fc1(x))))
+
+    torch.manual_seed(0)
+    model = Net()
+    model.reg2cls_arch = {"base": {"kind": "mlp", "kwargs": {}}, "ops": []}  # only the ops are replayed below
+    swap_head(model, "fc2", new_head(16, 3))
+    model.train()(torch.randn(64, 10))  # running statistics worth keeping
+    slim_width(model, find_head(model, 10, n_out=3), 0.5, 10)
+    rebuilt = Net()
+    for op in architecture(model)["ops"]:
+        from pipeline.surgery import replay
+        replay(rebuilt, op)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.act.num_parameters == 8 and rebuilt.bn.eps == 1e-3 and rebuilt.bn.momentum == 0.01
+    x = torch.randn(5, 10)
+    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+    assert load_user_model  # imported for symmetry with the file-based test
+
+
+def test_a_tuned_model_tuned_again_gets_new_rates_not_more_dropout():
+    from pipeline.surgery import add_dropout, recorded_head, set_dropout
+
+    model = classifier()
+    add_dropout(model, find_head(model, 10, recorded_head(model), n_out=3), 0.4, 0.2)
+    head = find_head(model, 10, recorded_head(model), n_out=3)
+    assert head.name == "head.1"
+    set_dropout(model, head, 0.1, 0.05)
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 3
+    assert model.head[0].p == 0.1 and model.body[1][1].p == 0.05
+    build(architecture(model)).load_state_dict(model.state_dict())

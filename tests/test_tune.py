@@ -32,7 +32,7 @@ def test_objective_with_a_fixed_trial(experiment, tiny_data):
     model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
     with tracking.start("tune", "tune") as stage_run:
         job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), tracking.setup(None),
-                               stage_run, "unused", "fixed", target=1, deadline=None, seed=0)
+                               stage_run, "unused", "fixed", target=1, timeout=None, seed=0)
         trial = optuna.trial.FixedTrial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
         value = optuna_study.objective(trial, job, optuna_study._Gate(None))
     assert 0.0 <= value <= 1.0
@@ -158,3 +158,15 @@ def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_pa
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     killed_run = next(r for r in runs if r.info.run_id == failed[0].user_attrs["mlflow_run_id"])
     assert killed_run.info.status == "FAILED"
+
+
+def test_timeout_stops_starting_trials(experiment, store):
+    assert invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
+                                        "--set", "tune.n_trials=0")).exit_code == 0
+    started = time.time()
+    result = invoke("tune", *tiny_args(experiment, "--n-trials", "50", "--timeout", "1", "--pruner", "none",
+                                       "--set", "tune.epochs=400"))
+    assert result.exit_code == 0, result.output
+    study, runs = _trials(experiment, store)
+    assert 1 <= len(study.trials) < 50 and time.time() - started < 60
+    assert all(r.info.status != "RUNNING" for r in runs)

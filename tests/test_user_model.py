@@ -163,3 +163,32 @@ def test_the_shipped_example_converts_its_user_model(store, tmp_path):
     assert converted.returncode == 0, converted.stderr[-2000:]
     assert "regression head 'fc_out' (Linear 32->1)" in converted.stdout
     assert settled(runs_of("example-user-model"))
+
+
+def test_files_that_import_neighbours_and_common_checkpoint_forms_load(tmp_path):
+    from pipeline.model import load_user_model
+
+    (tmp_path / "blocks.py").write_text("from torch import nn\n\ndef block(i, o):\n    return nn.Sequential(nn.Linear(i, o), nn.ReLU())\n")
+    (tmp_path / "net.py").write_text(
+        "from __future__ import annotations\nfrom dataclasses import dataclass\nfrom torch import nn\nfrom blocks import block\n\n"
+        "@dataclass\nclass Sizes:\n    hidden: int = 8\n\n"
+        "class Net(nn.Module):\n    def __init__(self, input_dim: int):\n        super().__init__()\n"
+        "        self.body, self.out = block(input_dim, Sizes().hidden), nn.Linear(Sizes().hidden, 1)\n\n"
+        "    def forward(self, x):\n        return self.out(self.body(x))\n")
+    spec = f"{tmp_path / 'net.py'}:Net"
+    state = load_user_model(spec, '{"input_dim": 10}', "").state_dict()
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "dp.pt")        # DataParallel
+    torch.save({"model_state_dict": state, "epoch": torch.tensor(3)}, tmp_path / "tut.pt")  # the tutorials' form
+    for ck in ("dp.pt", "tut.pt"):
+        loaded = load_user_model(spec, '{"input_dim": 10}', str(tmp_path / ck))
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+
+
+def test_warm_start_refuses_edges_its_output_activation_cannot_reach(experiment, tmp_path, unit_csv):
+    """A Sigmoid regressor of a raw target: classes cut at 1.5 cannot be moved back through the Sigmoid."""
+    args = tiny_args(experiment, "--model", f"{MODELS_FILE}:SigmoidNet", "--model-kwargs", '{"input_dim": 10}',
+                     "--checkpoint", checkpoint(tmp_path, um.SigmoidNet, input_dim=10), "--target-scaling", "none")
+    args[args.index("--data") + 1] = unit_csv
+    result = invoke("convert", *args, "--set", "data.target_scaling=standard")  # standardised edges fall outside (0, 1)
+    assert result.exit_code == 1 and "warm_start cannot reproduce threshold through the output activation Sigmoid" in result.output
+    assert runs_of(experiment) == []
