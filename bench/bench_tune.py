@@ -7,7 +7,7 @@
 
 Every trial logs its MLflow run and model, as in real use (throwaway stores in a temp dir).
 
-    python bench/bench_tune.py [--trials 12] [--epochs 300]
+    python bench/bench_tune.py [--trials 16] [--epochs 1000]
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def run_study(cfg, data, model, workers: int, tmp: str, name: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=1000)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
@@ -68,7 +68,7 @@ def main() -> None:
             c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patience=25),
                                     tune=dataclasses.replace(cfg.tune, pruner=pruner))
             study, seconds = run_study(c, prepared, model, 1, tmp, f"pruner-{pruner}")
-            epochs = sum(len(t.intermediate_values) for t in study.trials)
+            epochs = sum(t.user_attrs.get("epochs", 0) for t in study.trials)
             pruned = sum(t.state.name == "PRUNED" for t in study.trials)
             print(f"   pruner {pruner:6s}: {epochs:5d} epochs trained, {pruned} of {len(study.trials)} trials pruned, "
                   f"best val macro-F1 {study.best_value:.4f}, {seconds:.1f} s")

@@ -62,11 +62,26 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite: wait for the lock instead of failing with "database is locked" when workers write at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S, heartbeat_stale_trial_callback=_fail_and_retry)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                             grace_period=GRACE_S, heartbeat_stale_trial_callback=_fail_and_retry)
     except Exception as e:  # bad URL, server down, missing driver: one line, not a traceback
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot open the Optuna storage {url}: {first}") from None
+    if url.startswith("sqlite"):
+        # every epoch's trial.report is a commit: in the default rollback-journal mode each one fsyncs
+        # and locks out the other workers, which made two workers no faster than one (bench_tune.py).
+        # WAL lets readers and one writer proceed together; synchronous=NORMAL is WAL's safe setting.
+        import sqlalchemy
+
+        @sqlalchemy.event.listens_for(storage.engine, "connect")
+        def _pragmas(connection, record):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        storage.engine.dispose()  # connections opened before the listener reconnect with the pragmas
+    return storage
 
 
 def open_study(url: str, name: str, metric: str) -> optuna.Study:
@@ -163,12 +178,19 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
 
+        prunable = cfg.tune.pruner != "none"
+        trained = [0]
+
         def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+            trained[0] = epoch
             value = metric_value(val_out, data, cfg.tune.metric)
             log.add(epoch, {**logs, cfg.tune.metric: value})
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            # a report is a storage round trip (~2 ms on SQLite, more across a network): made only for
+            # a pruner to act on; the curve is in MLflow either way
+            if prunable:
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
             hist = fit(model, data.train, data.val, classification_task(k), epochs=cfg.tune.epochs,
@@ -176,10 +198,11 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
                        patience=cfg.train.patience, seed=cfg.seed + trial.number, device=device, on_epoch=on_epoch)
         finally:
             log.flush()  # a pruned trial keeps its curve up to the epoch it was stopped
+            trial.set_user_attr("epochs", trained[0])
         values = metrics.prefixed("val", metrics.classification(data.val.c.numpy(), metrics.probabilities(
             predict(model, data.val.x, device), k)))
         tracking.log_metrics({**values, "cost/train_seconds": hist.seconds}, step=hist.epochs + 1)
-        tracking.log_model(model, data.val.x[:5].numpy(), copy.deepcopy(model.reg2cls_arch))
+        tracking.log_model(model, data.val.x[:5].numpy(), copy.deepcopy(model.reg2cls_arch), servable=False)
         return values[cfg.tune.metric]
 
 
@@ -238,7 +261,12 @@ def work(job: Job, lock=None) -> None:
 
 
 def run_workers(job: Job, n_workers: int, say) -> None:
-    """`n_workers` spawned processes of `work` (one torch thread each); one worker runs in-process."""
+    """`n_workers` workers, one torch thread each: this process is one of them, the others are spawned.
+
+    Working here too saves one interpreter's start-up (torch, mlflow and optuna imports: seconds) and
+    keeps this core busy while the spawned workers start (bench_tune.py).
+    """
+    tracking.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
     if n_workers == 1:
         work(job)
         return
@@ -247,14 +275,18 @@ def run_workers(job: Job, n_workers: int, say) -> None:
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or SQLite state
     lock = ctx.Lock()
     procs = []
-    for i in range(n_workers):
+    for i in range(1, n_workers):
         worker_job = copy.copy(job)
         worker_job.seed, worker_job.threads = job.seed + 1000 * i, 1
         p = ctx.Process(target=work, args=(worker_job, lock), name=f"reg2cls-tune-{i}")
         p.start()
         say(f"tune: worker {i} started (pid {p.pid})")
         procs.append(p)
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(1)
+        say("tune: worker 0 runs in this process")
+        work(job, lock)
         for p in procs:
             p.join()
     except KeyboardInterrupt:
@@ -263,6 +295,8 @@ def run_workers(job: Job, n_workers: int, say) -> None:
         for p in procs:
             p.join(30)
         raise
+    finally:
+        torch.set_num_threads(threads)
     dead = [p for p in procs if p.exitcode != 0]
     for p in dead:
         say(f"tune: warning: worker {p.name} (pid {p.pid}) exited with code {p.exitcode}; "

@@ -101,7 +101,7 @@ def test_two_local_workers_finish_n_trials_between_them(experiment, store):
     result = invoke("tune", *tiny_args(experiment, "--n-trials", "6", "--workers", "2", "--set", "tune.epochs=8",
                                        "--pruner", "none"))
     assert result.exit_code == 0, result.output
-    assert result.output.count("started (pid") == 2
+    assert result.output.count("started (pid") == 1 and "worker 0 runs in this process" in result.output
     study, runs = _trials(experiment, store)
     assert len(study.trials) == 6 and all(t.state == TrialState.COMPLETE for t in study.trials)
     trial_runs = [r for r in runs if r.data.tags.get("strategy", "").startswith("trial_")]
@@ -113,7 +113,8 @@ POSTGRES = os.environ.get("REG2CLS_TEST_POSTGRES")
 
 @pytest.mark.skipif(not POSTGRES, reason="needs PostgreSQL: .ci/run starts it and sets REG2CLS_TEST_POSTGRES")
 def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_path):
-    """Two workers on one PostgreSQL study and one MLflow tracking server; one is SIGKILLed mid-trial."""
+    """Three workers (this process and two spawned) on one PostgreSQL study and one MLflow tracking
+    server; a spawned one is SIGKILLed mid-trial."""
     import mlflow
 
     name = f"pg-{uuid.uuid4().hex[:8]}"
@@ -126,7 +127,7 @@ def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_pa
     assert prep.returncode == 0, prep.stderr[-2000:]
     common[common.index("--epochs") + 1] = "1"
     proc = subprocess.Popen([sys.executable, "-u", "-m", "pipeline", "tune", *common, "--storage", POSTGRES,
-                             "--study-name", name, "--n-trials", "4", "--workers", "2", "--pruner", "none",
+                             "--study-name", name, "--n-trials", "4", "--workers", "3", "--pruner", "none",
                              "--set", "tune.epochs=800"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -138,7 +139,7 @@ def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_pa
                 break
         study = optuna.load_study(study_name=name, storage=POSTGRES)
         deadline = time.time() + 120
-        while len(study.get_trials(states=(TrialState.RUNNING,))) < 2 and time.time() < deadline:
+        while len(study.get_trials(states=(TrialState.RUNNING,))) < 3 and time.time() < deadline:
             time.sleep(0.3)
         time.sleep(1.0)
         os.kill(pids[0], signal.SIGKILL)  # mid-trial: no chance to clean up
