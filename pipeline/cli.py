@@ -168,13 +168,9 @@ def baseline(**opts):
 def head_swap(**opts):
     """Convert a baseline regressor with every head-swap strategy, one nested run each."""
     cfg, prepared, _, uri = _prepare(opts)
-    from . import stages, tracking
+    from . import stages
 
-    run_id = opts["baseline_run"] or tracking.latest_run("baseline", prepared.split_key)
-    if not run_id:
-        raise UserError("no finished baseline run on this data, split and classes in this experiment; run "
-                        "`reg2cls baseline` with the same options first, or pass --baseline-run")
-    prev = stages.StageResult(run_id, tracking.load_run_model(run_id, "baseline", prepared.split_key))
+    prev = _input_model(opts["baseline_run"], prepared.split_key, "baseline", option="--baseline-run", exact=True)
     result = stages.head_swap(cfg, prepared, prev, force=opts["force"])
     _print_board(stages.leaderboard([result.run_id]))
     click.echo(f"head_swap run: {result.run_id}")
@@ -280,15 +276,19 @@ def predict(model_uri, input_path, output_path, tracking_uri):
     click.echo(f"wrote {len(predictions)} predictions to {output_path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-def _input_model(from_run: str | None, split_key: str, *stages_in_order: str):
-    """The model a stage builds on: --from-run, else the newest finished run of the first of
-    `stages_in_order` that has one on this split. A stage run stands for the model it chose."""
+def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, option: str = "--from-run",
+                 exact: bool = False):
+    """The model a stage builds on: `from_run`, else the newest finished run of the first of
+    `stages_in_order` that has one on this split. A stage run stands for the model it chose; with
+    `exact` the run must itself be of the (one) stage given."""
     from . import stages, tracking
 
     run_id = from_run or next((r for s in stages_in_order if (r := tracking.latest_run(s, split_key))), None)
     if not run_id:
         raise UserError(f"no finished {' or '.join(stages_in_order)} run on this data, split and classes in this "
-                        "experiment; run `reg2cls convert` first, or pass --from-run")
+                        f"experiment; run `reg2cls convert` (or that stage) with the same options first, or pass {option}")
+    if exact:
+        return stages.StageResult(run_id, tracking.load_run_model(run_id, stages_in_order[0], split_key))
     tags = tracking.get_run(run_id).data.tags
     source = tags.get("recommended_run") or tags.get("best_run") or run_id
     return stages.StageResult(run_id, tracking.load_run_model(source, split_key=split_key), details={"best_run": source})
