@@ -7,10 +7,10 @@
 - Each trial is an MLflow run nested under the tune stage run (strategy=trial_<n>) holding its params,
   per-epoch validation curves and model; PRUNED ends it KILLED, FAIL ends it FAILED; the trial keeps
   the run id as user attribute `mlflow_run_id`, so optuna-dashboard and MLflow point at each other.
-- Workers share one count: they stop once the study holds `target` trials that are done or waiting
-  to be retried and none is still running (a running trial may yet go stale and need a retry). Local
-  workers take a lock from the count check until their trial exists, so N trials are exactly N;
-  workers on several machines can overshoot by at most (workers - 1).
+- Workers share one count: they stop once the study holds `target` trials (done, running, or waiting
+  to be retried) and the trials that were running at that moment have ended (one may yet go stale
+  and need a retry). Local workers take a lock from the count check until their trial exists, so N
+  trials are exactly N; workers on several machines can overshoot by at most (workers - 1).
 """
 from __future__ import annotations
 
