@@ -271,8 +271,8 @@ def latest_run(stage: str, split_key: str) -> str | None:
 def source_hash() -> str:
     """Hash of the package's own source: an edit to the code invalidates every reusable stage."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
 

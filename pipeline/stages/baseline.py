@@ -1,0 +1,92 @@
+"""baseline: the regressor, trained here (the pipeline's MLP) or brought by the user, and the
+threshold classes it implies."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from .. import metrics, tracking
+from ..config import Config, UserError
+from ..data import Prepared
+from ..model import MLP, architecture, load_user_model
+from ..surgery import Head, find_head
+from ..train import fit, resolve_device
+from .common import StageResult, classifier_metrics, costs, log_run_inputs, regressor_outputs, reusable, say, threshold_proba
+from .head_swap import check_convertible
+
+def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
+    """The user's regression model (None when the pipeline trains its own MLP), checked against the data.
+
+    Called before any run opens, so a model that does not load or fit stops with nothing half-written.
+    """
+    um = cfg.user_model
+    if not (um.spec or um.uri):
+        return None
+    if um.spec and not (um.checkpoint or um.retrain):
+        raise UserError(f"--model {um.spec} without --checkpoint has random weights: pass --checkpoint weights.pt, "
+                        "or --retrain to train it on the data first")
+    model = tracking.load_model_uri(um.uri) if um.uri else load_user_model(um.spec, um.kwargs, um.checkpoint)
+    head = find_head(model, data.n_features, um.head or None)
+    check_convertible(cfg, data, model, head)
+    return model, head
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+    from pathlib import Path
+
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+
+
+def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
+             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
+    """The regressor: the pipeline's MLP trained here (MSE on the standardised target), or the user's
+    model, evaluated as it is or retrained; logs RMSE/MAE/R2 and the thresholded classes."""
+    um = cfg.user_model
+    brought = brought or bring(cfg, data)
+    sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "user_model": asdict(um),
+                "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
+    key, reuse = reusable("baseline", sections, data, [], force)
+    if reuse:
+        say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
+        return StageResult(reuse, tracking.load_run_model(reuse), reused=True)
+    device = resolve_device(cfg.train.device)
+    with tracking.start("baseline", "baseline", tags={"stage_key": key, "split_key": data.split_key}) as run_id:
+        log_run_inputs(cfg, data)
+        if brought:
+            model, head = brought
+            tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
+            say(f"baseline: brought model {um.spec or um.uri}, regression head {head.describe()}")
+        else:
+            torch.manual_seed(cfg.seed)
+            model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation, cfg.model.dropout)
+        model.to(device)
+        log = tracking.EpochLog()
+
+        def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+            rmse = float(torch.sqrt(torch.mean((val_out.reshape(-1).cpu() - data.val.y) ** 2))) * data.y_std
+            log.add(epoch, {**logs, "val/rmse": rmse})
+
+        t = cfg.train
+        values: dict[str, float] = {"cost/train_seconds": 0.0}
+        if not brought or um.retrain:
+            hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                       weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, on_epoch=on_epoch)
+            log.flush()
+            values.update({"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds})
+        for name, split in (("val", data.val), ("test", data.test)):
+            y = split.y.double().numpy() * data.y_std + data.y_mean
+            values.update(metrics.prefixed(name, metrics.regression(y, regressor_outputs(model, split.x, data, device))))
+        # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
+        values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
+        values.update(costs(model, data))
+        tracking.log_metrics(values)
+        tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
+        say(f"baseline: test RMSE {values['test/rmse']:.4g}, R2 {values['test/r2']:.3f}, "
+             f"thresholded macro-F1 {values['test/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")
+    return StageResult(run_id, model)
+
+

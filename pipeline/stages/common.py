@@ -1,0 +1,98 @@
+"""What every stage shares: StageResult, stage reuse, evaluating, training and logging a classifier."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics, tracking
+from ..config import Config
+from ..data import Prepared, to_classes
+from ..model import architecture
+from ..train import Distill, classification_task, fit, predict
+
+
+
+@dataclass
+class StageResult:
+    run_id: str
+    model: nn.Module | None = None   # the stage's output: the regressor (baseline), best classifier (head_swap)
+    reused: bool = False
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def reusable(stage: str, sections: dict, data: Prepared, upstream: list[str], force: bool) -> tuple[str, str | None]:
+    """The stage key (its config sections, the split, upstream runs, the code) and a FINISHED run with it."""
+    key = tracking.stage_key(stage, sections, data.split_key, upstream)
+    return key, None if force else tracking.find_finished(key)
+
+
+def regressor_outputs(model: nn.Module, x: torch.Tensor, data: Prepared, device) -> np.ndarray:
+    """Regressor output in target units, (N,)."""
+    return predict(model, x, device).reshape(-1).double().numpy() * data.y_std + data.y_mean
+
+
+def threshold_proba(regressor: nn.Module, split, data: Prepared, device) -> np.ndarray:
+    """(N, K) one-hot 'probabilities' of the regressor's output cut at the class edges."""
+    return np.eye(data.n_classes)[to_classes(regressor_outputs(regressor, split.x, data, device), data.edges)]
+
+
+def classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
+    """val/* and test/* classification metrics, with proba_of(split) -> (N, K) probabilities."""
+    values: dict[str, float] = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba_of(split))))
+    return values
+
+
+def log_run_inputs(cfg: Config, data: Prepared) -> None:
+    tracking.log_params({**cfg.flat(), **{f"split.{k}": v for k, v in data.summary.items()},
+                         "data.digest": data.digest, "data.split_key": data.split_key,
+                         "data.class_names": " | ".join(data.class_names),
+                         "data.edges": ",".join(repr(float(e)) for e in data.edges)})
+    tracking.log_dataset(data.frame, cfg.data.source, cfg.data.target, data.digest)
+
+
+def costs(model: nn.Module, data: Prepared) -> dict[str, float]:
+    return {"cost/params": metrics.count_params(model), "cost/flops": metrics.count_flops(model, data.n_features),
+            "cost/latency_ms_per_1k": metrics.latency_ms_per_1k(model, data.n_features)}
+
+
+def seeds_of(cfg: Config, trained: bool = True) -> list[int]:
+    """The seeds a strategy runs with: `cfg.seeds` of them when it trains, one when it is deterministic."""
+    return [cfg.seed + i for i in range(cfg.seeds)] if trained else [cfg.seed]
+
+
+def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: tracking.EpochLog, *, epochs: int,
+                    lr: float, step: int = 0, params=None, distill: Distill | None = None):
+    """fit() a classifier with the run's training settings; per-epoch curves go to `log` from `step` on."""
+    k, t = data.n_classes, cfg.train
+    c = data.val.c.numpy()
+
+    def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+        pred = metrics.probabilities(val_out.cpu(), k).argmax(axis=1)
+        log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": metrics.f1_macro(c, pred, k)})
+
+    return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=t.batch_size,
+               weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
+               on_epoch=on_epoch, distill=distill)
+
+
+def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int) -> dict[str, float]:
+    """Evaluate a trained classifier once, log its metrics, costs and model; returns the values."""
+    k = data.n_classes
+    values = classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
+    values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
+    # val/* after the per-epoch points, one step later, so the run's summary shows the returned model
+    tracking.log_metrics({key: v for key, v in values.items() if key.startswith("val/")}, step=final_step)
+    rest = {key: v for key, v in values.items() if not key.startswith("val/")}
+    rest.update({"cost/train_seconds": seconds, **costs(model, data)})
+    rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
+    tracking.log_metrics(rest)
+    return {**values, **rest}

@@ -1,0 +1,136 @@
+"""head_swap: one nested run per conversion strategy, all on the same splits."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import tracking
+from ..config import Config
+from ..data import Prepared
+from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale,
+                       freeze_backbone, new_head, swap_head, unfreeze, warm_start_head)
+from ..train import predict, resolve_device
+from .common import (StageResult, classifier_metrics, costs, fit_classifier, log_classifier, log_run_inputs,
+                     reusable, say, seeds_of, threshold_proba)
+
+def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
+    """One nested run per strategy, all on the same splits; the output is the best classifier by
+    validation macro-F1 (among strategies that train a model: `threshold` is the bar they must beat)."""
+    sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
+                "seeds": cfg.seeds}
+    key, reuse = reusable("head_swap", sections, data, [prev.run_id], force)
+    if reuse:
+        say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
+        best = _best_child(reuse)
+        model = tracking.load_run_model(best) if best else None
+        return StageResult(reuse, model, reused=True, details={"best_run": best})
+    device = resolve_device(cfg.train.device)
+    regressor = prev.model.to(device)
+    head = find_head(regressor, data.n_features, cfg.user_model.head or None)
+    if head.activation:
+        say(f"head_swap: warning: output activation '{head.activation}' "
+             f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
+    check_convertible(cfg, data, regressor, head)
+    best_model, best_f1, best_run = None, -1.0, None
+    with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": prev.run_id,
+                                                        "split_key": data.split_key}) as run_id:
+        log_run_inputs(cfg, data)
+        tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
+        for strategy in cfg.head_swap.strategies:
+            for seed in seeds_of(cfg, trained=strategy != "threshold"):
+                run_cfg = dataclasses.replace(cfg, seed=seed)
+                with tracking.start(strategy, "head_swap", strategy=strategy, tags={
+                        "baseline_run": prev.run_id, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                    tracking.log_params({**run_cfg.flat(), "strategy": strategy})
+                    model, values = _run_strategy(strategy, run_cfg, data, regressor, head, device)
+                    if model is not None and values["val/f1_macro"] > best_f1:
+                        best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
+                say(f"head_swap/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
+                     f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, log loss {values['test/log_loss']:.3f}")
+        if best_run:
+            tracking.set_tags({"best_run": best_run})
+    return StageResult(run_id, best_model, details={"best_run": best_run})
+
+
+def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
+    """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start
+    could not reproduce threshold through the model's output activation."""
+    classifier_from(regressor, head, data, "cpu")
+    if "warm_start" in cfg.head_swap.strategies:
+        warm_start_edges(regressor, head, data)
+
+
+def _best_child(run_id: str) -> str | None:
+    """The child run with a model and the highest val/f1_macro."""
+    runs = [r for r in tracking.children(run_id) if r.data.tags.get("strategy") != "threshold"]
+    runs = [r for r in runs if "val/f1_macro" in r.data.metrics]
+    return max(runs, key=lambda r: r.data.metrics["val/f1_macro"]).info.run_id if runs else None
+
+
+def warm_start_edges(regressor: nn.Module, head: Head, data: Prepared) -> np.ndarray:
+    """Class edges in the units of the regression head's own output (before any output activation)."""
+    edges = (data.edges - data.y_mean) / data.y_std  # in the regressor's output units
+    activation = regressor.get_submodule(head.activation) if head.activation else None
+    return edges_before_activation(activation, edges)
+
+
+def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
+                    warm_start: bool = False) -> tuple[nn.Module, float | None]:
+    """A copy of the regressor with a classification head: random, or computed from the regression
+    head (`warm_start`, whose fitted scale is returned too); output activation removed; output shape
+    and untouched backbone checked."""
+    model = copy.deepcopy(regressor)
+    if head.activation:  # logits, not squashed outputs
+        swap_head(model, head.activation, nn.Identity())
+    backbone = {name: v.clone() for name, v in model.state_dict().items()}
+    scale = None
+    if warm_start:
+        # the model without its output activation outputs the head's own r
+        edges = warm_start_edges(regressor, head, data)
+        scale = fit_warm_start_scale(predict(model, data.val.x, device).reshape(-1), data.val.c, edges)
+        swap_head(model, head.name, warm_start_head(model.get_submodule(head.name), edges, scale))
+    else:
+        swap_head(model, head.name, new_head(head.in_features, data.n_classes))
+    check_swap(model, backbone, head.name, data.n_features, data.n_classes)
+    return model, scale
+
+
+def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,
+                  device) -> tuple[nn.Module | None, dict]:
+    """Build and train the classifier of one strategy; returns it (None for `threshold`) and its metrics."""
+    t = cfg.train
+    if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
+        values = classifier_metrics(data, lambda split: threshold_proba(regressor, split, data, device))
+        values = {**values, "val/loss": values["val/log_loss"], **costs(regressor, data), "cost/train_seconds": 0.0}
+        tracking.log_metrics(values)
+        return None, values
+
+    torch.manual_seed(cfg.seed)
+    model, scale = classifier_from(regressor, head, data, device, warm_start=strategy == "warm_start")
+    if scale is not None:
+        tracking.log_params({"warm_start.scale": round(scale, 6)})
+    if strategy == "scratch":  # same architecture, regression weights thrown away: the control
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    log = tracking.EpochLog()
+    seconds, step = 0.0, 0
+    if strategy in ("linear_probe", "lp_ft"):
+        hist = fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=t.lr,
+                               params=freeze_backbone(model, head.name))
+        unfreeze(model)
+        seconds, step = hist.seconds, hist.epochs  # lp_ft's fine-tune continues the probe's curve
+    if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
+        lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
+        hist = fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr, step=step)
+        seconds, step = seconds + hist.seconds, step + hist.epochs
+    log.flush()
+    return model, log_classifier(model, data, device, seconds, step + 1)
+
+

@@ -1,0 +1,103 @@
+"""slim: physically smaller classifiers, with their costs beside their accuracy."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics, report, tracking
+from ..config import Config
+from ..data import Prepared
+from ..model import architecture
+from ..surgery import drop_blocks, find_head, recorded_head, slim_width
+from ..train import Distill, predict, resolve_device
+from .common import StageResult, classifier_metrics, costs, fit_classifier, log_classifier, log_run_inputs, reusable, say, seeds_of
+
+def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
+    """Physically smaller classifiers made from `prev.model` (the best head-swap classifier): fewer
+    hidden units (width_<keep>), fewer hidden blocks (depth_-<n>, the pipeline's MLP only), each
+    fine-tuned, and with `slim.distill` also trained on the unslimmed model's soft labels. The output
+    is the recommended variant: the smallest within `slim.tolerance` validation macro-F1 of the best."""
+    source = prev.details.get("best_run") or prev.run_id
+    sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim), "seeds": cfg.seeds}
+    key, reuse = reusable("slim", sections, data, [source], force)
+    if reuse:
+        say(f"slim: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
+        best = tracking.get_run(reuse).data.tags.get("recommended_run")
+        return StageResult(reuse, tracking.load_run_model(best), reused=True, details={"best_run": best})
+    device = resolve_device(cfg.train.device)
+    teacher = prev.model.to(device).eval()
+    k = data.n_classes
+    head = find_head(teacher, data.n_features, recorded_head(teacher), n_out=1 if k == 2 else k)
+    variants: list[tuple[str, object]] = [(f"width_{r}", float(r)) for r in cfg.slim.keep_ratios]
+    if cfg.slim.depth and teacher.reg2cls_arch["base"]["kind"] == "mlp":
+        depth = teacher.reg2cls_arch["base"]["kwargs"]["depth"]
+        variants += [(f"depth_-{n}", n) for n in range(1, depth)]
+    teacher_logits = predict(teacher, data.train.x, device)
+    rows = [{"strategy": "unslimmed", "run_id": source, "model": teacher, **_unslimmed_values(teacher, data, device)}]
+    with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source, "split_key": data.split_key}) as run_id:
+        log_run_inputs(cfg, data)
+        for name, amount in variants:
+            for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,), seeds_of(cfg)):
+                strategy = f"{name}_distill" if distilled else name
+                run_cfg = dataclasses.replace(cfg, seed=seed)
+                with tracking.start(strategy, "slim", strategy=strategy, tags={
+                        "source_run": source, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                    tracking.log_params({**run_cfg.flat(), "strategy": strategy})
+                    torch.manual_seed(seed)
+                    student = copy.deepcopy(teacher)
+                    if name.startswith("width_"):
+                        slim_width(student, head, amount, data.n_features)
+                    else:
+                        drop_blocks(student, amount)
+                    _check_rebuild(student, data)
+                    distill = Distill(teacher_logits, cfg.slim.temperature, cfg.slim.alpha) if distilled else None
+                    log = tracking.EpochLog()
+                    hist = fit_classifier(student, run_cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
+                                           distill=distill)
+                    log.flush()
+                    values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1)
+                rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
+                say(f"slim/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: {values['cost/params']:.0f} params, "
+                     f"test macro-F1 {values['test/f1_macro']:.3f}")
+        means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
+        best_f1 = max(m["val/f1_macro"] for m in means)
+        pick = min((m for m in means if m["val/f1_macro"] >= best_f1 - cfg.slim.tolerance),
+                   key=lambda m: (m["cost/params"], -m["val/f1_macro"]))["strategy"]
+        chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
+        tracking.set_tags({"recommended": pick, "recommended_run": chosen["run_id"]})
+        tracking.log_figure(report.pareto_figure(means, pick), "pareto.png")
+    say(f"slim: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
+         f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
+    return StageResult(run_id, chosen["model"], details={"best_run": chosen["run_id"], "rows": rows})
+
+
+def _check_rebuild(model: nn.Module, data: Prepared) -> None:
+    """The recorded surgery must recreate the model exactly: later stages and the champion load it so."""
+    rebuilt = tracking.rebuild(architecture(model))
+    rebuilt.load_state_dict(model.state_dict())
+    x = data.val.x[:64]
+    if not torch.allclose(predict(rebuilt, x), predict(model, x, next(model.parameters()).device), atol=1e-5):
+        raise RuntimeError("the slimmed model's recorded architecture does not rebuild it; please report this model")
+
+
+def _mean_by_strategy(rows: list[dict]) -> list[dict]:
+    """One row per strategy: the mean of every numeric value over its seeds."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["strategy"], []).append(r)
+    return [{"strategy": name, **{k: float(np.mean([r[k] for r in group])) for k, v in group[0].items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+            for name, group in out.items()]
+
+
+def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
+    """The starting classifier's metrics and costs, measured here beside its variants."""
+    k = data.n_classes
+    values = classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
+    return {**values, **costs(model, data)}
