@@ -139,14 +139,6 @@ def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, cont
     mlflow.log_input(dataset, context=context)
 
 
-def log_texts(files: dict[str, str]) -> None:
-    """Text artifacts, `file name -> content`, in one upload."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in files.items():
-            (Path(tmp) / name).write_text(text)
-        mlflow.log_artifacts(tmp)
-
-
 def log_model(model, x_example: np.ndarray, architecture: dict, servable: bool = True) -> int:
     """Log `model` twice over, each for its reader, both without pickle:
 

@@ -2,7 +2,9 @@
 threshold classes it implies."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from ..surgery import Head, find_head
 from ..train import fit, resolve_device
 from .common import StageResult, classifier_metrics, costs, log_run_inputs, regressor_outputs, reusable, say, threshold_proba
 from .head_swap import check_convertible
+
 
 def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
     """The user's regression model (None when the pipeline trains its own MLP), checked against the data.
@@ -34,9 +37,6 @@ def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
 
 
 def _file_digest(path: str) -> str:
-    import hashlib
-    from pathlib import Path
-
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
 

@@ -14,7 +14,6 @@ from ..model import architecture
 from ..train import Distill, classification_task, fit, predict
 
 
-
 @dataclass
 class StageResult:
     run_id: str
@@ -49,6 +48,11 @@ def classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
     for name, split in (("val", data.val), ("test", data.test)):
         values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba_of(split))))
     return values
+
+
+def classifier_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
+    """val/* and test/* metrics of a classifier (raw logits in, probabilities by metrics.probabilities)."""
+    return classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), data.n_classes))
 
 
 def log_run_inputs(cfg: Config, data: Prepared) -> None:
@@ -86,8 +90,7 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
 
 def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int) -> dict[str, float]:
     """Evaluate a trained classifier once, log its metrics, costs and model; returns the values."""
-    k = data.n_classes
-    values = classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
+    values = classifier_values(model, data, device)
     values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
     # val/* after the per-epoch points, one step later, so the run's summary shows the returned model
     tracking.log_metrics({key: v for key, v in values.items() if key.startswith("val/")}, step=final_step)

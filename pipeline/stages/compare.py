@@ -14,6 +14,7 @@ from ..model import architecture
 from ..train import predict, resolve_device
 from .common import StageResult, classifier_metrics
 
+
 LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
     "test/accuracy": "accuracy", "test/balanced_accuracy": "balanced_acc", "test/f1_macro": "f1_macro",
     "test/roc_auc": "roc_auc", "test/log_loss": "log_loss", "test/ece": "ece",

@@ -14,6 +14,7 @@ from .head_swap import head_swap
 from .slim import slim
 from .tune import tune
 
+
 def convert(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
     """baseline -> head_swap -> slim -> tune -> compare under one parent run; returns the leaderboard."""

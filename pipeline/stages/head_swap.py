@@ -18,6 +18,7 @@ from ..train import predict, resolve_device
 from .common import (StageResult, classifier_metrics, costs, fit_classifier, log_classifier, log_run_inputs,
                      reusable, say, seeds_of, threshold_proba)
 
+
 def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
     """One nested run per strategy, all on the same splits; the output is the best classifier by
     validation macro-F1 (among strategies that train a model: `threshold` is the bar they must beat)."""

@@ -10,13 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics, report, tracking
+from .. import report, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import architecture
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
-from .common import StageResult, classifier_metrics, costs, fit_classifier, log_classifier, log_run_inputs, reusable, say, seeds_of
+from .common import (StageResult, classifier_values, costs, fit_classifier, log_classifier, log_run_inputs, reusable,
+                     say, seeds_of)
+
 
 def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
     """Physically smaller classifiers made from `prev.model` (the best head-swap classifier): fewer
@@ -98,6 +100,4 @@ def _mean_by_strategy(rows: list[dict]) -> list[dict]:
 
 def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
     """The starting classifier's metrics and costs, measured here beside its variants."""
-    k = data.n_classes
-    values = classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), k))
-    return {**values, **costs(model, data)}
+    return {**classifier_values(model, data, device), **costs(model, data)}

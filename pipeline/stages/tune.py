@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .. import metrics, tracking
+from .. import tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture
-from ..train import predict, resolve_device
-from .common import StageResult, classifier_metrics, costs, log_run_inputs, reusable, say
+from ..train import resolve_device
+from .common import StageResult, log_classifier, log_run_inputs, reusable, say
+
 
 def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, resume: bool = True) -> StageResult:
     """Optuna over head and hidden dropout, learning rate and weight decay, starting from `prev.model`
@@ -56,13 +57,9 @@ def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, re
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
         tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})
         model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
-        values = classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), data.n_classes))
-        values["val/loss"] = values["val/log_loss"]
-        trial_run = tracking.get_run(best.user_attrs["mlflow_run_id"])
-        rest = {"best/" + cfg.tune.metric: best.value, **costs(model, data),
-                "cost/train_seconds": trial_run.data.metrics.get("cost/train_seconds", float("nan")),
-                "cost/model_bytes": tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))}
-        tracking.log_metrics({**values, **rest})
+        trial_seconds = tracking.get_run(best.user_attrs["mlflow_run_id"]).data.metrics.get("cost/train_seconds", float("nan"))
+        values = log_classifier(model, data, device, trial_seconds, final_step=0)  # evaluated once, here
+        tracking.log_metrics({"best/" + cfg.tune.metric: best.value})
         for fig_name, fig in optuna_study.figures(study).items():
             tracking.log_figure(fig, fig_name)
     say(f"tune: best trial {best.number} {cfg.tune.metric} {best.value:.4f} ({best.params}); "
