@@ -1,8 +1,12 @@
-"""Data: load a table, validate it, split it once, fit classes and preprocessing on train only.
+"""Data: load a table, validate it, split it (once, or into k cross-fitting folds), fit classes and preprocessing.
 
-`prepare()` is the single entry point. It returns `Prepared`: train/val/test tensors shared by every
-strategy, the class edges (in target units) and human-readable class names, the fitted
-`Preprocessor`, a digest that identifies the data, and a summary of what was dropped or imputed.
+`prepare()` splits once (train/val/test) and fits the classes and the preprocessing on the training rows.
+`prepare_folds()` makes one split per fold of a stratified k-fold: every row is tested in exactly one fold; the
+classes are fitted once on every row (the same in every fold) and the preprocessing on each fold's training rows.
+Both return `Prepared`: train/val/test tensors shared by every strategy, the class edges (in target units) and
+human-readable class names, the fitted `Preprocessor`, a digest that identifies the data, and a summary of what
+was dropped or imputed. Both are the same sequence of steps: `parse_classes`, `load_target`, `class_labels`,
+`strata`, `split_rows` or `fold_rows`, `fit_classes`, `select_features`, `build`.
 Every user mistake is raised as `UserError` with one line that names the problem and the fix.
 """
 from __future__ import annotations
@@ -97,31 +101,58 @@ def class_names(edges: np.ndarray) -> list[str]:
     return [f"<={cuts[0]}"] + [f"{a}-{b}" for a, b in zip(cuts, cuts[1:])] + [f">{cuts[-1]}"]
 
 
-def _parse_classes(spec: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class ClassSpec:
+    """A parsed `--classes` value: how target rows become classes. Whatever can be checked without the
+    data (the kind, K, the cut points as numbers) is checked when it is parsed."""
+
+    kind: str                     # quantile | thresholds | label
+    arg: str                      # the text after the colon, as written: K, the cut points or the label column
+    k: int = 0                    # quantile: the number of classes
+    cuts: tuple[float, ...] = ()  # thresholds: the cut points, strictly increasing
+
+    @property
+    def label_column(self) -> str | None:
+        return self.arg if self.kind == "label" else None
+
+
+def parse_classes(spec: str) -> ClassSpec:
+    """`quantile:K`, `thresholds:a,b,...` or `label:COL` -> `ClassSpec`."""
     kind, _, arg = spec.partition(":")
     if kind not in ("quantile", "thresholds", "label") or not arg:
         raise UserError(f"--classes '{spec}' not understood; use quantile:K, thresholds:a,b,... or label:COL")
-    return kind, arg
+    if kind == "quantile":
+        try:
+            k = int(arg)
+        except ValueError:
+            raise UserError(f"quantile:{arg}: K must be an integer >= 2") from None
+        if k < 2:
+            raise UserError(f"quantile:{k}: K must be at least 2")
+        return ClassSpec(kind, arg, k=k)
+    if kind == "thresholds":
+        try:
+            cuts = tuple(float(v) for v in arg.split(","))
+        except ValueError:
+            raise UserError(f"thresholds '{arg}' must be numbers separated by commas") from None
+        if np.any(np.diff(cuts) <= 0):
+            raise UserError(f"thresholds {arg} must be strictly increasing")
+        return ClassSpec(kind, arg, cuts=cuts)
+    return ClassSpec(kind, arg)
 
 
-def _thresholds(arg: str, y: np.ndarray) -> np.ndarray:
-    try:
-        edges = np.array([float(v) for v in arg.split(",")], dtype=np.float64)
-    except ValueError:
-        raise UserError(f"thresholds '{arg}' must be numbers separated by commas") from None
-    if np.any(np.diff(edges) <= 0):
-        raise UserError(f"thresholds {arg} must be strictly increasing")
+def _check_thresholds(cuts: tuple[float, ...], y: np.ndarray) -> None:
     lo, hi = float(y.min()), float(y.max())
-    outside = [e for e in edges if not lo <= e < hi]
+    outside = [e for e in cuts if not lo <= e < hi]
     if outside:
-        raise UserError(f"threshold(s) {', '.join(map(str, outside))} outside the target's range [{lo:g}, {hi:g}): every class must have rows")
-    return edges
+        raise UserError(f"threshold(s) {', '.join(map(str, outside))} outside the target's range [{lo:g}, {hi:g}): "
+                        "every class must have rows")
 
 
 def _quantile_edges(y: np.ndarray, k: int) -> np.ndarray:
     edges = np.quantile(y, np.arange(1, k) / k)
     if np.any(np.diff(edges) <= 0):
-        raise UserError(f"quantile:{k} gives repeated class edges (the target has many ties); use fewer classes or thresholds:a,b")
+        raise UserError(f"quantile:{k} gives repeated class edges (the target has many ties); use fewer classes or "
+                        "thresholds:a,b")
     return edges
 
 
@@ -129,7 +160,7 @@ def _label_edges(y: np.ndarray, labels: np.ndarray, order: list) -> np.ndarray:
     """Cut points for the `threshold` strategy when classes come from a label column.
 
     Classes are ordered by their median target; each edge is the cut between two neighbouring classes
-    that misclassifies the fewest training rows of those two classes.
+    that misclassifies the fewest of the given rows of those two classes.
     """
     edges = []
     for a, b in zip(order, order[1:]):
@@ -139,6 +170,25 @@ def _label_edges(y: np.ndarray, labels: np.ndarray, order: list) -> np.ndarray:
         edges.append(float(cands[int(np.argmin(errors))]))
     edges = np.maximum.accumulate(np.array(edges))  # overlapping classes may not order their cuts
     return edges
+
+
+def fit_classes(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None,
+                rows: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The classes: (edges (K-1,) in target units, class names, class index of every row).
+
+    Fitted on `rows`: the training rows for a single split, every row for cross-fitting folds. Quantile edges
+    are quantiles of y[rows]; thresholds are as given; label classes are ordered by their median target on
+    `rows`, and their edges are the cuts that best separate neighbouring classes on `rows`.
+    """
+    y_fit = y[rows]
+    if spec.kind == "label":
+        labels_fit = labels[rows]
+        names = sorted(set(labels), key=lambda v: (np.median(y_fit[labels_fit == v]), v))
+        rank = {v: i for i, v in enumerate(names)}
+        classes = np.array([rank[v] for v in labels], dtype=np.int64)
+        return _label_edges(y_fit, labels_fit, names), names, classes
+    edges = _quantile_edges(y_fit, spec.k) if spec.kind == "quantile" else np.array(spec.cuts, dtype=np.float64)
+    return edges, class_names(edges), to_classes(y, edges)
 
 
 # ---------------------------------------------------------------------------------- preprocessing
@@ -215,8 +265,10 @@ class Prepared:
     preprocessor: Preprocessor
     frame: pd.DataFrame        # the table as loaded, rows with a missing target dropped
     digest: str                # the table's content
-    split_key: str             # the table, the data config and the seed: same key, same splits and classes
+    split_key: str             # the table, the data config, the seed (and fold): same key, same splits and classes
     summary: dict[str, object]
+    fold: int | None = None    # which cross-fitting fold (prepare_folds); None for the single split
+    test_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rows of `frame` in `test`
 
     @property
     def n_classes(self) -> int:
@@ -242,123 +294,225 @@ def _check_features(features: pd.DataFrame, n_train: int) -> None:
                             f"{len(values)} rows): one-hot encoding it would only memorise rows; leave it out with --features")
 
 
-def _check_class_sizes(counts: pd.Series, names: list[str], cfg: Data) -> None:
+def _check_class_sizes(strata: np.ndarray, names: list[str], cfg: Data) -> None:
+    """Every class needs enough rows for the stratified split to put some in val and test."""
     need = max(3, math.ceil(1 / min(cfg.val_fraction, cfg.test_fraction)))
-    for idx, n in counts.items():
+    for idx, n in enumerate(np.bincount(strata, minlength=len(names))):
         if n < need:
             raise UserError(
                 f"class '{names[idx]}' has {n} rows, but a stratified split with val_fraction={cfg.val_fraction} "
-                f"and test_fraction={cfg.test_fraction} needs at least {need} per class; use fewer classes or more data")
+                f"and test_fraction={cfg.test_fraction} needs at least {need} per class; use fewer classes or more "
+                "data")
 
 
-def prepare(cfg: Data, seed: int) -> Prepared:
-    """Load, validate, split (seeded, stratified), fit classes and preprocessing on train."""
-    from sklearn.model_selection import train_test_split
+def _check_fold_sizes(strata: np.ndarray, names: list[str], cfg: Data, k: int) -> None:
+    """Every class needs a row in each of the k test folds, and enough left over for each fold's train and val."""
+    if k < 2:
+        raise UserError(f"cross-fitting needs at least 2 folds, got {k}")
+    train_share = 1 - 1 / k - cfg.val_fraction
+    if train_share <= 0:
+        raise UserError(f"{k} folds with val_fraction={cfg.val_fraction} leave no training rows; use more folds or a "
+                        "smaller val_fraction")
+    need = max(3, k, math.ceil(1 / cfg.val_fraction), math.ceil(1 / train_share))
+    for idx, n in enumerate(np.bincount(strata, minlength=len(names))):
+        if n < need:
+            raise UserError(
+                f"class '{names[idx]}' has {n} rows, but {k} stratified folds with val_fraction={cfg.val_fraction} "
+                f"need at least {need} per class; use fewer folds, fewer classes or more data")
 
-    kind, arg = _parse_classes(cfg.classes)
+
+# ------------------------------------------------------------------------------------------ steps
+def load_target(cfg: Data) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Load the table and check the target column: present, numeric, finite, not constant.
+
+    Returns (frame with the rows of a missing target dropped and the index reset, target as float64,
+    number of rows dropped).
+    """
     frame = load(cfg.source)
     if cfg.target not in frame.columns:
-        raise UserError(f"target column '{cfg.target}' not in the data; columns: {', '.join(map(str, frame.columns))}; pass --target COL")
+        raise UserError(f"target column '{cfg.target}' not in the data; columns: {', '.join(map(str, frame.columns))}; "
+                        "pass --target COL")
     raw_target = frame[cfg.target]
     target = pd.to_numeric(raw_target, errors="coerce")
     bad = raw_target[target.isna() & raw_target.notna()]
     if len(bad):
-        raise UserError(f"target column '{cfg.target}' is not numeric (e.g. {bad.iloc[0]!r}); pass a continuous target with --target")
+        raise UserError(f"target column '{cfg.target}' is not numeric (e.g. {bad.iloc[0]!r}); pass a continuous target "
+                        "with --target")
     keep = target.notna().to_numpy()
-    n_dropped = int((~keep).sum())
     frame = frame.loc[keep].reset_index(drop=True)
-    y_all = target[keep].to_numpy(dtype=np.float64)
-    if len(y_all) == 0:
+    y = target[keep].to_numpy(dtype=np.float64)
+    if len(y) == 0:
         raise UserError(f"target column '{cfg.target}' has no values")
-    if not np.all(np.isfinite(y_all)):
-        raise UserError(f"target column '{cfg.target}' has {int((~np.isfinite(y_all)).sum())} infinite values; drop or fix those rows")
-    if np.all(y_all == y_all[0]):
-        raise UserError(f"target column '{cfg.target}' is constant ({y_all[0]:g}); a regression target must vary")
+    if not np.all(np.isfinite(y)):
+        raise UserError(f"target column '{cfg.target}' has {int((~np.isfinite(y)).sum())} infinite values; drop or "
+                        "fix those rows")
+    if np.all(y == y[0]):
+        raise UserError(f"target column '{cfg.target}' is constant ({y[0]:g}); a regression target must vary")
+    return frame, y, int((~keep).sum())
 
-    label_col = None
-    if kind == "label":
-        label_col = arg
-        if label_col not in frame.columns:
-            raise UserError(f"label column '{label_col}' (from --classes label:{label_col}) not in the data; columns: {', '.join(map(str, frame.columns))}")
-        if frame[label_col].isna().any():
-            raise UserError(f"label column '{label_col}' has {int(frame[label_col].isna().sum())} missing values; fill or drop them")
-        labels_all = frame[label_col].astype(str).to_numpy()
-        alphabetical = sorted(set(labels_all))  # for stratifying only; classes are ordered on train below
-        if len(alphabetical) < 2:
-            raise UserError(f"label column '{label_col}' has a single class; a classifier needs at least two")
-        strata = np.searchsorted(alphabetical, labels_all)
-        _check_class_sizes(pd.Series(strata).value_counts().sort_index(), alphabetical, cfg)
-    elif kind == "thresholds":
-        edges = _thresholds(arg, y_all)
-        strata = to_classes(y_all, edges)
-        _check_class_sizes(pd.Series(strata).value_counts().reindex(range(len(edges) + 1), fill_value=0), class_names(edges), cfg)
+
+def class_labels(spec: ClassSpec, frame: pd.DataFrame) -> np.ndarray | None:
+    """The label column as strings, checked (present, no missing values, two classes or more); None unless
+    the classes come from a label column."""
+    col = spec.label_column
+    if col is None:
+        return None
+    if col not in frame.columns:
+        raise UserError(f"label column '{col}' (from --classes label:{col}) not in the data; columns: "
+                        f"{', '.join(map(str, frame.columns))}")
+    if frame[col].isna().any():
+        raise UserError(f"label column '{col}' has {int(frame[col].isna().sum())} missing values; fill or drop them")
+    labels = frame[col].astype(str).to_numpy()
+    if len(set(labels)) < 2:
+        raise UserError(f"label column '{col}' has a single class; a classifier needs at least two")
+    return labels
+
+
+def strata(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """Provisional class index of every row, used only to stratify the split, and the provisional class names.
+
+    Quantile: quantile edges of all rows (the real edges are fitted later); thresholds: the thresholds;
+    label: the labels in alphabetical order (the real order is fitted later).
+    """
+    if spec.kind == "label":
+        alphabetical = sorted(set(labels))
+        return np.searchsorted(alphabetical, labels), alphabetical
+    if spec.kind == "thresholds":
+        _check_thresholds(spec.cuts, y)
+        edges = np.array(spec.cuts, dtype=np.float64)
     else:
-        try:
-            k = int(arg)
-        except ValueError:
-            raise UserError(f"quantile:{arg}: K must be an integer >= 2") from None
-        if k < 2:
-            raise UserError(f"quantile:{k}: K must be at least 2")
-        provisional = _quantile_edges(y_all, k)  # for stratifying the split only; edges are refit on train
-        strata = to_classes(y_all, provisional)
-        _check_class_sizes(pd.Series(strata).value_counts().reindex(range(k), fill_value=0), class_names(provisional), cfg)
+        edges = _quantile_edges(y, spec.k)
+    return to_classes(y, edges), class_names(edges)
 
-    idx = np.arange(len(frame))
+
+def split_rows(strata: np.ndarray, cfg: Data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions of (train, val, test): two seeded splits, both stratified on `strata`."""
+    from sklearn.model_selection import train_test_split
+
     holdout = cfg.val_fraction + cfg.test_fraction
-    train_idx, rest = train_test_split(idx, test_size=holdout, stratify=strata, random_state=seed)
-    val_idx, test_idx = train_test_split(rest, test_size=cfg.test_fraction / holdout, stratify=strata[rest], random_state=seed)
+    train, rest = train_test_split(np.arange(len(strata)), test_size=holdout, stratify=strata, random_state=seed)
+    val, test = train_test_split(rest, test_size=cfg.test_fraction / holdout, stratify=strata[rest], random_state=seed)
+    return train, val, test
 
-    y_train = y_all[train_idx]
-    if kind == "label":  # classes ordered by their median target on the training rows
-        labels_train = labels_all[train_idx]
-        names = sorted(alphabetical, key=lambda v: (np.median(y_train[labels_train == v]), v))
-        rank = {v: i for i, v in enumerate(names)}
-        classes_all = np.array([rank[v] for v in labels_all], dtype=np.int64)
-        edges = _label_edges(y_train, labels_train, names)
-    else:
-        if kind == "quantile":
-            edges = _quantile_edges(y_train, k)
-        names = class_names(edges)
-        classes_all = to_classes(y_all, edges)
 
+def fold_rows(strata: np.ndarray, cfg: Data, seed: int, k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Row positions of (train, val, test) for each of k folds.
+
+    The test rows are the folds of a seeded stratified k-fold split, so every row is tested exactly once. The
+    other rows are split once more, stratified, into train and val; val is `cfg.val_fraction` of the whole
+    table. `cfg.test_fraction` plays no part: each test fold is 1/k of the table.
+    """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(strata)), strata)
+    rows = []
+    for rest, test in folds:
+        train, val = train_test_split(rest, test_size=cfg.val_fraction / (1 - 1 / k), stratify=strata[rest],
+                                      random_state=seed)
+        rows.append((train, val, test))
+    return rows
+
+
+def select_features(frame: pd.DataFrame, cfg: Data, label_col: str | None) -> pd.DataFrame:
+    """The feature columns: `cfg.features` in that order, or every column but the target and the label column."""
     if cfg.features:
         missing = [c for c in cfg.features if c not in frame.columns]
         if missing:
-            raise UserError(f"feature column(s) {', '.join(missing)} not in the data; columns: {', '.join(map(str, frame.columns))}")
+            raise UserError(f"feature column(s) {', '.join(missing)} not in the data; columns: "
+                            f"{', '.join(map(str, frame.columns))}")
         features = frame[list(cfg.features)]
     else:
         features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
     if features.shape[1] == 0:
         raise UserError(f"no feature columns left besides the target '{cfg.target}'")
+    return features
+
+
+def split_key(table: str, cfg: Data, seed: int, fold: int | None = None, folds: int | None = None) -> str:
+    """Identifies the splits and classes: the table's digest, the data config, the seed (and the fold and
+    number of folds for cross-fitting). Same key, same splits and classes."""
+    parts = [table, asdict(cfg), seed] if fold is None else [table, asdict(cfg), seed, {"fold": fold, "folds": folds}]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
+          classes: tuple[np.ndarray, list[str], np.ndarray], rows: tuple[np.ndarray, np.ndarray, np.ndarray], *,
+          n_dropped: int, table: str, key: str, fold: int | None = None, folds: int | None = None) -> Prepared:
+    """A `Prepared` from the classes (from `fit_classes`) and the (train, val, test) row positions.
+
+    Owns everything fitted on the training rows only: the preprocessor (imputation, standardisation, one-hot)
+    and the target's mean and std. Checks that every split has every class, and writes the summary.
+    """
+    edges, names, classes_all = classes
+    train_idx, val_idx, test_idx = rows
     _check_features(features, len(train_idx))
     pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
+    y_train = y[train_idx]
     if cfg.target_scaling == "standard":
         y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
     else:  # the model's output is the target in its own units
         y_mean, y_std = 0.0, 1.0
 
-    def split(rows: np.ndarray) -> Split:
+    def split(idx: np.ndarray) -> Split:
         return Split(
-            x=torch.from_numpy(pre.transform(features.iloc[rows])),
-            y=torch.from_numpy(((y_all[rows] - y_mean) / y_std).astype(np.float32)),
-            c=torch.from_numpy(classes_all[rows]),
+            x=torch.from_numpy(pre.transform(features.iloc[idx])),
+            y=torch.from_numpy(((y[idx] - y_mean) / y_std).astype(np.float32)),
+            c=torch.from_numpy(classes_all[idx]),
         )
 
     train, val, test = split(train_idx), split(val_idx), split(test_idx)
-    for part, name in ((train, "train"), (val, "val"), (test, "test")):
+    parts = (("train", train), ("val", val), ("test", test))
+    of_fold = "" if fold is None else f" of fold {fold}"
+    for name, part in parts:
         missing = sorted(set(range(len(names))) - set(part.c.tolist()))
         if missing:
-            raise UserError(f"the {name} split has no rows of class '{names[missing[0]]}'; use fewer classes or more data")
-    n_imputed = int(features[pre.numeric].isna().sum().sum())
+            raise UserError(f"the {name} split{of_fold} has no rows of class '{names[missing[0]]}'; use fewer classes "
+                            "or more data")
     summary: dict[str, object] = {
-        "rows": len(frame), "rows_dropped_missing_target": n_dropped, "features_imputed": n_imputed,
+        "rows": len(frame), "rows_dropped_missing_target": n_dropped,
+        "features_imputed": int(features[pre.numeric].isna().sum().sum()),
         "n_features": train.x.shape[1], "n_classes": len(names),
     }
-    for part, name in ((train, "train"), (val, "val"), (test, "test")):
+    for name, part in parts:
         summary[f"{name}_rows"] = len(part)
         counts = np.bincount(part.c.numpy(), minlength=len(names))
         summary.update({f"{name}_class_{i}": int(n) for i, n in enumerate(counts)})
-    table = digest(frame)
-    split_key = hashlib.sha256(json.dumps([table, asdict(cfg), seed], sort_keys=True).encode()).hexdigest()[:16]
+    if fold is not None:
+        summary.update({"fold": fold, "folds": folds})
     return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
-                    frame, table, split_key, summary)
+                    frame, table, key, summary, fold=fold, test_rows=test_idx)
+
+
+# ---------------------------------------------------------------------------------------- entries
+def prepare(cfg: Data, seed: int) -> Prepared:
+    """Load, validate, split once (seeded, stratified), fit classes and preprocessing on the training rows."""
+    spec = parse_classes(cfg.classes)
+    frame, y, n_dropped = load_target(cfg)
+    labels = class_labels(spec, frame)
+    provisional, names = strata(spec, y, labels)
+    _check_class_sizes(provisional, names, cfg)
+    rows = split_rows(provisional, cfg, seed)
+    classes = fit_classes(spec, y, labels, rows[0])  # on train only: val and test must not shape the classes
+    features = select_features(frame, cfg, spec.label_column)
+    table = digest(frame)
+    return build(cfg, frame, features, y, classes, rows, n_dropped=n_dropped, table=table,
+                 key=split_key(table, cfg, seed))
+
+
+def prepare_folds(cfg: Data, seed: int, k: int) -> list[Prepared]:
+    """k `Prepared` for cross-fitting: fold i tests on the i-th of k stratified folds, so every row is in exactly
+    one fold's test split (`Prepared.test_rows`). Preprocessing is fitted on each fold's training rows."""
+    spec = parse_classes(cfg.classes)
+    frame, y, n_dropped = load_target(cfg)
+    labels = class_labels(spec, frame)
+    provisional, names = strata(spec, y, labels)
+    _check_fold_sizes(provisional, names, cfg, k)
+    # The classes are the task definition, not a fitted model: pooled out-of-fold predictions are only comparable
+    # if class i means the same target range in every fold, so the edges are fitted once, on every row. Only the
+    # class cut points see the test rows; preprocessing and target scaling stay fitted on each fold's train rows.
+    classes = fit_classes(spec, y, labels, np.arange(len(y)))
+    features = select_features(frame, cfg, spec.label_column)
+    table = digest(frame)
+    return [build(cfg, frame, features, y, classes, rows, n_dropped=n_dropped, table=table,
+                  key=split_key(table, cfg, seed, fold=i, folds=k), fold=i, folds=k)
+            for i, rows in enumerate(fold_rows(provisional, cfg, seed, k))]

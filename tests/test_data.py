@@ -108,3 +108,145 @@ def test_dates_are_refused_and_close_edges_keep_distinct_names(tmp_path):
         data.prepare(Data(source=str(tmp_path / "d.parquet")), seed=0)
     assert len(set(data.class_names(np.array([-1e-5, 1e-5, 2e-5])))) == 4
     assert data.class_names(np.array([100001.1, 100001.3]))[1] == "100001.1-100001.3"
+
+
+# ------------------------------------------------------------------------------- the named steps
+def test_load_target_drops_missing_targets_and_counts_them(tmp_path):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "y": [0.5, None, 1.5, None, 2.5, 3.0]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    kept, y, n_dropped = data.load_target(Data(source=str(tmp_path / "t.csv"), target="y"))
+    assert n_dropped == 2
+    assert y.dtype == np.float64 and y.tolist() == [0.5, 1.5, 2.5, 3.0]
+    assert kept["a"].tolist() == [1.0, 3.0, 5.0, 6.0] and kept.index.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("quantile:4", data.ClassSpec("quantile", "4", k=4)),
+    ("thresholds:1,2.5", data.ClassSpec("thresholds", "1,2.5", cuts=(1.0, 2.5))),
+    ("label:band", data.ClassSpec("label", "band")),
+])
+def test_parse_classes(text, expected):
+    assert data.parse_classes(text) == expected
+
+
+Y = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+LABELS = np.array(["b", "b", "a", "a", "c", "c", "c", "a"])
+
+
+@pytest.mark.parametrize("spec, labels, codes, names", [
+    ("quantile:2", None, [0, 0, 0, 0, 1, 1, 1, 1], ["<=4.5", ">4.5"]),          # edges on all rows
+    ("thresholds:2,6", None, [0, 0, 1, 1, 1, 1, 2, 2], ["<=2.0", "2.0-6.0", ">6.0"]),
+    ("label:band", LABELS, [1, 1, 0, 0, 2, 2, 2, 0], ["a", "b", "c"]),           # alphabetical
+])
+def test_strata_are_provisional_classes_of_every_row(spec, labels, codes, names):
+    got_codes, got_names = data.strata(data.parse_classes(spec), Y, labels)
+    assert got_codes.tolist() == codes and got_names == names
+
+
+@pytest.mark.parametrize("spec, labels, edges, names, classes", [
+    # quantile: the median of the rows it is fitted on (rows 0..3 -> 2.5), applied to every row
+    ("quantile:2", None, [2.5], ["<=2.5", ">2.5"], [0, 0, 1, 1, 1, 1, 1, 1]),
+    ("thresholds:2,6", None, [2.0, 6.0], ["<=2.0", "2.0-6.0", ">6.0"], [0, 0, 1, 1, 1, 1, 2, 2]),
+    # label: ordered by median target on the fitted rows (a: 3.5, b: 1.5), cut where the two separate best
+    ("label:band", np.array(["b", "b", "a", "a", "a", "a", "a", "a"]), [2.0], ["b", "a"], [0, 0, 1, 1, 1, 1, 1, 1]),
+])
+def test_fit_classes_uses_only_the_given_rows(spec, labels, edges, names, classes):
+    rows = np.array([0, 1, 2, 3])
+    got_edges, got_names, got_classes = data.fit_classes(data.parse_classes(spec), Y, labels, rows)
+    np.testing.assert_allclose(got_edges, edges)
+    assert got_names == names and got_classes.tolist() == classes
+
+
+@pytest.mark.parametrize("features, label_col, columns", [
+    ((), None, ["a", "b", "band"]),
+    ((), "band", ["a", "b"]),
+    (("b", "a"), "band", ["b", "a"]),  # the given order
+])
+def test_select_features(features, label_col, columns):
+    frame = pd.DataFrame({"a": [1.0], "target": [2.0], "b": [3.0], "band": ["x"]})
+    assert data.select_features(frame, Data(features=features), label_col).columns.tolist() == columns
+
+
+def test_split_rows_reproduces_prepares_rows(tiny_data):
+    cfg = Data(source="synthetic:friedman1?rows=240&noise=0.5")
+    _, y, _ = data.load_target(cfg)
+    strata, _ = data.strata(data.parse_classes(cfg.classes), y, None)
+    train, val, test = data.split_rows(strata, cfg, seed=0)
+    assert np.array_equal(tiny_data.test_rows, test)
+    for part, rows in ((tiny_data.train, train), (tiny_data.val, val), (tiny_data.test, test)):
+        np.testing.assert_allclose(part.y.double().numpy() * tiny_data.y_std + tiny_data.y_mean, y[rows], rtol=1e-5)
+    assert tiny_data.fold is None
+
+
+# ------------------------------------------------------------------------------------------ folds
+FOLDS_CFG = Data(source="synthetic:friedman1?rows=240&noise=0.5")
+
+
+@pytest.fixture(scope="module")
+def folds() -> list[data.Prepared]:
+    return data.prepare_folds(FOLDS_CFG, seed=0, k=5)
+
+
+def test_every_row_is_tested_in_exactly_one_fold(folds):
+    rows = np.concatenate([f.test_rows for f in folds])
+    assert len(rows) == 240 and sorted(rows.tolist()) == list(range(240))
+    assert [f.fold for f in folds] == [0, 1, 2, 3, 4]
+
+
+def fold_rows(k: int = 5) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    _, y, _ = data.load_target(FOLDS_CFG)
+    strata, _ = data.strata(data.parse_classes(FOLDS_CFG.classes), y, None)
+    return data.fold_rows(strata, FOLDS_CFG, seed=0, k=k)
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_fold_rows_are_disjoint_and_cover_the_table(folds, i):
+    train, val, test = fold_rows()[i]
+    assert np.array_equal(folds[i].test_rows, test)
+    assert len(set(train) | set(val) | set(test)) == len(train) + len(val) + len(test) == 240
+    assert len(test) == 48 and len(val) == 36  # test 1/k of the table, val val_fraction of it
+
+
+@pytest.mark.parametrize("classes", ["quantile:3", "thresholds:12,18"])
+def test_folds_share_one_class_definition_fitted_on_all_rows(classes):
+    cfg = Data(source=FOLDS_CFG.source, classes=classes)
+    folds = data.prepare_folds(cfg, seed=0, k=3)
+    y = folds[0].frame["target"].to_numpy()
+    expected = np.quantile(y, [1 / 3, 2 / 3]) if classes.startswith("quantile") else [12.0, 18.0]
+    for f in folds:
+        np.testing.assert_array_equal(f.edges, expected)
+        assert f.class_names == folds[0].class_names
+
+
+def test_fold_split_keys_are_distinct_and_deterministic(folds, tiny_data):
+    keys = [f.split_key for f in folds]
+    assert len(set(keys + [tiny_data.split_key])) == 6
+    assert [f.split_key for f in data.prepare_folds(FOLDS_CFG, seed=0, k=5)] == keys
+    assert data.prepare_folds(FOLDS_CFG, seed=0, k=4)[0].split_key != keys[0]
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_fold_preprocessing_is_fitted_on_its_train_rows(folds, i):
+    f, (train, _, _) = folds[i], fold_rows()[i]
+    assert abs(float(f.train.x[:, 0].mean())) < 1e-5 and abs(float(f.train.y.mean())) < 1e-5
+    x0, y = f.frame["x0"].to_numpy(), f.frame["target"].to_numpy()
+    assert f.preprocessor.means[0] == pytest.approx(x0[train].mean(), rel=1e-12)
+    assert f.y_mean == pytest.approx(y[train].mean(), rel=1e-12)
+    assert f.preprocessor.means[0] != pytest.approx(x0.mean(), rel=1e-9)  # not every row
+
+
+def test_fold_summary_adds_fold_and_folds(folds, tiny_data):
+    assert set(folds[2].summary) == set(tiny_data.summary) | {"fold", "folds"}
+    assert folds[2].summary["fold"] == 2 and folds[2].summary["folds"] == 5
+    assert folds[2].summary["test_rows"] == len(folds[2].test) == len(folds[2].test_rows)
+
+
+@pytest.mark.parametrize("k, val_fraction, message", [
+    (20, 0.15, "has 15 rows, but 20 stratified folds with val_fraction=0.15 need at least 20 per class; use fewer"),
+    (1, 0.15, "cross-fitting needs at least 2 folds, got 1"),
+    (2, 0.5, "2 folds with val_fraction=0.5 leave no training rows"),
+])
+def test_folds_refuse_too_little_data(k, val_fraction, message):
+    with pytest.raises(UserError, match=message) as err:
+        data.prepare_folds(Data(source="synthetic:friedman1?rows=45", val_fraction=val_fraction), seed=0, k=k)
+    assert "\n" not in str(err.value)
