@@ -30,9 +30,14 @@ def main() -> None:
         prepared = data.prepare(cfg.data, cfg.seed)
         tracking.setup(f"sqlite:///{tmp}/mlflow.db")
         tracking.use_experiment("bench-slim")
-        base = stages.baseline(cfg, prepared)
+        base = stages.baseline(cfg, prepared, None)
         swapped = stages.head_swap(cfg, prepared, base)
-        rows = stages.slim(cfg, prepared, swapped).details["rows"]
+        slimmed = stages.slim(cfg, prepared, swapped)
+        # the unslimmed classifier first, then every variant, each read back from its run
+        runs = [tracking.get_run(swapped.model_run)] + tracking.children(slimmed.run_id)
+        rows = [{"strategy": "unslimmed" if i == 0 else run.data.tags["strategy"],
+                 "model": tracking.load_run_model(run.info.run_id), **run.data.metrics}
+                for i, run in enumerate(runs)]
 
     x = torch.randn(1000, prepared.n_features)
     times: dict[str, list[float]] = {r["strategy"]: [] for r in rows}

@@ -1,6 +1,7 @@
 """The run configuration: frozen dataclasses with every default in one place.
 
-An experiment file (experiments/*.yaml) holds only overrides; CLI options override it in turn.
+An experiment file (experiments/*.yaml) holds only overrides; CLI options override it in turn. The
+stage commands' options, and the MLproject parameters that feed them, are declared once: OPTIONS.
 Unknown keys are rejected, so a typo never silently falls back to a default. This module imports
 neither torch nor mlflow: `reg2cls --help` and argument errors must stay fast.
 """
@@ -21,6 +22,12 @@ COMPARE_METRICS = ("test/f1_macro", "test/accuracy", "test/balanced_accuracy", "
 
 class UserError(Exception):
     """Bad input from the user: the CLI prints the message on one line and exits non-zero."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a one-line
+    error quotes from a library or the user's code."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,116 @@ class Config:
             else:
                 out[f.name] = value
         return out
+
+
+COMMANDS = ("convert", "baseline", "head-swap", "slim", "tune", "compare")  # the stage commands, in MLproject order
+_RUNS = COMMANDS[:5]                                    # the entry points that take the data and run parameters
+_BRING = ("convert", "baseline")                        # ... and the brought model's
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option of the stage commands, and the MLproject parameter that may feed it.
+
+    cli.py owns turning these into click options (`stage_options`), into config overrides (`_overrides`) and
+    into the MLproject file (`mlproject_text`). A flag's MLproject parameter is named after its config field
+    and takes true/false (--no-reference: `reference=false`); every other parameter is named like the option.
+    """
+    name: str                     # Python spelling: model_kwargs is --model-kwargs and the parameter model_kwargs
+    key: str | None               # the dotted config key it overrides; None: the command reads it itself
+    help: str = ""
+    type: type | str = str        # str, int, float or "path" (a file)
+    choices: tuple[str, ...] = ()
+    min: float | None = None      # a range's lower bound, itself allowed unless min_open
+    min_open: bool = False
+    flag: bool | None = None      # a flag, taking no value: giving it sets `key` to this
+    commands: tuple[str, ...] = COMMANDS  # the commands that show it
+    mlproject: tuple[str, ...] = ()       # the MLproject entry points (by command name) that take it as a parameter
+    note: str = ""                # the comment beside that parameter in MLproject (at its first entry point)
+    dest: str = ""                # the name the command reads it under, when not `name`
+
+
+# Every option of the stage commands, in --help order; --set (any config key) comes after them.
+# Adding an option is one entry here (and its config field above, if it is a new key).
+OPTIONS = (
+    Option("config", None, "Experiment YAML file (overrides only).", type="path", dest="config_path", mlproject=_RUNS),
+    Option("data", "data.source", "CSV/Parquet path, builtin:diabetes (default) or synthetic:friedman1?rows=N.",
+           mlproject=_RUNS, note="builtin:diabetes, a .csv/.parquet path, synthetic:friedman1?rows=N"),
+    Option("target", "data.target", "The continuous target column (default: target).", mlproject=_RUNS),
+    Option("classes", "data.classes", "quantile:K (default quantile:3), thresholds:a,b,... or label:COL.",
+           mlproject=_RUNS, note="quantile:K | thresholds:a,b | label:COL"),
+    Option("features", "data.features",
+           "Feature columns in the model's order, comma-separated (default: all but the target).", mlproject=_RUNS),
+    Option("model", "user_model.spec", "Bring your regressor: path/to/file.py:ClassName or package.module:ClassName.",
+           mlproject=_BRING, note="bring a regressor: path/file.py:Class"),
+    Option("model_kwargs", "user_model.kwargs",
+           "JSON keyword arguments for --model's class, e.g. '{\"hidden_dim\": 50}'.", mlproject=_BRING),
+    Option("checkpoint", "user_model.checkpoint", "state_dict file for --model (loaded with weights_only=True).",
+           mlproject=_BRING),
+    Option("model_uri", "user_model.uri", "Or a PyTorch model in MLflow: runs:/<id>/model or models:/<name>/<version>.",
+           mlproject=_BRING, note="or runs:/<id>/model, models:/<name>/<version>"),
+    Option("retrain", "user_model.retrain", "Train the brought model on the data first.", flag=True, mlproject=_BRING,
+           note="true: train the brought model first"),
+    Option("head", "user_model.head", "Dotted module name of the regression head (default: found by a forward pass).",
+           mlproject=(*_BRING, "head-swap")),
+    Option("scaling", "data.scaling", "Whether the model expects standardised features (default standard).",
+           choices=SCALINGS, mlproject=_RUNS, note="standard | none"),
+    Option("target_scaling", "data.target_scaling",
+           "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
+    Option("epochs", "train.epochs", "Maximum epochs per training run.", type=int, min=1, mlproject=_RUNS[:4]),
+    Option("batch_size", "train.batch_size", type=int, min=2),
+    Option("lr", "train.lr", "Learning rate.", type=float, min=0, min_open=True),
+    Option("seed", "seed", "Seed for the split and every training run.", type=int, min=0, mlproject=_RUNS),
+    Option("seeds", "seeds", "Repeat every trained strategy with this many seeds (mean ± std).", type=int, min=1),
+    Option("device", "train.device", "auto (default): CUDA when available.", choices=DEVICES, mlproject=_RUNS,
+           note="auto | cpu | cuda"),
+    Option("experiment", "experiment", "MLflow experiment name (default: reg2cls).", mlproject=("compare",)),
+    Option("tracking_uri", None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    # tune always adds trials and compare always runs: --force would change nothing there
+    Option("force", None, "Re-run stages even when a finished run with the same inputs exists.", flag=True,
+           commands=("convert", "baseline", "head-swap", "slim")),
+    # convert and head-swap
+    Option("strategies", "head_swap.strategies", "Comma-separated subset of: " + ",".join(STRATEGIES),
+           commands=("convert", "head-swap"), mlproject=("convert", "head-swap")),
+    Option("baseline_run", None, "Run id of a finished baseline run (default: the newest one on the same data).",
+           commands=("head-swap",), mlproject=("head-swap",),
+           note="default: the newest finished baseline on the same split"),
+    # slim
+    Option("from_run", None, "A head_swap stage run (its best strategy) or any run with a reg2cls model "
+                             "(default: the newest head_swap stage run on the same split).",
+           commands=("slim",), mlproject=("slim",), note="default: the newest head_swap stage run on the same split"),
+    Option("keep_ratios", "slim.keep_ratios", "Share of hidden units each width variant keeps, e.g. 0.75,0.5,0.25.",
+           commands=("slim",), mlproject=("slim",), note="e.g. 0.75,0.5,0.25"),
+    Option("distill", "slim.distill", "Also train every variant on the unslimmed model's soft labels.", flag=True,
+           commands=("slim",), mlproject=("slim",), note="true: also train each variant on soft labels"),
+    # tune
+    Option("from_run", None, "A run with a reg2cls classifier, or a slim/head_swap stage run (its chosen model); "
+                             "default: the newest slim, else head_swap, stage run on the same split.",
+           commands=("tune",), mlproject=("tune",), note="default: the newest slim, else head_swap, stage run"),
+    Option("n_trials", "tune.n_trials", "New trials to add to the study (default 8).", type=int, min=0,
+           commands=("tune",), mlproject=("tune",)),
+    Option("timeout", "tune.timeout", "Stop starting trials after this many seconds.", type=float, min=0,
+           commands=("tune",), mlproject=("tune",)),
+    Option("metric", "tune.metric", "Objective (default val/f1_macro).", choices=tuple(sorted(TUNE_METRICS)),
+           commands=("tune",), mlproject=("tune",), note="val/f1_macro | val/log_loss"),
+    Option("pruner", "tune.pruner", "Pruner (default median).", choices=PRUNERS,
+           commands=("tune",), mlproject=("tune",), note="median | hyperband | none"),
+    Option("storage", "tune.storage", "Optuna storage URL (default: sqlite optuna.db next to the MLflow store).",
+           commands=("tune",), mlproject=("tune",), note="Optuna RDB URL, e.g. postgresql://user:pw@host/db"),
+    Option("study_name", "tune.study_name", "Default: <experiment>-<architecture hash>-<split key>.",
+           commands=("tune",), mlproject=("tune",)),
+    Option("workers", "tune.workers", "Local worker processes, one torch thread each.", type=int, min=1,
+           commands=("tune",), mlproject=("tune",)),
+    # compare
+    Option("run_id", None, "The convert (parent) run to compare (default: the newest finished one).",
+           commands=("compare",), mlproject=("compare",), note="the convert (parent) run; default: the newest one"),
+    Option("metric", "compare.metric", "Sorts the board and picks the champion.", choices=COMPARE_METRICS,
+           commands=("compare",), mlproject=("compare",), note="test/f1_macro (default), test/log_loss, ..."),
+    Option("no_reference", "compare.reference", "Leave out the HistGradientBoosting reference row.", flag=False,
+           commands=("compare",), mlproject=("compare",), note="false: leave out the HistGradientBoosting row"),
+    Option("register", "compare.register", "Registered model name for the champion (default reg2cls-<experiment>).",
+           commands=("compare",), mlproject=("compare",), note="default: reg2cls-<experiment>"),
+)
 
 
 def _coerce(key: str, default: object, value: object) -> object:

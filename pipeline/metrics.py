@@ -25,17 +25,24 @@ def probabilities(out: torch.Tensor, n_classes: int) -> np.ndarray:
     return torch.softmax(out.double(), dim=1).numpy()
 
 
-def expected_calibration_error(c_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+def calibration_bins(c_true: np.ndarray, proba: np.ndarray, bins: int) -> list[tuple[float, float, int]]:
+    """(mean confidence, accuracy, rows) of each non-empty equal-width confidence bin of the argmax class."""
     conf = proba.max(axis=1)
     correct = proba.argmax(axis=1) == c_true
     which = np.minimum((conf * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(ece)
+    return [(float(conf[which == b].mean()), float(correct[which == b].mean()), int((which == b).sum()))
+            for b in range(bins) if (which == b).any()]
+
+
+def expected_calibration_error(c_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    return float(sum(n * abs(acc - conf) for conf, acc, n in calibration_bins(c_true, proba, bins)) / len(c_true))
+
+
+def log_loss(c_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log probability of the true class, clipped at 1e-15: hard 0/1 probabilities get a
+    finite, large loss instead of infinity."""
+    return float(-np.log(np.clip(proba[np.arange(len(c_true)), c_true], 1e-15, 1.0)).mean())
 
 
 def f1_macro(c_true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
@@ -51,13 +58,11 @@ def classification(c_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """accuracy, balanced_accuracy, f1_macro, roc_auc (one-vs-rest macro), log_loss, ece."""
     k = proba.shape[1]
     pred = proba.argmax(axis=1)
-    eps = 1e-15  # hard 0/1 probabilities (the threshold strategy) get a finite, large log loss
-    p_true = np.clip(proba[np.arange(len(c_true)), c_true], eps, 1.0)
     out = {
         "accuracy": float(skm.accuracy_score(c_true, pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(c_true, pred)),
         "f1_macro": f1_macro(c_true, pred, k),
-        "log_loss": float(-np.log(p_true).mean()),
+        "log_loss": log_loss(c_true, proba),
         "ece": expected_calibration_error(c_true, proba),
     }
     try:
@@ -102,20 +107,27 @@ def count_flops(model: nn.Module, n_features: int) -> int:
     return total  # per sample: each Linear's hook fires once per call, whatever the batch size
 
 
-def latency_ms_per_1k(model: nn.Module, n_features: int, repeats: int = 7) -> float:
-    """Median wall time of a forward pass over 1,000 rows, after one warm-up, on the model's device."""
-    device = next(model.parameters()).device
-    x = torch.randn(1000, n_features, device=device)
-    model.eval()
+def median_ms(call, repeats: int = 7) -> float:
+    """Median wall time of `call()` in milliseconds, after one warm-up call (caches, allocators)."""
+    call()
     times = []
-    with torch.no_grad():
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first pass warms caches and allocators
-                times.append(time.perf_counter() - t)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
     return float(np.median(times) * 1000)
+
+
+def latency_ms_per_1k(model: nn.Module, n_features: int, repeats: int = 7) -> float:
+    """Median wall time of a forward pass over 1,000 rows on the model's device."""
+    device = next(model.parameters()).device
+    x = torch.randn(1000, n_features, generator=torch.Generator().manual_seed(0)).to(device)
+    model.eval()
+
+    @torch.no_grad()
+    def forward() -> None:
+        model(x)
+        if device.type == "cuda":  # kernels run asynchronously: wait for them inside the timing
+            torch.cuda.synchronize()
+
+    return median_ms(forward, repeats)

@@ -5,9 +5,10 @@ The MLP's backbone is `body` (Linear -> activation -> Dropout blocks) and its he
 only in `head`. A user's model comes as `file.py:Class` or `package.module:Class` plus JSON kwargs
 and a state_dict checkpoint, loaded with `torch.load(weights_only=True)` only.
 
-Every model carries `reg2cls_arch`: how it was built (`base`) and the surgery applied since (`ops`,
-recorded by surgery.py). `build()` replays both, so a logged state_dict can be loaded back into the
-right layers without pickling the model.
+Every model in the pipeline carries its recipe (`track()` attaches it, `architecture()` reads it): how
+it was built (`base`) and the surgery applied since (`ops`, recorded by surgery.py through `record()`).
+`build()` replays both, so a saved state_dict (`save_state` / `load_state`: the one on-disk form of a
+model, no pickle) can be loaded back into the right layers.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import UserError
+from .config import UserError, first_line
 
 ACTIVATION = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -41,7 +42,7 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_dim)
         kwargs = dict(in_dim=in_dim, width=width, depth=depth, out_dim=out_dim, activation=activation, dropout=dropout)
-        self.reg2cls_arch = {"base": {"kind": "mlp", "kwargs": kwargs}, "ops": []}
+        track(self, {"kind": "mlp", "kwargs": kwargs})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, in_dim) -> (N, out_dim); no output activation: losses take raw values / logits
@@ -60,22 +61,26 @@ def import_class(spec: str) -> type[nn.Module]:
         module_name = "reg2cls_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         module = sys.modules.get(module_name)
         if module is None:
-            folder = str(path.resolve().parent)
-            if folder not in sys.path:  # the file may import its neighbours, as it does where it lives
-                sys.path.insert(0, folder)
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[module_name] = module  # dataclasses and typing look the module up while it runs
+            # registered like any imported module: dataclasses and typing look it up while it runs
+            sys.modules[module_name] = module
+            # the file may import its neighbours, as it does where it lives: its folder is on the path
+            # while it executes, and only then
+            folder = str(path.resolve().parent)
+            sys.path.insert(0, folder)
             try:
                 loader_spec.loader.exec_module(module)
             except Exception as e:  # the user's code: any error means "cannot import"
                 del sys.modules[module_name]
-                raise UserError(f"cannot import {path}: {type(e).__name__}: {_first_line(e)}") from None
+                raise UserError(f"cannot import {path}: {type(e).__name__}: {first_line(e)}") from None
+            finally:
+                sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(target)
         except Exception as e:
-            raise UserError(f"cannot import module '{target}': {type(e).__name__}: {_first_line(e)}") from None
+            raise UserError(f"cannot import module '{target}': {type(e).__name__}: {first_line(e)}") from None
     cls = getattr(module, name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         found = sorted(n for n, v in vars(module).items()
@@ -107,7 +112,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         raise UserError(f"checkpoint {path} refused: it holds more than tensors and would need full pickle to load, "
                         "which can run code from the file; save only the weights: torch.save(model.state_dict(), path)") from None
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {_first_line(e)}); save it with torch.save(model.state_dict(), path)") from None
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {first_line(e)}); save it with torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model_state_dict"):  # {"state_dict": ..., "epoch": ...}, the tutorials' form
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -135,12 +140,7 @@ def load_user_model(spec: str, kwargs_json: str, checkpoint: str) -> nn.Module:
     model = construct(import_class(spec), kwargs_json)
     if checkpoint:
         load_checkpoint(model, checkpoint)
-    model.reg2cls_arch = {"base": {"kind": "class", "spec": spec, "kwargs": kwargs_json}, "ops": []}
-    return model
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
+    return track(model, {"kind": "class", "spec": spec, "kwargs": kwargs_json})
 
 
 def _few(items: list[str], n: int = 6) -> str:
@@ -150,9 +150,46 @@ def _few(items: list[str], n: int = 6) -> str:
 
 
 # ----------------------------------------------------------------------------- architecture
+def track(model: nn.Module, base: dict) -> nn.Module:
+    """Start `model`'s recipe: how its base was built, no surgery yet. Every way a model enters the
+    pipeline (the MLP, a user's class, an MLflow URI, `build`) goes through here."""
+    model.reg2cls_arch = {"base": copy.deepcopy(base), "ops": []}
+    return model
+
+
+def recipe(model: nn.Module) -> dict:
+    """`model`'s live recipe (not a copy: surgery edits it)."""
+    recipe = getattr(model, "reg2cls_arch", None)
+    if recipe is None:  # a bare nn.Module: surgery on it could never be replayed, so refuse loudly
+        raise ValueError(f"{type(model).__name__} has no recipe: build it with MLP, load_user_model or model.track")
+    return recipe
+
+
+def record(model: nn.Module, op: dict) -> None:
+    """Append one surgery op to `model`'s recipe (surgery.py calls this for every change it makes)."""
+    recipe(model)["ops"].append(op)
+
+
 def architecture(model: nn.Module) -> dict:
     """What `build` needs to recreate `model`'s layers (weights travel separately)."""
-    return copy.deepcopy(model.reg2cls_arch)
+    return copy.deepcopy(recipe(model))
+
+
+def save_state(model: nn.Module, folder: Path) -> int:
+    """Write `weights.pt` (the state_dict, on the CPU) and `architecture.json` into `folder`;
+    returns the weights file's size in bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.pt")
+    (folder / "architecture.json").write_text(json.dumps(architecture(model), indent=1))
+    return (folder / "weights.pt").stat().st_size
+
+
+def load_state(folder: Path, build_model) -> nn.Module:
+    """The model `save_state` wrote: `build_model(architecture)` makes the layers (tracking.rebuild,
+    which can fetch a base model from MLflow), the weights load with `weights_only=True`."""
+    model = build_model(json.loads((folder / "architecture.json").read_text()))
+    model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
@@ -171,7 +208,7 @@ def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
         model = base_model
     else:
         raise ValueError(f"cannot build a model of kind {base['kind']!r} without its base model")
-    model.reg2cls_arch = {"base": copy.deepcopy(base), "ops": []}
+    track(model, base)
     for op in arch["ops"]:
         surgery.replay(model, op)
     return model

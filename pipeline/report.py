@@ -1,14 +1,15 @@
-"""Figures and tables for people: the slim Pareto plot, the leaderboard in markdown.
+"""Figures and tables for people: the slim Pareto plot, the leaderboard in markdown, report.html.
 
-Figures are matplotlib objects (Agg backend, no display needed); tracking.py logs them.
+Figures are plain `matplotlib.figure.Figure` objects, not pyplot's: they need no display and leave
+the process's backend (a notebook's, say) alone; tracking.py logs them, `png()` renders them.
 """
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: CI and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from .metrics import calibration_bins
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -23,7 +24,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def pareto_figure(rows: list[dict], recommended: str):
     """Parameters vs test macro-F1, one point per slim variant plus the unslimmed model."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
     points = [(r["cost/params"], r["test/f1_macro"]) for r in rows]
     front = set(pareto_front(points))
     for i, r in enumerate(rows):
@@ -56,7 +58,8 @@ def bars_figure(board: pd.DataFrame, metric: str):
     """Mean of `metric` per row with its standard deviation over seeds as error bars."""
     col = metric.split("/", 1)[1]
     labels = [f"{s} ({st})" for s, st in zip(board["strategy"], board["stage"])]
-    fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(board) + 1.2), dpi=110)
+    fig = Figure(figsize=(7.0, 0.35 * len(board) + 1.2), dpi=110)
+    ax = fig.subplots()
     ax.barh(labels, board[col], xerr=board[f"{col}_std"].fillna(0), color="tab:blue", alpha=0.8, capsize=3)
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} (mean ± std over seeds)")
@@ -66,12 +69,11 @@ def bars_figure(board: pd.DataFrame, metric: str):
 
 
 def confusion_figure(c_true, pred, class_names: list[str]):
-    import numpy as np
-
     k = len(class_names)
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (c_true, pred), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=110)
+    fig = Figure(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=110)
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     for i in range(k):
         for j in range(k):
@@ -89,7 +91,8 @@ def roc_figure(c_true, proba, class_names: list[str]):
     """ROC curve of the positive class (binary) or one-vs-rest per class."""
     from sklearn.metrics import auc, roc_curve
 
-    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=110)
+    fig = Figure(figsize=(5.0, 4.2), dpi=110)
+    ax = fig.subplots()
     classes = [1] if len(class_names) == 2 else range(len(class_names))
     for k in classes:
         fpr, tpr, _ = roc_curve(c_true == k, proba[:, k])
@@ -105,18 +108,9 @@ def roc_figure(c_true, proba, class_names: list[str]):
 
 def reliability_figure(c_true, proba, bins: int = 10):
     """Accuracy against confidence in equal-width bins: the diagonal is perfect calibration."""
-    import numpy as np
-
-    conf, correct = proba.max(axis=1), proba.argmax(axis=1) == c_true
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    xs, ys, ns = [], [], []
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            xs.append(conf[mask].mean())
-            ys.append(correct[mask].mean())
-            ns.append(mask.sum())
-    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=110)
+    xs, ys, ns = zip(*calibration_bins(c_true, proba, bins))
+    fig = Figure(figsize=(5.0, 4.2), dpi=110)
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
     ax.plot(xs, ys, marker="o")
     for x, y, n in zip(xs, ys, ns):
@@ -129,12 +123,11 @@ def reliability_figure(c_true, proba, bins: int = 10):
 
 
 def png(figure) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
+    """The figure as PNG bytes."""
     import io
 
     buf = io.BytesIO()
     figure.savefig(buf, format="png")
-    plt.close(figure)
     return buf.getvalue()
 
 

@@ -12,29 +12,25 @@ import json
 from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
 
 class Champion(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        import torch
-
         from pipeline.data import Preprocessor
+        from pipeline.model import load_state
         from pipeline.tracking import rebuild
 
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.preprocessor = Preprocessor(**meta["preprocessor"])
         self.class_names = meta["class_names"]
-        state = Path(context.artifacts["state"])
-        self.model = rebuild(json.loads((state / "architecture.json").read_text()))
-        self.model.load_state_dict(torch.load(state / "weights.pt", map_location="cpu", weights_only=True))
-        self.model.eval()
+        self.model = load_state(Path(context.artifacts["state"]), rebuild)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
 
         from pipeline.metrics import probabilities
+        from pipeline.registry import output_frame
 
         missing = [c for c in self.preprocessor.columns if c not in model_input.columns]
         if missing:
@@ -42,10 +38,7 @@ class Champion(mlflow.pyfunc.PythonModel):
         x = torch.from_numpy(self.preprocessor.transform(model_input))
         with torch.no_grad():
             proba = probabilities(self.model(x), len(self.class_names))
-        out = pd.DataFrame({"label": np.asarray(self.class_names, dtype=object)[proba.argmax(axis=1)]})
-        for i, name in enumerate(self.class_names):
-            out[f"proba_{name}"] = proba[:, i]
-        return out
+        return output_frame(self.class_names, proba)
 
 
 mlflow.models.set_model(Champion())

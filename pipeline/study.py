@@ -30,13 +30,10 @@ import torch
 from optuna.trial import TrialState
 
 from . import metrics, tracking
-from .config import TUNE_METRICS, Config, UserError
+from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
 from .surgery import find_head, recorded_head, set_dropout
 from .train import classification_task, fit, predict, resolve_device
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 HEARTBEAT_S, GRACE_S = 2, 8  # a trial without a heartbeat for 8 s belongs to a dead worker
 
@@ -48,6 +45,20 @@ def storage_url(configured: str, tracking_uri: str) -> str:
     if tracking_uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
     return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+@contextlib.contextmanager
+def quiet_optuna():
+    """Optuna without its per-trial INFO lines and "experimental feature" warnings (the heartbeat and
+    retry callback are marked experimental), for the block only: the caller's settings come back after."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -65,8 +76,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
                                              grace_period=GRACE_S, heartbeat_stale_trial_callback=_fail_and_retry)
     except Exception as e:  # bad URL, server down, missing driver: one line, not a traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot open the Optuna storage {url}: {first}") from None
+        raise UserError(f"cannot open the Optuna storage {url}: {first_line(e)}") from None
     if url.startswith("sqlite"):
         # every epoch's trial.report is a commit: in the default rollback-journal mode each one fsyncs
         # and locks out the other workers, which made two workers no faster than one (bench_tune.py).
@@ -86,7 +96,8 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
 
 def open_study(url: str, name: str, metric: str) -> optuna.Study:
     """Create the study, or reopen it when its objective and direction match; refuse otherwise."""
-    storage = make_storage(url)
+    with quiet_optuna():
+        storage = make_storage(url)
     direction = TUNE_METRICS[metric]
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -111,8 +122,7 @@ def counted(study: optuna.Study) -> tuple[int, bool]:
     """(trials toward the target, whether a retry is waiting). A failed trial that was retried counts
     through its retry; one that ran out of retries counts itself."""
     trials = study.get_trials(deepcopy=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_optuna():
         retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
     n = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
             or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
@@ -149,7 +159,7 @@ def metric_value(out: torch.Tensor, data: Prepared, metric: str) -> float:
     proba = metrics.probabilities(out.cpu(), data.n_classes)
     c = data.val.c.numpy()
     if metric == "val/log_loss":
-        return float(-np.log(np.clip(proba[np.arange(len(c)), c], 1e-15, 1.0)).mean())
+        return metrics.log_loss(c, proba)
     return metrics.f1_macro(c, proba.argmax(axis=1), data.n_classes)
 
 
@@ -169,7 +179,6 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
                              "optuna.trial": trial.number, **job.cfg.flat()})
-        torch.manual_seed(cfg.seed + trial.number)
         model = tracking.rebuild(job.architecture)
         model.load_state_dict(job.state)
         k = data.n_classes
@@ -202,7 +211,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         values = metrics.prefixed("val", metrics.classification(data.val.c.numpy(), metrics.probabilities(
             predict(model, data.val.x, device), k)))
         tracking.log_metrics({**values, "cost/train_seconds": hist.seconds}, step=hist.epochs + 1)
-        tracking.log_model(model, data.val.x[:5].numpy(), copy.deepcopy(model.reg2cls_arch), servable=False)
+        tracking.log_model(model, data.val.x[:5].numpy(), servable=False)
         return values[cfg.tune.metric]
 
 
@@ -233,31 +242,32 @@ def work(job: Job, lock=None) -> None:
     if job.threads:
         torch.set_num_threads(job.threads)
         signal.signal(signal.SIGTERM, _interrupt)
-    tracking.setup(job.tracking_uri)
-    sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
-    study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
-                              pruner=make_pruner(job.cfg))
-    deadline = time.time() + job.timeout if job.timeout else None
-    gate = _Gate(lock)
-    awaited: set[int] | None = None  # trials running when the count was reached
-    while deadline is None or time.time() < deadline:
-        gate.acquire()
-        try:
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried
-            n, waiting = counted(study)
-            if n >= job.target and not waiting:
-                running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-                awaited = running if awaited is None else awaited & running
-                if not awaited:
-                    break
-                # wait for those trials only, in case one's worker died and it must be retried here
+    with quiet_optuna():
+        tracking.setup(job.tracking_uri)
+        sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
+        study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
+                                  pruner=make_pruner(job.cfg))
+        deadline = time.time() + job.timeout if job.timeout else None
+        gate = _Gate(lock)
+        awaited: set[int] | None = None  # trials running when the count was reached
+        while deadline is None or time.time() < deadline:
+            gate.acquire()
+            try:
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried
+                n, waiting = counted(study)
+                if n >= job.target and not waiting:
+                    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                    awaited = running if awaited is None else awaited & running
+                    if not awaited:
+                        break
+                    # wait for those trials only, in case one's worker died and it must be retried here
+                    gate.release()
+                    time.sleep(1.0)
+                    continue
+                # catch: a trial that raises ends FAIL (its run FAILED) and the worker goes on to the next
+                study.optimize(lambda t: objective(t, job, gate), n_trials=1, catch=(Exception,))
+            finally:
                 gate.release()
-                time.sleep(1.0)
-                continue
-            # catch: a trial that raises ends FAIL (its run FAILED) and the worker goes on to the next
-            study.optimize(lambda t: objective(t, job, gate), n_trials=1, catch=(Exception,))
-        finally:
-            gate.release()
 
 
 def run_workers(job: Job, n_workers: int, say) -> None:
@@ -316,9 +326,6 @@ def end_orphaned_runs(study: optuna.Study) -> int:
 def figures(study: optuna.Study) -> dict[str, object]:
     """Optimisation history, parameter importances and slice plot as matplotlib figures (those that
     the study has enough finished trials for)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from optuna.visualization import matplotlib as vis
 
     out = {}

@@ -5,7 +5,7 @@ becomes the model's output (through at most a reshape or an output activation mo
 sits. `warm_start_head` builds a classification head from the regression head so that, before any
 training, its argmax equals the regressor's output cut at the class edges.
 
-Every change is recorded in the model's `reg2cls_arch["ops"]` so `model.build` can replay it.
+Every change is recorded in the model's recipe (`model.record`) so `model.build` can replay it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import UserError
+from .config import UserError, first_line
+from .model import recipe, record
 
 # modules that squash or clip a regressor's output; the new head must emit logits instead
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
@@ -64,8 +65,7 @@ def _probe(model: nn.Module, n_features: int) -> tuple[list[_Call], torch.Tensor
     except Exception as e:  # the user's forward: a shape error here means the columns do not fit
         first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
         expects = f"; its first nn.Linear takes {first.in_features} features" if first is not None else ""
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"the model does not accept {n_features} input features ({msg}){expects}: choose the "
+        raise UserError(f"the model does not accept {n_features} input features ({first_line(e)}){expects}: choose the "
                         "columns with --features a,b,c") from None
     finally:
         for h in handles:
@@ -142,21 +142,15 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
         setattr(parent, child, module)  # also nn.ModuleDict keys and plain attributes
 
 
-def _record(model: nn.Module, op: dict) -> None:
-    arch = getattr(model, "reg2cls_arch", None)
-    if arch is not None:
-        arch["ops"].append(op)
-
-
 def swap_head(model: nn.Module, name: str, new: nn.Linear | nn.Identity) -> nn.Module:
     """Replace the submodule `name` (dotted) by `new` in its parent, in place; returns the model."""
     device = next(model.parameters()).device
     _set_module(model, name, new.to(device))
     if isinstance(new, nn.Linear):
-        _record(model, {"op": "linear", "name": name, "in": new.in_features, "out": new.out_features,
+        record(model, {"op": "linear", "name": name, "in": new.in_features, "out": new.out_features,
                         "bias": new.bias is not None})
     elif isinstance(new, nn.Identity):
-        _record(model, {"op": "identity", "name": name})
+        record(model, {"op": "identity", "name": name})
     else:
         raise TypeError(f"swap_head takes nn.Linear or nn.Identity, got {type(new).__name__}")
     return model
@@ -171,7 +165,7 @@ def add_dropout(model: nn.Module, head: Head, p_head: float, p_hidden: float) ->
     _set_module(model, head.name, nn.Sequential(nn.Dropout(p_head), model.get_submodule(head.name)))
     for name in head.hidden_activations:
         _set_module(model, name, nn.Sequential(model.get_submodule(name), nn.Dropout(p_hidden)))
-    _record(model, {"op": "dropout", "head": head.name, "p_head": p_head, "hidden": list(head.hidden_activations),
+    record(model, {"op": "dropout", "head": head.name, "p_head": p_head, "hidden": list(head.hidden_activations),
                     "p_hidden": p_hidden})
     warning = None if head.hidden_activations else (
         "the model's forward pass uses functional activations: hidden dropout cannot be added; head dropout only")
@@ -192,13 +186,14 @@ def slim_width(model: nn.Module, head: Head, keep: float, n_features: int) -> nn
     import torch_pruning as tp
 
     device = next(model.parameters()).device
+    example = torch.randn(4, n_features, generator=torch.Generator().manual_seed(0)).to(device)  # traced for shapes
     pruner = tp.pruner.MetaPruner(
-        model, torch.randn(4, n_features, device=device), importance=tp.importance.GroupMagnitudeImportance(p=2),
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=1.0 - keep, ignored_layers=[model.get_submodule(head.name)])
     before = {name: _shapes(m) for name, m in model.named_modules()}
     pruner.step()
     changed = {name: _shapes(m) for name, m in model.named_modules() if _shapes(m) != before.get(name)}
-    _record(model, {"op": "resize", "modules": changed})
+    record(model, {"op": "resize", "modules": changed})
     return model
 
 
@@ -233,11 +228,11 @@ def _resize(module: nn.Module, shapes: dict[str, list[int]]) -> None:
 def drop_blocks(model: nn.Module, n: int) -> nn.Module:
     """Remove the last `n` hidden blocks of the pipeline's MLP (all hidden layers share one width, so
     the head reads the block before them unchanged), in place."""
-    arch = model.reg2cls_arch
+    arch = recipe(model)
     depth = arch["base"]["kwargs"]["depth"] - sum(op["n"] for op in arch["ops"] if op["op"] == "drop_blocks")
     block = len(model.body) // depth
     model.body = model.body[:(depth - n) * block]
-    _record(model, {"op": "drop_blocks", "n": n})
+    record(model, {"op": "drop_blocks", "n": n})
     return model
 
 
@@ -246,7 +241,7 @@ def replay(model: nn.Module, op: dict) -> None:
     if op["op"] == "resize":
         for name, shapes in op["modules"].items():
             _resize(model.get_submodule(name), shapes)
-        _record(model, op)
+        record(model, op)
     elif op["op"] == "drop_blocks":
         drop_blocks(model, op["n"])
     elif op["op"] == "linear":
@@ -263,7 +258,7 @@ def recorded_head(model: nn.Module) -> str | None:
     """The classification head's name from the recorded surgery: the last swapped-in Linear, inside
     the Sequential that add_dropout wrapped around it if it did."""
     name = None
-    for op in getattr(model, "reg2cls_arch", {"ops": []})["ops"]:
+    for op in recipe(model)["ops"]:
         if op["op"] == "linear":
             name = op["name"]
         elif op["op"] == "dropout" and op["head"] == name:
@@ -273,15 +268,16 @@ def recorded_head(model: nn.Module) -> str | None:
 
 def set_dropout(model: nn.Module, head: Head, p_head: float, p_hidden: float) -> tuple[str, str | None]:
     """add_dropout, or on a model that has it already (a tuned model tuned again) new rates for it."""
-    ops = model.reg2cls_arch["ops"] if hasattr(model, "reg2cls_arch") else []
-    done = [op for op in ops if op["op"] == "dropout"]
+    done = [op for op in recipe(model)["ops"] if op["op"] == "dropout"]
     if not done or head.name != f"{done[-1]['head']}.1":
         return add_dropout(model, head, p_head, p_hidden)
     op = done[-1]
     model.get_submodule(op["head"])[0].p = p_head
     for name in op["hidden"]:
         model.get_submodule(name)[1].p = p_hidden
-    op["p_head"], op["p_hidden"] = p_head, p_hidden
+    # the recipe replays the new rates: the recorded op is updated in place, not appended to
+    recorded = [o for o in model.reg2cls_arch["ops"] if o["op"] == "dropout"][-1]
+    recorded["p_head"], recorded["p_hidden"] = p_head, p_hidden
     return head.name, None
 
 
@@ -340,7 +336,7 @@ def edges_before_activation(activation: nn.Module | None, edges: np.ndarray) -> 
         if isinstance(activation, (nn.ReLU, nn.ReLU6)):
             return edges
     raise UserError(f"warm_start cannot reproduce threshold through the output activation {type(activation).__name__} "
-                    "with these class edges; leave warm_start out of --strategies")
+                    "with these class edges; leave threshold and warm_start out of --strategies")
 
 
 def _edge_offsets(edges: np.ndarray) -> torch.Tensor:

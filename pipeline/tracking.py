@@ -1,15 +1,16 @@
-"""The only module that talks to MLflow: runs, params, batched metrics, datasets, models, reuse.
+"""MLflow I/O: runs, params, batched metrics, tags, datasets, artifacts, and models moved to and from
+runs. Besides serving.py (the champion as a pyfunc) and registry.py (the model registry), the only
+module that talks to MLflow.
 
 Conventions (shared/DESIGN.md): every run carries the tag `stage` (and `strategy` on strategy runs);
 params are the flattened config, logged once; per-epoch metrics are buffered and sent with
-`log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM.
+`log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM. What a run's
+model is on disk (state_dict + architecture) is model.py's; when a stage may reuse a run is reuse.py's.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -24,8 +25,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
+from .config import UserError, first_line
+
 MODEL_NAME = "model"  # artifact name of every logged model: runs:/<id>/model
 
 
@@ -139,10 +140,10 @@ def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, cont
     mlflow.log_input(dataset, context=context)
 
 
-def log_model(model, x_example: np.ndarray, architecture: dict, servable: bool = True) -> int:
+def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
     """Log `model` twice over, each for its reader, both without pickle:
 
-    - `state/`: the state_dict and the architecture as JSON, which `load_run_model` rebuilds with
+    - `state/`: model.save_state's weights and architecture, which `load_run_model` rebuilds with
       `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back;
     - `model/`: an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
       example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI.
@@ -152,13 +153,13 @@ def log_model(model, x_example: np.ndarray, architecture: dict, servable: bool =
     """
     import torch
 
+    from .model import save_state
+
     if next(model.parameters()).device.type != "cpu":  # export and serve on the CPU, wherever it trained
         model = copy.deepcopy(model).cpu()
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, Path(tmp) / "weights.pt")
-        (Path(tmp) / "architecture.json").write_text(json.dumps(architecture, indent=1))
-        n_bytes = (Path(tmp) / "weights.pt").stat().st_size
+        n_bytes = save_state(model, Path(tmp))
         mlflow.log_artifacts(tmp, artifact_path="state")
     if not servable:
         return n_bytes
@@ -167,30 +168,35 @@ def log_model(model, x_example: np.ndarray, architecture: dict, servable: bool =
     try:
         mlflow.pytorch.log_model(
             model, name=MODEL_NAME, serialization_format="pt2", input_example=x_example,
-            signature=infer_signature(x_example, out),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
+            signature=infer_signature(x_example, out), pip_requirements=pip_requirements())
     except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
         print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
         mlflow.set_tag("model_format", "state_only")
     return n_bytes
 
 
-def log_figure(figure, name: str) -> None:
-    """Log a matplotlib figure as a PNG artifact, then free it."""
-    import matplotlib.pyplot as plt
+def pip_requirements(*extra: str) -> list[str]:
+    """Explicit requirements of a logged model: the versions running here (inferring costs ~5 s)."""
+    import torch
 
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", *extra]
+
+
+def log_figure(figure, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact; a pyplot figure (Optuna's plots) is closed after."""
     mlflow.log_figure(figure, name)
-    plt.close(figure)
+    if figure.canvas.manager is not None:  # pyplot keeps its figures until closed
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
 
 def load_run_model(run_id: str, stage: str | None = None, split_key: str | None = None):
     """The nn.Module a FINISHED run logged (of `stage` and on the split `split_key`, when given);
     a one-line UserError otherwise."""
-    import torch
     from mlflow.exceptions import MlflowException
 
-    from .config import UserError
+    from .model import load_state
 
     try:
         run = MlflowClient().get_run(run_id)
@@ -205,9 +211,7 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state"))
     except (MlflowException, OSError):
         raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
-    model = rebuild(json.loads((local / "architecture.json").read_text()))
-    model.load_state_dict(torch.load(local / "weights.pt", map_location="cpu", weights_only=True))
-    return model
+    return load_state(local, rebuild)
 
 
 def rebuild(arch: dict):
@@ -227,7 +231,7 @@ def load_model_uri(uri: str):
     from mlflow.exceptions import MlflowException
     from torch import nn
 
-    from .config import UserError
+    from .model import track
 
     parts = uri.split("/")
     if uri.startswith("runs:/") and len(parts) >= 3 and parts[1]:
@@ -240,47 +244,26 @@ def load_model_uri(uri: str):
     try:
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # MlflowException, OSError, unpickling errors: all mean "cannot load"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot load {uri}: {first}") from None
+        raise UserError(f"cannot load {uri}: {first_line(e)}") from None
     if not isinstance(model, nn.Module) or not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise UserError(f"the model at {uri} has no nn.Linear layers to swap (MLflow's pt2 format keeps a traced graph, "
                         "not modules); log it with serialization_format='pickle', or bring its class with --model and --checkpoint")
-    model.reg2cls_arch = {"base": {"kind": "uri", "uri": uri}, "ops": []}
-    return model
+    return track(model, {"kind": "uri", "uri": uri})
+
+
+def newest_finished(filter_string: str, experiment_ids: list[str] | None = None) -> str | None:
+    """Id of the newest FINISHED run matching `filter_string` (MLflow search syntax), in the current
+    experiment unless `experiment_ids` says otherwise."""
+    runs = MlflowClient().search_runs(
+        experiment_ids or [current_experiment_id()], f"{filter_string} and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def latest_run(stage: str, split_key: str) -> str | None:
     """The newest FINISHED stage run (not a strategy run) of `stage` on the same data, split and
     classes, in the current experiment."""
-    runs = MlflowClient().search_runs(
-        [current_experiment_id()],
-        filter_string=f"tags.stage = '{stage}' and tags.split_key = '{split_key}' and tags.strategy IS NULL "
-                      "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-def source_hash() -> str:
-    """Hash of the package's own source: an edit to the code invalidates every reusable stage."""
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def stage_key(stage: str, config: dict[str, object], split_key: str, upstream: list[str]) -> str:
-    """Identity of a stage's work: its resolved config, the data and split, the runs it builds on, the code."""
-    blob = json.dumps({"stage": stage, "config": config, "split": split_key, "upstream": upstream,
-                       "code": source_hash()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def find_finished(key: str) -> str | None:
-    """Id of the newest FINISHED run carrying this stage key in the current experiment, if any."""
-    runs = MlflowClient().search_runs(
-        [current_experiment_id()], filter_string=f"tags.stage_key = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+    return newest_finished(f"tags.stage = '{stage}' and tags.split_key = '{split_key}' and tags.strategy IS NULL")
 
 
 def current_experiment_id() -> str:
@@ -292,19 +275,19 @@ def current_experiment_id() -> str:
     return mlflow.tracking.fluent._get_experiment_id()
 
 
-def set_tags(tags: dict[str, str]) -> None:
-    mlflow.set_tags(tags)
+def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    """Tags on `run_id`, else on the active run."""
+    if run_id is None:
+        mlflow.set_tags(tags)
+    else:
+        client = MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
 
 
 def experiment_name(run_id: str) -> str:
     client = MlflowClient()
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
-
-
-def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
 
 
 def end_if_running(run_id: str, status: str = "FAILED") -> bool:
@@ -327,46 +310,6 @@ def get_run(run_id: str):
     return MlflowClient().get_run(run_id)
 
 
-def register_champion(model, architecture: dict, meta: dict, example: pd.DataFrame, registered_name: str,
-                      description: str, tags: dict[str, str]) -> str:
-    """Log the champion as a pyfunc (serving.py: raw columns in, label and probabilities out) on the
-    active run, register it as `registered_name` with the alias `champion`; returns the version.
-
-    A champion already registered from the same run is re-aliased, not registered again.
-    """
-    import torch
-
-    client = MlflowClient()
-    with contextlib.suppress(Exception):  # no such model or alias yet
-        current = client.get_model_version_by_alias(registered_name, "champion")
-        if current.tags.get("champion_run") == tags.get("champion_run"):
-            client.update_model_version(registered_name, current.version, description=description)
-            return current.version
-    if next(model.parameters()).device.type != "cpu":
-        model = copy.deepcopy(model).cpu()
-    with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "state"
-        state.mkdir()
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, state / "weights.pt")
-        (state / "architecture.json").write_text(json.dumps(architecture, indent=1))
-        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
-        output = pd.DataFrame({"label": [meta["class_names"][0]] * len(example),
-                               **{f"proba_{c}": [1.0 / len(meta["class_names"])] * len(example) for c in meta["class_names"]}})
-        info = mlflow.pyfunc.log_model(
-            name="champion", python_model=str(PACKAGE_DIR / "serving.py"),
-            artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(state)},
-            code_paths=[str(PACKAGE_DIR)], signature=infer_signature(example, output), input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                              f"pandas=={pd.__version__}", f"numpy=={np.__version__}"],
-            registered_model_name=registered_name)
-    version = str(info.registered_model_version)
-    client.set_registered_model_alias(registered_name, "champion", version)
-    client.update_model_version(registered_name, version, description=description)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, version, key, value)
-    return version
-
-
 def log_files_to(run_id: str, files: dict[str, str | bytes]) -> None:
     """Artifacts `name -> text or bytes` on any run (the parent, from a nested stage)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -386,17 +329,13 @@ def read_artifact(run_id: str, path: str) -> bytes | None:
 
 def latest_parent(experiment: str | None) -> str | None:
     """The newest FINISHED convert run of `experiment` (or of the current one)."""
-    client = MlflowClient()
+    ids = None
     if experiment:
-        exp = client.get_experiment_by_name(experiment)
+        exp = MlflowClient().get_experiment_by_name(experiment)
         if exp is None:
             return None
         ids = [exp.experiment_id]
-    else:
-        ids = [current_experiment_id()]
-    runs = client.search_runs(ids, filter_string="tags.stage = 'convert' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+    return newest_finished("tags.stage = 'convert'", ids)
 
 
 def run_params(run_id: str) -> dict[str, str]:
@@ -408,16 +347,3 @@ def run_params(run_id: str) -> dict[str, str]:
     out = {k: v for k, v in params.items() if k in known}
     out.update({k[len("resolved."):]: v for k, v in params.items() if k.startswith("resolved.") and k[9:] in known})
     return out
-
-
-def load_pyfunc(uri: str):
-    """A pyfunc model and the input columns its signature names; a one-line UserError if it won't load."""
-    from .config import UserError
-
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot load {uri}: {first}") from None
-    schema = model.metadata.get_input_schema()
-    return model, [c for c in schema.input_names()] if schema is not None else []

@@ -6,6 +6,7 @@ several times faster than a per-sample `DataLoader` for models this small (bench
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -16,9 +17,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import Split
-
-# regression: MSE on the standardised target; binary: one logit, BCEWithLogits; multiclass: CrossEntropy
-TASKS = ("regression", "binary", "multiclass")
 
 
 def classification_task(n_classes: int) -> str:
@@ -35,12 +33,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu"):
+    """Run the block with torch's global RNG seeded, then restore it: weight init (`nn.Linear`,
+    `reset_parameters`) and dropout masks draw from that RNG and take no generator."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def target_of(split: Split, task: str) -> torch.Tensor:
     return split.y if task == "regression" else split.c
 
 
 def loss_of(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """out: (N, 1) or (N, K) raw model output; target: (N,) float (regression) or int64 classes."""
+    """regression: MSE on the standardised target; binary: one logit, BCEWithLogits; multiclass: CrossEntropy.
+
+    out: (N, 1) or (N, K) raw model output; target: (N,) float (regression) or int64 classes."""
     if task == "regression":
         return F.mse_loss(out.reshape(-1), target)
     if task == "binary":
@@ -110,38 +120,40 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     with torch.no_grad():  # the starting point competes too: a warm-started head may already be best
         best = loss_of(model(xv), tv, task).item()
     hist, best_state, since_best = History(), copy.deepcopy(model.state_dict()), 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        xs, ts = xt[perm], tt[perm]  # one gather per epoch; batches are then contiguous views
-        soft = distill.teacher_logits.to(device)[perm] if distill else None
-        losses, sizes = [], []
-        for i in range(0, n, batch_size):
-            xb, tb = xs[i:i + batch_size], ts[i:i + batch_size]
-            if len(xb) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
-                continue
-            out = model(xb)
-            loss = distill.loss(out, soft[i:i + batch_size], tb, task) if distill else loss_of(out, tb, task)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())  # stays on the device: no sync per batch
-            sizes.append(len(xb))
-        model.eval()
-        with torch.no_grad():
-            val_out = model(xv)
-            val_loss = loss_of(val_out, tv, task).item()
-        hist.train_loss.append(float(torch.stack(losses) @ torch.tensor(sizes, dtype=losses[0].dtype, device=device)) / sum(sizes))
-        hist.val_loss.append(val_loss)
-        if on_epoch is not None:
-            on_epoch(epoch, {"train/loss": hist.train_loss[-1], "val/loss": val_loss}, val_out)
-        if val_loss < best:
-            best, since_best, hist.best_epoch = val_loss, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-            if patience and since_best >= patience:
-                break
+    with seeded(seed, device):  # dropout masks: reproducible, and the caller's RNG left as it was
+        for epoch in range(1, epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            xs, ts = xt[perm], tt[perm]  # one gather per epoch; batches are then contiguous views
+            soft = distill.teacher_logits.to(device)[perm] if distill else None
+            losses, sizes = [], []
+            for i in range(0, n, batch_size):
+                xb, tb = xs[i:i + batch_size], ts[i:i + batch_size]
+                if len(xb) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
+                    continue
+                out = model(xb)
+                loss = distill.loss(out, soft[i:i + batch_size], tb, task) if distill else loss_of(out, tb, task)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())  # stays on the device: no sync per batch
+                sizes.append(len(xb))
+            model.eval()
+            with torch.no_grad():
+                val_out = model(xv)
+                val_loss = loss_of(val_out, tv, task).item()
+            weights = torch.tensor(sizes, dtype=losses[0].dtype, device=device)
+            hist.train_loss.append(float(torch.stack(losses) @ weights) / sum(sizes))
+            hist.val_loss.append(val_loss)
+            if on_epoch is not None:
+                on_epoch(epoch, {"train/loss": hist.train_loss[-1], "val/loss": val_loss}, val_out)
+            if val_loss < best:
+                best, since_best, hist.best_epoch = val_loss, 0, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+                if patience and since_best >= patience:
+                    break
     model.load_state_dict(best_state)
     hist.seconds = time.perf_counter() - start
     return hist

@@ -1,7 +1,9 @@
 """Shared fixtures: a real MLflow SQLite store in a temp dir (MLFLOW_TRACKING_URI points at it), tiny data."""
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -35,6 +37,16 @@ def store(store_uri, tmp_path, monkeypatch) -> str:
 @pytest.fixture
 def experiment(store) -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def process_env(tracking_uri: str) -> dict[str, str]:
+    """The environment of a real reg2cls or mlflow process started by a test: this one's without MLFLOW_*
+    (a run id or experiment a test set must not leak in), the given store, and the repository importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO)}
 
 
 def tiny_config(**overrides) -> config.Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -14,13 +13,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port, invoke, process_env, runs_of, tiny_args, wait_for_http
 from mlflow.tracking import MlflowClient
-
-
-from conftest import free_port, invoke, runs_of, tiny_args, wait_for_http
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 
 def houses(n: int, seed: int) -> pd.DataFrame:
@@ -130,8 +124,7 @@ def test_mlflow_models_serve_answers_like_predict(converted, tmp_path):
     new = houses(6, 2).drop(columns=["price"])
     new.to_csv(tmp_path / "new.csv", index=False)
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           "MLFLOW_TRACKING_URI": converted["store"], "PYTHONPATH": str(REPO)}
+    env = process_env(converted["store"])
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", converted["model"], "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=log)
@@ -168,8 +161,7 @@ def test_compare_alone_re_reads_the_store(converted):
 
 def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, tmp_path):
     experiment = f"rest-{uuid.uuid4().hex[:6]}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(REPO)}
+    env = process_env(mlflow_server)
     proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *tiny_args(experiment, "--strategies",
                            "threshold,finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
                            "--set", "tune.n_trials=1")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)

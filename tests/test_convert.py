@@ -1,25 +1,30 @@
 """End to end against a real MLflow store: runs, tags, statuses, metric keys, reuse, signals, `mlflow run`."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    REPO,
+    TINY,
+    invoke,
+    process_env,
+    runs_of,
+    settled,
+    tiny_args,
+    tiny_config,
+)
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline import reuse, tracking
 from pipeline.config import STRATEGIES
 
-from conftest import TINY, invoke, runs_of, settled, tiny_args
-
-REPO = Path(__file__).resolve().parents[1]
 CLASSIFIER_KEYS = {"val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/balanced_accuracy",
                    "test/f1_macro", "test/roc_auc", "test/log_loss", "test/ece", "cost/params", "cost/flops",
                    "cost/latency_ms_per_1k", "cost/train_seconds"}
@@ -46,7 +51,7 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     assert all(parent_of[r.info.run_id] == swap.info.run_id and r.data.tags["stage"] == "head_swap" for r in strategies)
     for run in strategies:
         assert CLASSIFIER_KEYS <= set(run.data.metrics), run.data.tags["strategy"]
-        assert run.data.params["train.lr"] == str(TINY.get("train.lr", 0.003))
+        assert run.data.params["train.lr"] == str(tiny_config().train.lr)
     client = MlflowClient()
     for run in strategies:
         if run.data.tags["strategy"] != "threshold":
@@ -80,7 +85,7 @@ def test_rerun_reuses_finished_stages_until_forced_or_code_changes(experiment, m
 
     assert invoke("convert", *tiny_args(experiment, "--strategies", "threshold", "--force")).exit_code == 0
     assert len(by_stage(runs_of(experiment), "baseline")) == 2
-    monkeypatch.setattr(tracking, "source_hash", lambda: "edited-code")
+    monkeypatch.setattr(reuse, "source_hash", lambda: "edited-code")
     assert invoke("convert", *tiny_args(experiment, "--strategies", "threshold")).exit_code == 0
     assert len(by_stage(runs_of(experiment), "baseline")) == 3
 
@@ -124,14 +129,9 @@ def test_bad_input_exits_with_one_line_and_leaves_no_run(experiment, args, messa
     assert runs_of(experiment) == []
 
 
-def _env(store_uri: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "MLFLOW_TRACKING_URI": store_uri, "PYTHONPATH": str(REPO)}
-
-
 def test_user_error_in_a_real_process_has_no_traceback(store, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--data", str(tmp_path / "nope.csv")],
-                          capture_output=True, text=True, env=_env(store), timeout=120)
+                          capture_output=True, text=True, env=process_env(store), timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"Error: data file {tmp_path / 'nope.csv'} not found (or use builtin:diabetes / synthetic:friedman1?rows=N)"
 
@@ -150,7 +150,7 @@ def test_sigterm_ends_every_run_killed(experiment, store):
     # enough epochs that the process is still training when the signal arrives
     args = tiny_args(experiment).copy()
     args[args.index("--epochs") + 1] = "100000"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "convert", *args], env=_env(store),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "convert", *args], env=process_env(store),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 90
@@ -174,7 +174,7 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
         ["mlflow", "run", str(REPO), "-e", "convert", "--env-manager", "local", "--experiment-name", "mlflow-run",
          "-P", f"config={experiment_file}", "-P", f"data={TINY['data.source']}", "-P", "seed=07",
          "-P", "strategies=threshold,warm_start"],
-        capture_output=True, text=True, env=_env(store), cwd=tmp_path, timeout=300)
+        capture_output=True, text=True, env=process_env(store), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = runs_of("mlflow-run")
     assert settled(runs)

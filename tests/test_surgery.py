@@ -7,24 +7,39 @@ import copy
 import numpy as np
 import pytest
 import torch
+import user_models as um
 from torch import nn
 from torch.nn import functional as F
 
-import user_models as um
 from pipeline import data
 from pipeline.config import UserError
-from pipeline.model import MLP, architecture, build
-from pipeline.surgery import (add_dropout, edges_before_activation, find_head, fit_warm_start_scale,
-                              freeze_backbone, new_head, swap_head, warm_start_head, warm_start_logits)
+from pipeline.model import MLP, architecture, build, track
+from pipeline.surgery import (
+    add_dropout,
+    edges_before_activation,
+    find_head,
+    fit_warm_start_scale,
+    freeze_backbone,
+    new_head,
+    swap_head,
+    warm_start_head,
+    warm_start_logits,
+)
+
+
+def brought(model: nn.Module) -> nn.Module:
+    """A user-style model as the pipeline holds it: with a recipe that surgery records into."""
+    return track(model, {"kind": "test"})
+
 
 MODELS = {  # factory, head name, trailing activation, hidden activation modules
     "mlp": (lambda: MLP(10, 16, 2), "head", None, ["body.1", "body.3"]),
-    "attr": (lambda: um.AttrNet(10), "fc3", None, ["act1", "act2"]),
-    "seq": (lambda: um.SeqNet(10), "net.4", None, ["net.1", "net.3"]),
-    "dict": (lambda: um.DictNet(10), "blocks.heads.value", None, ["blocks.encoder.1"]),
-    "functional": (lambda: um.FunctionalNet(10), "fc2", None, []),
-    "batchnorm": (lambda: um.BNNet(10), "regressor", None, ["layers.2", "layers.5"]),
-    "sigmoid": (lambda: um.SigmoidNet(10), "out", "squash", ["body.1"]),
+    "attr": (lambda: brought(um.AttrNet(10)), "fc3", None, ["act1", "act2"]),
+    "seq": (lambda: brought(um.SeqNet(10)), "net.4", None, ["net.1", "net.3"]),
+    "dict": (lambda: brought(um.DictNet(10)), "blocks.heads.value", None, ["blocks.encoder.1"]),
+    "functional": (lambda: brought(um.FunctionalNet(10)), "fc2", None, []),
+    "batchnorm": (lambda: brought(um.BNNet(10)), "regressor", None, ["layers.2", "layers.5"]),
+    "sigmoid": (lambda: brought(um.SigmoidNet(10)), "out", "squash", ["body.1"]),
 }
 
 
@@ -60,7 +75,7 @@ def test_models_that_cannot_be_converted_are_refused_clearly(factory, message):
 
 
 def test_head_override_and_its_errors():
-    model = um.AttrNet(10)
+    model = brought(um.AttrNet(10))
     assert find_head(model, 10, "fc3").name == "fc3"
     with pytest.raises(UserError, match="'act1' is a ReLU, not an nn.Linear"):
         find_head(model, 10, "act1")
@@ -127,7 +142,7 @@ def test_warm_start_logits_match_the_head_and_the_scale_minimises_log_loss():
 
 def test_dropout_goes_before_the_head_and_after_hidden_activation_modules():
     torch.manual_seed(0)
-    model = um.AttrNet(10)
+    model = brought(um.AttrNet(10))
     head = find_head(model, 10)
     new_name, warning = add_dropout(model, head, p_head=0.5, p_hidden=0.3)
     assert warning is None and new_name == "fc3.1"
@@ -139,7 +154,7 @@ def test_dropout_goes_before_the_head_and_after_hidden_activation_modules():
     model.eval()
     assert torch.equal(model(x), model(x))
 
-    functional = um.FunctionalNet(10)
+    functional = brought(um.FunctionalNet(10))
     _, warning = add_dropout(functional, find_head(functional, 10), 0.5, 0.3)
     assert "hidden dropout cannot be added" in warning
     assert isinstance(functional.fc2[0], nn.Dropout)

@@ -7,22 +7,17 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from conftest import invoke, process_env, runs_of, tiny_args, tiny_config
 from optuna.trial import TrialState
 
 from pipeline import study as optuna_study
 from pipeline import tracking
 from pipeline.model import MLP, architecture
 from pipeline.surgery import new_head, swap_head
-
-from conftest import invoke, runs_of, tiny_args, tiny_config
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 
 def test_objective_with_a_fixed_trial(experiment, tiny_data):
@@ -118,8 +113,7 @@ def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_pa
     import mlflow
 
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(REPO)}
+    env = process_env(mlflow_server)
     common = tiny_args(name)
     prep = subprocess.run([sys.executable, "-m", "pipeline", "convert", *common, "--strategies", "finetune",
                            "--set", "slim.keep_ratios=0.5", "--set", "tune.n_trials=0"],

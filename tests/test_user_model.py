@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 import user_models as um
-
-from conftest import invoke, runs_of, settled, tiny_args
+from conftest import REPO, invoke, process_env, runs_of, settled, tiny_args
 
 MODELS_FILE = um.__file__
 STRATEGIES = "threshold,linear_probe,lp_ft,warm_start,scratch"
@@ -94,36 +92,51 @@ def _write(path: Path, text: str) -> str:
     return str(path)
 
 
-def test_bad_models_exit_with_one_line_and_leave_no_run(experiment, tmp_path):
+KW = '{"input_dim": 10}'
+BAD_MODELS = {  # id -> (arguments, with {ck}, {partial}, ... for the files below; the message expected)
+    "missing-file": (["--model", "{tmp}/nope.py:Net", "--checkpoint", "{ck}"], "model file"),
+    "syntax-error": (["--model", "{broken}:Net", "--checkpoint", "{ck}"], "cannot import"),
+    "no-such-class": (["--model", "{models}:Nope", "--checkpoint", "{ck}"], "class 'Nope' not found in"),
+    "wrong-kwargs": (["--model", "{models}:AttrNet", "--model-kwargs", '{"width": 3}', "--checkpoint", "{ck}"],
+                     "AttrNet(input_dim: int, hidden_dim: int = 16) rejected --model-kwargs"),
+    "bad-json": (["--model", "{models}:AttrNet", "--model-kwargs", "{bad json", "--checkpoint", "{ck}"],
+                 "--model-kwargs is not valid JSON"),
+    "no-checkpoint": (["--model", "{models}:AttrNet", "--model-kwargs", KW], "without --checkpoint has random weights"),
+    "keys-differ": (["--model", "{models}:AttrNet", "--model-kwargs", KW, "--checkpoint", "{partial}"],
+                    "missing keys fc3.bias, fc3.weight; unexpected keys extra.w"),
+    "shapes-differ": (["--model", "{models}:AttrNet", "--model-kwargs", KW, "--checkpoint", "{wrong_shape}"],
+                      "fc1.weight (8, 10) vs (16, 10)"),
+    "too-few-inputs": (["--model", "{models}:AttrNet", "--model-kwargs", '{"input_dim": 4}', "--retrain"],
+                       "does not accept 10 input features"),
+    "several-outputs": (["--model", "{models}:MultiOutput", "--model-kwargs", KW, "--retrain"],
+                        "a regressor must output (N,) or (N, 1)"),
+    "no-linear": (["--model", "{models}:NoLinear", "--model-kwargs", KW, "--retrain"], "name the head with --head"),
+    "functional-sigmoid": (["--model", "{models}:FunctionalSigmoid", "--model-kwargs", KW, "--retrain"],
+                           "functional activation"),
+    "flattening": (["--model", "{models}:Flattening", "--model-kwargs", KW, "--retrain"], "reshapes the head's output"),
+    "unknown-head": (["--model", "{models}:AttrNet", "--model-kwargs", KW, "--retrain", "--head", "fc9"],
+                     "--head 'fc9' is not a module"),
+    "unknown-run": (["--model-uri", "runs:/0123456789abcdef0123456789abcdef/model"], "cannot load"),
+    "checkpoint-alone": (["--checkpoint", "{ck}"], "need a model"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODELS)
+def test_bad_models_exit_with_one_line_and_leave_no_run(case, experiment, tmp_path):
     ck = checkpoint(tmp_path, um.AttrNet, input_dim=10)
-    wrong_shape = checkpoint(tmp_path / "..", um.AttrNet, input_dim=10, hidden_dim=8)
     partial = tmp_path / "partial.pt"
-    torch.save({k: v for k, v in torch.load(ck, weights_only=True).items() if not k.startswith("fc3")} | {"extra.w": torch.zeros(1)}, partial)
-    broken_py = _write(tmp_path / "broken.py", "def oops(:\n")
-    kw = '{"input_dim": 10}'
-    cases = [
-        (["--model", f"{tmp_path}/nope.py:Net", "--checkpoint", ck], "model file"),
-        (["--model", f"{broken_py}:Net", "--checkpoint", ck], "cannot import"),
-        (["--model", f"{MODELS_FILE}:Nope", "--checkpoint", ck], "class 'Nope' not found in"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", '{"width": 3}', "--checkpoint", ck], "AttrNet(input_dim: int, hidden_dim: int = 16) rejected --model-kwargs"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", "{bad json", "--checkpoint", ck], "--model-kwargs is not valid JSON"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw], "without --checkpoint has random weights"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw, "--checkpoint", str(partial)], "missing keys fc3.bias, fc3.weight; unexpected keys extra.w"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw, "--checkpoint", wrong_shape], "fc1.weight (8, 10) vs (16, 10)"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", '{"input_dim": 4}', "--retrain"], "does not accept 10 input features"),
-        (["--model", f"{MODELS_FILE}:MultiOutput", "--model-kwargs", kw, "--retrain"], "a regressor must output (N,) or (N, 1)"),
-        (["--model", f"{MODELS_FILE}:NoLinear", "--model-kwargs", kw, "--retrain"], "name the head with --head"),
-        (["--model", f"{MODELS_FILE}:FunctionalSigmoid", "--model-kwargs", kw, "--retrain"], "functional activation"),
-        (["--model", f"{MODELS_FILE}:Flattening", "--model-kwargs", kw, "--retrain"], "reshapes the head's output"),
-        (["--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", kw, "--retrain", "--head", "fc9"], "--head 'fc9' is not a module"),
-        (["--model-uri", "runs:/0123456789abcdef0123456789abcdef/model"], "cannot load"),
-        (["--checkpoint", ck], "need a model"),
-    ]
-    for extra, message in cases:
-        result = invoke("convert", *tiny_args(experiment, *extra))
-        assert result.exit_code == 1, (extra, result.output)
-        lines = [ln for ln in result.output.splitlines() if not ln.startswith("data: ")]
-        assert len(lines) == 1 and message in lines[0], (extra, result.output)
+    kept = {k: v for k, v in torch.load(ck, weights_only=True).items() if not k.startswith("fc3")}
+    torch.save(kept | {"extra.w": torch.zeros(1)}, partial)
+    files = {"tmp": tmp_path, "ck": ck, "partial": partial, "models": MODELS_FILE,
+             "wrong_shape": checkpoint(tmp_path / "..", um.AttrNet, input_dim=10, hidden_dim=8),
+             "broken": _write(tmp_path / "broken.py", "def oops(:\n")}
+    extra, message = BAD_MODELS[case]
+    for name, path in files.items():  # str.format would trip over the JSON arguments' braces
+        extra = [a.replace("{" + name + "}", str(path)) for a in extra]
+    result = invoke("convert", *tiny_args(experiment, *extra))
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.splitlines() if not ln.startswith("data: ")]
+    assert len(lines) == 1 and message in lines[0], result.output
     assert runs_of(experiment) == []
 
 
@@ -149,17 +162,15 @@ def test_the_shipped_example_converts_its_user_model(store, tmp_path):
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(repo)}
+    env = process_env(store)
     ck = tmp_path / "user_regressor.pt"
     made = subprocess.run([sys.executable, "experiments/user_regressor.py", str(ck), "--epochs", "3"],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     converted = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--config", "experiments/user_model.yaml",
                                 "--checkpoint", str(ck), "--epochs", "2", "--experiment", "example-user-model",
                                 "--strategies", "threshold,warm_start"],
-                               cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert converted.returncode == 0, converted.stderr[-2000:]
     assert "regression head 'fc_out' (Linear 32->1)" in converted.stdout
     assert settled(runs_of("example-user-model"))
@@ -187,8 +198,9 @@ def test_files_that_import_neighbours_and_common_checkpoint_forms_load(tmp_path)
 def test_warm_start_refuses_edges_its_output_activation_cannot_reach(experiment, tmp_path, unit_csv):
     """A Sigmoid regressor of a raw target: classes cut at 1.5 cannot be moved back through the Sigmoid."""
     args = tiny_args(experiment, "--model", f"{MODELS_FILE}:SigmoidNet", "--model-kwargs", '{"input_dim": 10}',
-                     "--checkpoint", checkpoint(tmp_path, um.SigmoidNet, input_dim=10), "--target-scaling", "none")
+                     "--checkpoint", checkpoint(tmp_path, um.SigmoidNet, input_dim=10),
+                     "--target-scaling", "standard")  # standardised edges fall outside the Sigmoid's (0, 1)
     args[args.index("--data") + 1] = unit_csv
-    result = invoke("convert", *args, "--set", "data.target_scaling=standard")  # standardised edges fall outside (0, 1)
+    result = invoke("convert", *args)
     assert result.exit_code == 1 and "warm_start cannot reproduce threshold through the output activation Sigmoid" in result.output
     assert runs_of(experiment) == []

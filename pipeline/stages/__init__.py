@@ -1,17 +1,24 @@
-"""The stages, each `stage(cfg, data, prev) -> StageResult`: baseline, head_swap, slim, tune, compare,
-and convert, which runs them in order under one parent run.
+"""The stages: baseline, head_swap, slim, tune, compare, and convert, which runs them in order under
+one parent run. Each takes the config, the prepared data and what it builds on, and returns what the
+next builds on:
+
+    baseline(cfg, data, brought)            -> StageResult (the regressor)
+    head_swap(cfg, data, baseline_result)   -> StageResult (the classifier best on validation)
+    slim(cfg, data, source_result)          -> StageResult (the recommended smaller variant)
+    tune(cfg, data, source_result)          -> StageResult (the best trial's model)
+    compare(cfg, data, parent_run_id)       -> Comparison  (leaderboard, verdict, registered champion)
 
 Stages compose model, surgery, train, metrics and tracking; batch loops live in train.py only. A stage
-whose stage key (config, split key, upstream runs, package source) matches a FINISHED run is reused
-instead of trained again. One module per stage; common.py holds what they share.
+whose stage key (reuse.py) matches a FINISHED run is reused instead of trained again. One module per
+stage; common.py holds what they share.
 """
 from .baseline import baseline, bring
-from .common import StageResult, seeds_of
-from .compare import compare, display, leaderboard
+from .common import StageResult, seeds_of, stage_output
+from .compare import Comparison, compare, display, leaderboard
 from .convert import convert
 from .head_swap import classifier_from, head_swap
 from .slim import slim
 from .tune import tune
 
-__all__ = ["StageResult", "baseline", "bring", "classifier_from", "compare", "convert", "display", "head_swap",
-           "leaderboard", "seeds_of", "slim", "tune"]
+__all__ = ["Comparison", "StageResult", "baseline", "bring", "classifier_from", "compare", "convert", "display",
+           "head_swap", "leaderboard", "seeds_of", "slim", "stage_output", "tune"]

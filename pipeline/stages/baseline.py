@@ -12,10 +12,21 @@ from torch import nn
 from .. import metrics, tracking
 from ..config import Config, UserError
 from ..data import Prepared
-from ..model import MLP, architecture, load_user_model
+from ..model import MLP, load_user_model
+from ..reuse import reusable
 from ..surgery import Head, find_head
-from ..train import fit, resolve_device
-from .common import StageResult, classifier_metrics, costs, log_run_inputs, regressor_outputs, reusable, say, threshold_proba
+from ..train import fit, resolve_device, seeded
+from .common import (
+    StageResult,
+    classifier_metrics,
+    costs,
+    log_run_inputs,
+    regressor_outputs,
+    say,
+    stage_output,
+    stands_for,
+    threshold_proba,
+)
 from .head_swap import check_convertible
 
 
@@ -41,18 +52,17 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
 
 
-def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force: bool = False,
-             brought: tuple[nn.Module, Head] | None = None) -> StageResult:
-    """The regressor: the pipeline's MLP trained here (MSE on the standardised target), or the user's
-    model, evaluated as it is or retrained; logs RMSE/MAE/R2 and the thresholded classes."""
+def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None, force: bool = False) -> StageResult:
+    """The regressor: the pipeline's MLP trained here (MSE on the standardised target), or `brought`,
+    the user's model (from `bring`), evaluated as it is or retrained; logs RMSE/MAE/R2 and the
+    thresholded classes. The first stage: it builds on no other run."""
     um = cfg.user_model
-    brought = brought or bring(cfg, data)
     sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "user_model": asdict(um),
                 "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
-    key, reuse = reusable("baseline", sections, data, [], force)
+    key, reuse = reusable("baseline", sections, data.split_key, [], force)
     if reuse:
         say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
-        return StageResult(reuse, tracking.load_run_model(reuse), reused=True)
+        return stage_output(reuse)
     device = resolve_device(cfg.train.device)
     with tracking.start("baseline", "baseline", tags={"stage_key": key, "split_key": data.split_key}) as run_id:
         log_run_inputs(cfg, data)
@@ -61,8 +71,9 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
             tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
             say(f"baseline: brought model {um.spec or um.uri}, regression head {head.describe()}")
         else:
-            torch.manual_seed(cfg.seed)
-            model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation, cfg.model.dropout)
+            with seeded(cfg.seed):
+                model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation,
+                            cfg.model.dropout)
         model.to(device)
         log = tracking.EpochLog()
 
@@ -84,9 +95,10 @@ def baseline(cfg: Config, data: Prepared, prev: StageResult | None = None, force
         values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
         values.update(costs(model, data))
         tracking.log_metrics(values)
-        tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
+        tracking.log_model(model, data.val.x[:5].numpy())
+        stands_for(run_id)
         say(f"baseline: test RMSE {values['test/rmse']:.4g}, R2 {values['test/r2']:.3f}, "
              f"thresholded macro-F1 {values['test/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")
-    return StageResult(run_id, model)
+    return StageResult(run_id, model, run_id)
 
 

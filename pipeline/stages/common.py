@@ -1,7 +1,7 @@
-"""What every stage shares: StageResult, stage reuse, evaluating, training and logging a classifier."""
+"""What every stage shares: StageResult, evaluating, training and logging a classifier."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,26 +10,37 @@ from torch import nn
 from .. import metrics, tracking
 from ..config import Config
 from ..data import Prepared, to_classes
-from ..model import architecture
 from ..train import Distill, classification_task, fit, predict
 
 
 @dataclass
 class StageResult:
+    """A stage's output: its run, and the model it stands for with the run that logged that model.
+
+    baseline: the regressor, logged on the baseline run itself; head_swap: the strategy run best on
+    validation; slim: the recommended variant's run; tune: the tune run (it logs the best trial's
+    model). The stage run records the same answer once, as its tag `model_run`: `stage_output` reads
+    it back for a reused stage or a later command.
+    """
     run_id: str
-    model: nn.Module | None = None   # the stage's output: the regressor (baseline), best classifier (head_swap)
-    reused: bool = False
-    details: dict[str, object] = field(default_factory=dict)
+    model: nn.Module
+    model_run: str
+
+
+def stands_for(model_run: str) -> None:
+    """Record on the active stage run which run's model is its output (tag `model_run`, written once)."""
+    tracking.set_tags({"model_run": model_run})
+
+
+def stage_output(run_id: str, split_key: str | None = None) -> StageResult:
+    """The StageResult of a finished stage run (its `model_run` tag), or of any run that logged a model
+    itself; `split_key` checks that the model was made on the same split."""
+    model_run = tracking.get_run(run_id).data.tags.get("model_run", run_id)
+    return StageResult(run_id, tracking.load_run_model(model_run, split_key=split_key), model_run)
 
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def reusable(stage: str, sections: dict, data: Prepared, upstream: list[str], force: bool) -> tuple[str, str | None]:
-    """The stage key (its config sections, the split, upstream runs, the code) and a FINISHED run with it."""
-    key = tracking.stage_key(stage, sections, data.split_key, upstream)
-    return key, None if force else tracking.find_finished(key)
 
 
 def regressor_outputs(model: nn.Module, x: torch.Tensor, data: Prepared, device) -> np.ndarray:
@@ -96,6 +107,6 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     tracking.log_metrics({key: v for key, v in values.items() if key.startswith("val/")}, step=final_step)
     rest = {key: v for key, v in values.items() if not key.startswith("val/")}
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
-    rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy(), architecture(model))
+    rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy())
     tracking.log_metrics(rest)
     return {**values, **rest}

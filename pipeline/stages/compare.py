@@ -2,17 +2,30 @@
 registered champion."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
-from .. import metrics, report, tracking
+from .. import metrics, registry, report, tracking
 from ..config import Config, UserError
 from ..data import Prepared
-from ..model import architecture
 from ..train import predict, resolve_device
-from .common import StageResult, classifier_metrics
+from .common import classifier_metrics, stands_for
+
+
+@dataclass
+class Comparison:
+    """The answer to "which conversion wins" for one convert run."""
+    parent: str               # the convert run compared
+    run_id: str               # the compare stage run
+    board: pd.DataFrame       # the leaderboard, best first
+    summary: list[str]        # the verdict, one line each
+    champion: nn.Module
+    champion_run: str         # the run that logged the champion
+    registered: str           # registered model name
+    version: str              # its version carrying the alias `champion`
 
 
 LEADERBOARD_COLUMNS = {  # metric key -> leaderboard column
@@ -73,12 +86,12 @@ def display(board: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def compare(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
-    """The answer to "which conversion wins": every strategy and variant of the convert run `prev`
+def compare(cfg: Config, data: Prepared, parent: str) -> Comparison:
+    """The answer to "which conversion wins": every strategy and variant of the convert run `parent`
     read back from the store (mean ± std over seeds), a scikit-learn reference, the report, and the
     champion — the best network by the mean of `compare.metric` — registered as a pyfunc that takes
-    the raw columns. Artifacts go on the parent run: leaderboard.csv, leaderboard.md, report.html."""
-    parent = prev.run_id
+    the raw columns. Artifacts go on the parent run: leaderboard.csv, leaderboard.md, report.html.
+    Always runs: it only reads what the stages logged, and registers nothing twice."""
     tags = tracking.get_run(parent).data.tags
     stage_runs = [tags[k] for k in ("head_swap_run", "slim_run") if k in tags]
     singles = [tags["tune_run"]] if "tune_run" in tags else []
@@ -107,15 +120,15 @@ def compare(cfg: Config, data: Prepared, prev: StageResult, force: bool = False)
         if first["strategy"] != top["strategy"] or first["stage"] != top["stage"]:
             summary.insert(1, f"Note: {first['strategy']} ({first['stage']}) scores better on {c.metric} than every "
                               "converted network")
-        version = tracking.register_champion(
-            model, architecture(model),
-            {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
+        version = registry.register_champion(
+            model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
             _raw_example(data), registered,
             description=" ".join(summary), tags={"champion_run": champion_run, "strategy": str(top["strategy"]),
                                                  "parent_run": parent})
         summary[-1] += f" (version {version})"
         tracking.set_tags({"champion": top["strategy"], "champion_run": champion_run,
                            "registered_model": registered, "registered_version": version})
+        stands_for(champion_run)
         images = {"Per strategy": report.png(report.bars_figure(board, c.metric)),
                   "Confusion matrix": report.png(report.confusion_figure(data.test.c.numpy(), proba.argmax(1), data.class_names)),
                   "ROC": report.png(report.roc_figure(data.test.c.numpy(), proba, data.class_names)),
@@ -129,10 +142,9 @@ def compare(cfg: Config, data: Prepared, prev: StageResult, force: bool = False)
         tracking.log_files_to(parent, {
             "leaderboard.csv": board.to_csv(index=False), "leaderboard.md": report.markdown(shown),
             "report.html": report.html(f"reg2cls: {cfg.experiment}", summary, shown, images)})
-    tracking.set_run_tags(parent, {"champion": str(top["strategy"]), "champion_run": champion_run,
-                                   "registered_model": registered, "registered_version": version})
-    return StageResult(run_id, model, details={"leaderboard": board, "summary": summary, "version": version,
-                                               "registered": registered})
+    tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run, "model_run": champion_run,
+                       "registered_model": registered, "registered_version": version}, run_id=parent)
+    return Comparison(parent, run_id, board, summary, model, champion_run, registered, version)
 
 
 def _raw_example(data: Prepared) -> pd.DataFrame:
@@ -158,12 +170,7 @@ def _reference_run(cfg: Config, data: Prepared):
         seconds = time.perf_counter() - t
         values = classifier_metrics(data, lambda split: clf.predict_proba(split.x.numpy()))
         x = np.random.default_rng(0).normal(size=(1000, data.n_features)).astype(np.float32)
-        times = []
-        for _ in range(6):
-            t = time.perf_counter()
-            clf.predict_proba(x)
-            times.append(time.perf_counter() - t)
         tracking.log_params({"model": "sklearn.ensemble.HistGradientBoostingClassifier", "seed": cfg.seed})
         tracking.log_metrics({**values, "cost/train_seconds": seconds,
-                              "cost/latency_ms_per_1k": float(np.median(times[1:]) * 1000)})
+                              "cost/latency_ms_per_1k": metrics.median_ms(lambda: clf.predict_proba(x), repeats=5)})
     return tracking.get_run(run_id)

@@ -6,39 +6,46 @@ import dataclasses
 from dataclasses import asdict
 
 import numpy as np
-import torch
 from torch import nn
 
 from .. import tracking
 from ..config import Config
 from ..data import Prepared
-from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale,
-                       freeze_backbone, new_head, swap_head, unfreeze, warm_start_head)
-from ..train import predict, resolve_device
-from .common import (StageResult, classifier_metrics, costs, fit_classifier, log_classifier, log_run_inputs,
-                     reusable, say, seeds_of, threshold_proba)
+from ..reuse import reusable
+from ..surgery import (
+    Head,
+    check_swap,
+    edges_before_activation,
+    find_head,
+    fit_warm_start_scale,
+    freeze_backbone,
+    new_head,
+    swap_head,
+    unfreeze,
+    warm_start_head,
+)
+from ..train import predict, resolve_device, seeded
+from .common import StageResult, fit_classifier, log_classifier, log_run_inputs, say, seeds_of, stage_output, stands_for
 
 
-def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
-    """One nested run per strategy, all on the same splits; the output is the best classifier by
-    validation macro-F1 (among strategies that train a model: `threshold` is the bar they must beat)."""
+def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False) -> StageResult:
+    """One nested run per strategy, all on the same splits, converting `baseline`'s regressor; the
+    output is the classifier best on validation macro-F1 (`threshold`, the bar, included)."""
     sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
                 "seeds": cfg.seeds}
-    key, reuse = reusable("head_swap", sections, data, [prev.run_id], force)
+    key, reuse = reusable("head_swap", sections, data.split_key, [baseline.run_id], force)
     if reuse:
         say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
-        best = _best_child(reuse)
-        model = tracking.load_run_model(best) if best else None
-        return StageResult(reuse, model, reused=True, details={"best_run": best})
+        return stage_output(reuse)
     device = resolve_device(cfg.train.device)
-    regressor = prev.model.to(device)
+    regressor = baseline.model.to(device)
     head = find_head(regressor, data.n_features, cfg.user_model.head or None)
     if head.activation:
         say(f"head_swap: warning: output activation '{head.activation}' "
              f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
     check_convertible(cfg, data, regressor, head)
     best_model, best_f1, best_run = None, -1.0, None
-    with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": prev.run_id,
+    with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": baseline.run_id,
                                                         "split_key": data.split_key}) as run_id:
         log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
@@ -46,31 +53,24 @@ def head_swap(cfg: Config, data: Prepared, prev: StageResult, force: bool = Fals
             for seed in seeds_of(cfg, trained=strategy != "threshold"):
                 run_cfg = dataclasses.replace(cfg, seed=seed)
                 with tracking.start(strategy, "head_swap", strategy=strategy, tags={
-                        "baseline_run": prev.run_id, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                        "baseline_run": baseline.run_id, "split_key": data.split_key, "seed": str(seed)}) as child_id:
                     tracking.log_params({**run_cfg.flat(), "strategy": strategy})
                     model, values = _run_strategy(strategy, run_cfg, data, regressor, head, device)
-                    if model is not None and values["val/f1_macro"] > best_f1:
+                    if values["val/f1_macro"] > best_f1:
                         best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
                 say(f"head_swap/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
                      f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, log loss {values['test/log_loss']:.3f}")
         if best_run:
-            tracking.set_tags({"best_run": best_run})
-    return StageResult(run_id, best_model, details={"best_run": best_run})
+            stands_for(best_run)
+    return StageResult(run_id, best_model, best_run)
 
 
 def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
     """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start
     could not reproduce threshold through the model's output activation."""
     classifier_from(regressor, head, data, "cpu")
-    if "warm_start" in cfg.head_swap.strategies:
+    if {"threshold", "warm_start"} & set(cfg.head_swap.strategies):
         warm_start_edges(regressor, head, data)
-
-
-def _best_child(run_id: str) -> str | None:
-    """The child run with a model and the highest val/f1_macro."""
-    runs = [r for r in tracking.children(run_id) if r.data.tags.get("strategy") != "threshold"]
-    runs = [r for r in runs if "val/f1_macro" in r.data.metrics]
-    return max(runs, key=lambda r: r.data.metrics["val/f1_macro"]).info.run_id if runs else None
 
 
 def warm_start_edges(regressor: nn.Module, head: Head, data: Prepared) -> np.ndarray:
@@ -102,23 +102,21 @@ def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
 
 
 def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,
-                  device) -> tuple[nn.Module | None, dict]:
-    """Build and train the classifier of one strategy; returns it (None for `threshold`) and its metrics."""
+                  device) -> tuple[nn.Module, dict]:
+    """Build and train the classifier of one strategy; returns it and its metrics."""
     t = cfg.train
-    if strategy == "threshold":  # no model of its own: the regressor's output cut at the class edges
-        values = classifier_metrics(data, lambda split: threshold_proba(regressor, split, data, device))
-        values = {**values, "val/loss": values["val/log_loss"], **costs(regressor, data), "cost/train_seconds": 0.0}
-        tracking.log_metrics(values)
-        return None, values
-
-    torch.manual_seed(cfg.seed)
-    model, scale = classifier_from(regressor, head, data, device, warm_start=strategy == "warm_start")
+    with seeded(cfg.seed):  # the new head's initial weights
+        model, scale = classifier_from(regressor, head, data, device, warm_start=strategy in ("threshold", "warm_start"))
+        if strategy == "scratch":  # same architecture, regression weights thrown away: the control
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
     if scale is not None:
         tracking.log_params({"warm_start.scale": round(scale, 6)})
-    if strategy == "scratch":  # same architecture, regression weights thrown away: the control
-        for m in model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+    if strategy == "threshold":
+        # no training: the regressor cut at the class edges is exactly the warm-start head before any
+        # step, a deliverable classifier whose probabilities come from the scale fitted on validation
+        return model, log_classifier(model, data, device, 0.0, 1)
 
     log = tracking.EpochLog()
     seconds, step = 0.0, 0

@@ -14,44 +14,54 @@ from .. import report, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import architecture
+from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
-from .common import (StageResult, classifier_values, costs, fit_classifier, log_classifier, log_run_inputs, reusable,
-                     say, seeds_of)
+from .common import (
+    StageResult,
+    classifier_values,
+    costs,
+    fit_classifier,
+    log_classifier,
+    log_run_inputs,
+    say,
+    seeds_of,
+    stage_output,
+    stands_for,
+)
 
 
-def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) -> StageResult:
-    """Physically smaller classifiers made from `prev.model` (the best head-swap classifier): fewer
+def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
+    """Physically smaller classifiers made from `source.model` (the best head-swap classifier): fewer
     hidden units (width_<keep>), fewer hidden blocks (depth_-<n>, the pipeline's MLP only), each
     fine-tuned, and with `slim.distill` also trained on the unslimmed model's soft labels. The output
     is the recommended variant: the smallest within `slim.tolerance` validation macro-F1 of the best."""
-    source = prev.details.get("best_run") or prev.run_id
     sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim), "seeds": cfg.seeds}
-    key, reuse = reusable("slim", sections, data, [source], force)
+    key, reuse = reusable("slim", sections, data.split_key, [source.model_run], force)
     if reuse:
         say(f"slim: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
-        best = tracking.get_run(reuse).data.tags.get("recommended_run")
-        return StageResult(reuse, tracking.load_run_model(best), reused=True, details={"best_run": best})
+        return stage_output(reuse)
     device = resolve_device(cfg.train.device)
-    teacher = prev.model.to(device).eval()
+    teacher = source.model.to(device).eval()
     k = data.n_classes
     head = find_head(teacher, data.n_features, recorded_head(teacher), n_out=1 if k == 2 else k)
     variants: list[tuple[str, object]] = [(f"width_{r}", float(r)) for r in cfg.slim.keep_ratios]
-    if cfg.slim.depth and teacher.reg2cls_arch["base"]["kind"] == "mlp":
-        depth = teacher.reg2cls_arch["base"]["kwargs"]["depth"]
-        variants += [(f"depth_-{n}", n) for n in range(1, depth)]
+    base = architecture(teacher)["base"]
+    if cfg.slim.depth and base["kind"] == "mlp":
+        variants += [(f"depth_-{n}", n) for n in range(1, base["kwargs"]["depth"])]
     teacher_logits = predict(teacher, data.train.x, device)
-    rows = [{"strategy": "unslimmed", "run_id": source, "model": teacher, **_unslimmed_values(teacher, data, device)}]
-    with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source, "split_key": data.split_key}) as run_id:
+    rows = [{"strategy": "unslimmed", "run_id": source.model_run, "model": teacher,
+             **_unslimmed_values(teacher, data, device)}]
+    with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source.model_run,
+                                              "split_key": data.split_key}) as run_id:
         log_run_inputs(cfg, data)
         for name, amount in variants:
             for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,), seeds_of(cfg)):
                 strategy = f"{name}_distill" if distilled else name
                 run_cfg = dataclasses.replace(cfg, seed=seed)
                 with tracking.start(strategy, "slim", strategy=strategy, tags={
-                        "source_run": source, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                        "source_run": source.model_run, "split_key": data.split_key, "seed": str(seed)}) as child_id:
                     tracking.log_params({**run_cfg.flat(), "strategy": strategy})
-                    torch.manual_seed(seed)
                     student = copy.deepcopy(teacher)
                     if name.startswith("width_"):
                         slim_width(student, head, amount, data.n_features)
@@ -72,11 +82,12 @@ def slim(cfg: Config, data: Prepared, prev: StageResult, force: bool = False) ->
         pick = min((m for m in means if m["val/f1_macro"] >= best_f1 - cfg.slim.tolerance),
                    key=lambda m: (m["cost/params"], -m["val/f1_macro"]))["strategy"]
         chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
-        tracking.set_tags({"recommended": pick, "recommended_run": chosen["run_id"]})
+        tracking.set_tags({"recommended": pick})
+        stands_for(chosen["run_id"])
         tracking.log_figure(report.pareto_figure(means, pick), "pareto.png")
     say(f"slim: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
          f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
-    return StageResult(run_id, chosen["model"], details={"best_run": chosen["run_id"], "rows": rows})
+    return StageResult(run_id, chosen["model"], chosen["run_id"])
 
 
 def _check_rebuild(model: nn.Module, data: Prepared) -> None:

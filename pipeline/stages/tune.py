@@ -7,34 +7,34 @@ from .. import tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture
+from ..reuse import reusable
 from ..train import resolve_device
-from .common import StageResult, log_classifier, log_run_inputs, reusable, say
+from .common import StageResult, log_classifier, log_run_inputs, say, stage_output, stands_for
 
 
-def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, resume: bool = True) -> StageResult:
-    """Optuna over head and hidden dropout, learning rate and weight decay, starting from `prev.model`
-    (the chosen architecture and its weights). Each call adds `tune.n_trials` trials to the study;
-    with `resume=False` (inside convert) a finished tune stage with the same key is reused instead.
-    The stage run gets the best trial's params, value and model (kept from that trial, not retrained)
-    and its test metrics, evaluated once here."""
+def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
+    """Optuna over head and hidden dropout, learning rate and weight decay, starting from `source.model`
+    (the chosen architecture and its weights). Unless `force`, a finished tune stage with the same key
+    is reused; with `force` (the `tune` command: each call adds trials) this call adds `tune.n_trials`
+    trials to the study. The stage run gets the best trial's params, value and model (kept from that
+    trial, not retrained) and its test metrics, evaluated once here."""
     from .. import study as optuna_study
 
-    source = prev.details.get("best_run") or prev.run_id
-    arch = architecture(prev.model)
+    arch = architecture(source.model)
     name = optuna_study.study_name(cfg, arch, data.split_key)
     url = optuna_study.storage_url(cfg.tune.storage, tracking.setup(None))
     sections = {"train": asdict(cfg.train), "tune": asdict(cfg.tune), "study": name}
-    key, reuse = reusable("tune", sections, data, [source], force or resume)
+    key, reuse = reusable("tune", sections, data.split_key, [source.model_run], force)
     if reuse:
         say(f"tune: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
-        return StageResult(reuse, tracking.load_run_model(reuse), reused=True, details={"best_run": reuse})
+        return stage_output(reuse)
     study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
     device = resolve_device(cfg.train.device)
-    with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source, "split_key": data.split_key,
+    with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, "split_key": data.split_key,
                                               "optuna_study": name, "optuna_storage": _safe_url(url)}) as run_id:
         log_run_inputs(cfg, data)
         before, _ = optuna_study.counted(study)
-        job = optuna_study.Job(cfg, data, arch, {k: v.cpu() for k, v in prev.model.state_dict().items()},
+        job = optuna_study.Job(cfg, data, arch, {k: v.cpu() for k, v in source.model.state_dict().items()},
                                tracking.setup(None), run_id, url, name, target=before + cfg.tune.n_trials,
                                timeout=cfg.tune.timeout or None, seed=cfg.seed + before)
         first_new = len(study.get_trials(deepcopy=False))
@@ -56,6 +56,7 @@ def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, re
         best = study.best_trial
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
         tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})
+        stands_for(run_id)  # the best trial's model, logged again here with its test metrics
         model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
         trial_seconds = tracking.get_run(best.user_attrs["mlflow_run_id"]).data.metrics.get("cost/train_seconds", float("nan"))
         values = log_classifier(model, data, device, trial_seconds, final_step=0)  # evaluated once, here
@@ -64,7 +65,7 @@ def tune(cfg: Config, data: Prepared, prev: StageResult, force: bool = False, re
             tracking.log_figure(fig, fig_name)
     say(f"tune: best trial {best.number} {cfg.tune.metric} {best.value:.4f} ({best.params}); "
          f"test macro-F1 {values['test/f1_macro']:.3f}")
-    return StageResult(run_id, model, details={"best_run": run_id, "study": name, "storage": url})
+    return StageResult(run_id, model, run_id)
 
 
 def _safe_url(url: str) -> str:
