@@ -282,7 +282,8 @@ def compare(**opts):
     run_id = opts["run_id"] or tracking.latest_parent(opts["experiment"] or "reg2cls")
     if not run_id:
         raise UserError(f"no finished convert run in experiment '{opts['experiment'] or 'reg2cls'}'; pass --run-id or --experiment")
-    params = tracking.run_params(run_id)  # the parent's own config: the same data, split and classes
+    # the parent's own config: the same data, split and classes
+    params = config.recovered(tracking.get_run(run_id).data.params)
     opts["recovered"] = params  # beneath the options given here (see _overrides)
     opts["experiment"] = params.get("experiment")
     cfg, prepared, _ = _prepare(opts)
@@ -345,4 +346,8 @@ def mlproject():
 
 
 def main() -> None:
+    import os
+
+    # the console script owns its process: MLflow's artifact progress bars would interleave with our lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     cli(prog_name="reg2cls")

@@ -17,7 +17,9 @@ DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
 PRUNERS = ("median", "hyperband", "none")
-COMPARE_METRICS = ("test/f1_macro", "test/accuracy", "test/balanced_accuracy", "test/roc_auc", "test/log_loss", "test/ece")
+# the champion and the leaderboard's order are chosen on validation; test metrics are only reported
+COMPARE_METRICS = {"val/f1_macro": "maximize", "val/accuracy": "maximize", "val/balanced_accuracy": "maximize",
+                   "val/roc_auc": "maximize", "val/log_loss": "minimize", "val/ece": "minimize"}
 
 
 class UserError(Exception):
@@ -40,6 +42,7 @@ class Data:
     features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
     scaling: str = "standard"        # standard | none: whether the model sees standardised features
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
+    folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 2,000 rows, else 1
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class Tune:
 
 @dataclass(frozen=True)
 class Compare:
-    metric: str = "test/f1_macro"  # sorts the leaderboard and picks the champion (by its mean over seeds)
+    metric: str = "val/f1_macro"   # sorts the leaderboard and picks the champion (its mean over seeds and folds)
     reference: bool = True         # a HistGradientBoostingClassifier row on the same splits
     register: str = ""             # registered model name; "" = reg2cls-<MLflow experiment of the parent run>
 
@@ -190,6 +193,9 @@ OPTIONS = (
            choices=SCALINGS, mlproject=_RUNS, note="standard | none"),
     Option("target_scaling", "data.target_scaling",
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
+    Option("folds", "data.folds", "Outer folds for cross-fitting: K, 1 (one split) or auto (default: 5 below "
+                                  "2,000 rows, else 1). Stage commands other than convert work on the first fold.",
+           mlproject=_RUNS, note="auto | 1 | K"),
     Option("epochs", "train.epochs", "Maximum epochs per training run.", type=int, min=1, mlproject=_RUNS[:4]),
     Option("batch_size", "train.batch_size", type=int, min=2),
     Option("lr", "train.lr", "Learning rate.", type=float, min=0, min_open=True),
@@ -237,8 +243,9 @@ OPTIONS = (
     # compare
     Option("run_id", None, "The convert (parent) run to compare (default: the newest finished one).",
            commands=("compare",), mlproject=("compare",), note="the convert (parent) run; default: the newest one"),
-    Option("metric", "compare.metric", "Sorts the board and picks the champion.", choices=COMPARE_METRICS,
-           commands=("compare",), mlproject=("compare",), note="test/f1_macro (default), test/log_loss, ..."),
+    Option("metric", "compare.metric", "Validation metric that sorts the board and picks the champion "
+                                       f"(default val/f1_macro; one of {', '.join(COMPARE_METRICS)}).",
+           commands=("compare",), mlproject=("compare",), note="val/f1_macro (default), val/log_loss, ..."),
     Option("no_reference", "compare.reference", "Leave out the HistGradientBoosting reference row.", flag=False,
            commands=("compare",), mlproject=("compare",), note="false: leave out the HistGradientBoosting row"),
     Option("register", "compare.register", "Registered model name for the champion (default reg2cls-<experiment>).",
@@ -328,8 +335,14 @@ def validate(cfg: Config) -> Config:
         raise UserError("tune.n_trials and tune.timeout must be >= 0, tune.workers and tune.epochs >= 1")
     if not 0 < cfg.tune.max_dropout < 1:
         raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
-    if cfg.compare.metric not in COMPARE_METRICS:
-        raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{cfg.compare.metric}'")
+    metric = cfg.compare.metric
+    if metric.startswith("test/"):
+        raise UserError(f"compare.metric '{metric}' would choose the champion on the test split, whose scores are then "
+                        f"biased upwards and no longer a test; choose on validation: val/{metric[5:]}")
+    if metric not in COMPARE_METRICS:
+        raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{metric}'")
+    if cfg.data.folds != "auto" and not (cfg.data.folds.isdigit() and int(cfg.data.folds) >= 1):
+        raise UserError(f"data.folds must be auto or a whole number >= 1 (1 = one split), got '{cfg.data.folds}'")
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")
@@ -354,6 +367,15 @@ def validate(cfg: Config) -> Config:
     if cfg.seed < 0 or cfg.seeds < 1:
         raise UserError(f"seed must be 0 or more and seeds at least 1, got seed {cfg.seed}, seeds {cfg.seeds}")
     return cfg
+
+
+def recovered(params: dict[str, str]) -> dict[str, str]:
+    """The config overrides a run was made with, from its logged params: the config keys, with
+    `resolved.<key>` preferred where `mlflow run` logged both (its entry-point value as typed, and ours)."""
+    known = set(Config().flat())
+    out = {k: v for k, v in params.items() if k in known}
+    out.update({k[len("resolved."):]: v for k, v in params.items() if k.startswith("resolved.") and k[9:] in known})
+    return out
 
 
 def load(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:

@@ -336,14 +336,3 @@ def latest_parent(experiment: str | None) -> str | None:
             return None
         ids = [exp.experiment_id]
     return newest_finished("tags.stage = 'convert'", ids)
-
-
-def run_params(run_id: str) -> dict[str, str]:
-    """A run's config params (dotted keys), with `resolved.<key>` preferred where `mlflow run` logged both."""
-    from .config import Config
-
-    params = MlflowClient().get_run(run_id).data.params
-    known = set(Config().flat())
-    out = {k: v for k, v in params.items() if k in known}
-    out.update({k[len("resolved."):]: v for k, v in params.items() if k.startswith("resolved.") and k[9:] in known})
-    return out
