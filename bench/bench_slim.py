@@ -53,7 +53,8 @@ def main() -> None:
     ref_ms = statistics.median(times[ref["strategy"]]) * 1000
     print(f"default experiment ({cfg.data.source}, {prepared.n_classes} classes), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, latency = median of {args.rounds} interleaved passes over 1,000 rows")
-    print(f"{'variant':20s} {'params':>8s} {'x':>6s} {'FLOPs':>8s} {'x':>6s} {'ms/1k':>7s} {'x':>6s} {'test F1':>8s} {'delta':>7s}")
+    print(f"{'variant':20s} {'params':>8s} {'x':>6s} {'FLOPs':>8s} {'x':>6s} "
+          f"{'ms/1k':>7s} {'x':>6s} {'test F1':>8s} {'delta':>7s}")
     for r in rows:
         ms = statistics.median(times[r["strategy"]]) * 1000
         print(f"{r['strategy']:20s} {r['cost/params']:8.0f} {r['cost/params'] / ref['cost/params']:6.2f} "

@@ -56,7 +56,8 @@ def main() -> None:
         model = swap_head(MLP(prepared.n_features, cfg.model.width, cfg.model.depth), "head",
                           new_head(cfg.model.width, prepared.n_classes))
 
-        print(f"default data ({cfg.data.source}), {args.trials} trials, torch {torch.__version__}, {os.cpu_count()} cores")
+        print(f"default data ({cfg.data.source}), {args.trials} trials, torch {torch.__version__}, "
+              f"{os.cpu_count()} cores")
         print(f"1. throughput, {args.epochs} epochs per trial, no pruning, no early stopping:")
         _, one = run_study(cfg, prepared, model, 1, tmp, "one-worker")
         _, two = run_study(cfg, prepared, model, 2, tmp, "two-workers")

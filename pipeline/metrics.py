@@ -69,7 +69,8 @@ def classification(c_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
         if k == 2:
             out["roc_auc"] = float(skm.roc_auc_score(c_true, proba[:, 1]))
         else:
-            out["roc_auc"] = float(skm.roc_auc_score(c_true, proba, multi_class="ovr", average="macro", labels=list(range(k))))
+            out["roc_auc"] = float(skm.roc_auc_score(c_true, proba, multi_class="ovr", average="macro",
+                                                     labels=list(range(k))))
     except ValueError:  # a class absent from this split: AUC undefined
         out["roc_auc"] = float("nan")
     return out

@@ -163,6 +163,19 @@ def metric_value(out: torch.Tensor, data: Prepared, metric: str) -> float:
     return metrics.f1_macro(c, proba.argmax(axis=1), data.n_classes)
 
 
+def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepared, cfg: Config, seed: int,
+                 on_epoch=None):
+    """Train `model` in place as a trial does: its head and hidden dropout set to the configuration's, then
+    fit with its learning rate and weight decay for tune.epochs epochs. The one home of what a configuration
+    trains, so the best one refitted on another fold (convert, cross-fitted) trains exactly the same way."""
+    k = data.n_classes
+    head = find_head(model, data.n_features, recorded_head(model), n_out=1 if k == 2 else k)
+    set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
+    return fit(model, data.train, data.val, classification_task(k), epochs=cfg.tune.epochs,
+               batch_size=cfg.train.batch_size, lr=params["lr"], weight_decay=params["weight_decay"],
+               patience=cfg.train.patience, seed=seed, device=resolve_device(cfg.train.device), on_epoch=on_epoch)
+
+
 def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
     cfg, data = job.cfg, job.data
     gate.release()  # the trial exists now: other local workers may count it
@@ -181,9 +194,6 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
                              "optuna.trial": trial.number, **job.cfg.flat()})
         model = tracking.rebuild(job.architecture)
         model.load_state_dict(job.state)
-        k = data.n_classes
-        head = find_head(model, data.n_features, recorded_head(model), n_out=1 if k == 2 else k)
-        set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
 
@@ -202,14 +212,12 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            hist = fit(model, data.train, data.val, classification_task(k), epochs=cfg.tune.epochs,
-                       batch_size=cfg.train.batch_size, lr=params["lr"], weight_decay=params["weight_decay"],
-                       patience=cfg.train.patience, seed=cfg.seed + trial.number, device=device, on_epoch=on_epoch)
+            hist = train_config(model, params, data, cfg, cfg.seed + trial.number, on_epoch)
         finally:
             log.flush()  # a pruned trial keeps its curve up to the epoch it was stopped
             trial.set_user_attr("epochs", trained[0])
         values = metrics.prefixed("val", metrics.classification(data.val.c.numpy(), metrics.probabilities(
-            predict(model, data.val.x, device), k)))
+            predict(model, data.val.x, device), data.n_classes)))
         tracking.log_metrics({**values, "cost/train_seconds": hist.seconds}, step=hist.epochs + 1)
         tracking.log_model(model, data.val.x[:5].numpy(), servable=False)
         return values[cfg.tune.metric]

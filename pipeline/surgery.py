@@ -91,7 +91,8 @@ def find_head(model: nn.Module, n_features: int, name: str | None = None, n_out:
     calls, out = _probe(model, n_features)
     n = 4
     if n_out == 1 and tuple(out.shape) not in ((n,), (n, 1)):
-        raise UserError(f"the model's output has shape {tuple(out.shape)} for {n} rows; a regressor must output (N,) or (N, 1)")
+        raise UserError(f"the model's output has shape {tuple(out.shape)} for {n} rows; a regressor must output (N,) "
+                        "or (N, 1)")
     if n_out > 1 and tuple(out.shape) != (n, n_out):
         raise UserError(f"the model's output has shape {tuple(out.shape)} for {n} rows; expected (N, {n_out})")
     if name:
@@ -118,9 +119,9 @@ def find_head(model: nn.Module, n_features: int, name: str | None = None, n_out:
         after = [c for c in calls[i + 1:] if isinstance(c.module, ACTIVATIONS)
                  and _same(c.input, head.output) and _same(c.output, out)]
         if not after:
-            raise UserError(f"the model's output is not the output of its last nn.Linear '{head.name}': the forward pass "
-                            "computes more after it (a functional activation such as torch.sigmoid?); make the head's "
-                            "output the model's output, use an activation module, or name the head with --head")
+            raise UserError(f"the model's output is not the output of its last nn.Linear '{head.name}': the forward "
+                            "pass computes more after it (a functional activation such as torch.sigmoid?); make the "
+                            "head's output the model's output, use an activation module, or name the head with --head")
         activation = after[-1].name
         if sum(c.module is after[-1].module for c in calls) > 1:
             raise UserError(f"the output activation '{activation}' is the same module as a hidden activation; "
@@ -286,15 +287,18 @@ def new_head(in_features: int, n_classes: int) -> nn.Linear:
     return nn.Linear(in_features, 1 if n_classes == 2 else n_classes)
 
 
-def check_swap(model: nn.Module, before: dict[str, torch.Tensor], head_name: str, n_features: int, n_classes: int) -> None:
+def check_swap(model: nn.Module, before: dict[str, torch.Tensor], head_name: str, n_features: int,
+               n_classes: int) -> None:
     """After a swap: the output is (N, K) ((N, 1) or (N,) when binary) and no backbone weight moved."""
     _, out = _probe(model, n_features)
     ok = {(4, 1), (4,)} if n_classes == 2 else {(4, n_classes)}
     if tuple(out.shape) not in ok:
         raise UserError(f"after the head swap the model outputs {tuple(out.shape)} for 4 rows, expected "
-                        f"{' or '.join(map(str, sorted(ok)))}: its forward pass reshapes the head's output (e.g. .view(-1))")
+                        f"{' or '.join(map(str, sorted(ok)))}: its forward pass reshapes the head's output "
+                        "(e.g. .view(-1))")
     now = model.state_dict()
-    moved = [k for k, v in before.items() if not k.startswith(head_name + ".") and k in now and not torch.equal(v, now[k])]
+    moved = [k for k, v in before.items()
+             if not k.startswith(head_name + ".") and k in now and not torch.equal(v, now[k])]
     if moved:
         raise RuntimeError(f"head swap changed backbone weights {moved[:3]}")
 

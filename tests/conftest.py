@@ -11,8 +11,10 @@ import pytest
 from pipeline import config, data
 
 # about 0.3 s of training per strategy: enough for losses to fall, small enough for a fast suite
+# one split (--folds 1): auto would cross-fit 240 rows; tests/test_verdict.py covers the folds
 TINY = {"data.source": "synthetic:friedman1?rows=240&noise=0.5", "train.epochs": 12, "train.patience": 0,
-        "model.width": 16, "train.batch_size": 32, "train.device": "cpu", "tune.n_trials": 3, "tune.epochs": 6}
+        "model.width": 16, "train.batch_size": 32, "train.device": "cpu", "tune.n_trials": 3, "tune.epochs": 6,
+        "data.folds": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +63,8 @@ def tiny_data() -> data.Prepared:
 
 def settled(runs) -> bool:
     """Every run ended: FINISHED, or KILLED for a pruned tuning trial."""
-    return all(r.info.status == "FINISHED" or (r.info.status == "KILLED" and r.data.tags.get("strategy", "").startswith("trial_"))
+    return all(r.info.status == "FINISHED"
+               or (r.info.status == "KILLED" and r.data.tags.get("strategy", "").startswith("trial_"))
                for r in runs)
 
 
@@ -72,7 +75,7 @@ def runs_of(experiment: str) -> list:
 
 def tiny_args(experiment: str, *extra: str) -> list[str]:
     """CLI arguments for a tiny run of any stage command."""
-    return ["--data", TINY["data.source"], "--epochs", str(TINY["train.epochs"]), "--device", "cpu",
+    return ["--data", TINY["data.source"], "--epochs", str(TINY["train.epochs"]), "--device", "cpu", "--folds", "1",
             "--set", "model.width=16", "--set", "train.patience=0", "--set", "train.batch_size=32",
             "--set", "tune.n_trials=3", "--set", "tune.epochs=6",
             "--experiment", experiment, *extra]

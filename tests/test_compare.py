@@ -22,7 +22,8 @@ def houses(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"sqft": rng.normal(100, 30, n), "rooms": rng.integers(1, 6, n).astype(float),
                           "district": rng.choice(["north", "south", "east"], n)})
-    frame["price"] = 2 * frame["sqft"] + 15 * frame["rooms"] + frame["district"].map({"north": 40, "south": 0, "east": 20})
+    frame["price"] = (2 * frame["sqft"] + 15 * frame["rooms"]
+                      + frame["district"].map({"north": 40, "south": 0, "east": 20}))
     frame["price"] += rng.normal(0, 10, n)
     frame.loc[rng.choice(n, min(8, n // 3), replace=False), "rooms"] = np.nan
     return frame
@@ -63,11 +64,12 @@ def test_leaderboard_is_the_mean_and_std_of_the_stored_runs(converted):
             ("slim", "width_0.5"), ("tune", "tuned"), ("compare", "reference_hgb")} <= set(rows)
     assert rows[("head_swap", "warm_start")].n == 2 and rows[("head_swap", "threshold")].n == 1
     for row in board.itertuples():
-        values = [by_id[i].data.metrics["test/f1_macro"] for i in row.runs.split(",")]
-        assert row.f1_macro == pytest.approx(np.mean(values))
-        if len(values) > 1:
-            assert row.f1_macro_std == pytest.approx(np.std(values, ddof=1))
-    assert list(board["f1_macro"]) == sorted(board["f1_macro"], reverse=True)
+        for key, col in (("test/f1_macro", "f1_macro"), ("val/f1_macro", "val_f1_macro")):
+            values = [by_id[i].data.metrics[key] for i in row.runs.split(",")]
+            assert getattr(row, col) == pytest.approx(np.mean(values))
+            if len(values) > 1:
+                assert getattr(row, f"{col}_std") == pytest.approx(np.std(values, ddof=1))
+    assert list(board["val_f1_macro"]) == sorted(board["val_f1_macro"], reverse=True)  # ordered on validation
     assert "Leaderboard" in converted["output"] and "±" in converted["output"]
 
 
@@ -75,8 +77,9 @@ def test_champion_is_the_best_network_and_registered_with_alias(converted):
     runs = runs_of(converted["experiment"])
     parent = _parent(runs)
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
-    networks = board[board["stage"].isin(["head_swap", "slim", "tune"]) & (board["strategy"] != "threshold")]
-    top = networks.sort_values("f1_macro", ascending=False).iloc[0]
+    classifiers = board[board["stage"].isin(["head_swap", "slim", "tune"])]
+    top = board[board["champion"]].iloc[0]
+    assert top["val_f1_macro"] == classifiers["val_f1_macro"].max()  # chosen on validation, threshold included
     name = f"reg2cls-{converted['experiment']}"
     version = MlflowClient().get_model_version_by_alias(name, "champion")
     assert version.tags["champion_run"] == top["best_run"] and version.tags["strategy"] == top["strategy"]
@@ -149,14 +152,17 @@ def test_compare_alone_re_reads_the_store(converted):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", converted["store"])
         mp.chdir(converted["tmp"])
-        out = invoke("compare", "--experiment", converted["experiment"], "--metric", "test/log_loss", "--no-reference")
+        refused = invoke("compare", "--experiment", converted["experiment"], "--metric", "test/log_loss")
+        out = invoke("compare", "--experiment", converted["experiment"], "--metric", "val/log_loss", "--no-reference")
+    assert refused.exit_code == 1 and "would choose the champion on the test split" in refused.output
     assert out.exit_code == 0, out.output
     assert "reference_hgb" not in out.output
-    compares = [r for r in runs_of(converted["experiment"]) if r.data.tags["stage"] == "compare" and "strategy" not in r.data.tags]
+    compares = [r for r in runs_of(converted["experiment"])
+                if r.data.tags["stage"] == "compare" and "strategy" not in r.data.tags]
     assert len(compares) == 2 and all(r.info.status == "FINISHED" for r in compares)
     parent = _parent(runs_of(converted["experiment"]))
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
-    assert list(board["log_loss"]) == sorted(board["log_loss"])
+    assert list(board["val_log_loss"]) == sorted(board["val_log_loss"])
 
 
 def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, tmp_path):
@@ -164,7 +170,8 @@ def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, tmp_path):
     env = process_env(mlflow_server)
     proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *tiny_args(experiment, "--strategies",
                            "threshold,finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-                           "--set", "tune.n_trials=1")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+                           "--set", "tune.n_trials=1")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     def api(method: str, path: str, payload: dict | None = None) -> dict:

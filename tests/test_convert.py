@@ -10,16 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import (
-    REPO,
-    TINY,
-    invoke,
-    process_env,
-    runs_of,
-    settled,
-    tiny_args,
-    tiny_config,
-)
+from conftest import REPO, TINY, invoke, process_env, runs_of, settled, tiny_args, tiny_config
 from mlflow.tracking import MlflowClient
 
 from pipeline import reuse, tracking
@@ -133,7 +124,8 @@ def test_user_error_in_a_real_process_has_no_traceback(store, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--data", str(tmp_path / "nope.csv")],
                           capture_output=True, text=True, env=process_env(store), timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"Error: data file {tmp_path / 'nope.csv'} not found (or use builtin:diabetes / synthetic:friedman1?rows=N)"
+    assert proc.stderr.strip() == (f"Error: data file {tmp_path / 'nope.csv'} not found "
+                                   "(or use builtin:diabetes / synthetic:friedman1?rows=N)")
 
 
 def test_help_and_argument_errors_import_neither_torch_nor_mlflow():

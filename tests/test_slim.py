@@ -66,11 +66,13 @@ def test_slim_stage_logs_variants_costs_and_a_recommendation(experiment):
     assert result.exit_code == 0, result.output
     runs = runs_of(experiment)
     [stage] = [r for r in runs if r.data.tags["stage"] == "slim" and "strategy" not in r.data.tags]
-    variants = {r.data.tags["strategy"]: r for r in runs if r.data.tags["stage"] == "slim" and "strategy" in r.data.tags}
+    variants = {r.data.tags["strategy"]: r for r in runs
+                if r.data.tags["stage"] == "slim" and "strategy" in r.data.tags}
     assert set(variants) == {"width_1.0", "width_0.5", "depth_-1", "width_1.0_distill", "width_0.5_distill",
                              "depth_-1_distill"}
     for run in variants.values():
-        assert {"cost/params", "cost/flops", "cost/model_bytes", "cost/latency_ms_per_1k", "test/f1_macro"} <= set(run.data.metrics)
+        assert {"cost/params", "cost/flops", "cost/model_bytes", "cost/latency_ms_per_1k",
+                "test/f1_macro"} <= set(run.data.metrics)
     half = variants["width_0.5"]
     assert half.data.metrics["cost/params"] == (10 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)
     assert half.data.metrics["cost/flops"] == 10 * 8 + 8 * 8 + 8 * 3

@@ -51,8 +51,8 @@ def _trials(experiment: str, store: str) -> tuple[optuna.Study, list]:
 
 
 def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, store):
-    args = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-                     "--set", "tune.n_trials=8", "--set", "tune.epochs=30")
+    args = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
+                     "--set", "slim.depth=false", "--set", "tune.n_trials=8", "--set", "tune.epochs=30")
     assert invoke("convert", *args).exit_code == 0
     study, runs = _trials(experiment, store)
     assert len(study.trials) == 8
@@ -80,11 +80,12 @@ def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, 
 
 
 def test_a_study_with_another_objective_is_refused(experiment, store):
-    base = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5", "--set", "tune.n_trials=2",
-                     "--set", "tune.epochs=3", "--set", "tune.study_name=shared")
+    base = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
+                     "--set", "tune.n_trials=2", "--set", "tune.epochs=3", "--set", "tune.study_name=shared")
     assert invoke("convert", *base).exit_code == 0
     n_runs = len(runs_of(experiment))
-    refused = invoke("tune", *tiny_args(experiment, "--study-name", "shared", "--metric", "val/log_loss", "--n-trials", "1"))
+    refused = invoke("tune", *tiny_args(experiment, "--study-name", "shared", "--metric", "val/log_loss",
+                                        "--n-trials", "1"))
     assert refused.exit_code == 1
     assert "study 'shared' optimises val/f1_macro (maximize), not val/log_loss (minimize)" in refused.output
     assert len(runs_of(experiment)) == n_runs

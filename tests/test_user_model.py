@@ -52,7 +52,8 @@ def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, un
         assert "output activation 'squash' (Sigmoid) removed" in result.output
     runs = runs_of(experiment)
     assert settled(runs)
-    by_strategy = {r.data.tags["strategy"]: r for r in runs if r.data.tags["stage"] == "head_swap" and "strategy" in r.data.tags}
+    by_strategy = {r.data.tags["strategy"]: r for r in runs
+                   if r.data.tags["stage"] == "head_swap" and "strategy" in r.data.tags}
     assert set(by_strategy) == set(STRATEGIES.split(","))
     base = next(r for r in runs if r.data.tags["stage"] == "baseline")
     assert base.data.params["user_model.spec"].endswith(f":{name}") and "test/r2" in base.data.metrics
@@ -65,7 +66,8 @@ def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, un
 
 def test_retrain_trains_a_model_without_checkpoint(experiment):
     result = invoke("convert", *tiny_args(experiment, "--model", f"{MODELS_FILE}:SeqNet", "--model-kwargs",
-                                          '{"input_dim": 10, "hidden_dim": 8}', "--retrain", "--strategies", "threshold,finetune"))
+                                          '{"input_dim": 10, "hidden_dim": 8}', "--retrain",
+                                          "--strategies", "threshold,finetune"))
     assert result.exit_code == 0, result.output
     base = next(r for r in runs_of(experiment) if r.data.tags["stage"] == "baseline")
     history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "train/loss")
@@ -78,7 +80,8 @@ def test_model_uri_from_mlflow_and_from_a_reg2cls_run(experiment, store, tmp_pat
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(model, name="regressor", serialization_format="pickle",
                                         pip_requirements=["torch"])
-    result = invoke("convert", *tiny_args(experiment, "--model-uri", info.model_uri, "--strategies", "threshold,warm_start"))
+    result = invoke("convert", *tiny_args(experiment, "--model-uri", info.model_uri,
+                                          "--strategies", "threshold,warm_start"))
     assert result.exit_code == 0, result.output
     base = next(r for r in runs_of(experiment) if r.data.tags["stage"] == "baseline")
     # a run that reg2cls logged is reloaded from state/ (weights_only), then converted again
@@ -179,9 +182,11 @@ def test_the_shipped_example_converts_its_user_model(store, tmp_path):
 def test_files_that_import_neighbours_and_common_checkpoint_forms_load(tmp_path):
     from pipeline.model import load_user_model
 
-    (tmp_path / "blocks.py").write_text("from torch import nn\n\ndef block(i, o):\n    return nn.Sequential(nn.Linear(i, o), nn.ReLU())\n")
+    (tmp_path / "blocks.py").write_text("from torch import nn\n\n"
+                                        "def block(i, o):\n    return nn.Sequential(nn.Linear(i, o), nn.ReLU())\n")
     (tmp_path / "net.py").write_text(
-        "from __future__ import annotations\nfrom dataclasses import dataclass\nfrom torch import nn\nfrom blocks import block\n\n"
+        "from __future__ import annotations\nfrom dataclasses import dataclass\n"
+        "from torch import nn\nfrom blocks import block\n\n"
         "@dataclass\nclass Sizes:\n    hidden: int = 8\n\n"
         "class Net(nn.Module):\n    def __init__(self, input_dim: int):\n        super().__init__()\n"
         "        self.body, self.out = block(input_dim, Sizes().hidden), nn.Linear(Sizes().hidden, 1)\n\n"
@@ -202,5 +207,6 @@ def test_warm_start_refuses_edges_its_output_activation_cannot_reach(experiment,
                      "--target-scaling", "standard")  # standardised edges fall outside the Sigmoid's (0, 1)
     args[args.index("--data") + 1] = unit_csv
     result = invoke("convert", *args)
-    assert result.exit_code == 1 and "warm_start cannot reproduce threshold through the output activation Sigmoid" in result.output
+    assert result.exit_code == 1 and ("warm_start cannot reproduce threshold through the output activation Sigmoid"
+                                      in result.output)
     assert runs_of(experiment) == []

@@ -6,7 +6,10 @@ next builds on:
     head_swap(cfg, data, baseline_result)   -> StageResult (the classifier best on validation)
     slim(cfg, data, source_result)          -> StageResult (the recommended smaller variant)
     tune(cfg, data, source_result)          -> StageResult (the best trial's model)
-    compare(cfg, data, parent_run_id)       -> Comparison  (leaderboard, verdict, registered champion)
+    compare(cfg, splits, parent_run_id)     -> Comparison  (leaderboard, verdict, registered champion)
+
+convert runs them in order on one split, or cross-fitted on several outer folds (baseline and head_swap
+on every fold, slim and tune on the first).
 
 Stages compose model, surgery, train, metrics and tracking; batch loops live in train.py only. A stage
 whose stage key (reuse.py) matches a FINISHED run is reused instead of trained again. One module per
@@ -14,11 +17,11 @@ stage; common.py holds what they share.
 """
 from .baseline import baseline, bring
 from .common import StageResult, seeds_of, stage_output
-from .compare import Comparison, compare, display, leaderboard
+from .compare import Comparison, compare, display, leaderboard, strategy_runs
 from .convert import convert
 from .head_swap import classifier_from, head_swap
 from .slim import slim
 from .tune import tune
 
 __all__ = ["Comparison", "StageResult", "baseline", "bring", "classifier_from", "compare", "convert", "display",
-           "head_swap", "leaderboard", "seeds_of", "slim", "stage_output", "tune"]
+           "head_swap", "leaderboard", "seeds_of", "slim", "stage_output", "strategy_runs", "tune"]

@@ -16,17 +16,8 @@ from ..model import MLP, load_user_model
 from ..reuse import reusable
 from ..surgery import Head, find_head
 from ..train import fit, resolve_device, seeded
-from .common import (
-    StageResult,
-    classifier_metrics,
-    costs,
-    log_run_inputs,
-    regressor_outputs,
-    say,
-    stage_output,
-    stands_for,
-    threshold_proba,
-)
+from .common import (StageResult, classifier_metrics, costs, log_run_inputs, regressor_outputs, run_name, say,
+                     split_tags, stage_output, stands_for, threshold_proba)
 from .head_swap import check_convertible
 
 
@@ -64,7 +55,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
         return stage_output(reuse)
     device = resolve_device(cfg.train.device)
-    with tracking.start("baseline", "baseline", tags={"stage_key": key, "split_key": data.split_key}) as run_id:
+    with tracking.start(run_name("baseline", data), "baseline", tags={"stage_key": key, **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
         if brought:
             model, head = brought
@@ -85,12 +76,14 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         values: dict[str, float] = {"cost/train_seconds": 0.0}
         if not brought or um.retrain:
             hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                       weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, on_epoch=on_epoch)
+                       weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
+                       on_epoch=on_epoch)
             log.flush()
             values.update({"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds})
         for name, split in (("val", data.val), ("test", data.test)):
             y = split.y.double().numpy() * data.y_std + data.y_mean
-            values.update(metrics.prefixed(name, metrics.regression(y, regressor_outputs(model, split.x, data, device))))
+            predicted = regressor_outputs(model, split.x, data, device)
+            values.update(metrics.prefixed(name, metrics.regression(y, predicted)))
         # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
         values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
         values.update(costs(model, data))

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics, tracking
+from .. import metrics, stats, tracking
 from ..config import Config
 from ..data import Prepared, to_classes
 from ..train import Distill, classification_task, fit, predict
@@ -63,7 +63,8 @@ def classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
 
 def classifier_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
     """val/* and test/* metrics of a classifier (raw logits in, probabilities by metrics.probabilities)."""
-    return classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device), data.n_classes))
+    return classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device),
+                                                                        data.n_classes))
 
 
 def log_run_inputs(cfg: Config, data: Prepared) -> None:
@@ -92,21 +93,56 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
 
     def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
         pred = metrics.probabilities(val_out.cpu(), k).argmax(axis=1)
-        log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": metrics.f1_macro(c, pred, k)})
+        log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()),
+                               "val/f1_macro": metrics.f1_macro(c, pred, k)})
 
     return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=t.batch_size,
                weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
                on_epoch=on_epoch, distill=distill)
 
 
-def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int) -> dict[str, float]:
-    """Evaluate a trained classifier once, log its metrics, costs and model; returns the values."""
-    values = classifier_values(model, data, device)
+def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int,
+                   seed: int) -> dict[str, float]:
+    """Evaluate a trained classifier once, log its metrics, test predictions, costs and model; returns the values."""
+    k = data.n_classes
+    values = metrics.prefixed("val", metrics.classification(
+        data.val.c.numpy(), metrics.probabilities(predict(model, data.val.x, device), k)))
     values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
     # val/* after the per-epoch points, one step later, so the run's summary shows the returned model
-    tracking.log_metrics({key: v for key, v in values.items() if key.startswith("val/")}, step=final_step)
-    rest = {key: v for key, v in values.items() if not key.startswith("val/")}
+    tracking.log_metrics(values, step=final_step)
+    rest = log_predictions([(data, metrics.probabilities(predict(model, data.test.x, device), k))], seed)
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
     rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy())
     tracking.log_metrics(rest)
     return {**values, **rest}
+
+
+def log_predictions(parts: list[tuple[Prepared, np.ndarray]], seed: int) -> dict[str, float]:
+    """Log a run's test predictions, pooled over `parts` ((split, (N, K) test probabilities), one per fold),
+    and return its test/* metrics, macro-F1 and accuracy with a seeded 95% bootstrap interval (`_ci_low`,
+    `_ci_high`). Test scores are computed here, once per run, and never used to choose anything."""
+    rows = np.concatenate([d.test_rows for d, _ in parts])
+    c = np.concatenate([d.test.c.numpy() for d, _ in parts])
+    proba = np.concatenate([p for _, p in parts])
+    tracking.log_predictions(rows, c, proba)
+    values = metrics.prefixed("test", metrics.classification(c, proba))
+    boot = stats.bootstrap(c, {"run": proba.argmax(axis=1)}, proba.shape[1], seed=seed)
+    for m in stats.METRICS:
+        ci = boot.interval("run", m)
+        values[f"test/{m}_ci_low"], values[f"test/{m}_ci_high"] = ci.low, ci.high
+    return values
+
+
+def run_name(stage: str, data: Prepared) -> str:
+    """A stage run's name: the stage, or `fold_<i>` for one fold of a cross-fitted stage (nested under it)."""
+    return stage if data.fold is None else f"fold_{data.fold}"
+
+
+def where(stage: str, data: Prepared) -> str:
+    """How console lines name a stage: `head_swap`, or `head_swap[fold 2]` when cross-fitted."""
+    return stage if data.fold is None else f"{stage}[fold {data.fold}]"
+
+
+def split_tags(data: Prepared) -> dict[str, str]:
+    """Tags naming the split a run was made on: its split key, and its outer fold when cross-fitted."""
+    return {"split_key": data.split_key, **({"fold": str(data.fold)} if data.fold is not None else {})}

@@ -1,6 +1,7 @@
-"""convert: every stage in order under one parent run."""
+"""convert: every stage in order under one parent run; on small data, cross-fitted over outer folds."""
 from __future__ import annotations
 
+import numpy as np
 from torch import nn
 
 from .. import tracking
@@ -8,24 +9,97 @@ from ..config import Config
 from ..data import Prepared
 from ..surgery import Head
 from .baseline import baseline
-from .common import log_run_inputs
+from .common import StageResult, log_run_inputs, say, stands_for
 from .compare import Comparison, compare
 from .head_swap import head_swap
-from .slim import slim
+from .slim import recommend, slim
 from .tune import tune
 
 
-def convert(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None, force: bool = False) -> Comparison:
-    """baseline -> head_swap -> slim -> tune -> compare under one parent run. `brought` is the user's
-    model from `bring` (called before this parent run opens, so a model that does not fit leaves no
-    run); `force` re-runs stages that could be reused."""
-    with tracking.start("convert", "convert", tags={"split_key": data.split_key}) as run_id:
+def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head] | None,
+            force: bool = False) -> Comparison:
+    """baseline -> head_swap -> slim -> tune -> compare under one parent run, on `splits`: one split, or one
+    per outer fold (cross-fitting: baseline, head_swap and slim run on every fold and choose on their mean
+    validation score; tune refines the chosen model on the first fold). `brought` is the user's model from
+    `bring` (called before this parent run opens, so a model that does not fit leaves no run); `force`
+    re-runs stages that could be reused."""
+    data = splits[0]
+    with tracking.start("convert", "convert", tags={"split_key": data.split_key, "folds": str(len(splits))}) as run_id:
         log_run_inputs(cfg, data)
-        base = baseline(cfg, data, brought, force=force)
-        swapped = head_swap(cfg, data, base, force=force)
-        slimmed = slim(cfg, data, swapped, force=force)
-        stage_runs = {"baseline_run": base.run_id, "head_swap_run": swapped.run_id, "slim_run": slimmed.run_id}
-        if cfg.tune.n_trials > 0:
-            stage_runs["tune_run"] = tune(cfg, data, slimmed, force=force).run_id
+        slimming = bool(cfg.slim.keep_ratios or cfg.slim.depth)
+        if len(splits) == 1:
+            base = baseline(cfg, data, brought, force=force)
+            chosen = [head_swap(cfg, data, base, force=force)]
+            stage_runs = {"baseline_run": base.run_id, "head_swap_run": chosen[0].run_id}
+            if slimming:
+                chosen = [slim(cfg, data, chosen[0], force=force)]
+                stage_runs["slim_run"] = chosen[0].run_id
+        else:
+            chosen, stage_runs = _cross_fit(cfg, splits, brought, slimming, force)
+        if not slimming:
+            say("slim: skipped (slim.keep_ratios none and slim.depth false)")
+        if cfg.tune.n_trials > 0:  # searched on the first fold, the best configuration retrained on the others
+            tuned = tune(cfg, data, chosen[0], force=force, other_folds=list(zip(splits[1:], chosen[1:])))
+            stage_runs["tune_run"] = tuned.run_id
         tracking.set_tags(stage_runs)
-        return compare(cfg, data, run_id)
+        return compare(cfg, splits, run_id)
+
+
+def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
+               force: bool) -> tuple[list[StageResult], dict[str, str]]:
+    """baseline, head_swap and slim on every fold, each nested as <stage> -> fold_<i> -> strategy. head_swap's
+    strategy is the one best on validation macro-F1 averaged over folds (and seeds); slim, run on every fold
+    from that strategy's model, recommends by the same rule as on one split, on the averages over folds.
+    Returns the chosen model of every fold (the first fold's run stands for each stage; tune searches on that
+    fold) and the stage runs."""
+    if brought and not cfg.user_model.retrain:
+        say("warning: the brought model is reused in every fold, so rows it was trained on may sit in a test fold "
+            "and flatter its scores; pass --retrain to train it on each fold's training rows")
+    folds = {"folds": str(len(splits))}
+    with tracking.start("baseline", "baseline", tags=folds) as baseline_run:
+        bases = [baseline(cfg, data, brought, force=force) for data in splits]
+    with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
+        swaps = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
+        runs = _strategy_runs(swaps)
+        scores = {s: np.mean([r.data.metrics["val/f1_macro"] for r in rs]) for s, rs in runs.items()}
+        strategy = max(scores, key=scores.get)
+        # every fold continues from this strategy's model on that fold, not from the fold's own favourite
+        chosen = [_result(swap.run_id, _best_on_fold(runs[strategy], i)) for i, swap in enumerate(swaps)]
+        stands_for(chosen[0].model_run)
+        say(f"head_swap: chosen {strategy}, validation macro-F1 {scores[strategy]:.3f} averaged over "
+            f"{len(splits)} folds")
+    stage_runs = {"baseline_run": baseline_run, "head_swap_run": head_swap_run}
+    if not slimming:
+        return chosen, stage_runs
+    with tracking.start("slim", "slim", tags=folds) as slim_run:
+        slims = [slim(cfg, data, source, force=force) for data, source in zip(splits, chosen)]
+        runs = {**_strategy_runs(slims), "unslimmed": [tracking.get_run(c.model_run) for c in chosen]}
+        means = [{"strategy": s, **{key: np.mean([r.data.metrics[key] for r in rs])
+                                    for key in ("val/f1_macro", "cost/params")}} for s, rs in runs.items()]
+        pick = recommend(means, cfg.slim.tolerance)
+        if pick != "unslimmed":
+            chosen = [_result(s.run_id, _best_on_fold(runs[pick], i)) for i, s in enumerate(slims)]
+        tracking.set_tags({"recommended": pick})
+        stands_for(chosen[0].model_run)
+        say(f"slim: recommended {pick}, on validation macro-F1 averaged over {len(splits)} folds")
+    return chosen, {**stage_runs, "slim_run": slim_run}
+
+
+def _strategy_runs(results: list[StageResult]) -> dict[str, list]:
+    """The finished strategy runs under each fold's stage run, by strategy."""
+    out: dict[str, list] = {}
+    for result in results:
+        for run in tracking.children(result.run_id):
+            if run.info.status == "FINISHED" and "val/f1_macro" in run.data.metrics:
+                out.setdefault(run.data.tags["strategy"], []).append(run)
+    return out
+
+
+def _best_on_fold(runs: list, fold: int) -> str:
+    """Of a strategy's runs (one per fold and seed), the one on `fold` best on validation."""
+    return max((r for r in runs if r.data.tags.get("fold") == str(fold)),
+               key=lambda r: r.data.metrics["val/f1_macro"]).info.run_id
+
+
+def _result(run_id: str, model_run: str) -> StageResult:
+    return StageResult(run_id, tracking.load_run_model(model_run), model_run)

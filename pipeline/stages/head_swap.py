@@ -12,20 +12,11 @@ from .. import tracking
 from ..config import Config
 from ..data import Prepared
 from ..reuse import reusable
-from ..surgery import (
-    Head,
-    check_swap,
-    edges_before_activation,
-    find_head,
-    fit_warm_start_scale,
-    freeze_backbone,
-    new_head,
-    swap_head,
-    unfreeze,
-    warm_start_head,
-)
+from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
+                       new_head, swap_head, unfreeze, warm_start_head)
 from ..train import predict, resolve_device, seeded
-from .common import StageResult, fit_classifier, log_classifier, log_run_inputs, say, seeds_of, stage_output, stands_for
+from .common import (StageResult, fit_classifier, log_classifier, log_run_inputs, run_name, say, seeds_of, split_tags,
+                     stage_output, stands_for, where)
 
 
 def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False) -> StageResult:
@@ -45,21 +36,22 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
              f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
     check_convertible(cfg, data, regressor, head)
     best_model, best_f1, best_run = None, -1.0, None
-    with tracking.start("head_swap", "head_swap", tags={"stage_key": key, "baseline_run": baseline.run_id,
-                                                        "split_key": data.split_key}) as run_id:
+    with tracking.start(run_name("head_swap", data), "head_swap",
+                        tags={"stage_key": key, "baseline_run": baseline.run_id, **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
         for strategy in cfg.head_swap.strategies:
             for seed in seeds_of(cfg, trained=strategy != "threshold"):
                 run_cfg = dataclasses.replace(cfg, seed=seed)
                 with tracking.start(strategy, "head_swap", strategy=strategy, tags={
-                        "baseline_run": baseline.run_id, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                        "baseline_run": baseline.run_id, **split_tags(data), "seed": str(seed)}) as child_id:
                     tracking.log_params({**run_cfg.flat(), "strategy": strategy})
                     model, values = _run_strategy(strategy, run_cfg, data, regressor, head, device)
                     if values["val/f1_macro"] > best_f1:
                         best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
-                say(f"head_swap/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
-                     f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, log loss {values['test/log_loss']:.3f}")
+                say(f"{where('head_swap', data)}/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
+                    f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, "
+                    f"log loss {values['test/log_loss']:.3f}")
         if best_run:
             stands_for(best_run)
     return StageResult(run_id, best_model, best_run)
@@ -106,7 +98,8 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
     """Build and train the classifier of one strategy; returns it and its metrics."""
     t = cfg.train
     with seeded(cfg.seed):  # the new head's initial weights
-        model, scale = classifier_from(regressor, head, data, device, warm_start=strategy in ("threshold", "warm_start"))
+        warm = strategy in ("threshold", "warm_start")
+        model, scale = classifier_from(regressor, head, data, device, warm_start=warm)
         if strategy == "scratch":  # same architecture, regression weights thrown away: the control
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
@@ -116,7 +109,7 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
     if strategy == "threshold":
         # no training: the regressor cut at the class edges is exactly the warm-start head before any
         # step, a deliverable classifier whose probabilities come from the scale fitted on validation
-        return model, log_classifier(model, data, device, 0.0, 1)
+        return model, log_classifier(model, data, device, 0.0, 1, cfg.seed)
 
     log = tracking.EpochLog()
     seconds, step = 0.0, 0
@@ -130,6 +123,6 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
         hist = fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr, step=step)
         seconds, step = seconds + hist.seconds, step + hist.epochs
     log.flush()
-    return model, log_classifier(model, data, device, seconds, step + 1)
+    return model, log_classifier(model, data, device, seconds, step + 1, cfg.seed)
 
 

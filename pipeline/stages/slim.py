@@ -17,18 +17,8 @@ from ..model import architecture
 from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
-from .common import (
-    StageResult,
-    classifier_values,
-    costs,
-    fit_classifier,
-    log_classifier,
-    log_run_inputs,
-    say,
-    seeds_of,
-    stage_output,
-    stands_for,
-)
+from .common import (StageResult, classifier_values, costs, fit_classifier, log_classifier, log_run_inputs, run_name,
+                     say, seeds_of, split_tags, stage_output, stands_for, where)
 
 
 def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
@@ -52,15 +42,15 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
     teacher_logits = predict(teacher, data.train.x, device)
     rows = [{"strategy": "unslimmed", "run_id": source.model_run, "model": teacher,
              **_unslimmed_values(teacher, data, device)}]
-    with tracking.start("slim", "slim", tags={"stage_key": key, "source_run": source.model_run,
-                                              "split_key": data.split_key}) as run_id:
+    with tracking.start(run_name("slim", data), "slim", tags={"stage_key": key, "source_run": source.model_run,
+                                                              **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
         for name, amount in variants:
             for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,), seeds_of(cfg)):
                 strategy = f"{name}_distill" if distilled else name
                 run_cfg = dataclasses.replace(cfg, seed=seed)
                 with tracking.start(strategy, "slim", strategy=strategy, tags={
-                        "source_run": source.model_run, "split_key": data.split_key, "seed": str(seed)}) as child_id:
+                        "source_run": source.model_run, **split_tags(data), "seed": str(seed)}) as child_id:
                     tracking.log_params({**run_cfg.flat(), "strategy": strategy})
                     student = copy.deepcopy(teacher)
                     if name.startswith("width_"):
@@ -73,21 +63,27 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
                     hist = fit_classifier(student, run_cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
                                            distill=distill)
                     log.flush()
-                    values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1)
+                    values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1, seed)
                 rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
-                say(f"slim/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: {values['cost/params']:.0f} params, "
-                     f"test macro-F1 {values['test/f1_macro']:.3f}")
+                say(f"{where('slim', data)}/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: "
+                    f"{values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
         means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
-        best_f1 = max(m["val/f1_macro"] for m in means)
-        pick = min((m for m in means if m["val/f1_macro"] >= best_f1 - cfg.slim.tolerance),
-                   key=lambda m: (m["cost/params"], -m["val/f1_macro"]))["strategy"]
+        pick = recommend(means, cfg.slim.tolerance)
         chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
         tracking.set_tags({"recommended": pick})
         stands_for(chosen["run_id"])
         tracking.log_figure(report.pareto_figure(means, pick), "pareto.png")
-    say(f"slim: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
-         f"{chosen['val/f1_macro']:.3f}; best {best_f1:.3f})")
+    say(f"{where('slim', data)}: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
+        f"{chosen['val/f1_macro']:.3f}; best {max(m['val/f1_macro'] for m in means):.3f})")
     return StageResult(run_id, chosen["model"], chosen["run_id"])
+
+
+def recommend(means: list[dict], tolerance: float) -> str:
+    """The variant to ship: the smallest (fewest parameters) whose validation macro-F1 is within `tolerance` of
+    the best; `means` holds one dict per variant (strategy, val/f1_macro, cost/params), the unslimmed included."""
+    best = max(m["val/f1_macro"] for m in means)
+    return min((m for m in means if m["val/f1_macro"] >= best - tolerance),
+               key=lambda m: (m["cost/params"], -m["val/f1_macro"]))["strategy"]
 
 
 def _check_rebuild(model: nn.Module, data: Prepared) -> None:

@@ -1,6 +1,7 @@
 """tune: an Optuna study over dropout, learning rate and weight decay (the study itself: study.py)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 
 from .. import tracking
@@ -9,29 +10,37 @@ from ..data import Prepared
 from ..model import architecture
 from ..reuse import reusable
 from ..train import resolve_device
-from .common import StageResult, log_classifier, log_run_inputs, say, stage_output, stands_for
+from .common import (StageResult, log_classifier, log_run_inputs, run_name, say, split_tags, stage_output, stands_for,
+                     where)
 
 
-def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
+def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
+         other_folds: list[tuple[Prepared, StageResult]] = ()) -> StageResult:
     """Optuna over head and hidden dropout, learning rate and weight decay, starting from `source.model`
     (the chosen architecture and its weights). Unless `force`, a finished tune stage with the same key
     is reused; with `force` (the `tune` command: each call adds trials) this call adds `tune.n_trials`
     trials to the study. The stage run gets the best trial's params, value and model (kept from that
-    trial, not retrained) and its test metrics, evaluated once here."""
+    trial, not retrained) and its test metrics, evaluated once here.
+
+    Cross-fitted (`other_folds`: each other fold's split and chosen model), the best configuration, searched
+    on this fold only, is then trained on every other fold too, each a run `fold_<i>` (strategy tuned)
+    under this one: the tuned row is scored on every row, like the rows it competes with."""
     from .. import study as optuna_study
 
     arch = architecture(source.model)
     name = optuna_study.study_name(cfg, arch, data.split_key)
     url = optuna_study.storage_url(cfg.tune.storage, tracking.setup(None))
     sections = {"train": asdict(cfg.train), "tune": asdict(cfg.tune), "study": name}
-    key, reuse = reusable("tune", sections, data.split_key, [source.model_run], force)
+    upstream = [source.model_run, *(other.model_run for _, other in other_folds)]
+    key, reuse = reusable("tune", sections, data.split_key, upstream, force)
     if reuse:
         say(f"tune: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
         return stage_output(reuse)
     study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
     device = resolve_device(cfg.train.device)
-    with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, "split_key": data.split_key,
-                                              "optuna_study": name, "optuna_storage": _safe_url(url)}) as run_id:
+    with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, **split_tags(data),
+                                              "seed": str(cfg.seed), "optuna_study": name,
+                                              "optuna_storage": _safe_url(url)}) as run_id:
         log_run_inputs(cfg, data)
         before, _ = optuna_study.counted(study)
         job = optuna_study.Job(cfg, data, arch, {k: v.cpu() for k, v in source.model.state_dict().items()},
@@ -58,14 +67,30 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
         tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})
         stands_for(run_id)  # the best trial's model, logged again here with its test metrics
         model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
-        trial_seconds = tracking.get_run(best.user_attrs["mlflow_run_id"]).data.metrics.get("cost/train_seconds", float("nan"))
-        values = log_classifier(model, data, device, trial_seconds, final_step=0)  # evaluated once, here
+        trial = tracking.get_run(best.user_attrs["mlflow_run_id"])
+        trial_seconds = trial.data.metrics.get("cost/train_seconds", float("nan"))
+        values = log_classifier(model, data, device, trial_seconds, 0, cfg.seed)  # evaluated once, here
         tracking.log_metrics({"best/" + cfg.tune.metric: best.value})
         for fig_name, fig in optuna_study.figures(study).items():
             tracking.log_figure(fig, fig_name)
+        for fold_data, fold_source in other_folds:
+            _refit(cfg, best.params, fold_data, fold_source, device)
     say(f"tune: best trial {best.number} {cfg.tune.metric} {best.value:.4f} ({best.params}); "
          f"test macro-F1 {values['test/f1_macro']:.3f}")
     return StageResult(run_id, model, run_id)
+
+
+def _refit(cfg: Config, params: dict[str, float], data: Prepared, source: StageResult, device) -> None:
+    """The best configuration trained on another fold's split, from that fold's chosen model, as one nested run."""
+    from ..study import train_config
+
+    with tracking.start(run_name("tune", data), "tune", strategy="tuned",
+                        tags={**split_tags(data), "seed": str(cfg.seed), "source_run": source.model_run}):
+        tracking.log_params({**cfg.flat(), **{f"best.{k}": v for k, v in params.items()}})
+        model = copy.deepcopy(source.model)
+        hist = train_config(model, params, data, cfg, cfg.seed)
+        values = log_classifier(model, data, device, hist.seconds, hist.epochs + 1, cfg.seed)
+    say(f"{where('tune', data)}: best configuration retrained, test macro-F1 {values['test/f1_macro']:.3f}")
 
 
 def _safe_url(url: str) -> str:

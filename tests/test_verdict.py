@@ -1,0 +1,154 @@
+"""The verdict can be trusted: every choice on validation, intervals on test numbers, cross-fitting on small
+data, and threshold as a classifier that can be shipped."""
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import tracking
+from pipeline.stages import leaderboard, strategy_runs
+
+from conftest import invoke, runs_of, settled, tiny_args
+
+
+def _strategy_run(name: str, val_f1: float, c: np.ndarray, pred: np.ndarray) -> None:
+    """A strategy run as head_swap logs one: validation metrics and its test predictions."""
+    with mlflow.start_run(run_name=name, nested=True, tags={"stage": "head_swap", "strategy": name, "seed": "0"}):
+        mlflow.log_metrics({"val/f1_macro": val_f1, "cost/params": 10})
+        tracking.log_predictions(np.arange(len(c)), c, np.eye(3)[pred])
+
+
+def test_the_champion_is_best_on_validation_even_when_another_row_is_better_on_test(store, experiment):
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 3, 300)
+    noisy = np.where(rng.random(300) < 0.5, c, (c + 1) % 3)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="head_swap", tags={"stage": "head_swap"}) as stage:
+        _strategy_run("threshold", 0.50, c, noisy)
+        _strategy_run("valid_best", 0.90, c, noisy)   # best on validation, poor on test
+        _strategy_run("test_best", 0.60, c, c)        # perfect on test, worse on validation
+    board = leaderboard(strategy_runs(stage.info.run_id), "val/f1_macro")
+    assert list(board["strategy"]) == ["valid_best", "test_best", "threshold"]
+    assert board.loc[board["champion"], "strategy"].tolist() == ["valid_best"]
+    assert board.loc[board["strategy"] == "test_best", "f1_macro"].item() == 1.0  # reported, never chosen on
+
+
+def test_intervals_and_paired_differences_are_on_every_row(store, experiment):
+    rng = np.random.default_rng(1)
+    c = rng.integers(0, 3, 400)
+    base = np.where(rng.random(400) < 0.6, c, (c + 1) % 3)
+    better = np.where(rng.random(400) < 0.5, c, base)  # agrees with threshold where it is not right
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="head_swap", tags={"stage": "head_swap"}) as stage:
+        _strategy_run("threshold", 0.5, c, base)
+        _strategy_run("better", 0.8, c, better)
+    board = leaderboard(strategy_runs(stage.info.run_id), "val/f1_macro").set_index("strategy")
+    row = board.loc["better"]
+    assert row["f1_macro_ci_low"] < row["f1_macro"] < row["f1_macro_ci_high"]
+    assert row["accuracy_ci_low"] < row["accuracy"] < row["accuracy_ci_high"]
+    assert 0 < row["vs_threshold_low"] < row["vs_threshold"] < row["vs_threshold_high"]
+    assert board.loc["threshold", ["vs_threshold", "vs_threshold_low", "vs_threshold_high"]].tolist() == [0, 0, 0]
+    # paired: much narrower than the two marginal intervals side by side
+    paired = row["vs_threshold_high"] - row["vs_threshold_low"]
+    marginal = (row["f1_macro_ci_high"] - row["f1_macro_ci_low"]) + (
+        board.loc["threshold", "f1_macro_ci_high"] - board.loc["threshold", "f1_macro_ci_low"])
+    assert paired < 0.6 * marginal
+
+
+@pytest.fixture(scope="module")
+def cross_fitted(store_uri, tmp_path_factory):
+    """One tiny convert with --folds 3, shared by the tests below."""
+    experiment = "verdict-folds"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
+        mp.chdir(tmp_path_factory.mktemp("folds"))
+        mlflow.set_tracking_uri(store_uri)
+        result = invoke("convert", *tiny_args(experiment, "--folds", "3",
+                                              "--strategies", "threshold,finetune,warm_start",
+                                              "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
+                                              "--set", "tune.n_trials=2"))
+    assert result.exit_code == 0, result.output
+    return experiment, result.output
+
+
+def test_cross_fitting_tests_every_row_exactly_once(cross_fitted):
+    experiment, _ = cross_fitted
+    runs = runs_of(experiment)
+    assert settled(runs)
+    for strategy in ("threshold", "finetune", "warm_start"):
+        folds = [r for r in runs if r.data.tags.get("strategy") == strategy and r.data.tags["stage"] == "head_swap"]
+        assert sorted(r.data.tags["fold"] for r in folds) == ["0", "1", "2"]
+        rows = np.concatenate([tracking.read_predictions(r.info.run_id)["rows"] for r in folds])
+        assert sorted(rows.tolist()) == list(range(240))  # each of the 240 rows tested exactly once
+
+
+def test_cross_fitted_runs_nest_convert_stage_fold_strategy(cross_fitted):
+    experiment, _ = cross_fitted
+    runs = runs_of(experiment)
+    by_id = {r.info.run_id: r for r in runs}
+    parent = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
+    strategy = next(r for r in runs if r.data.tags.get("strategy") == "finetune")
+    fold = by_id[parent[strategy.info.run_id]]
+    stage = by_id[parent[fold.info.run_id]]
+    convert = by_id[parent[stage.info.run_id]]
+    assert fold.info.run_name == f"fold_{strategy.data.tags['fold']}" and stage.info.run_name == "head_swap"
+    assert convert.data.tags["stage"] == "convert" and convert.data.tags["folds"] == "3"
+
+
+def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
+    experiment, output = cross_fitted
+    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                            artifact_path="leaderboard.csv")).set_index("strategy")
+    # every row, slim's variants and the tuned configuration retrained on each fold included, is scored on all rows
+    for strategy in ("finetune", "reference_hgb", "width_0.5", "tuned"):
+        assert board.loc[strategy, "scope"] == "pooled over 3 folds" and board.loc[strategy, "test_rows"] == 240
+    assert board["champion"].sum() == 1 and board["f1_macro_ci_low"].notna().all()
+    assert "Verdict:" in output and "Champion, chosen on validation" in output
+
+
+def test_each_run_carries_its_test_interval(cross_fitted):
+    experiment, _ = cross_fitted
+    strategy_runs_ = [r for r in runs_of(experiment) if r.data.tags.get("strategy") in ("finetune", "reference_hgb")]
+    for run in strategy_runs_:
+        m = run.data.metrics
+        assert m["test/f1_macro_ci_low"] <= m["test/f1_macro"] <= m["test/f1_macro_ci_high"]
+        assert m["test/accuracy_ci_low"] <= m["test/accuracy"] <= m["test/accuracy_ci_high"]
+
+
+def test_threshold_registered_as_champion_serves_the_regressor_cut_at_the_edges(experiment, tmp_path):
+    from pipeline import config, data
+    from pipeline.stages.common import regressor_outputs
+
+    result = invoke("convert", *tiny_args(experiment, "--folds", "1", "--strategies", "threshold",
+                                          "--set", "slim.keep_ratios=none", "--set", "slim.depth=false",
+                                          "--set", "tune.n_trials=0"))
+    assert result.exit_code == 0, result.output
+    runs = runs_of(experiment)
+    [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
+    assert parent.data.tags["champion"] == "threshold"
+    [base] = [r for r in runs if r.data.tags["stage"] == "baseline"]
+    cfg = config.load(None, config.recovered(parent.data.params))
+    prepared = data.prepare(cfg.data, cfg.seed)
+    regressor = tracking.load_run_model(base.info.run_id)
+    cut = data.to_classes(regressor_outputs(regressor, prepared.test.x, prepared, "cpu"), prepared.edges)
+    raw = prepared.frame.iloc[prepared.test_rows][prepared.preprocessor.columns]
+    raw.to_csv(tmp_path / "new.csv", index=False)
+    model_uri = f"models:/{parent.data.tags['registered_model']}@champion"
+    out = invoke("predict", "--model-uri", model_uri, "--input", str(tmp_path / "new.csv"),
+                 "--output", str(tmp_path / "pred.csv"))
+    assert out.exit_code == 0, out.output
+    served = pd.read_csv(tmp_path / "pred.csv")["label"].tolist()
+    assert served == [prepared.class_names[k] for k in cut]
+    proba = pd.read_csv(tmp_path / "pred.csv").filter(like="proba_").to_numpy()
+    assert 0 < proba.min() and proba.max() < 1  # real probabilities, not 0/1: a finite, honest log loss
+
+
+@pytest.mark.parametrize("folds, rows, expected", [("auto", 442, 5), ("auto", 1999, 5), ("auto", 2000, 1),
+                                                   ("3", 100, 3), ("1", 100, 1)])
+def test_folds_auto_cross_fits_small_tables_only(folds, rows, expected):
+    from pipeline import data
+
+    assert data.n_folds(folds, rows) == expected
