@@ -107,6 +107,10 @@ def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
         assert board.loc[strategy, "scope"] == "pooled over 3 folds" and board.loc[strategy, "test_rows"] == 240
     assert board["champion"].sum() == 1 and board["f1_macro_ci_low"].notna().all()
     assert "Verdict:" in output and "Champion, chosen on validation" in output
+    # the verdict is on the convert run too: its description and summary metrics
+    assert "Verdict:" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.metrics["champion/test_f1_macro"] == board[board["champion"]]["f1_macro"].item()
+    assert "champion/vs_threshold_low" in parent.data.metrics
 
 
 def test_each_run_carries_its_test_interval(cross_fitted):

@@ -319,11 +319,20 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
             if image:
                 images[title] = image
         shown = display(board, c.metric)
+        table = report.markdown(shown)
         tracking.log_files_to(parent, {
-            "leaderboard.csv": board.to_csv(index=False), "leaderboard.md": report.markdown(shown),
+            "leaderboard.csv": board.to_csv(index=False), "leaderboard.md": table,
             "report.html": report.html(f"reg2cls: {cfg.experiment}", summary, shown, images)})
+    # the verdict where people look first: the convert run's description and columns of the runs table
     tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run, "model_run": champion_run,
-                       "registered_model": registered, "registered_version": version}, run_id=parent)
+                       "registered_model": registered, "registered_version": version,
+                       "mlflow.note.content": "\n\n".join(summary) + "\n\n" + table}, run_id=parent)
+    tracking.log_metrics({f"champion/{c.metric}": top[RUN_COLUMNS[c.metric]], "champion/test_f1_macro": top["f1_macro"],
+                          "champion/test_f1_macro_ci_low": top["f1_macro_ci_low"],
+                          "champion/test_f1_macro_ci_high": top["f1_macro_ci_high"],
+                          "champion/vs_threshold": top["vs_threshold"],
+                          "champion/vs_threshold_low": top["vs_threshold_low"],
+                          "champion/vs_threshold_high": top["vs_threshold_high"]}, run_id=parent)
     return Comparison(parent, run_id, board, summary, model, champion_run, registered, version)
 
 
