@@ -9,6 +9,7 @@ exit 130 / 143.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 
@@ -148,7 +149,10 @@ def _wrap(words: list[str], indent: int, width: int) -> list[str]:
 
 
 def user_errors(fn):
-    """Turn UserError into a one-line error and signals into KILLED runs, never a traceback."""
+    """Turn UserError, and the known kinds of failure at a boundary (`boundary_error`: the user's model code,
+    the store, a missing run, the disk, memory), into a one-line error with exit code 1, and signals into
+    KILLED runs. The runs open at the time have already ended FAILED or KILLED (tracking.start). Any other
+    exception is a bug and keeps its traceback; REG2CLS_TRACEBACK=1 keeps it for the known kinds too."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -162,28 +166,94 @@ def user_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted: open runs were ended as KILLED", err=True)
             sys.exit(130)
+        except Exception as e:
+            message = boundary_error(e)
+            if message is None or os.environ.get("REG2CLS_TRACEBACK"):
+                raise
+            raise click.ClickException(message) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
+def boundary_error(e: Exception) -> str | None:
+    """One line for an exception that a boundary raised for a reason outside reg2cls's code, saying what
+    failed and what to do; None for anything else (a bug: it keeps its traceback)."""
+    import errno
+    import traceback
+
+    user_files = {getattr(m, "__file__", None) for name, m in list(sys.modules.items())
+                  if name.startswith("reg2cls_user_")}
+    user = [f for f in traceback.extract_tb(e.__traceback__) if f.filename in user_files]
+    if user:  # raised inside the model file the user brought (--model file.py:Class)
+        f = user[-1]
+        return (f"your model code raised {type(e).__name__}: {config.first_line(e)} ({f.filename}, line {f.lineno}, "
+                f"in {f.name}); fix the model or its --model-kwargs")
+    text = str(e)
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+            isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())):
+        return (f"out of memory ({type(e).__name__}: {config.first_line(e)[:200]}); use a smaller model.width, "
+                "train.batch_size or data, or --device cpu")
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                                              errno.EIO):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"the file system refused: {e.strerror}{where}; free some space or check the permissions"
+    uri = sys.modules["mlflow"].get_tracking_uri() if "mlflow" in sys.modules else "?"
+    if type(e).__name__ == "MlflowException":
+        if getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return f"{config.first_line(e)} in the tracking store {uri}; check the run id or model name"
+        if any(s in text for s in ("database is locked", "disk I/O error", "malformed", "database or disk is full",
+                                   "out-of-date database schema", "API request to", "Max retries exceeded")):
+            return f"the tracking store {uri} failed: {config.first_line(e)[:300]}"
+    if type(e).__module__.startswith("sqlalchemy") and type(e).__name__ in ("OperationalError", "DatabaseError"):
+        return (f"a database failed ({config.first_line(e)[:300]}); check that its file or server is reachable "
+                "and intact")
+    return None
+
+
 def _prepare(opts: dict):
     """Config, data and the brought model, each validated before anything is written to MLflow: bad
-    input leaves no run and no experiment behind. Returns (config, data, brought model, tracking URI)."""
-    cfg = resolve(click.get_current_context().command.name, opts)
-    from . import data, tracking
+    input leaves no run and no experiment behind. Returns (config, splits, brought model): one split, or
+    one per outer fold when cross-fitting (`--folds`); commands other than convert and compare use the first."""
+    command = click.get_current_context().command.name
+    cfg = resolve(command, opts)
+    from . import data, liveness, tracking
+    from .train import resolve_device
 
-    prepared = data.prepare(cfg.data, cfg.seed)
-    s = prepared.summary
+    problem = liveness.check_env()
+    if problem:
+        raise UserError(problem)
+    resolve_device(cfg.train.device)  # --device cuda without a GPU: refused before any run opens
+    from .train import use_threads
+
+    use_threads(cfg.train.threads)
+
+    splits = data.prepare_splits(cfg.data, cfg.seed)
+    s = splits[0].summary
+    layout = (f"split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}" if len(splits) == 1 else
+              f"{len(splits)} outer folds, each split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
+    text = f", {s['strings_as_missing']} of them text in numeric columns" if s.get("strings_as_missing") else ""
     click.echo(f"data: {cfg.data.source}: {s['rows']} rows ({s['rows_dropped_missing_target']} dropped for a missing "
-               f"target, {s['features_imputed']} feature values imputed), {s['n_features']} features; "
-               f"classes {', '.join(prepared.class_names)}; split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
-    tracking.setup(opts.get("tracking_uri"))
+               f"target, {s['features_imputed']} feature values imputed{text}), {s['n_features']} features; "
+               f"classes {', '.join(splits[0].class_names)}; {layout}")
+    tracking.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
 
-    brought = stages.bring(cfg, prepared)  # may read a model from the store, but writes nothing
+    brought = stages.bring(cfg, splits[0])  # may read a model from the store, but writes nothing
     tracking.use_experiment(cfg.experiment)
-    return cfg, prepared, brought
+    ended = tracking.end_orphans()
+    if ended:
+        click.echo(f"store: ended {ended} run(s) left RUNNING by a process that died "
+                   "(status KILLED, tag killed_reason)")
+    if command in ("convert", "compare"):  # refuse now what compare would refuse after every stage ran
+        from . import registry
+
+        name = cfg.compare.register or f"reg2cls-{tracking.current_experiment_name()}"
+        conflict = registry.champion_conflict(name, registry.signature_for(splits[0].preprocessor,
+                                                                           splits[0].class_names))
+        if conflict:
+            raise UserError(conflict)
+    return cfg, splits, brought
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,17 +270,18 @@ def cli():
 @user_errors
 def convert(**opts):
     """Run every stage under one parent run and print the leaderboard."""
-    cfg, prepared, brought = _prepare(opts)
+    cfg, splits, brought = _prepare(opts)
     from . import stages, tracking
 
-    result = stages.convert(cfg, prepared, brought, force=opts["force"])
+    result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)
     click.echo(f"Parent run: {result.parent}\nBrowse the runs: {tracking.ui_command(tracking.setup(None))}")
 
 
 def _print_comparison(cfg, compared) -> None:
-    click.echo(f"\nLeaderboard (test split, sorted by {cfg.compare.metric}; * = Pareto front of it vs params):")
-    _print_board(compared.board)
+    click.echo(f"\nLeaderboard (sorted by {cfg.compare.metric}, chosen on validation; test scores with 95% bootstrap "
+               "intervals; * = Pareto front of the sort metric vs params):")
+    _print_board(compared.board, cfg.compare.metric)
     click.echo("\n" + "\n".join(compared.summary))
     click.echo(f"Predict: reg2cls predict --model-uri models:/{compared.registered}@champion --input new.csv "
                "--output predictions.csv")
@@ -221,7 +292,7 @@ def _print_comparison(cfg, compared) -> None:
 @user_errors
 def baseline(**opts):
     """Train the baseline regressor and log its regression and thresholded metrics."""
-    cfg, prepared, brought = _prepare(opts)
+    cfg, (prepared, *_), brought = _prepare(opts)
     from . import stages
 
     result = stages.baseline(cfg, prepared, brought, force=opts["force"])
@@ -233,12 +304,12 @@ def baseline(**opts):
 @user_errors
 def head_swap(**opts):
     """Convert a baseline regressor with every head-swap strategy, one nested run each."""
-    cfg, prepared, _ = _prepare(opts)
+    cfg, (prepared, *_), _ = _prepare(opts)
     from . import stages
 
     source = _input_model(opts["baseline_run"], prepared.split_key, "baseline", option="--baseline-run", exact=True)
     result = stages.head_swap(cfg, prepared, source, force=opts["force"])
-    _print_board(stages.leaderboard([result.run_id]))
+    _print_board(stages.leaderboard(stages.strategy_runs(result.run_id), seed=cfg.seed))
     click.echo(f"head_swap run: {result.run_id}")
 
 
@@ -247,11 +318,12 @@ def head_swap(**opts):
 @user_errors
 def slim(**opts):
     """Make physically smaller classifiers from a converted model, with costs and a Pareto plot."""
-    cfg, prepared, _ = _prepare(opts)
+    cfg, (prepared, *_), _ = _prepare(opts)
     from . import stages
 
-    result = stages.slim(cfg, prepared, _input_model(opts["from_run"], prepared.split_key, "head_swap"), force=opts["force"])
-    _print_board(stages.leaderboard([result.run_id]))
+    source = _input_model(opts["from_run"], prepared.split_key, "head_swap")
+    result = stages.slim(cfg, prepared, source, force=opts["force"])
+    _print_board(stages.leaderboard(stages.strategy_runs(result.run_id), seed=cfg.seed))
     click.echo(f"slim run: {result.run_id}")
 
 
@@ -260,12 +332,12 @@ def slim(**opts):
 @user_errors
 def tune(**opts):
     """Tune dropout, learning rate and weight decay with Optuna; every trial a run in MLflow."""
-    cfg, prepared, _ = _prepare(opts)
+    cfg, (prepared, *_), _ = _prepare(opts)
     from . import stages, tracking
 
     source = _input_model(opts["from_run"], prepared.split_key, "slim", "head_swap")
     result = stages.tune(cfg, prepared, source, force=True)  # each call adds trials to the study
-    _print_board(stages.leaderboard([], [result.run_id]))
+    _print_board(stages.leaderboard([tracking.get_run(result.run_id)], seed=cfg.seed))
     storage = tracking.get_run(result.run_id).data.tags["optuna_storage"]
     click.echo(f"tune run: {result.run_id}\nBrowse the study: optuna-dashboard {storage}")
 
@@ -277,44 +349,61 @@ def compare(**opts):
     """Leaderboard, report.html and the registered champion, from the runs already in the store."""
     from . import tracking
 
-    if opts["tracking_uri"]:
-        tracking.setup(opts["tracking_uri"])
+    tracking.setup(opts["tracking_uri"])  # opened first, under its lock: a convert may be creating it
     run_id = opts["run_id"] or tracking.latest_parent(opts["experiment"] or "reg2cls")
     if not run_id:
-        raise UserError(f"no finished convert run in experiment '{opts['experiment'] or 'reg2cls'}'; pass --run-id or --experiment")
+        raise UserError(f"no finished convert run in experiment '{opts['experiment'] or 'reg2cls'}'; "
+                        "pass --run-id or --experiment")
     # the parent's own config: the same data, split and classes
     params = config.recovered(tracking.get_run(run_id).data.params)
     opts["recovered"] = params  # beneath the options given here (see _overrides)
     opts["experiment"] = params.get("experiment")
-    cfg, prepared, _ = _prepare(opts)
+    cfg, splits, _ = _prepare(opts)
     from . import stages
 
-    _print_comparison(cfg, stages.compare(cfg, prepared, run_id))
+    _print_comparison(cfg, stages.compare(cfg, splits, run_id))
 
 
 @cli.command()
 @click.option("--model-uri", required=True, help="e.g. models:/reg2cls-reg2cls@champion or runs:/<id>/champion")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="CSV or Parquet with the raw columns.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="CSV or Parquet with the raw columns.")
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @user_errors
 def predict(model_uri, input_path, output_path, tracking_uri):
     """Classify a table with a champion: adds `label` and one `proba_<class>` column per class."""
-    from . import data, registry, tracking
+    from pathlib import Path
 
+    from . import data, registry, serving, tracking
+
+    folder = Path(output_path).resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"the folder of --output {output_path} does not exist; create it or write elsewhere")
     tracking.setup(tracking_uri)
     frame = data.load(input_path)
-    model, columns = registry.load_champion(model_uri)
+    model, columns, numeric = registry.load_champion(model_uri)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(f"{input_path} is missing column(s) {', '.join(missing)} that the model needs")
     extra = [c for c in frame.columns if c not in columns]
     if extra:
         click.echo(f"warning: ignoring column(s) the model does not use: {', '.join(map(str, extra))}", err=True)
-    predictions = model.predict(frame[columns])
-    predictions.to_csv(output_path, index=False)
+    try:
+        frame, n_text, n_inf = serving.clean(frame[columns], numeric)
+    except ValueError as e:
+        raise UserError(f"{input_path}: {e}") from None
+    if n_text or n_inf:
+        click.echo(f"warning: {n_text} text value(s) in numeric columns and {n_inf} infinite value(s) treated as "
+                   "missing (imputed with the training medians)", err=True)
+    predictions = model.predict(frame)
+    try:
+        predictions.to_csv(output_path, index=False)
+    except OSError as e:
+        raise UserError(f"cannot write {output_path}: {e.strerror}") from None
     counts = predictions["label"].value_counts()
-    click.echo(f"wrote {len(predictions)} predictions to {output_path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo(f"wrote {len(predictions)} predictions to {output_path}: "
+               + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, option: str = "--from-run",
@@ -327,16 +416,17 @@ def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, op
     run_id = from_run or next((r for s in stages_in_order if (r := tracking.latest_run(s, split_key))), None)
     if not run_id:
         raise UserError(f"no finished {' or '.join(stages_in_order)} run on this data, split and classes in this "
-                        f"experiment; run `reg2cls convert` (or that stage) with the same options first, or pass {option}")
+                        "experiment; run `reg2cls convert` (or that stage) with the same options first, "
+                        f"or pass {option}")
     if exact:
         return stages.StageResult(run_id, tracking.load_run_model(run_id, stages_in_order[0], split_key), run_id)
     return stages.stage_output(run_id, split_key)
 
 
-def _print_board(board) -> None:
+def _print_board(board, metric: str = "val/f1_macro") -> None:
     from .stages import display
 
-    click.echo(display(board).to_string(index=False))
+    click.echo(display(board, metric).to_string(index=False))
 
 
 @cli.command(hidden=True)

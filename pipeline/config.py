@@ -72,6 +72,7 @@ class Train:
     weight_decay: float = 1e-4
     patience: int = 25      # epochs without a better validation loss before stopping
     device: str = "auto"
+    threads: int = 1        # torch threads of this process: for MLPs this small one is fastest, also beside other work
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class HeadSwap:
 
 @dataclass(frozen=True)
 class Slim:
-    keep_ratios: tuple[str, ...] = ("0.75", "0.5", "0.25")  # share of hidden units kept, per variant
+    keep_ratios: tuple[str, ...] = ("0.75", "0.5", "0.25")  # share of hidden units kept, per variant;
+                                                            # none: no width variants
     depth: bool = True         # also drop hidden blocks (the pipeline's own MLP only)
     epochs: int = 100          # fine-tune budget per variant (early stopping on validation loss)
     distill: bool = False      # also train each variant on the unslimmed classifier's soft labels
@@ -199,6 +201,8 @@ OPTIONS = (
     Option("epochs", "train.epochs", "Maximum epochs per training run.", type=int, min=1, mlproject=_RUNS[:4]),
     Option("batch_size", "train.batch_size", type=int, min=2),
     Option("lr", "train.lr", "Learning rate.", type=float, min=0, min_open=True),
+    Option("threads", "train.threads", "Torch threads of this process (default 1: fastest for these small MLPs).",
+           type=int, min=1),
     Option("seed", "seed", "Seed for the split and every training run.", type=int, min=0, mlproject=_RUNS),
     Option("seeds", "seeds", "Repeat every trained strategy with this many seeds (mean ± std).", type=int, min=1),
     Option("device", "train.device", "auto (default): CUDA when available.", choices=DEVICES, mlproject=_RUNS,
@@ -257,6 +261,8 @@ def _coerce(key: str, default: object, value: object) -> object:
     """Convert a YAML or command-line value to the type of the field's default."""
     try:
         if isinstance(default, tuple):
+            if isinstance(value, str) and value.strip().lower() == "none":  # an empty list, spelled on a command line
+                return ()
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())
         if isinstance(default, bool):
@@ -270,9 +276,12 @@ def _coerce(key: str, default: object, value: object) -> object:
                 raise ValueError(value)
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):  # nan, inf: never a setting
+                raise UserError(f"config key '{key}': {value!r} is not a finite number")
+            return number
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"config key '{key}': cannot read {value!r} as {type(default).__name__}") from None
 
 
@@ -310,8 +319,38 @@ def _flatten_yaml(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def registered_name_problem(name: str) -> str | None:
+    """Why MLflow would refuse `name` as a registered model name (its own rules), or None."""
+    import posixpath
+
+    if not name.strip():
+        return "it is empty"
+    if "/" in name or ":" in name:
+        return "it contains '/' or ':'"
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(".."):
+        return "it would resolve to another path name"
+    return None
+
+
+MAX_SEED = 2**31 - 1  # numpy and scikit-learn take seeds below 2**32; tune adds 1000 per worker and the trial count
+
+
+def _memory_bytes() -> float:
+    """Memory available to this process (MemAvailable on Linux), or infinity where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
 def validate(cfg: Config) -> Config:
-    """Reject values that would only fail later, deep inside a stage."""
+    """Reject values that would only fail later, deep inside a stage: every number finite and in its range
+    (`_coerce` already refused nan and inf), names MLflow would refuse, a model too big for this machine."""
     unknown = [s for s in cfg.head_swap.strategies if s not in STRATEGIES]
     if unknown or not cfg.head_swap.strategies:
         raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; choose from {', '.join(STRATEGIES)}")
@@ -350,7 +389,8 @@ def validate(cfg: Config) -> Config:
     if um.spec and um.uri:
         raise UserError("--model and --model-uri both given; bring the model one way")
     if (um.checkpoint or um.retrain or um.head or um.kwargs.strip() not in ("", "{}")) and not (um.spec or um.uri):
-        raise UserError("--checkpoint, --model-kwargs, --retrain and --head need a model: add --model FILE.py:Class or --model-uri URI")
+        raise UserError("--checkpoint, --model-kwargs, --retrain and --head need a model: "
+                        "add --model FILE.py:Class or --model-uri URI")
     if um.spec and ":" not in um.spec:
         raise UserError(f"--model '{um.spec}' must name a class: path/to/file.py:ClassName or package.module:ClassName")
     for name in ("val_fraction", "test_fraction"):
@@ -363,9 +403,39 @@ def validate(cfg: Config) -> Config:
     if cfg.train.epochs < 1 or cfg.train.lr <= 0:
         raise UserError("train.epochs must be at least 1 and train.lr positive")
     if cfg.train.batch_size < 2:
-        raise UserError(f"train.batch_size must be at least 2 (BatchNorm needs two rows a batch), got {cfg.train.batch_size}")
+        raise UserError("train.batch_size must be at least 2 (BatchNorm needs two rows a batch), "
+                        f"got {cfg.train.batch_size}")
     if cfg.seed < 0 or cfg.seeds < 1:
         raise UserError(f"seed must be 0 or more and seeds at least 1, got seed {cfg.seed}, seeds {cfg.seeds}")
+    if cfg.seed + cfg.seeds > MAX_SEED // 2:
+        raise UserError(f"seed + seeds must stay below {MAX_SEED // 2} (numpy's seed range), got seed {cfg.seed}")
+    if cfg.seeds > 100:
+        raise UserError(f"seeds must be at most 100 (each trained strategy runs once per seed), got {cfg.seeds}")
+    t = cfg.train
+    if t.weight_decay < 0:
+        raise UserError(f"train.weight_decay must be 0 or more, got {t.weight_decay:g}")
+    if t.patience < 0:
+        raise UserError(f"train.patience must be 0 (no early stopping) or more, got {t.patience}")
+    if cfg.head_swap.lp_ft_lr_factor <= 0:
+        raise UserError(f"head_swap.lp_ft_lr_factor must be positive, got {cfg.head_swap.lp_ft_lr_factor:g}")
+    if cfg.slim.epochs < 1 or not 0 <= cfg.slim.tolerance < 1:
+        raise UserError(f"slim.epochs must be at least 1 and slim.tolerance in [0, 1), got {cfg.slim.epochs}, "
+                        f"{cfg.slim.tolerance:g}")
+    if not cfg.experiment.strip() or len(cfg.experiment) > 500:
+        raise UserError(f"experiment name must be 1 to 500 characters, got {cfg.experiment!r}")
+    registered = cfg.compare.register or f"reg2cls-{cfg.experiment}"
+    problem = registered_name_problem(registered)
+    if problem:
+        source = "--register" if cfg.compare.register else f"the experiment name ({cfg.experiment!r}) gives"
+        raise UserError(f"{source} registered model name {registered!r}, which MLflow refuses: {problem}; "
+                        "choose an experiment name without '/' or ':' or pass --set compare.register=NAME")
+    # weights, gradients, AdamW's two moments and the best-weights copy: 5 float32 copies of every weight
+    m = cfg.model
+    need = 5 * 4 * (m.width * m.width * (m.depth - 1) + 2 * m.width * 64)
+    if need > 0.8 * _memory_bytes():
+        raise UserError(f"model.width={m.width} with model.depth={m.depth} needs about {need / 2**30:.3g} GiB to "
+                        f"train, more than the {_memory_bytes() / 2**30:.3g} GiB available; use a smaller width or "
+                        "depth")
     return cfg
 
 

@@ -71,11 +71,39 @@ def _synthetic(spec: str) -> pd.DataFrame:
         rows, noise, seed = int(args.get("rows", 1000)), float(args.get("noise", 1.0)), int(args.get("seed", 0))
     except ValueError:
         raise UserError(f"synthetic:{name}: rows and seed must be integers, noise a number") from None
+    if not 1 <= rows <= 10_000_000 or not 0 <= noise < float("inf") or not 0 <= seed < 2**32:
+        raise UserError(f"synthetic:{name}: rows must lie in [1, 10000000], noise be a finite number >= 0 and seed "
+                        f"in [0, 2**32), got rows={rows}, noise={noise:g}, seed={seed}")
     make = getattr(datasets, f"make_{name}")
     x, y = make(n_samples=rows, noise=noise, random_state=seed)
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
     frame["target"] = y
     return frame
+
+
+def read_numbers(frame: pd.DataFrame, skip: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Text columns that are numbers with a few stray strings (`?`, `NA`, `-` for missing) as numbers with
+    missing values; returns (frame, {column: strings read as missing}). Without this, one `?` makes a numeric
+    column categorical, one-hot encoding every distinct number. A column is read as numbers when most of its
+    values parse as numbers and the rest are at most 3 distinct strings; `skip` (a label column) stays as is."""
+    out, strays = frame, {}
+    for col in frame.columns:
+        column = frame[col]
+        if col in skip or pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column) \
+                or pd.api.types.is_datetime64_any_dtype(column) or isinstance(column.dtype, pd.CategoricalDtype):
+            continue
+        present = column.dropna()
+        parsed = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
+        bad = present[parsed.isna().to_numpy()]
+        if len(present) == 0 or len(bad) * 2 >= len(present) or bad.astype(str).nunique() > 3:
+            continue
+        if out is frame:
+            out = frame.copy()
+        text = column.astype(str).str.strip().where(column.notna())
+        out[col] = pd.to_numeric(text, errors="coerce").astype("float64")
+        if len(bad):
+            strays[str(col)] = len(bad)
+    return out, strays
 
 
 def digest(frame: pd.DataFrame) -> str:
@@ -291,7 +319,8 @@ def _check_features(features: pd.DataFrame, n_train: int) -> None:
                 raise UserError(f"feature column '{col}' has infinite values; drop or fix those rows")
         elif n_train >= 20 and values.nunique() >= 0.9 * len(values):
             raise UserError(f"feature column '{col}' looks like an identifier ({values.nunique()} distinct values in "
-                            f"{len(values)} rows): one-hot encoding it would only memorise rows; leave it out with --features")
+                            f"{len(values)} rows): one-hot encoding it would only memorise rows; "
+                            "leave it out with --features")
 
 
 def _check_class_sizes(strata: np.ndarray, names: list[str], cfg: Data) -> None:
@@ -329,9 +358,14 @@ def load_target(cfg: Data) -> tuple[pd.DataFrame, np.ndarray, int]:
     number of rows dropped).
     """
     frame = load(cfg.source)
+    if len(frame) == 0:
+        raise UserError(f"{cfg.source} has no rows")
     if cfg.target not in frame.columns:
         raise UserError(f"target column '{cfg.target}' not in the data; columns: {', '.join(map(str, frame.columns))}; "
                         "pass --target COL")
+    label = parse_classes(cfg.classes).label_column
+    frame, strays = read_numbers(frame, skip=(label,) if label else ())
+    frame.attrs["strays"] = strays  # counted in build's summary; the target's strays are dropped rows below
     raw_target = frame[cfg.target]
     target = pd.to_numeric(raw_target, errors="coerce")
     bad = raw_target[target.isna() & raw_target.notna()]
@@ -425,6 +459,10 @@ def select_features(frame: pd.DataFrame, cfg: Data, label_col: str | None) -> pd
         features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
     if features.shape[1] == 0:
         raise UserError(f"no feature columns left besides the target '{cfg.target}'")
+    leaks = [c for c in (cfg.target, label_col) if c is not None and c in features.columns]
+    if leaks:  # the model would read the answer off its input: a perfect score that means nothing
+        raise UserError(f"--features includes {' and '.join(repr(c) for c in leaks)}, which the classes are made from; "
+                        "leave the target (and the label column) out of --features")
     return features
 
 
@@ -446,12 +484,20 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     edges, names, classes_all = classes
     train_idx, val_idx, test_idx = rows
     _check_features(features, len(train_idx))
-    pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge column's std overflows: refused below, quietly
+        pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
     y_train = y[train_idx]
-    if cfg.target_scaling == "standard":
-        y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
-    else:  # the model's output is the target in its own units
-        y_mean, y_std = 0.0, 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if cfg.target_scaling == "standard":
+            y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
+        else:  # the model's output is the target in its own units
+            y_mean, y_std = 0.0, 1.0
+        # training runs in float32, and MSE squares the scaled target: it must stay well inside float32's range
+        scaled = np.abs((y - y_mean) / y_std).max() if np.isfinite(y_std) else float("inf")
+    if not np.isfinite(scaled) or scaled > 1e15:
+        raise UserError(f"target column '{cfg.target}' reaches {np.abs(y).max():.3g}, which overflows float32 once "
+                        + ("standardised" if cfg.target_scaling == "standard" else "squared by the loss")
+                        + "; rescale it (divide by a power of ten, or take its log) before converting")
 
     def split(idx: np.ndarray) -> Split:
         return Split(
@@ -462,6 +508,13 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
 
     train, val, test = split(train_idx), split(val_idx), split(test_idx)
     parts = (("train", train), ("val", val), ("test", test))
+    for name, part in parts:  # huge feature values overflow standardisation (std inf) or float32
+        bad = ~torch.isfinite(part.x).all(dim=0)
+        bad[:len(pre.stds)] |= ~torch.isfinite(torch.tensor(pre.stds, dtype=torch.float64))
+        if bad.any():
+            col = pre.feature_names[int(bad.nonzero()[0, 0])]
+            raise UserError(f"feature '{col}' does not fit float32 after preprocessing (values too large); rescale it "
+                            "or leave it out with --features")
     of_fold = "" if fold is None else f" of fold {fold}"
     for name, part in parts:
         missing = sorted(set(range(len(names))) - set(part.c.tolist()))
@@ -471,6 +524,8 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     summary: dict[str, object] = {
         "rows": len(frame), "rows_dropped_missing_target": n_dropped,
         "features_imputed": int(features[pre.numeric].isna().sum().sum()),
+        # of those, text in numeric columns (`?` for missing) read as missing values (read_numbers)
+        "strings_as_missing": int(sum(n for c, n in frame.attrs.get("strays", {}).items() if c in pre.numeric)),
         "n_features": train.x.shape[1], "n_classes": len(names),
     }
     for name, part in parts:
@@ -516,3 +571,19 @@ def prepare_folds(cfg: Data, seed: int, k: int) -> list[Prepared]:
     return [build(cfg, frame, features, y, classes, rows, n_dropped=n_dropped, table=table,
                   key=split_key(table, cfg, seed, fold=i, folds=k), fold=i, folds=k)
             for i, rows in enumerate(fold_rows(provisional, cfg, seed, k))]
+
+
+def n_folds(folds: str, n_rows: int) -> int:
+    """`data.folds` as a number: auto cross-fits small tables (5 folds below 2,000 rows), where one split's
+    test metrics are mostly noise, and keeps one split above, where they are not and K fits cost K times."""
+    if folds == "auto":
+        return 5 if n_rows < 2000 else 1
+    return int(folds)
+
+
+def prepare_splits(cfg: Data, seed: int) -> list[Prepared]:
+    """One `Prepared` per outer fold (`data.folds`), or the single split."""
+    rows = len(load_target(cfg)[1]) if cfg.folds == "auto" else 0  # only auto needs the row count
+    k = n_folds(cfg.folds, rows)
+    return [prepare(cfg, seed)] if k == 1 else prepare_folds(cfg, seed, k)
+

@@ -100,6 +100,9 @@ def construct(cls: type[nn.Module], kwargs_json: str) -> nn.Module:
         return cls(**kwargs)
     except TypeError as e:
         raise UserError(f"{cls.__name__}{inspect.signature(cls)} rejected --model-kwargs {kwargs_json}: {e}") from None
+    except Exception as e:  # the user's own __init__ failed: name it, with its message, not our traceback
+        raise UserError(f"{cls.__name__}(**{kwargs_json}) raised {type(e).__name__}: {first_line(e)}; "
+                        "fix the model's __init__ or --model-kwargs") from None
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
@@ -110,14 +113,17 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"checkpoint {path} refused: it holds more than tensors and would need full pickle to load, "
-                        "which can run code from the file; save only the weights: torch.save(model.state_dict(), path)") from None
+                        "which can run code from the file; save only the weights: "
+                        "torch.save(model.state_dict(), path)") from None
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {first_line(e)}); save it with torch.save(model.state_dict(), path)") from None
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {first_line(e)}); "
+                        "save it with torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model_state_dict"):  # {"state_dict": ..., "epoch": ...}, the tutorials' form
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"checkpoint {path} is not a state_dict (a dict of tensors); save it with torch.save(model.state_dict(), path)")
+        raise UserError(f"checkpoint {path} is not a state_dict (a dict of tensors); "
+                        "save it with torch.save(model.state_dict(), path)")
     own = model.state_dict()
     for prefix in ("module.", "model."):  # saved from DataParallel or a Lightning module
         if state and own.keys() - state.keys() and all(k.startswith(prefix) for k in state):
@@ -190,6 +196,30 @@ def load_state(folder: Path, build_model) -> nn.Module:
     model = build_model(json.loads((folder / "architecture.json").read_text()))
     model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def model_file(model: nn.Module) -> Path | None:
+    """The file a model brought as `path/to/file.py:Class` was imported from (what a champion must carry to
+    load elsewhere), or None for the pipeline's MLP, a `package.module:Class` or an MLflow URI base."""
+    base = recipe(model)["base"]
+    if base["kind"] != "class":
+        return None
+    target = base["spec"].rpartition(":")[0]
+    if not (target.endswith(".py") or "/" in target):
+        return None
+    source = inspect.getsourcefile(type(model)) if type(model).__module__.startswith("reg2cls_user_") else None
+    path = Path(source or target)
+    return path.resolve() if path.is_file() else None
+
+
+def relocated(arch: dict, folder: Path) -> dict:
+    """`arch` with its model file looked for in `folder` (where a champion's copy of it was unpacked)."""
+    base = arch["base"]
+    if base["kind"] == "class":
+        target, _, name = base["spec"].rpartition(":")
+        if (folder / Path(target).name).is_file():
+            arch = {**arch, "base": {**base, "spec": f"{folder / Path(target).name}:{name}"}}
+    return arch
 
 
 def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:

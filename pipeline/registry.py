@@ -1,6 +1,10 @@
 """The champion in the MLflow model registry: logged as a pyfunc (serving.py: the raw table in, a
 `label` and one `proba_<class>` column per class out), registered with the alias `champion`, and
 loaded back for `reg2cls predict`. The output's shape is spelled once, in `output_frame`.
+
+The champion carries everything it needs to load anywhere: the package and, for a model brought as
+`file.py:Class`, that file (code_paths). The alias never moves silently to a model that takes other
+columns or gives other classes: `champion_conflict` says why, and registering is refused.
 """
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ def register_champion(model, meta: dict, example: pd.DataFrame, registered_name:
     """Log the champion as a pyfunc on the active run, register it as `registered_name` with the alias
     `champion`; returns the version. A champion already registered from the same run is re-aliased,
     not registered again."""
-    from .model import save_state
+    from mlflow.exceptions import MlflowException
+
+    from .model import model_file, save_state
 
     client = MlflowClient()
     with contextlib.suppress(Exception):  # no such model or alias yet
@@ -47,28 +53,95 @@ def register_champion(model, meta: dict, example: pd.DataFrame, registered_name:
         model = copy.deepcopy(model).cpu()
     k = len(meta["class_names"])
     output = output_frame(meta["class_names"], np.full((len(example), k), 1.0 / k))
-    with tempfile.TemporaryDirectory() as tmp:
-        save_state(model, Path(tmp) / "state")
-        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
-        info = mlflow.pyfunc.log_model(
-            name="champion", python_model=str(PACKAGE_DIR / "serving.py"),
-            artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(Path(tmp) / "state")},
-            code_paths=[str(PACKAGE_DIR)], signature=infer_signature(example, output), input_example=example,
-            pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}"),
-            registered_model_name=registered_name)
-    version = str(info.registered_model_version)
-    client.set_registered_model_alias(registered_name, "champion", version)
-    client.update_model_version(registered_name, version, description=description)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, version, key, value)
+    signature = infer_signature(example, output)
+    conflict = champion_conflict(registered_name, signature)
+    if conflict:
+        raise UserError(conflict)
+    code_paths = [str(PACKAGE_DIR)]
+    brought = model_file(model)
+    if brought is not None:  # serving.py imports it from the model's code/ folder, wherever the model loads
+        code_paths.append(str(brought))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(model, Path(tmp) / "state")
+            (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
+            info = mlflow.pyfunc.log_model(
+                name="champion", python_model=str(PACKAGE_DIR / "serving.py"),
+                artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(Path(tmp) / "state")},
+                code_paths=code_paths, signature=signature, input_example=example,
+                pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}"),
+                registered_model_name=registered_name)
+        version = str(info.registered_model_version)
+        client.set_registered_model_alias(registered_name, "champion", version)
+        client.update_model_version(registered_name, version, description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, version, key, value)
+    except MlflowException as e:  # the registry refused (name, permissions, a server error): one line
+        raise UserError(f"cannot register the champion as '{registered_name}': {first_line(e)}; pass another name "
+                        "with --set compare.register=NAME, or check the registry") from None
     return version
 
 
+def signature_for(preprocessor, class_names: list[str]):
+    """The signature a champion of these input columns and classes gets (as `register_champion` infers it
+    from its example: numbers as double, categories as string)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("double", c) for c in preprocessor.numeric]
+                    + [ColSpec("string", c) for c in preprocessor.categories])
+    outputs = Schema([ColSpec("string", "label")] + [ColSpec("double", f"proba_{c}") for c in class_names])
+    return ModelSignature(inputs, outputs)
+
+
+def _describe(signature) -> tuple[list[str], list[str]]:
+    inputs = [f"{c['name']}:{c['type']}" for c in signature.inputs.to_dict()]
+    outputs = [c["name"] for c in signature.outputs.to_dict()]
+    return inputs, outputs
+
+
+def champion_conflict(registered_name: str, signature) -> str | None:
+    """Why moving `registered_name`'s `champion` alias to a model with `signature` would silently change what
+    its users get (other input columns or types, other classes), or None (no champion yet, or the same)."""
+    try:
+        current = MlflowClient().get_model_version_by_alias(registered_name, "champion")
+        held = mlflow.models.get_model_info(f"models:/{registered_name}@champion").signature
+    except Exception:  # no such model or alias, or no readable MLmodel: nothing that could break
+        return None
+    if held is None or held.inputs is None or held.outputs is None:
+        return None
+    (held_in, held_out), (new_in, new_out) = _describe(held), _describe(signature)
+    if held_in == new_in and held_out == new_out:
+        return None
+    what = []
+    if held_in != new_in:
+        gone, new = [c for c in held_in if c not in new_in], [c for c in new_in if c not in held_in]
+        what.append(f"input columns ({'without ' + ', '.join(gone) if gone else ''}"
+                    f"{'; ' if gone and new else ''}{'with ' + ', '.join(new) if new else ''}"
+                    f"{'reordered' if not gone and not new else ''})")
+    if held_out != new_out:
+        what.append(f"classes ({', '.join(c[6:] for c in held_out[1:])} -> {', '.join(c[6:] for c in new_out[1:])})")
+    return (f"registered model '{registered_name}' has a champion (version {current.version}) with other "
+            f"{' and '.join(what)}; moving its alias would break whoever serves it: register this one under another "
+            "name with --set compare.register=NAME (or --register NAME on compare)")
+
+
 def load_champion(uri: str):
-    """A champion pyfunc and the input columns its signature names; a one-line UserError if it won't load."""
+    """A champion pyfunc, the input columns its signature names and those of them that are numeric; a
+    one-line UserError if it won't load or is not a champion (a pyfunc that returns `label`)."""
+    try:  # the MLmodel file first: a model that is no champion is refused before any of it is loaded
+        signature = mlflow.models.get_model_info(uri).signature
+    except Exception as e:
+        raise UserError(f"cannot load {uri}: {first_line(e)}") from None
+    inputs, outputs = (signature.inputs, signature.outputs) if signature is not None else (None, None)
+    if (inputs is None or inputs.is_tensor_spec() or outputs is None or outputs.is_tensor_spec()
+            or "label" not in outputs.input_names()):
+        raise UserError(f"{uri} is not a reg2cls champion (a model that takes the raw columns and returns `label`); "
+                        "use models:/<name>@champion or runs:/<compare run id>/champion")
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as e:
         raise UserError(f"cannot load {uri}: {first_line(e)}") from None
-    schema = model.metadata.get_input_schema()
-    return model, list(schema.input_names()) if schema is not None else []
+    columns = [c["name"] for c in inputs.to_dict()]
+    numeric = [c["name"] for c in inputs.to_dict() if c["type"] in ("double", "float", "long", "integer")]
+    return model, columns, numeric

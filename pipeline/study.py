@@ -72,9 +72,14 @@ def _fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite: wait for the lock instead of failing with "database is locked" when workers write at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    # two commands creating a new SQLite file's tables at once collide ('table ... already exists')
+    lock = tracking.store_lock(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else contextlib.nullcontext()
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                             grace_period=GRACE_S, heartbeat_stale_trial_callback=_fail_and_retry)
+        with lock:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                 grace_period=GRACE_S, heartbeat_stale_trial_callback=_fail_and_retry)
+    except UserError:
+        raise
     except Exception as e:  # bad URL, server down, missing driver: one line, not a traceback
         raise UserError(f"cannot open the Optuna storage {url}: {first_line(e)}") from None
     if url.startswith("sqlite"):
@@ -99,12 +104,10 @@ def open_study(url: str, name: str, metric: str) -> optuna.Study:
     with quiet_optuna():
         storage = make_storage(url)
     direction = TUNE_METRICS[metric]
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    # load_if_exists: a command started beside this one may create the same study between a load and a create
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    if "metric" not in study.user_attrs and not study.trials:
         study.set_user_attr("metric", metric)
-        return study
     held = study.user_attrs.get("metric")
     if held != metric or study.direction.name.lower() != direction:
         raise UserError(f"study '{name}' optimises {held or 'another objective'} ({study.direction.name.lower()}), "

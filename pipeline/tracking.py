@@ -25,16 +25,25 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from . import liveness
 from .config import UserError, first_line
 
 MODEL_NAME = "model"  # artifact name of every logged model: runs:/<id>/model
 
 
 def setup(tracking_uri: str | None) -> str:
-    """Point MLflow at the store; returns the tracking URI in use. Creates nothing yet."""
+    """Point MLflow at the store and open it once per process; returns the tracking URI in use.
+
+    Opening checks the URI (scheme, a SQLite path that is a folder or another kind of file, a tracking server
+    that does not answer) and creates a fresh SQLite store atomically under a file lock, so commands started
+    together never race on its tables. A store that cannot be opened is a one-line UserError."""
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()
+    if uri not in _OPENED:
+        _open_store(uri)
+        _OPENED.add(uri)
+    return uri
 
 
 def enable_concurrent_writes() -> None:
@@ -44,7 +53,8 @@ def enable_concurrent_writes() -> None:
     if uri.startswith("sqlite:///"):
         import sqlite3
 
-        with contextlib.closing(sqlite3.connect(uri[len("sqlite:///"):], timeout=60)) as db:
+        path = uri[len("sqlite:///"):]
+        with store_lock(path), contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
             db.execute("PRAGMA journal_mode=WAL")
 
 
@@ -56,7 +66,10 @@ def use_experiment(name: str) -> None:
     (set_experiment with another name would fail).
     """
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
+        # when two commands create the experiment at once, the loser's set_experiment returns it without
+        # making it active (MLflow 3.x), and its runs would land in the Default experiment: select it by id
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -72,8 +85,11 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
 
     Ends FINISHED on success; KILLED on KeyboardInterrupt (the CLI turns SIGTERM into one) or on an
     exception in `killed_on` (a pruned trial); FAILED on any other exception. Exceptions are re-raised.
+    The run carries its owner (liveness.owner_tags) and a heartbeat this process refreshes while the run
+    is open, so that a later command can end it KILLED if this process dies without ending it (SIGKILL).
     """
-    all_tags = {"stage": stage, **({"strategy": strategy} if strategy else {}), **(tags or {})}
+    all_tags = {"stage": stage, **({"strategy": strategy} if strategy else {}), **(tags or {}),
+                **liveness.owner_tags(), liveness.HEARTBEAT_TAG: str(int(time.time()))}
     if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
         # the run `mlflow run` made for the entry point (MLflow reads and clears the variable): adopt it,
         # naming and tagging it like our own, and nesting it under `parent` when there is one
@@ -81,14 +97,18 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         mlflow.set_tag("mlflow.runName", name)
     else:
         run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
+    _HEARTBEAT.hold(run.info.run_id, mlflow.get_tracking_uri())
     try:
         yield run.info.run_id
     except (KeyboardInterrupt, *killed_on):
+        _HEARTBEAT.release(run.info.run_id)
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:
+        _HEARTBEAT.release(run.info.run_id)
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
+    _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
@@ -109,11 +129,11 @@ def log_params(params: dict[str, object]) -> None:
         mlflow.log_params(out)
 
 
-def log_metrics(values: dict[str, float], step: int | None = None) -> None:
-    """Many metrics in one call; NaN values (an undefined AUC) are skipped, not stored."""
+def log_metrics(values: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    """Many metrics in one call, on `run_id` or the active run; NaN values (an undefined AUC) are skipped."""
     clean = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
     if clean:
-        mlflow.log_metrics(clean, step=step)
+        mlflow.log_metrics(clean, step=step, run_id=run_id)
 
 
 class EpochLog:
@@ -135,9 +155,21 @@ class EpochLog:
 
 
 def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, context: str = "training") -> None:
+    """The data set as the active run's input. MLflow registers a data set once per experiment by a
+    check-then-insert, so two commands logging the same new data set at once collide on a UNIQUE
+    constraint; the loser retries and then finds the winner's row."""
+    from mlflow.exceptions import MlflowException
+
     # the source goes in the name: a local path as `source` makes MLflow warn about ambiguous source types
     dataset = mlflow.data.from_pandas(frame, targets=target, name=source, digest=digest)
-    mlflow.log_input(dataset, context=context)
+    for attempt in range(5):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as e:
+            if attempt == 4 or not _conflict(e):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
@@ -203,7 +235,8 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
     except MlflowException:
         raise UserError(f"run {run_id} not found in the tracking store {mlflow.get_tracking_uri()}") from None
     if (stage and run.data.tags.get("stage") != stage) or run.info.status != "FINISHED":
-        raise UserError(f"run {run_id} is not a finished {stage or ''} run (stage={run.data.tags.get('stage')}, status={run.info.status})")
+        raise UserError(f"run {run_id} is not a finished {stage or ''} run "
+                        f"(stage={run.data.tags.get('stage')}, status={run.info.status})")
     if split_key and run.data.tags.get("split_key") != split_key:
         raise UserError(f"run {run_id} was trained on other data, target, classes, features or seed than given now; "
                         "pass the options it ran with, or leave out --baseline-run to take the newest matching one")
@@ -246,8 +279,9 @@ def load_model_uri(uri: str):
     except Exception as e:  # MlflowException, OSError, unpickling errors: all mean "cannot load"
         raise UserError(f"cannot load {uri}: {first_line(e)}") from None
     if not isinstance(model, nn.Module) or not any(isinstance(m, nn.Linear) for m in model.modules()):
-        raise UserError(f"the model at {uri} has no nn.Linear layers to swap (MLflow's pt2 format keeps a traced graph, "
-                        "not modules); log it with serialization_format='pickle', or bring its class with --model and --checkpoint")
+        raise UserError(f"the model at {uri} has no nn.Linear layers to swap "
+                        "(MLflow's pt2 format keeps a traced graph, not modules); "
+                        "log it with serialization_format='pickle', or bring its class with --model and --checkpoint")
     return track(model, {"kind": "uri", "uri": uri})
 
 
@@ -319,6 +353,26 @@ def log_files_to(run_id: str, files: dict[str, str | bytes]) -> None:
         MlflowClient().log_artifacts(run_id, tmp)
 
 
+def log_predictions(rows: np.ndarray, c: np.ndarray, proba: np.ndarray) -> None:
+    """A run's test predictions as `predictions.npz`: the rows' positions in the data table (n,), their
+    classes (n,) and the predicted probabilities (n, K), for compare's pooled metrics and bootstrap."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "predictions.npz", rows=rows.astype(np.int64), c=c.astype(np.int64),
+                 proba=proba.astype(np.float32))
+        mlflow.log_artifact(str(Path(tmp) / "predictions.npz"))
+
+
+def read_predictions(run_id: str) -> dict[str, np.ndarray] | None:
+    """What `log_predictions` logged on `run_id` (rows, c, proba), or None; arrays only, never pickle."""
+    raw = read_artifact(run_id, "predictions.npz")
+    if raw is None:
+        return None
+    import io
+
+    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+        return {name: npz[name] for name in ("rows", "c", "proba")}
+
+
 def read_artifact(run_id: str, path: str) -> bytes | None:
     """An artifact's bytes, or None when the run has no such artifact."""
     try:
@@ -336,3 +390,153 @@ def latest_parent(experiment: str | None) -> str | None:
             return None
         ids = [exp.experiment_id]
     return newest_finished("tags.stage = 'convert'", ids)
+
+
+# ------------------------------------------------------------------ the store: opening it, and its orphans
+_OPENED: set[str] = set()  # tracking URIs this process has opened (setup checks each once)
+
+
+def _write_tags(run_id: str, uri: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+_HEARTBEAT = liveness.Heartbeat(_write_tags)
+
+
+@contextlib.contextmanager
+def store_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on `<path>.lock` (fcntl.flock), for what must not run twice at once on one SQLite
+    file: creating its tables, switching its journal mode. The kernel drops the lock when its holder dies,
+    even by SIGKILL. Where flock is unavailable (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        handle = open(f"{path}.lock", "a")
+    except OSError as e:
+        raise UserError(f"cannot create the lock file {path}.lock beside the store ({e.strerror}); "
+                        "check the folder's permissions") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _conflict(e: Exception) -> bool:
+    """Whether a store error is a lost race on a unique key (SQLite, PostgreSQL, MySQL wordings)."""
+    text = str(e)
+    return any(s in text for s in ("UNIQUE constraint failed", "IntegrityError", "duplicate key", "Duplicate entry"))
+
+
+def _open_store(uri: str) -> None:
+    """Check that `uri` names a store that can be opened, and open it: a fresh SQLite store is made in a
+    temporary file and renamed into place under `store_lock`, so a second command never sees half-made
+    tables and a kill during creation leaves no half-made store. One-line UserError otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    hint = "use --tracking-uri sqlite:///path/mlflow.db, http(s)://host:port or a database URL"
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("http", "https"):
+        _probe_server(uri)
+        return
+    try:
+        if scheme == "sqlite":
+            _open_sqlite(uri)
+        else:
+            MlflowClient(uri).search_experiments(max_results=1)
+    except UserError:
+        raise
+    except (MlflowException, OSError, ImportError, ValueError) as e:
+        if "unsupported URI" in str(e) or "Unexpected URI scheme" in str(e):
+            raise UserError(f"tracking URI {uri}: MLflow has no store for the scheme '{scheme}'; {hint}") from None
+        raise UserError(f"cannot open the tracking store {uri}: {first_line(e)}; {hint}") from None
+    except Exception as e:  # SQLAlchemy errors: a file that is no database, a server that refuses
+        raise UserError(f"cannot open the tracking store {uri}: {type(e).__name__}: {first_line(e)}; {hint}") from None
+
+
+def _open_sqlite(uri: str) -> None:
+    if not uri.startswith("sqlite:///") or uri in ("sqlite:///", "sqlite:///:memory:"):
+        raise UserError(f"tracking store {uri}: give a file, sqlite:///path/mlflow.db "
+                        "(an in-memory store keeps nothing)")
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_dir():
+        raise UserError(f"tracking store {path} is a folder, not a file; point --tracking-uri at a file in it: "
+                        f"sqlite:///{path / 'mlflow.db'}")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of the tracking store {path} does not exist; create it or choose another path")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise UserError(f"tracking store {path} is not an SQLite database (the file holds something else); "
+                                "point --tracking-uri at a new file, e.g. sqlite:///mlflow.db")
+    with store_lock(path):
+        if not path.is_file() or path.stat().st_size == 0:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+            tmp.unlink(missing_ok=True)
+            tmp_uri = f"sqlite:///{tmp}"
+            try:
+                MlflowClient(tmp_uri).search_experiments(max_results=1)  # creates every table
+                _dispose_engine(tmp_uri)
+                os.replace(tmp, path)  # atomic: the store appears whole or not at all
+            finally:
+                tmp.unlink(missing_ok=True)
+        # tracking and registry tables exist now; opening checks the schema version
+        MlflowClient(uri, registry_uri=uri).search_registered_models(max_results=1)
+
+
+def _dispose_engine(uri: str) -> None:
+    """Close MLflow's cached engine for `uri` (its connections would hold the renamed file open)."""
+    with contextlib.suppress(Exception):
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore._engine_map.pop(uri).dispose()
+
+
+def _probe_server(uri: str) -> None:
+    """A tracking server that does not answer fails now, in seconds, not after MLflow's minutes of retries.
+    Any HTTP answer (even 401 or 404) counts: only the connection is checked."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"the tracking server {uri} does not answer ({reason}); start it, or fix --tracking-uri "
+                        "/ MLFLOW_TRACKING_URI") from None
+
+
+def end_orphans(experiment_id: str | None = None) -> int:
+    """End as KILLED the RUNNING runs of the experiment (the current one by default) whose owner can no
+    longer end them (liveness.orphan_reason: its process is gone, or its heartbeat is too old), each with
+    the tag `killed_reason`; returns how many. Runs this process holds open, and runs of live owners on
+    this machine (a tune worker in another process), are never touched."""
+    experiment_id = experiment_id or current_experiment_id()
+    client = MlflowClient()
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    mine, adopted = _HEARTBEAT.held(), os.environ.get("MLFLOW_RUN_ID")
+    now, n = time.time(), 0
+    for run in running:
+        if run.info.run_id in mine or run.info.run_id == adopted:
+            continue
+        reason = liveness.orphan_reason(run.data.tags, now)
+        if reason is None:
+            continue
+        with contextlib.suppress(Exception):  # another command ending it at the same moment
+            client.set_tag(run.info.run_id, liveness.KILLED_REASON_TAG, f"{reason}; ended by pid {os.getpid()}")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            n += 1
+    return n
+
+
+def current_experiment_name() -> str:
+    """The name of the experiment runs go to now (under `mlflow run`, the one it was given)."""
+    return MlflowClient().get_experiment(current_experiment_id()).name

@@ -156,3 +156,15 @@ def test_folds_auto_cross_fits_small_tables_only(folds, rows, expected):
     from pipeline import data
 
     assert data.n_folds(folds, rows) == expected
+
+
+def test_a_run_whose_training_diverged_is_marked_and_never_champion(experiment):
+    result = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,finetune", "--lr", "1e12",
+                                          "--set", "slim.keep_ratios=none", "--set", "slim.depth=false",
+                                          "--set", "tune.n_trials=0"))
+    assert result.exit_code == 0, result.output
+    runs = runs_of(experiment)
+    [finetune] = [r for r in runs if r.data.tags.get("strategy") == "finetune"]
+    assert finetune.data.tags["training"] in ("diverged", "untrained")
+    [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
+    assert parent.data.tags["champion"] == "threshold" and "cannot be champion" in result.output

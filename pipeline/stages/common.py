@@ -101,6 +101,18 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
                on_epoch=on_epoch, distill=distill)
 
 
+def flag_training(hists: list, random_start: bool) -> str | None:
+    """Mark the active run (tag `training`) when its training cannot be trusted: a loss went non-finite
+    (`diverged`), or nothing beat a random starting head (`untrained`: the model is its random init). Such a
+    run is reported but never champion. Returns the flag."""
+    flag = ("diverged" if any(h.diverged for h in hists) else
+            "untrained" if random_start and not any(h.improved for h in hists) else None)
+    if flag:
+        tracking.set_tags({"training": flag})
+        say(f"warning: training {flag} (see the run's train/loss and val/loss); this run cannot be champion")
+    return flag
+
+
 def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int,
                    seed: int) -> dict[str, float]:
     """Evaluate a trained classifier once, log its metrics, test predictions, costs and model; returns the values."""

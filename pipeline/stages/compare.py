@@ -133,6 +133,7 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen:
         first_split = [r for r in group if r.data.tags.get("fold") in (None, "0")] or group
         row["best_run"] = max(first_split, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf"))).info.run_id
         row["runs"] = ",".join(r.info.run_id for r in group)
+        row["excluded"] = next((r.data.tags["training"] for r in group if "training" in r.data.tags), "")
         rows.append(row)
     frame = pd.DataFrame(rows)
     for col in (*TEST_COLUMNS.values(), "test_rows"):
@@ -157,7 +158,7 @@ def champion_index(board: pd.DataFrame, col: str, metric: str, chosen: str | Non
     """The champion's row: of our own classifiers, the best on `metric` (its column `col`, the mean over the
     row's runs). When cross-fitted, the head-swap strategy was `chosen` on validation macro-F1 averaged over
     folds, and only it and what slim and tune made from it compete: the other strategies lost there already."""
-    candidates = board[board["stage"].isin(CANDIDATES) & board[col].notna()]
+    candidates = board[board["stage"].isin(CANDIDATES) & board[col].notna() & (board["excluded"] == "")]
     if chosen is not None:
         candidates = candidates[(candidates["stage"] != "head_swap") | (candidates["strategy"] == chosen)]
     if candidates.empty:
@@ -217,8 +218,9 @@ def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
 
     col = RUN_COLUMNS[metric]
     out = board[["stage", "strategy", "n"]].copy()
-    out["role"] = ["champion" if top else "bar" if s == "threshold" else "reference" if s == "reference_hgb" else ""
-                   for s, top in zip(board["strategy"], board["champion"])]
+    out["role"] = ["champion" if top else "bar" if s == "threshold" else "reference" if s == "reference_hgb" else
+                   f"excluded: {why}" if why else "" for s, top, why in zip(board["strategy"], board["champion"],
+                                                                             board["excluded"])]
     out[metric] = [num(m, s) for m, s in zip(board[col], board[f"{col}_std"])]
     out["test f1_macro [95% CI]"] = [ci(*v) for v in zip(board["f1_macro"], board["f1_macro_ci_low"],
                                                           board["f1_macro_ci_high"])]

@@ -61,7 +61,7 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
         swaps = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
         runs = _strategy_runs(swaps)
-        scores = {s: np.mean([r.data.metrics["val/f1_macro"] for r in rs]) for s, rs in runs.items()}
+        scores = {s: _trusted_mean(rs) for s, rs in runs.items()}
         strategy = max(scores, key=scores.get)
         # every fold continues from this strategy's model on that fold, not from the fold's own favourite
         chosen = [_result(swap.run_id, _best_on_fold(runs[strategy], i)) for i, swap in enumerate(swaps)]
@@ -74,8 +74,8 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
     with tracking.start("slim", "slim", tags=folds) as slim_run:
         slims = [slim(cfg, data, source, force=force) for data, source in zip(splits, chosen)]
         runs = {**_strategy_runs(slims), "unslimmed": [tracking.get_run(c.model_run) for c in chosen]}
-        means = [{"strategy": s, **{key: np.mean([r.data.metrics[key] for r in rs])
-                                    for key in ("val/f1_macro", "cost/params")}} for s, rs in runs.items()]
+        means = [{"strategy": s, "val/f1_macro": _trusted_mean(rs),
+                  "cost/params": np.mean([r.data.metrics["cost/params"] for r in rs])} for s, rs in runs.items()]
         pick = recommend(means, cfg.slim.tolerance)
         if pick != "unslimmed":
             chosen = [_result(s.run_id, _best_on_fold(runs[pick], i)) for i, s in enumerate(slims)]
@@ -93,6 +93,14 @@ def _strategy_runs(results: list[StageResult]) -> dict[str, list]:
             if run.info.status == "FINISHED" and "val/f1_macro" in run.data.metrics:
                 out.setdefault(run.data.tags["strategy"], []).append(run)
     return out
+
+
+def _trusted_mean(runs: list) -> float:
+    """Validation macro-F1 averaged over a strategy's runs; -inf when one is flagged by flag_training
+    (diverged, untrained), so such a strategy is never chosen."""
+    if any("training" in r.data.tags for r in runs):
+        return float("-inf")
+    return float(np.mean([r.data.metrics["val/f1_macro"] for r in runs]))
 
 
 def _best_on_fold(runs: list, fold: int) -> str:

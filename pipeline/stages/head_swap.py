@@ -15,8 +15,8 @@ from ..reuse import reusable
 from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
                        new_head, swap_head, unfreeze, warm_start_head)
 from ..train import predict, resolve_device, seeded
-from .common import (StageResult, fit_classifier, log_classifier, log_run_inputs, run_name, say, seeds_of, split_tags,
-                     stage_output, stands_for, where)
+from .common import (StageResult, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
+                     seeds_of, split_tags, stage_output, stands_for, where)
 
 
 def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False) -> StageResult:
@@ -46,8 +46,8 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
                 with tracking.start(strategy, "head_swap", strategy=strategy, tags={
                         "baseline_run": baseline.run_id, **split_tags(data), "seed": str(seed)}) as child_id:
                     tracking.log_params({**run_cfg.flat(), "strategy": strategy})
-                    model, values = _run_strategy(strategy, run_cfg, data, regressor, head, device)
-                    if values["val/f1_macro"] > best_f1:
+                    model, values, flag = _run_strategy(strategy, run_cfg, data, regressor, head, device)
+                    if not flag and values["val/f1_macro"] > best_f1:
                         best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
                 say(f"{where('head_swap', data)}/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
                     f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, "
@@ -94,8 +94,9 @@ def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
 
 
 def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,
-                  device) -> tuple[nn.Module, dict]:
-    """Build and train the classifier of one strategy; returns it and its metrics."""
+                  device) -> tuple[nn.Module, dict, str | None]:
+    """Build and train the classifier of one strategy; returns it, its metrics and its training flag
+    (`flag_training`: a run that cannot be trusted)."""
     t = cfg.train
     with seeded(cfg.seed):  # the new head's initial weights
         warm = strategy in ("threshold", "warm_start")
@@ -109,20 +110,23 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
     if strategy == "threshold":
         # no training: the regressor cut at the class edges is exactly the warm-start head before any
         # step, a deliverable classifier whose probabilities come from the scale fitted on validation
-        return model, log_classifier(model, data, device, 0.0, 1, cfg.seed)
+        return model, log_classifier(model, data, device, 0.0, 1, cfg.seed), None
 
     log = tracking.EpochLog()
-    seconds, step = 0.0, 0
+    hists = []
     if strategy in ("linear_probe", "lp_ft"):
-        hist = fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=t.lr,
-                               params=freeze_backbone(model, head.name))
+        hists.append(fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=t.lr,
+                                    params=freeze_backbone(model, head.name)))
         unfreeze(model)
-        seconds, step = hist.seconds, hist.epochs  # lp_ft's fine-tune continues the probe's curve
     if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
         lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
-        hist = fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr, step=step)
-        seconds, step = seconds + hist.seconds, step + hist.epochs
+        # lp_ft's fine-tune continues the probe's curve
+        hists.append(fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr,
+                                    step=sum(h.epochs for h in hists)))
     log.flush()
-    return model, log_classifier(model, data, device, seconds, step + 1, cfg.seed)
+    # warm_start's starting weights already are threshold; the other heads start random
+    flag = flag_training(hists, random_start=strategy != "warm_start")
+    seconds, steps = sum(h.seconds for h in hists), sum(h.epochs for h in hists)
+    return model, log_classifier(model, data, device, seconds, steps + 1, cfg.seed), flag
 
 

@@ -17,8 +17,8 @@ from ..model import architecture
 from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
-from .common import (StageResult, classifier_values, costs, fit_classifier, log_classifier, log_run_inputs, run_name,
-                     say, seeds_of, split_tags, stage_output, stands_for, where)
+from .common import (StageResult, classifier_values, costs, fit_classifier, flag_training, log_classifier,
+                     log_run_inputs, run_name, say, seeds_of, split_tags, stage_output, stands_for, where)
 
 
 def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
@@ -63,8 +63,10 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
                     hist = fit_classifier(student, run_cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
                                            distill=distill)
                     log.flush()
+                    flag = flag_training([hist], random_start=False)
                     values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1, seed)
-                rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
+                if not flag:  # a diverged variant is logged, never recommended
+                    rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
                 say(f"{where('slim', data)}/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: "
                     f"{values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
         means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean

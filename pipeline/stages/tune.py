@@ -10,8 +10,8 @@ from ..data import Prepared
 from ..model import architecture
 from ..reuse import reusable
 from ..train import resolve_device
-from .common import (StageResult, log_classifier, log_run_inputs, run_name, say, split_tags, stage_output, stands_for,
-                     where)
+from .common import (StageResult, flag_training, log_classifier, log_run_inputs, run_name, say, split_tags,
+                     stage_output, stands_for, where)
 
 
 def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
@@ -89,6 +89,7 @@ def _refit(cfg: Config, params: dict[str, float], data: Prepared, source: StageR
         tracking.log_params({**cfg.flat(), **{f"best.{k}": v for k, v in params.items()}})
         model = copy.deepcopy(source.model)
         hist = train_config(model, params, data, cfg, cfg.seed)
+        flag_training([hist], random_start=False)
         values = log_classifier(model, data, device, hist.seconds, hist.epochs + 1, cfg.seed)
     say(f"{where('tune', data)}: best configuration retrained, test macro-F1 {values['test/f1_macro']:.3f}")
 
