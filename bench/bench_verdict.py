@@ -5,7 +5,7 @@ Each data set runs the real `reg2cls convert` twice in one fresh store (same see
 folds); the figure is the ratio of the interval widths, measured side by side in this run. The champion is
 chosen on validation in both; with folds its test rows are pooled out-of-fold predictions (every row once).
 
-    python bench/bench_verdict.py [--rounds 3]
+    python bench/bench_verdict.py
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def bootstrap_seconds(rows: int = 10, n: int = 10_000, n_boot: int = 1000) -> fl
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # this process reads the leaderboards
     print(f"{'data':20s} {'folds':>5s} {'champion':28s} {'test rows':>9s} {'macro-F1':>8s} {'95% width':>9s} "
           f"{'wall s':>7s}")
     for name, args in SETS.items():
