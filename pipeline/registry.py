@@ -35,20 +35,49 @@ def output_frame(class_names: list[str], proba: np.ndarray) -> pd.DataFrame:
 
 
 def register_champion(model, meta: dict, example: pd.DataFrame, registered_name: str, description: str,
-                      tags: dict[str, str]) -> str:
-    """Log the champion as a pyfunc on the active run, register it as `registered_name` with the alias
-    `champion`; returns the version. A champion already registered from the same run is re-aliased,
-    not registered again."""
+                      tags: dict[str, str], run_id: str | None = None, model_description: str | None = None) -> str:
+    """Log the champion as a pyfunc (`runs:/<run>/champion`) on `run_id`, the champion's own run (reopened
+    for the moment, and ended FINISHED with its own end time again), else on the active run; register it as
+    `registered_name` with the alias `champion`, so the registry's badge and lineage point at that run;
+    returns the version. `description` is the version's (markdown), `model_description` the registered
+    model's. A champion already registered from the same run is re-aliased, not registered again."""
     from mlflow.exceptions import MlflowException
-
-    from .model import model_file, save_state
 
     client = MlflowClient()
     with contextlib.suppress(Exception):  # no such model or alias yet
         current = client.get_model_version_by_alias(registered_name, "champion")
         if current.tags.get("champion_run") == tags.get("champion_run"):
             client.update_model_version(registered_name, current.version, description=description)
+            if model_description:
+                client.update_registered_model(registered_name, description=model_description)
             return current.version
+    with reopened(run_id):
+        version = _log_and_register(model, meta, example, registered_name, description, tags)
+    if model_description:
+        with contextlib.suppress(MlflowException):
+            client.update_registered_model(registered_name, description=model_description)
+    return version
+
+
+@contextlib.contextmanager
+def reopened(run_id: str | None):
+    """tracking.reopened(run_id) for the block; no-op for None or the active run."""
+    from . import tracking
+
+    if run_id is None or (mlflow.active_run() and mlflow.active_run().info.run_id == run_id):
+        yield
+        return
+    with tracking.reopened(run_id):
+        yield
+
+
+def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name: str, description: str,
+                      tags: dict[str, str]) -> str:
+    from mlflow.exceptions import MlflowException
+
+    from .model import model_file, save_state
+
+    client = MlflowClient()
     if next(model.parameters()).device.type != "cpu":
         model = copy.deepcopy(model).cpu()
     k = len(meta["class_names"])
@@ -137,7 +166,7 @@ def load_champion(uri: str):
     if (inputs is None or inputs.is_tensor_spec() or outputs is None or outputs.is_tensor_spec()
             or "label" not in outputs.input_names()):
         raise UserError(f"{uri} is not a reg2cls champion (a model that takes the raw columns and returns `label`); "
-                        "use models:/<name>@champion or runs:/<compare run id>/champion")
+                        "use models:/<name>@champion or runs:/<champion run id>/champion")
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as e:

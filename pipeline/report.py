@@ -12,6 +12,20 @@ from matplotlib.figure import Figure
 from .metrics import calibration_bins
 
 
+def _plain(draw):
+    """Draw (and render) in matplotlib's default style, whatever the process set globally (Optuna's plots
+    switch pyplot to `ggplot`: grey panels and grids on every later figure)."""
+    import functools
+
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        from matplotlib import style
+
+        with style.context("default"):
+            return draw(*args, **kwargs)
+    return wrapped
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points (cost, score) that no other point beats on both: lower cost, higher score."""
     front = []
@@ -22,9 +36,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_figure(rows: list[dict], recommended: str):
-    """Parameters vs test macro-F1, one point per slim variant plus the unslimmed model."""
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+@_plain
+def pareto_figure(rows: list[dict], recommended: str, unslimmed: str = "slimming's input"):
+    """Parameters vs test macro-F1, one point per slim variant plus the unslimmed model (`unslimmed` names it:
+    slimming's input, not necessarily the champion); a legend for every mark."""
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(6.8, 4.4), dpi=110)
     ax = fig.subplots()
     points = [(r["cost/params"], r["test/f1_macro"]) for r in rows]
     front = set(pareto_front(points))
@@ -32,8 +50,14 @@ def pareto_figure(rows: list[dict], recommended: str):
         x, y = points[i]
         style = dict(marker="*", s=160, color="tab:red") if r["strategy"] == recommended else \
             dict(marker="o", s=40, color="tab:blue" if i in front else "tab:gray")
+        if r["strategy"] == "unslimmed":
+            style.update(edgecolors="black", linewidths=1.2)
         ax.scatter([x], [y], zorder=3, **style)
-        ax.annotate(r["strategy"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if r["strategy"] == "unslimmed":  # the largest model: its label goes to the left, inside the plot
+            ax.annotate(f"unslimmed ({unslimmed})", (x, y), textcoords="offset points", xytext=(-6, 5), fontsize=8,
+                        ha="right")
+        else:
+            ax.annotate(r["strategy"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ordered = sorted(front, key=lambda i: points[i][0])
     ax.plot([points[i][0] for i in ordered], [points[i][1] for i in ordered], color="tab:blue", lw=1, zorder=2)
     ax.set_xscale("log")
@@ -41,6 +65,12 @@ def pareto_figure(rows: list[dict], recommended: str):
     ax.set_ylabel("test macro-F1")
     ax.set_title(f"Slimming: size vs quality (recommended: {recommended})", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(handles=[
+        Line2D([], [], marker="*", color="tab:red", ls="", markersize=11, label="recommended variant"),
+        Line2D([], [], marker="o", color="tab:blue", ls="-", lw=1, label="Pareto front (nothing smaller is better)"),
+        Line2D([], [], marker="o", color="tab:gray", ls="", label="dominated"),
+        Line2D([], [], marker="o", color="white", markeredgecolor="black", ls="", label="unslimmed (slimming's input)"),
+    ], fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -54,6 +84,7 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+@_plain
 def intervals_figure(board: pd.DataFrame, metric: str):
     """Test macro-F1 of every row with its 95% bootstrap interval, in the board's order (best on `metric`, a
     validation metric, first), on an axis zoomed to the intervals; the champion and the reference stand out."""
@@ -71,32 +102,109 @@ def intervals_figure(board: pd.DataFrame, metric: str):
     ax.scatter(mid, y, c=colors, zorder=3)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set_xlabel(f"test macro-F1, 95% bootstrap interval (rows ordered by {metric})")
+    ax.set_xlabel(f"test macro-F1 with its 95% bootstrap interval\n(rows ordered by {metric})")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("red: champion (chosen on validation), green: gradient-boosting reference", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+@_plain
 def confusion_figure(c_true, pred, class_names: list[str]):
+    """Counts and row percentages (share of each true class), coloured by the row percentage, with text in
+    white on dark cells and black on light ones."""
     k = len(class_names)
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (c_true, pred), 1)
-    fig = Figure(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=110)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(1.3 * k + 3.0, 1.0 * k + 2), dpi=110)
     ax = fig.subplots()
-    ax.imshow(cm, cmap="Blues")
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
+            ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=9,
+                    color="white" if share[i, j] > 0.5 else "black")
     ax.set_xticks(range(k), class_names, rotation=30, ha="right")
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Champion: confusion matrix (test)", fontsize=10)
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class (row)")
+    ax.set_title("Champion: confusion matrix (test; count and row %)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
+@_plain
+def curves_figure(curves: dict[str, list[tuple[int, float]]]):
+    """One run's per-epoch curves: train/loss and val/loss overlaid (left), val/f1_macro (right); the
+    epoch with the lowest validation loss, whose weights training restores, is marked."""
+    fig = Figure(figsize=(8.0, 3.4), dpi=110)
+    left, right = fig.subplots(1, 2)
+    for key, color in (("train/loss", "tab:blue"), ("val/loss", "tab:orange")):
+        if key in curves:
+            left.plot(*zip(*curves[key]), color=color, label=key)
+    if "val/loss" in curves:
+        step, value = min(curves["val/loss"], key=lambda p: p[1])
+        left.scatter([step], [value], color="tab:red", zorder=3, label="lowest val/loss (restored)")
+        right.axvline(step, color="tab:red", ls=":", lw=1, label="restored epoch")
+    left.set_xlabel("epoch")
+    left.set_title("loss", fontsize=10)
+    if "val/f1_macro" in curves:
+        right.plot(*zip(*curves["val/f1_macro"]), color="tab:green", label="val/f1_macro")
+    right.set_xlabel("epoch")
+    right.set_title("validation macro-F1", fontsize=10)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # a diverged run may have no finite curve to show
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+@_plain
+def validation_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: str = "val/f1_macro"):
+    """One per-epoch validation curve per head-swap strategy, overlaid (a strategy that does not train, such as
+    threshold, is a dashed level line at its value when given as a single point)."""
+    fig = Figure(figsize=(7.0, 3.8), dpi=110)
+    ax = fig.subplots()
+    for name, points in curves.items():
+        if len(points) > 1:
+            ax.plot(*zip(*points), label=name, lw=1.5)
+        elif points:
+            ax.axhline(points[0][1], ls="--", lw=1, color="gray", label=f"{name} (no training)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Head-swap strategies: {metric} per epoch (validation)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@_plain
+def tuning_figure(untuned: tuple[str, float], tuned: float, metric: str):
+    """The tuned model's validation score beside its untuned start, with the difference written out."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 2.4), dpi=110)
+    ax = fig.subplots()
+    labels, values = [f"untuned start: {untuned[0]}", "tuned"], [untuned[1], tuned]
+    ax.scatter(values, [0, 1], color=["tab:gray", "tab:purple"], s=60, zorder=3)
+    ax.hlines([0, 1], min(values), values, color=["tab:gray", "tab:purple"], lw=1)
+    ax.set_yticks([0, 1], labels)
+    ax.set_ylim(-0.6, 1.6)
+    span = max(abs(tuned - untuned[1]), 0.01)
+    ax.set_xlim(min(values) - span, max(values) + span)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_xlabel(metric)
+    ax.set_title(f"Tuning: {tuned - untuned[1]:+.4f} over its untuned start", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+@_plain
 def roc_figure(c_true, proba, class_names: list[str]):
     """ROC curve of the positive class (binary) or one-vs-rest per class."""
     from sklearn.metrics import auc, roc_curve
@@ -116,6 +224,7 @@ def roc_figure(c_true, proba, class_names: list[str]):
     return fig
 
 
+@_plain
 def reliability_figure(c_true, proba, bins: int = 10):
     """Accuracy against confidence in equal-width bins: the diagonal is perfect calibration."""
     xs, ys, ns = zip(*calibration_bins(c_true, proba, bins))
@@ -132,6 +241,7 @@ def reliability_figure(c_true, proba, bins: int = 10):
     return fig
 
 
+@_plain
 def png(figure) -> bytes:
     """The figure as PNG bytes."""
     import io
@@ -141,19 +251,63 @@ def png(figure) -> bytes:
     return buf.getvalue()
 
 
-def html(title: str, summary: list[str], board: pd.DataFrame, images: dict[str, bytes]) -> str:
-    """One self-contained page: the summary, the leaderboard, every image embedded as base64."""
+GLOSSARY = {
+    "threshold": "the regressor unchanged, its output cut at the class edges: the bar every conversion must beat",
+    "warm_start": "a classification head computed from the regression head (starts equal to threshold), then "
+                  "fine-tuned",
+    "linear_probe": "a new head trained on the frozen regressor's features",
+    "finetune": "a new head, and the whole network trained",
+    "lp_ft": "linear probe first, then the whole network fine-tuned at a lower learning rate",
+    "scratch": "the same architecture trained from random weights: the control",
+    "width_*, depth_*": "slim variants: the champion-to-be cut narrower or shallower, then fine-tuned "
+                        "(distilled from the unslimmed model when configured)",
+    "tuned": "the Optuna search's best configuration (dropout, learning rate, ...)",
+    "reference_hgb": "scikit-learn's gradient boosting on the same splits: how good the data allows, not a "
+                     "candidate",
+}
+
+
+def html(title: str, summary: list[str], board: pd.DataFrame, images: dict[str, bytes],
+         notes: dict[str, str] | None = None) -> str:
+    """One self-contained page: the verdict paragraph, the leaderboard, a glossary of the strategies and
+    every image embedded as base64, each with its note (`notes[name]`) under its heading."""
+    import html as h
+
+    notes = notes or {}
+    verdict = [s for s in summary if s.startswith(("Champion", "Verdict", "Gradient"))]
+    details = [s for s in summary if s not in verdict]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{h.escape(title)}</title>",
+             "<link rel='icon' href='data:,'>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;margin:0.5em 0 1em}"
+             ".verdict{background:#f3f6fa;border-left:4px solid #2b6cb0;padding:0.6em 1em;font-size:15px}"
+             ".note{color:#444;font-size:13px;margin:0}dt{font-weight:bold;font-family:monospace}"
+             "dd{margin:0 0 0.4em 1.5em;font-size:13px}</style></head><body>",
+             f"<h1>{h.escape(title)}</h1>",
+             "<div class='verdict' id='verdict'>", *[f"<p>{h.escape(s)}</p>" for s in verdict], "</div>",
+             "<ul class='note'>", *[f"<li>{h.escape(s)}</li>" for s in details], "</ul>"]
+    images = dict(images)
+    first = next(iter(images), None)
+    if first is not None:  # the dot plot right under the verdict, before the table
+        parts += _image(first, images.pop(first), notes.get(first))
+    parts += ["<h2>Leaderboard</h2>",
+              "<p class='note'>Ordered by the validation metric; the champion is chosen there, never on test. "
+              "Intervals are 95% bootstrap intervals over the test rows; <code>vs threshold</code> is the paired "
+              "difference to thresholding the regressor; <code>pareto</code> (*) marks rows no other row beats on "
+              "both the metric and the parameter count.</p>",
+              board.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
+    for name, data in images.items():
+        parts += _image(name, data, notes.get(name))
+    parts += ["<h2>Glossary</h2>", "<dl>",
+              *[f"<dt>{h.escape(k)}</dt><dd>{h.escape(v)}</dd>" for k, v in GLOSSARY.items()], "</dl>",
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def _image(name: str, data: bytes, note: str | None) -> list[str]:
     import base64
     import html as h
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{h.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;margin:1em 0}</style></head><body>",
-             f"<h1>{h.escape(title)}</h1>", "<ul>", *[f"<li>{h.escape(s)}</li>" for s in summary], "</ul>",
-             "<h2>Leaderboard</h2>", board.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
-    for name, data in images.items():
-        parts += [f"<h2>{h.escape(name)}</h2>",
-                  f"<img alt='{h.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return [f"<h2>{h.escape(name)}</h2>", *([f"<p class='note'>{h.escape(note)}</p>"] if note else []),
+            f"<img alt='{h.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"]

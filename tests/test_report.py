@@ -1,0 +1,176 @@
+"""What people read: the registered champion's run and descriptions, metrics that chart well, and report.html
+rendered by a real headless Chromium (Debian's /usr/bin/chromium with /usr/bin/chromedriver)."""
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import invoke, runs_of, tiny_args
+from mlflow.tracking import MlflowClient
+
+from pipeline import report
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def chromium(tmp_path: Path):
+    """Headless Chromium driven by selenium (no download: Debian's browser and driver); skips without them."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip("Chromium not installed (apt-get install chromium chromium-driver; .ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1300,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+@pytest.fixture(scope="module")
+def converted(store_uri, tmp_path_factory):
+    """One tiny convert over every stage, shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("report")
+    experiment = f"rep-{uuid.uuid4().hex[:6]}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            mp.delenv(var, raising=False)
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(store_uri)
+        result = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,linear_probe,warm_start",
+                                              "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
+                                              "--set", "tune.n_trials=2"))
+        assert result.exit_code == 0, result.output
+        runs = runs_of(experiment)
+        yield {"experiment": experiment, "tmp": tmp, "runs": runs,
+               "parent": next(r for r in runs if r.data.tags["stage"] == "convert")}
+
+
+def test_champion_is_registered_from_its_own_run(converted):
+    parent = converted["parent"]
+    name = parent.data.tags["registered_model"]
+    version = MlflowClient().get_model_version_by_alias(name, "champion")
+    assert version.run_id == parent.data.tags["champion_run"]  # the badge and lineage: the winning run
+    champion = MlflowClient().get_run(version.run_id)
+    assert champion.info.status == "FINISHED" and champion.data.tags["stage"] != "compare"
+    compare = next(r for r in converted["runs"] if r.data.tags["stage"] == "compare" and "strategy" not in r.data.tags)
+    assert champion.info.end_time <= compare.info.start_time  # ended again with its own end time
+    loaded = mlflow.pyfunc.load_model(f"runs:/{version.run_id}/champion")
+    assert "label" in loaded.metadata.get_output_schema().input_names()
+
+
+def test_registered_model_and_version_have_markdown_descriptions(converted):
+    parent = converted["parent"]
+    name, client = parent.data.tags["registered_model"], MlflowClient()
+    model = client.get_registered_model(name)
+    version = client.get_model_version_by_alias(name, "champion")
+    for text in (model.description, version.description):
+        assert f"reg2cls predict --model-uri models:/{name}@champion" in text
+        assert f"mlflow models serve -m models:/{name}@champion" in text
+    assert "**Classes**" in model.description and "**Input**" in model.description
+    assert "### How it was chosen" in version.description and "- Verdict:" in version.description
+    assert parent.data.tags["champion_run"] in version.description
+
+
+def test_experiment_gets_a_description_once(converted):
+    from pipeline import tracking
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(converted["experiment"])
+    assert "convert" in exp.tags["mlflow.note.content"]
+    client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", "mine")
+    tracking.describe_experiment("other", exp.experiment_id)
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.note.content"] == "mine"
+
+
+def test_convert_description_links_the_champion_run_and_version(converted):
+    parent = converted["parent"]
+    note, tags = parent.data.tags["mlflow.note.content"], parent.data.tags
+    assert f"runs/{tags['champion_run']})" in note
+    assert f"#/models/{tags['registered_model']}/versions/{tags['registered_version']})" in note
+
+
+def test_final_metrics_add_no_extra_epoch(converted):
+    client = MlflowClient()
+    run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
+    f1 = client.get_metric_history(run.info.run_id, "val/f1_macro")
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
+    assert max(m.step for m in f1) == max(m.step for m in loss)  # the curve ends where training ended
+    last = max(f1, key=lambda m: (m.step, m.timestamp))
+    assert run.data.metrics["val/f1_macro"] == last.value  # the run's value: the returned model's
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/f1_macro")] == [0]  # logged once
+
+
+def test_baseline_final_rmse_is_the_returned_models_at_the_curves_end(converted):
+    client = MlflowClient()
+    run = next(r for r in converted["runs"] if r.data.tags["stage"] == "baseline")
+    rmse = client.get_metric_history(run.info.run_id, "val/rmse")
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
+    last = max(rmse, key=lambda m: (m.step, m.timestamp))
+    assert last.step == max(m.step for m in loss) and run.data.metrics["val/rmse"] == last.value
+    assert run.data.metrics["val/rmse"] == pytest.approx(min(m.value for m in rmse), rel=1e-4)  # the restored best
+
+
+def test_strategy_runs_log_their_curves(converted):
+    run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "linear_probe")
+    names = [f.path for f in MlflowClient().list_artifacts(run.info.run_id)]
+    assert "curves.png" in names
+
+
+def test_report_renders_in_chromium_with_every_image(converted, tmp_path):
+    page = Path(mlflow.artifacts.download_artifacts(run_id=converted["parent"].info.run_id,
+                                                    artifact_path="report.html", dst_path=str(tmp_path)))
+    driver = chromium(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        images = driver.execute_script(
+            "return [...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        verdict = driver.find_element("id", "verdict").text
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        headings = driver.execute_script("return [...document.querySelectorAll('h2')].map(h => h.textContent)")
+    finally:
+        driver.quit()
+    assert errors == []
+    assert len(images) >= 7 and all(ok for _, ok in images), images
+    assert "Champion, chosen on validation" in verdict and "Verdict:" in verdict
+    for title in ("Per strategy", "Validation curves", "Confusion matrix", "Slimming: Pareto",
+                  "Tuning against its untuned start", "Glossary"):
+        assert title in headings
+
+
+def test_confusion_matrix_has_counts_row_shares_and_contrasting_text():
+    c_true = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    pred = np.array([0, 0, 0, 1, 1, 0, 0, 0])
+    fig = report.confusion_figure(c_true, pred, ["low", "high"])
+    cells = [(t.get_text(), t.get_color()) for t in fig.axes[0].texts]
+    assert cells == [("3\n75%", "white"), ("1\n25%", "black"), ("3\n75%", "white"), ("1\n25%", "black")]
+
+
+def test_pareto_figure_names_its_unslimmed_model_and_has_a_legend():
+    rows = [{"strategy": "unslimmed", "cost/params": 1000, "test/f1_macro": 0.8},
+            {"strategy": "width_0.5", "cost/params": 500, "test/f1_macro": 0.79}]
+    ax = report.pareto_figure(rows, "width_0.5", unslimmed="warm_start").axes[0]
+    assert "unslimmed (warm_start)" in [t.get_text() for t in ax.texts]
+    assert len(ax.get_legend().get_texts()) == 4
+
+
+def test_strategy_runs_record_each_split_as_an_input(converted):
+    run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
+    contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset.name
+                for i in run.inputs.dataset_inputs}
+    assert set(contexts) == {"train", "validation", "test"}
+    assert all(name.endswith(f"[{context}]") for context, name in contexts.items())
+
+
+def test_logged_models_say_their_strategy(converted):
+    run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
+    models = MlflowClient().search_logged_models(experiment_ids=[run.info.experiment_id])
+    [model] = [m for m in models if m.source_run_id == run.info.run_id and m.name == "model"]
+    assert model.tags["strategy"] == "warm_start" and model.tags["stage"] == "head_swap"
