@@ -1,0 +1,91 @@
+"""Independent trainings side by side: worker processes, one torch thread each.
+
+`workers(n)` opens a pool of `n` spawned processes (fresh interpreters: no forked torch, SQLite or MLflow
+state) for the duration of a command; stages hand it their independent trainings (head-swap strategies
+and seeds, slim variants) through `run(fn, tasks)`. A task runs in a worker exactly as it would here: its
+MLflow runs nest under the parent run id the task names, in the same store and experiment, so the store
+holds the same runs, tags and metrics whatever `--jobs` is (only their order may differ). With one job, or
+outside `workers`, `run` calls every task here, in order. Data travel with the task (pickled once per
+task), so workers never read the data file.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterator
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), the default for --jobs."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a terminated worker unwinds: its open runs end KILLED
+
+
+def _start_worker(tracking_uri: str, experiment_id: str) -> None:
+    import mlflow
+
+    from .train import use_threads
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the command, which terminates the workers
+    use_threads(1)  # the cores are shared out between processes, not threads (see train.use_threads)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=experiment_id)
+
+
+@contextlib.contextmanager
+def workers(n: int) -> Iterator[None]:
+    """Run the block with `n` worker processes available to `run` (none when n is 1)."""
+    global _POOL
+    if n <= 1:
+        yield
+        return
+    import multiprocessing
+
+    from . import tracking
+
+    tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
+    _POOL = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                initargs=(tracking.setup(None), tracking.current_experiment_id()))
+    try:
+        yield
+    except BaseException:
+        _terminate(_POOL)
+        raise
+    finally:
+        _POOL.shutdown(wait=True, cancel_futures=True)
+        _POOL = None
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker: each ends its open runs KILLED (see _interrupt) before it exits."""
+    for process in list((pool._processes or {}).values()):  # the executor keeps no public handle on them
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
+def run(fn: Callable, tasks: list[tuple]) -> list:
+    """fn(*task) for every task, in the pool when there is one, else here; results in the order of `tasks`.
+
+    A worker that dies (killed, out of memory) ends its open runs FAILED and raises one clear RuntimeError."""
+    if _POOL is None:
+        return [fn(*task) for task in tasks]
+    futures = [_POOL.submit(fn, *task) for task in tasks]
+    try:
+        return [f.result() for f in futures]
+    except BrokenProcessPool:
+        from . import tracking
+
+        from .config import UserError
+
+        ended = tracking.end_orphans(status="FAILED")
+        raise UserError(f"a worker process died (killed, or out of memory); {ended} of its run(s) ended FAILED; "
+                        "run again, or with --jobs 1 to see the failure in this process") from None

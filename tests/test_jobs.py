@@ -1,0 +1,79 @@
+"""--jobs: strategies and variants trained side by side in worker processes, logging exactly what one
+process would; a worker that dies leaves no run RUNNING."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from conftest import invoke, process_env, runs_of, settled, tiny_args
+
+ARGS = ("--strategies", "threshold,finetune,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
+        "--set", "tune.n_trials=1")
+
+
+def _signature(experiment: str) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    """(stage, strategy or run name, fold) -> sorted metric keys, for every run of the experiment."""
+    return {(r.data.tags["stage"], r.data.tags.get("strategy", r.info.run_name), r.data.tags.get("fold", "")):
+            tuple(sorted(r.data.metrics)) for r in runs_of(experiment)}
+
+
+@pytest.fixture(scope="module")
+def one_and_two(store_uri, tmp_path_factory):
+    """The same tiny convert with --jobs 1 and --jobs 2, in two experiments of one store."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
+        mp.chdir(tmp_path_factory.mktemp("jobs"))
+        mlflow.set_tracking_uri(store_uri)
+        for jobs in ("1", "2"):
+            result = invoke("convert", *tiny_args(f"jobs-{jobs}", *ARGS, "--jobs", jobs))
+            assert result.exit_code == 0, result.output
+    return "jobs-1", "jobs-2"
+
+
+def test_two_jobs_log_the_same_runs_tags_and_metric_keys_as_one(one_and_two):
+    one, two = one_and_two
+    assert settled(runs_of(two))
+    assert _signature(two) == _signature(one)
+
+
+def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
+    one, two = one_and_two
+    key = "val/f1_macro"
+
+    def values(experiment):
+        return {(r.data.tags["stage"], r.data.tags.get("strategy", "")): r.data.metrics.get(key)
+                for r in runs_of(experiment) if "strategy" in r.data.tags}
+
+    assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
+
+
+def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
+    assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
+    args = tiny_args(experiment, "--jobs", "2", "--strategies", "finetune,scratch,lp_ft,linear_probe")
+    args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "head-swap", *args], env=process_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(r.info.status == "RUNNING" and r.data.tags.get("strategy")
+                                                 for r in runs_of(experiment)):
+            time.sleep(0.5)
+        # the pool's workers (not multiprocessing's resource tracker, the other child)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
+                                 text=True).stdout.split()
+        assert workers, "no worker process found"
+        for pid in workers:  # SIGKILL: the worker cannot end its own run
+            subprocess.run(["kill", "-9", pid])
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == 1 and "a worker process died" in err and "Traceback" not in err, err[-2000:]
+    runs = runs_of(experiment)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    assert any(r.info.status == "FAILED" and r.data.tags.get("strategy") for r in runs)
