@@ -217,7 +217,9 @@ def _prepare(opts: dict):
     one per outer fold when cross-fitting (`--folds`); commands other than convert and compare use the first."""
     command = click.get_current_context().command.name
     cfg = resolve(command, opts)
-    from . import data, liveness, tracking
+    from . import data, liveness, progress, tracking
+
+    progress.set_quiet(opts.get("quiet"))
     from .train import resolve_device
 
     problem = liveness.check_env()
@@ -233,9 +235,10 @@ def _prepare(opts: dict):
     layout = (f"split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}" if len(splits) == 1 else
               f"{len(splits)} outer folds, each split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
     text = f", {s['strings_as_missing']} of them text in numeric columns" if s.get("strings_as_missing") else ""
-    click.echo(f"data: {cfg.data.source}: {s['rows']} rows ({s['rows_dropped_missing_target']} dropped for a missing "
-               f"target, {s['features_imputed']} feature values imputed{text}), {s['n_features']} features; "
-               f"classes {', '.join(splits[0].class_names)}; {layout}")
+    progress.write(f"data: {cfg.data.source}: {s['rows']} rows ({s['rows_dropped_missing_target']} dropped for a "
+                   f"missing target, {s['features_imputed']} feature values imputed{text}), {s['n_features']} "
+                   f"features; classes {', '.join(splits[0].class_names)}; {layout}")
+    cfg = _resolve_batch(cfg, len(splits[0].train.x))
     tracking.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
 
@@ -256,6 +259,29 @@ def _prepare(opts: dict):
     return cfg, splits, brought
 
 
+def _workers(cfg):
+    """The worker processes (`--jobs`) that train strategies and variants side by side for this command."""
+    from . import jobs
+
+    return jobs.workers(cfg.train.jobs or jobs.usable_cores())
+
+
+def _resolve_batch(cfg: config.Config, train_rows: int) -> config.Config:
+    """`train.batch_size` auto and `train.lr` resolved for `train_rows` (train.batch_and_lr) before any run
+    opens, so every run logs the batch size and learning rate it trained with as its params."""
+    import dataclasses
+
+    from . import progress
+    from .train import batch_and_lr
+
+    t = cfg.train
+    batch, lr = batch_and_lr(t.batch_size, t.lr, train_rows, t.max_steps_per_epoch, t.lr_scaling)
+    if str(t.batch_size).strip().lower() == "auto" and batch != 64:
+        progress.write(f"train: batch {batch} for {train_rows} training rows (at most {t.max_steps_per_epoch} steps "
+                       f"an epoch), lr {t.lr:g} -> {lr:.3g} ({t.lr_scaling} rule); --batch-size N sets it")
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=str(batch), lr=lr))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="reg2cls")
 def cli():
@@ -273,7 +299,8 @@ def convert(**opts):
     cfg, splits, brought = _prepare(opts)
     from . import stages, tracking
 
-    result = stages.convert(cfg, splits, brought, force=opts["force"])
+    with _workers(cfg):
+        result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)
     click.echo(f"Parent run: {result.parent}\nBrowse the runs: {tracking.ui_command(tracking.setup(None))}")
 
@@ -308,7 +335,8 @@ def head_swap(**opts):
     from . import stages
 
     source = _input_model(opts["baseline_run"], prepared.split_key, "baseline", option="--baseline-run", exact=True)
-    result = stages.head_swap(cfg, prepared, source, force=opts["force"])
+    with _workers(cfg):
+        result = stages.head_swap(cfg, prepared, source, force=opts["force"])
     _print_board(stages.leaderboard(stages.strategy_runs(result.run_id), seed=cfg.seed))
     click.echo(f"head_swap run: {result.run_id}")
 
@@ -322,7 +350,8 @@ def slim(**opts):
     from . import stages
 
     source = _input_model(opts["from_run"], prepared.split_key, "head_swap")
-    result = stages.slim(cfg, prepared, source, force=opts["force"])
+    with _workers(cfg):
+        result = stages.slim(cfg, prepared, source, force=opts["force"])
     _print_board(stages.leaderboard(stages.strategy_runs(result.run_id), seed=cfg.seed))
     click.echo(f"slim run: {result.run_id}")
 

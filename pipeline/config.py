@@ -67,12 +67,15 @@ class UserModel:
 @dataclass(frozen=True)
 class Train:
     epochs: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: str = "auto"  # a whole number, or auto: 64, doubled while an epoch would take > max_steps_per_epoch
+    lr: float = 3e-3          # at batch 64; auto batches scale it by lr_scaling (the resolved values are logged)
+    max_steps_per_epoch: int = 100  # auto batch: optimizer steps an epoch may take (0: always batch 64)
+    lr_scaling: str = "sqrt"  # sqrt | linear | none: how an auto batch larger than 64 scales lr
     weight_decay: float = 1e-4
     patience: int = 25      # epochs without a better validation loss before stopping
     device: str = "auto"
     threads: int = 1        # torch threads of this process: for MLPs this small one is fastest, also beside other work
+    jobs: int = 0           # worker processes for independent trainings (strategies, variants); 0 = every usable core
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class Tune:
     pruner: str = "median"        # median | hyperband | none
     storage: str = ""             # Optuna storage URL; "" = sqlite optuna.db next to the MLflow store
     study_name: str = ""          # "" = <experiment>-<architecture hash>-<split key>
-    workers: int = 1              # local worker processes, one torch thread each
+    workers: int = 0              # local worker processes, one torch thread each; 0 = as many as train.jobs
     max_dropout: float = 0.5      # upper bound of the head and hidden dropout searched
 
 
@@ -199,15 +202,21 @@ OPTIONS = (
                                   "2,000 rows, else 1). Stage commands other than convert work on the first fold.",
            mlproject=_RUNS, note="auto | 1 | K"),
     Option("epochs", "train.epochs", "Maximum epochs per training run.", type=int, min=1, mlproject=_RUNS[:4]),
-    Option("batch_size", "train.batch_size", type=int, min=2),
+    Option("batch_size", "train.batch_size", "Rows per batch, or auto (default): 64, doubled while an epoch would "
+                                             "take more than train.max_steps_per_epoch (100) steps, lr scaled by "
+                                             "sqrt(batch / 64)."),
     Option("lr", "train.lr", "Learning rate.", type=float, min=0, min_open=True),
     Option("threads", "train.threads", "Torch threads of this process (default 1: fastest for these small MLPs).",
            type=int, min=1),
+    Option("jobs", "train.jobs", "Worker processes training strategies and variants side by side, one thread "
+                                 "each (default 0: every usable core; 1: all in this process).", type=int, min=0,
+           commands=("convert", "head-swap", "slim"), mlproject=("convert", "head-swap", "slim")),
     Option("seed", "seed", "Seed for the split and every training run.", type=int, min=0, mlproject=_RUNS),
     Option("seeds", "seeds", "Repeat every trained strategy with this many seeds (mean ± std).", type=int, min=1),
     Option("device", "train.device", "auto (default): CUDA when available.", choices=DEVICES, mlproject=_RUNS,
            note="auto | cpu | cuda"),
     Option("experiment", "experiment", "MLflow experiment name (default: reg2cls).", mlproject=("compare",)),
+    Option("quiet", None, "No progress bars and no per-run lines; only the results.", flag=True),
     Option("tracking_uri", None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     # tune always adds trials and compare always runs: --force would change nothing there
     Option("force", None, "Re-run stages even when a finished run with the same inputs exists.", flag=True,
@@ -242,7 +251,8 @@ OPTIONS = (
            commands=("tune",), mlproject=("tune",), note="Optuna RDB URL, e.g. postgresql://user:pw@host/db"),
     Option("study_name", "tune.study_name", "Default: <experiment>-<architecture hash>-<split key>.",
            commands=("tune",), mlproject=("tune",)),
-    Option("workers", "tune.workers", "Local worker processes, one torch thread each.", type=int, min=1,
+    Option("workers", "tune.workers", "Local worker processes, one torch thread each (default 0: as many as "
+                                      "--jobs, every usable core).", type=int, min=0,
            commands=("tune",), mlproject=("tune",)),
     # compare
     Option("run_id", None, "The convert (parent) run to compare (default: the newest finished one).",
@@ -370,8 +380,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"tune.metric must be one of {', '.join(TUNE_METRICS)}, got '{cfg.tune.metric}'")
     if cfg.tune.pruner not in PRUNERS:
         raise UserError(f"tune.pruner must be one of {', '.join(PRUNERS)}, got '{cfg.tune.pruner}'")
-    if cfg.tune.n_trials < 0 or cfg.tune.workers < 1 or cfg.tune.epochs < 1 or cfg.tune.timeout < 0:
-        raise UserError("tune.n_trials and tune.timeout must be >= 0, tune.workers and tune.epochs >= 1")
+    if cfg.tune.n_trials < 0 or cfg.tune.workers < 0 or cfg.tune.epochs < 1 or cfg.tune.timeout < 0:
+        raise UserError("tune.n_trials, tune.workers and tune.timeout must be >= 0, tune.epochs >= 1")
     if not 0 < cfg.tune.max_dropout < 1:
         raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
     metric = cfg.compare.metric
@@ -402,9 +412,13 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.train.epochs < 1 or cfg.train.lr <= 0:
         raise UserError("train.epochs must be at least 1 and train.lr positive")
-    if cfg.train.batch_size < 2:
-        raise UserError("train.batch_size must be at least 2 (BatchNorm needs two rows a batch), "
-                        f"got {cfg.train.batch_size}")
+    batch = str(cfg.train.batch_size).strip().lower()
+    if batch != "auto" and not (batch.isdigit() and int(batch) >= 2):
+        raise UserError("train.batch_size must be auto or a whole number of at least 2 (BatchNorm needs two rows a "
+                        f"batch), got {cfg.train.batch_size!r}")
+    if cfg.train.lr_scaling not in ("sqrt", "linear", "none") or cfg.train.max_steps_per_epoch < 0:
+        raise UserError("train.lr_scaling must be sqrt, linear or none and train.max_steps_per_epoch 0 or more, got "
+                        f"{cfg.train.lr_scaling!r}, {cfg.train.max_steps_per_epoch}")
     if cfg.seed < 0 or cfg.seeds < 1:
         raise UserError(f"seed must be 0 or more and seeds at least 1, got seed {cfg.seed}, seeds {cfg.seeds}")
     if cfg.seed + cfg.seeds > MAX_SEED // 2:

@@ -33,7 +33,7 @@ from . import metrics, tracking
 from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
 from .surgery import find_head, recorded_head, set_dropout
-from .train import classification_task, fit, predict, resolve_device
+from .train import batch_and_lr, classification_task, fit, predict, resolve_device
 
 HEARTBEAT_S, GRACE_S = 2, 8  # a trial without a heartbeat for 8 s belongs to a dead worker
 
@@ -175,7 +175,8 @@ def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepare
     head = find_head(model, data.n_features, recorded_head(model), n_out=1 if k == 2 else k)
     set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
     return fit(model, data.train, data.val, classification_task(k), epochs=cfg.tune.epochs,
-               batch_size=cfg.train.batch_size, lr=params["lr"], weight_decay=params["weight_decay"],
+               batch_size=batch_and_lr(cfg.train.batch_size, 0.0, len(data.train.x), cfg.train.max_steps_per_epoch)[0],
+               lr=params["lr"], weight_decay=params["weight_decay"],
                patience=cfg.train.patience, seed=seed, device=resolve_device(cfg.train.device), on_epoch=on_epoch)
 
 
@@ -221,7 +222,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
             trial.set_user_attr("epochs", trained[0])
         values = metrics.prefixed("val", metrics.classification(data.val.c.numpy(), metrics.probabilities(
             predict(model, data.val.x, device), data.n_classes)))
-        tracking.log_metrics({**values, "cost/train_seconds": hist.seconds}, step=hist.epochs + 1)
+        tracking.log_final_metrics({**values, "cost/train_seconds": hist.seconds})
         tracking.log_model(model, data.val.x[:5].numpy(), servable=False)
         return values[cfg.tune.metric]
 

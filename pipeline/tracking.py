@@ -154,10 +154,11 @@ class EpochLog:
         self.points = []
 
 
-def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, context: str = "training") -> None:
-    """The data set as the active run's input. MLflow registers a data set once per experiment by a
-    check-then-insert, so two commands logging the same new data set at once collide on a UNIQUE
-    constraint; the loser retries and then finds the winner's row."""
+def log_dataset(frame: pd.DataFrame, source: str, target: str, digest: str, context: str = "all splits") -> None:
+    """The data set as the active run's input, `context` saying its role: a stage run's whole table (`all
+    splits`), or one split of a strategy run (`train`, `validation`, `test`: log_split_inputs). MLflow
+    registers a data set once per experiment by a check-then-insert, so two commands logging the same new
+    data set at once collide on a UNIQUE constraint; the loser retries and then finds the winner's row."""
     from mlflow.exceptions import MlflowException
 
     # the source goes in the name: a local path as `source` makes MLflow warn about ambiguous source types
@@ -197,10 +198,14 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
         return n_bytes
     with torch.no_grad():
         out = model(torch.from_numpy(x_example)).numpy()
+    # MLflow 3 resolves runs:/<id>/<name> by the logged model's name, so every model keeps the name `model`
+    # (what readers load); the logged model says what it is in its tags (`stage`, `strategy`: the run's)
+    run_tags = mlflow.active_run().data.tags
     try:
         mlflow.pytorch.log_model(
             model, name=MODEL_NAME, serialization_format="pt2", input_example=x_example,
-            signature=infer_signature(x_example, out), pip_requirements=pip_requirements())
+            signature=infer_signature(x_example, out), pip_requirements=pip_requirements(),
+            tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
     except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
         print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
         mlflow.set_tag("model_format", "state_only")
@@ -514,11 +519,12 @@ def _probe_server(uri: str) -> None:
                         "/ MLFLOW_TRACKING_URI") from None
 
 
-def end_orphans(experiment_id: str | None = None) -> int:
-    """End as KILLED the RUNNING runs of the experiment (the current one by default) whose owner can no
-    longer end them (liveness.orphan_reason: its process is gone, or its heartbeat is too old), each with
-    the tag `killed_reason`; returns how many. Runs this process holds open, and runs of live owners on
-    this machine (a tune worker in another process), are never touched."""
+def end_orphans(experiment_id: str | None = None, status: str = "KILLED") -> int:
+    """End as `status` (KILLED; FAILED for a worker that died under a live command) the RUNNING runs of the
+    experiment (the current one by default) whose owner can no longer end them (liveness.orphan_reason: its
+    process is gone, or its heartbeat is too old), each with the tag `killed_reason`; returns how many. Runs
+    this process holds open, and runs of live owners on this machine (a tune worker in another process), are
+    never touched."""
     experiment_id = experiment_id or current_experiment_id()
     client = MlflowClient()
     running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
@@ -532,7 +538,7 @@ def end_orphans(experiment_id: str | None = None) -> int:
             continue
         with contextlib.suppress(Exception):  # another command ending it at the same moment
             client.set_tag(run.info.run_id, liveness.KILLED_REASON_TAG, f"{reason}; ended by pid {os.getpid()}")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.set_terminated(run.info.run_id, status)
             n += 1
     return n
 
@@ -540,3 +546,98 @@ def end_orphans(experiment_id: str | None = None) -> int:
 def current_experiment_name() -> str:
     """The name of the experiment runs go to now (under `mlflow run`, the one it was given)."""
     return MlflowClient().get_experiment(current_experiment_id()).name
+
+
+# ------------------------------------------------------------------ what people read in the UI
+NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (markdown), on runs and experiments
+
+
+def describe_experiment(text: str, experiment_id: str | None = None) -> None:
+    """Give the experiment (the current one by default) the description `text`, once: one it has is kept."""
+    client = MlflowClient()
+    experiment = client.get_experiment(experiment_id or current_experiment_id())
+    if not experiment.tags.get(NOTE_TAG):
+        client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, text)
+
+
+def log_final_metrics(values: dict[str, float]) -> None:
+    """A run's final metrics, logged once, without pretending to be an epoch: a key the run already holds as a
+    per-epoch curve (`val/f1_macro`, `val/loss`, ...) gets its final value at the curve's last step, one
+    millisecond after its last point, so the run's value is the final one and the curve gains no extra epoch;
+    every other key is logged once at step 0. NaN values are skipped."""
+    run_id = mlflow.active_run().info.run_id
+    client = MlflowClient()
+    clean = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+    held = client.get_run(run_id).data.metrics  # only keys the run already holds can be curves
+    now = int(time.time() * 1000)
+    points = []
+    for key, value in clean.items():
+        history = client.get_metric_history(run_id, key) if key in held else []
+        if history:
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            points.append(Metric(key, value, max(now, last.timestamp + 1), last.step))
+        else:
+            points.append(Metric(key, value, now, 0))
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i:i + 1000])
+
+
+def epoch_curves(keys: list[str], run_id: str | None = None) -> dict[str, list[tuple[int, float]]]:
+    """The per-epoch curves of `keys` on `run_id` (the active run by default) as (step, value) sorted by step,
+    each step's first point only (not the final value `log_final_metrics` adds at the last step); keys the
+    run has no curve of (fewer than two steps) are left out."""
+    client = MlflowClient()
+    run_id = run_id or mlflow.active_run().info.run_id
+    curves = {}
+    for key in keys:
+        first: dict[int, tuple[int, float]] = {}
+        for m in client.get_metric_history(run_id, key):
+            if m.step not in first or m.timestamp < first[m.step][0]:
+                first[m.step] = (m.timestamp, m.value)
+        if len(first) > 1:
+            curves[key] = [(step, first[step][1]) for step in sorted(first)]
+    return curves
+
+
+def log_split_inputs(split_key: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                     source: str | None = None) -> None:
+    """Each split the active run was trained, validated or tested on as its own data set input, with the split
+    as its context (`train`, `validation`, `test`): the preprocessed features `x0..` and the class `c`, named
+    `<source> [<context>]` (`source`: the run's param `data.source` by default), digested by the split key
+    (same key, same rows)."""
+    import hashlib
+    import warnings
+
+    if source is None:
+        run_id = mlflow.active_run().info.run_id
+        source = MlflowClient().get_run(run_id).data.params.get("data.source", "data")
+    for context, (x, c) in splits.items():
+        frame = pd.DataFrame(np.asarray(x), columns=[f"x{i}" for i in range(np.asarray(x).shape[1])])
+        frame["c"] = np.asarray(c)
+        digest = hashlib.sha256(f"{split_key}:{context}".encode()).hexdigest()[:16]
+        with warnings.catch_warnings():  # classes are integers and never missing: MLflow's hint does not apply
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+            log_dataset(frame, f"{source} [{context}]", "c", digest, context=context)
+
+
+@contextlib.contextmanager
+def reopened(run_id: str) -> Iterator[None]:
+    """The FINISHED run `run_id` active again for the block (nested under the active run: MLflow keeps its
+    parent), then FINISHED again with its original end time, also when the block fails. While open it is
+    owned by this process with a live heartbeat, so no other command ends it as an orphan; its original
+    owner tags come back after."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    held = {k: run.data.tags[k] for k in (*liveness.OWNER_TAGS, liveness.HEARTBEAT_TAG) if k in run.data.tags}
+    _write_tags(run_id, mlflow.get_tracking_uri(), {**liveness.owner_tags(),
+                                                    liveness.HEARTBEAT_TAG: str(int(time.time()))})
+    mlflow.start_run(run_id=run_id, nested=True)
+    _HEARTBEAT.hold(run_id, mlflow.get_tracking_uri())
+    try:
+        yield
+    finally:
+        _HEARTBEAT.release(run_id)
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        if held:
+            _write_tags(run_id, mlflow.get_tracking_uri(), held)
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=run.info.end_time)

@@ -30,6 +30,31 @@ def use_threads(n: int) -> None:
     threadpool_limits(n)
 
 
+BASE_BATCH = 64     # the batch size every learning rate in the config refers to
+MAX_BATCH = 4096    # the auto rule's ceiling: beyond it an epoch may take more than max_steps_per_epoch steps
+LR_SCALINGS = ("sqrt", "linear", "none")
+
+
+def batch_and_lr(batch_size: str | int, lr: float, rows: int, max_steps_per_epoch: int = 100,
+                 lr_scaling: str = "sqrt") -> tuple[int, float]:
+    """The batch size and learning rate one training uses (`train.batch_size`, `train.lr`).
+
+    A whole number is used as it is, with `lr` unchanged. `auto`: batch 64, doubled while an epoch over `rows`
+    training rows would take more than `max_steps_per_epoch` steps (at most 4096; 0 = always 64), so an epoch
+    costs about the same number of optimizer steps at any size, and its time grows with the rows only through
+    the batches' own cost. The learning rate, set for batch 64, grows with the batch: by sqrt(batch / 64)
+    (`sqrt`, the default: the gradient noise of a batch shrinks with its square root), batch / 64 (`linear`)
+    or not at all (`none`). Below 64 * max_steps_per_epoch rows (6,400 by default) nothing changes."""
+    if str(batch_size).strip().lower() != "auto":
+        return int(batch_size), lr
+    batch = BASE_BATCH
+    while max_steps_per_epoch > 0 and batch < MAX_BATCH and math.ceil(rows / batch) > max_steps_per_epoch:
+        batch *= 2
+    factor = batch / BASE_BATCH
+    scale = {"sqrt": math.sqrt(factor), "linear": factor, "none": 1.0}[lr_scaling]
+    return batch, lr * scale
+
+
 def classification_task(n_classes: int) -> str:
     return "binary" if n_classes == 2 else "multiclass"
 

@@ -11,10 +11,11 @@ import pytest
 from pipeline import config, data
 
 # about 0.3 s of training per strategy: enough for losses to fall, small enough for a fast suite
-# one split (--folds 1): auto would cross-fit 240 rows; tests/test_verdict.py covers the folds
+# one split (--folds 1): auto would cross-fit 240 rows, tests/test_verdict.py covers the folds; one process
+# (train.jobs 1): spawning workers costs seconds a command, tests/test_jobs.py covers them
 TINY = {"data.source": "synthetic:friedman1?rows=240&noise=0.5", "train.epochs": 12, "train.patience": 0,
         "model.width": 16, "train.batch_size": 32, "train.device": "cpu", "tune.n_trials": 3, "tune.epochs": 6,
-        "data.folds": "1"}
+        "data.folds": "1", "train.jobs": 1}
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +78,7 @@ def tiny_args(experiment: str, *extra: str) -> list[str]:
     """CLI arguments for a tiny run of any stage command."""
     return ["--data", TINY["data.source"], "--epochs", str(TINY["train.epochs"]), "--device", "cpu", "--folds", "1",
             "--set", "model.width=16", "--set", "train.patience=0", "--set", "train.batch_size=32",
-            "--set", "tune.n_trials=3", "--set", "tune.epochs=6",
+            "--set", "tune.n_trials=3", "--set", "tune.epochs=6", "--set", "train.jobs=1",
             "--experiment", experiment, *extra]
 
 

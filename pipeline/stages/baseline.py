@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import metrics, tracking
+from .. import metrics, progress, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import MLP, load_user_model
 from ..reuse import reusable
 from ..surgery import Head, find_head
-from ..train import fit, resolve_device, seeded
+from ..train import batch_and_lr, fit, resolve_device, seeded
 from .common import (StageResult, classifier_metrics, costs, log_run_inputs, regressor_outputs, run_name, say,
                      split_tags, stage_output, stands_for, threshold_proba)
 from .head_swap import check_convertible
@@ -68,16 +68,21 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         model.to(device)
         log = tracking.EpochLog()
 
+        t = cfg.train
+        bar = progress.Bar("baseline", t.epochs, "val/rmse", higher=False)
+
         def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
             rmse = float(torch.sqrt(torch.mean((val_out.reshape(-1).cpu() - data.val.y) ** 2))) * data.y_std
             log.add(epoch, {**logs, "val/rmse": rmse})
+            bar.update(epoch, rmse)
 
-        t = cfg.train
         values: dict[str, float] = {"cost/train_seconds": 0.0}
         if not brought or um.retrain:
-            hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                       weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
-                       on_epoch=on_epoch)
+            batch, lr = batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)
+            with bar:
+                hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=batch, lr=lr,
+                           weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
+                           on_epoch=on_epoch)
             log.flush()
             values.update({"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds})
         for name, split in (("val", data.val), ("test", data.test)):
@@ -87,7 +92,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
         values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
         values.update(costs(model, data))
-        tracking.log_metrics(values)
+        tracking.log_final_metrics(values)  # val/rmse: the returned model's, at its curve's last step
         tracking.log_model(model, data.val.x[:5].numpy())
         stands_for(run_id)
         say(f"baseline: test RMSE {values['test/rmse']:.4g}, R2 {values['test/r2']:.3f}, "

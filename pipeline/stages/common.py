@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics, stats, tracking
+from .. import metrics, progress, stats, tracking
 from ..config import Config
 from ..data import Prepared, to_classes
-from ..train import Distill, classification_task, fit, predict
+from ..train import Distill, batch_and_lr, classification_task, fit, predict
 
 
 @dataclass
@@ -40,7 +40,19 @@ def stage_output(run_id: str, split_key: str | None = None) -> StageResult:
 
 
 def say(msg: str) -> None:
-    print(msg, flush=True)
+    """A stage's console line (a finished run, a warning): above any live progress bar, silent under --quiet."""
+    progress.write(msg)
+
+
+def progress_label() -> str:
+    """The live progress line's label: the active run's stage and name, e.g. `head_swap/finetune`."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return "training"
+    stage, name = run.data.tags.get("stage", ""), run.info.run_name or ""
+    return f"{stage}/{name}" if stage and stage != name else name or stage or "training"
 
 
 def regressor_outputs(model: nn.Module, x: torch.Tensor, data: Prepared, device) -> np.ndarray:
@@ -90,15 +102,19 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
     """fit() a classifier with the run's training settings; per-epoch curves go to `log` from `step` on."""
     k, t = data.n_classes, cfg.train
     c = data.val.c.numpy()
+    # the CLI resolves an auto batch (and its lr) before any run opens; a stage called directly resolves it here
+    batch, lr = batch_and_lr(t.batch_size, lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)
 
-    def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
-        pred = metrics.probabilities(val_out.cpu(), k).argmax(axis=1)
-        log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()),
-                               "val/f1_macro": metrics.f1_macro(c, pred, k)})
+    with progress.Bar(progress_label(), epochs, "val/f1_macro") as bar:
+        def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+            pred = metrics.probabilities(val_out.cpu(), k).argmax(axis=1)
+            f1 = metrics.f1_macro(c, pred, k)
+            log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": f1})
+            bar.update(epoch, f1)
 
-    return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=t.batch_size,
-               weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
-               on_epoch=on_epoch, distill=distill)
+        return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=batch,
+                   weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
+                   on_epoch=on_epoch, distill=distill)
 
 
 def flag_training(hists: list, random_start: bool) -> str | None:
@@ -120,12 +136,22 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     values = metrics.prefixed("val", metrics.classification(
         data.val.c.numpy(), metrics.probabilities(predict(model, data.val.x, device), k)))
     values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
-    # val/* after the per-epoch points, one step later, so the run's summary shows the returned model
-    tracking.log_metrics(values, step=final_step)
+    # logged once: a key that is also a per-epoch curve (val/f1_macro, val/loss, ...) gets the returned model's
+    # value at the curve's last step, so the run's value is the returned model's and no extra epoch appears
+    # (`final_step` is kept for the callers; the curves, with the restored epoch marked, are in curves.png)
+    tracking.log_final_metrics(values)
+    curves = tracking.epoch_curves(["train/loss", "val/loss", "val/f1_macro"])
+    if curves:
+        from ..report import curves_figure
+
+        tracking.log_figure(curves_figure(curves), "curves.png")
     rest = log_predictions([(data, metrics.probabilities(predict(model, data.test.x, device), k))], seed)
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
     rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy())
     tracking.log_metrics(rest)
+    # the data it was trained, validated and tested on, each split as an input with its role as context
+    tracking.log_split_inputs(data.split_key, {name: (split.x.numpy(), split.c.numpy()) for name, split in
+                                               (("train", data.train), ("validation", data.val), ("test", data.test))})
     return {**values, **rest}
 
 

@@ -301,34 +301,67 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
         version = registry.register_champion(
             model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
             _raw_example(data), registered,
-            description=" ".join(summary), tags={"champion_run": champion_run, "strategy": str(top["strategy"]),
-                                                 "parent_run": parent})
+            description=version_description(summary, top, champion_run, parent, registered),
+            tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
+            run_id=champion_run, model_description=model_description(cfg, data, registered))
         summary[-1] += f" (version {version})"
+        tracking.describe_experiment(EXPERIMENT_NOTE)
         tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                            "registered_model": registered, "registered_version": version})
         stands_for(champion_run)
         pooled = pooled_predictions([tracking.get_run(champion_run)])
         images = {"Per strategy": report.png(report.intervals_figure(board, c.metric))}
+        notes = {"Per strategy": "Test macro-F1 of every row with its 95% bootstrap interval, rows in the "
+                                 f"leaderboard's order ({c.metric}). Red: the champion; green: the gradient-boosting "
+                                 "reference; blue: the other rows. Overlapping intervals: the data cannot tell "
+                                 "them apart."}
+        curves = validation_curves(board)
+        if curves:
+            images["Validation curves"] = report.png(report.validation_curves_figure(curves))
+            notes["Validation curves"] = ("Validation macro-F1 per epoch of each head-swap strategy (its best run); "
+                                          "training restores the epoch with the lowest validation loss.")
         if pooled is not None:
             proba = pooled.proba[0]
             images |= {
                 "Confusion matrix": report.png(report.confusion_figure(pooled.c, proba.argmax(1), data.class_names)),
                 "ROC": report.png(report.roc_figure(pooled.c, proba, data.class_names)),
                 "Reliability": report.png(report.reliability_figure(pooled.c, proba))}
+            notes["Confusion matrix"] = "Each cell: test rows and their share of the true class (row)."
+            notes["Reliability"] = "Accuracy against confidence; the dashed diagonal is perfect calibration."
         for title, run, path in (("Slimming: Pareto", tags.get("slim_run"), "pareto.png"),
                                  ("Optuna: optimisation history", tags.get("tune_run"), "optuna_history.png")):
             image = tracking.read_artifact(run, path) if run else None
             if image:
                 images[title] = image
+        if "Slimming: Pareto" in images:
+            notes["Slimming: Pareto"] = _unslimmed_note(tags["slim_run"], str(top["strategy"]))
+        tuning = _tuning(tags.get("tune_run"), c.metric)
+        if tuning is not None:
+            (start, before), after = tuning
+            images["Tuning against its untuned start"] = report.png(report.tuning_figure((start, before), after,
+                                                                                         c.metric))
+            change = after - before
+            notes["Tuning against its untuned start"] = (
+                f"Tuned {c.metric} {after:.4f} vs {before:.4f} for its untuned start ({start}): {change:+.4f}."
+                + (" Tuning changed little: the untuned model was already as good as the search could make it."
+                   if abs(change) < 0.005 else ""))
+        if "Optuna: optimisation history" in images:
+            images["Optuna: optimisation history"] = images.pop("Optuna: optimisation history")  # after tuning
         shown = display(board, c.metric)
         table = report.markdown(shown)
         tracking.log_files_to(parent, {
             "leaderboard.csv": board.to_csv(index=False), "leaderboard.md": table,
-            "report.html": report.html(f"reg2cls: {cfg.experiment}", summary, shown, images)})
-    # the verdict where people look first: the convert run's description and columns of the runs table
+            "report.html": report.html(f"reg2cls: {cfg.experiment}", summary, shown, images, notes)})
+    # the verdict where people look first: the convert run's description and columns of the runs table;
+    # links are the MLflow UI's own routes, relative, so they work wherever the UI is served
+    experiment_id = tracking.get_run(parent).info.experiment_id
+    links = (f"Champion: [{top['strategy']} (run {champion_run})](#/experiments/{experiment_id}/runs/{champion_run})"
+             f" · registered: [{registered} version {version}](#/models/{registered}/versions/{version})"
+             " · figures: `report.html` in this run's artifacts")
     tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run, "model_run": champion_run,
                        "registered_model": registered, "registered_version": version,
-                       "mlflow.note.content": "\n\n".join(summary) + "\n\n" + table}, run_id=parent)
+                       "mlflow.note.content": "\n\n".join(summary) + "\n\n" + links + "\n\n" + table},
+                      run_id=parent)
     tracking.log_metrics({f"champion/{c.metric}": top[RUN_COLUMNS[c.metric]], "champion/test_f1_macro": top["f1_macro"],
                           "champion/test_f1_macro_ci_low": top["f1_macro_ci_low"],
                           "champion/test_f1_macro_ci_high": top["f1_macro_ci_high"],
@@ -336,6 +369,95 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
                           "champion/vs_threshold_low": top["vs_threshold_low"],
                           "champion/vs_threshold_high": top["vs_threshold_high"]}, run_id=parent)
     return Comparison(parent, run_id, board, summary, model, champion_run, registered, version)
+
+
+def validation_curves(board: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
+    """Each head-swap row's validation macro-F1 per epoch, from its best run; a row that did not train
+    (threshold) as its single value."""
+    curves = {}
+    for _, row in board[board["stage"] == "head_swap"].iterrows():
+        run = row["best_run"]
+        if not isinstance(run, str) or not run:
+            continue
+        curve = tracking.epoch_curves(["val/f1_macro"], run).get("val/f1_macro")
+        if curve:
+            curves[str(row["strategy"])] = curve
+        elif row["val_f1_macro"] == row["val_f1_macro"]:
+            curves[str(row["strategy"])] = [(0, float(row["val_f1_macro"]))]
+    return curves
+
+
+def _unslimmed_note(slim_run: str, champion: str) -> str:
+    """What the Pareto plot's `unslimmed` point is: the model slimming started from, which is not necessarily
+    the champion."""
+    source = tracking.get_run(slim_run).data.tags.get("source_run", "")
+    name = tracking.get_run(source).data.tags.get("strategy", "?") if source else "?"
+    same = "it is the champion" if name == champion else f"the champion is {champion}"
+    return (f"'unslimmed' is {name} (run {source}), the model slimming started from; {same}. Red star: the "
+            "recommended variant; blue line: the Pareto front; gray: dominated variants.")
+
+
+def _tuning(tune_run: str | None, metric: str) -> tuple[tuple[str, float], float] | None:
+    """(the untuned start's strategy and `metric`, the tuned `metric`) of a tune run, or None."""
+    if not tune_run:
+        return None
+    run = tracking.get_run(tune_run)
+    source = run.data.tags.get("source_run")
+    if not source or metric not in run.data.metrics:
+        return None
+    start = tracking.get_run(source)
+    if metric not in start.data.metrics:
+        return None
+    return (start.data.tags.get("strategy", "untuned"), start.data.metrics[metric]), run.data.metrics[metric]
+
+
+EXPERIMENT_NOTE = """reg2cls: a PyTorch regressor turned into a classifier.
+
+Each top-level `convert` run is one conversion; **its description holds the verdict** (which strategy won,
+how it was chosen, its margin to thresholding the regressor) and its metrics `champion/*` are columns of the
+runs table. Nested under it: `baseline` (the regressor), `head_swap` (one run per strategy), `slim`, `tune`
+and `compare` (the leaderboard, `report.html`, the registered champion). Open the convert run's
+`report.html` for the figures.
+"""
+
+
+def _how_to_call(registered: str) -> list[str]:
+    return ["```bash", f"reg2cls predict --model-uri models:/{registered}@champion --input new.csv "
+            "--output predictions.csv",
+            f"mlflow models serve -m models:/{registered}@champion --env-manager local --host 127.0.0.1 --port 5001",
+            "```"]
+
+
+def model_description(cfg: Config, data: Prepared, registered: str) -> str:
+    """The registered model's description (markdown): what it is, its inputs and classes, how to call it."""
+    columns = [f"`{c}` (number)" for c in data.preprocessor.numeric]
+    columns += [f"`{c}` (category)" for c in data.preprocessor.categories]
+    return "\n".join([
+        f"## {registered}",
+        "",
+        f"A classifier made by **reg2cls** from a PyTorch regressor of `{cfg.data.target}` "
+        f"(data: `{cfg.data.source}`). The alias `champion` points at the version chosen by the newest "
+        "`reg2cls convert`; each version's description says how it was chosen.",
+        "",
+        "- **Input**: the raw table's columns " + ", ".join(columns) + " (preprocessing travels inside the model).",
+        "- **Output**: `label` (the class name) and one `proba_<class>` column per class.",
+        "- **Classes**: " + ", ".join(f"`{c}`" for c in data.class_names)
+        + f" ({cfg.data.target} cut at the class edges " + ", ".join(f"{e:.4g}" for e in data.edges) + ").",
+        "",
+        "### How to call it",
+        *_how_to_call(registered)])
+
+
+def version_description(summary: list[str], top: pd.Series, champion_run: str, parent: str, registered: str) -> str:
+    """A registered version's description (markdown): which strategy, from which run, why it was chosen."""
+    return "\n".join([
+        f"**{top['strategy']}** ({top['stage']}), logged by run `{champion_run}` of convert run `{parent}`.",
+        "",
+        "### How it was chosen",
+        *[f"- {line}" for line in summary],
+        "",
+        "### How to call it",
+        *_how_to_call(registered)])
 
 
 def _raw_example(data: Prepared) -> pd.DataFrame:

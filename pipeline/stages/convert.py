@@ -20,9 +20,10 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
             force: bool = False) -> Comparison:
     """baseline -> head_swap -> slim -> tune -> compare under one parent run, on `splits`: one split, or one
     per outer fold (cross-fitting: baseline, head_swap and slim run on every fold and choose on their mean
-    validation score; tune refines the chosen model on the first fold). `brought` is the user's model from
-    `bring` (called before this parent run opens, so a model that does not fit leaves no run); `force`
-    re-runs stages that could be reused."""
+    validation score; tune searches on the first fold and retrains its best configuration on the others).
+    Independent trainings run in the worker processes of `jobs.workers`, when the command opened them.
+    `brought` is the user's model from `bring` (called before this parent run opens, so a model that does not
+    fit leaves no run); `force` re-runs stages that could be reused."""
     data = splits[0]
     with tracking.start("convert", "convert", tags={"split_key": data.split_key, "folds": str(len(splits))}) as run_id:
         log_run_inputs(cfg, data)

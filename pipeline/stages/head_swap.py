@@ -8,9 +8,10 @@ from dataclasses import asdict
 import numpy as np
 from torch import nn
 
-from .. import tracking
+from .. import jobs, tracking
 from ..config import Config
 from ..data import Prepared
+from ..model import architecture
 from ..reuse import reusable
 from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
                        new_head, swap_head, unfreeze, warm_start_head)
@@ -35,26 +36,39 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         say(f"head_swap: warning: output activation '{head.activation}' "
              f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
     check_convertible(cfg, data, regressor, head)
-    best_model, best_f1, best_run = None, -1.0, None
+    best_f1, best_run = -1.0, None
     with tracking.start(run_name("head_swap", data), "head_swap",
                         tags={"stage_key": key, "baseline_run": baseline.run_id, **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
-        for strategy in cfg.head_swap.strategies:
-            for seed in seeds_of(cfg, trained=strategy != "threshold"):
-                run_cfg = dataclasses.replace(cfg, seed=seed)
-                with tracking.start(strategy, "head_swap", strategy=strategy, tags={
-                        "baseline_run": baseline.run_id, **split_tags(data), "seed": str(seed)}) as child_id:
-                    tracking.log_params({**run_cfg.flat(), "strategy": strategy})
-                    model, values, flag = _run_strategy(strategy, run_cfg, data, regressor, head, device)
-                    if not flag and values["val/f1_macro"] > best_f1:
-                        best_model, best_f1, best_run = model, values["val/f1_macro"], child_id
-                say(f"{where('head_swap', data)}/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: test macro-F1 "
-                    f"{values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, "
-                    f"log loss {values['test/log_loss']:.3f}")
+        # the regressor travels as its recipe and weights: a brought model's class may not unpickle in a worker
+        regressor_state = (architecture(regressor), {k: v.cpu() for k, v in regressor.state_dict().items()})
+        tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
+                 for strategy in cfg.head_swap.strategies for seed in seeds_of(cfg, trained=strategy != "threshold")]
+        for (strategy, run_cfg, *_), (child_id, values, flag) in zip(tasks, jobs.run(_strategy_run, tasks)):
+            if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
+                best_f1, best_run = values["val/f1_macro"], child_id
+            say(f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: test "
+                f"macro-F1 {values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, "
+                f"log loss {values['test/log_loss']:.3f}")
         if best_run:
             stands_for(best_run)
-    return StageResult(run_id, best_model, best_run)
+    return StageResult(run_id, tracking.load_run_model(best_run) if best_run else None, best_run)
+
+
+def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: tuple[dict, dict], head: Head,
+                  parent: str, baseline_run: str) -> tuple[str, dict, str | None]:
+    """One strategy (and seed) as a run nested under the head_swap run `parent`: here, or in a worker
+    process (jobs.run). Returns the run's id, its metrics and its training flag."""
+    arch, state = regressor_state
+    regressor = tracking.rebuild(arch)
+    regressor.load_state_dict(state)
+    device = resolve_device(cfg.train.device)
+    with tracking.start(strategy, "head_swap", strategy=strategy, parent=parent, tags={
+            "baseline_run": baseline_run, **split_tags(data), "seed": str(cfg.seed)}) as child_id:
+        tracking.log_params({**cfg.flat(), "strategy": strategy})
+        _, values, flag = _run_strategy(strategy, cfg, data, regressor.to(device), head, device)
+    return child_id, values, flag
 
 
 def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:

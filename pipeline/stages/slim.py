@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import report, tracking
+from .. import jobs, report, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import architecture
@@ -39,45 +39,65 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
     base = architecture(teacher)["base"]
     if cfg.slim.depth and base["kind"] == "mlp":
         variants += [(f"depth_-{n}", n) for n in range(1, base["kwargs"]["depth"])]
-    teacher_logits = predict(teacher, data.train.x, device)
-    rows = [{"strategy": "unslimmed", "run_id": source.model_run, "model": teacher,
-             **_unslimmed_values(teacher, data, device)}]
+    rows = [{"strategy": "unslimmed", "run_id": source.model_run, **_unslimmed_values(teacher, data, device)}]
     with tracking.start(run_name("slim", data), "slim", tags={"stage_key": key, "source_run": source.model_run,
                                                               **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
-        for name, amount in variants:
-            for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,), seeds_of(cfg)):
-                strategy = f"{name}_distill" if distilled else name
-                run_cfg = dataclasses.replace(cfg, seed=seed)
-                with tracking.start(strategy, "slim", strategy=strategy, tags={
-                        "source_run": source.model_run, **split_tags(data), "seed": str(seed)}) as child_id:
-                    tracking.log_params({**run_cfg.flat(), "strategy": strategy})
-                    student = copy.deepcopy(teacher)
-                    if name.startswith("width_"):
-                        slim_width(student, head, amount, data.n_features)
-                    else:
-                        drop_blocks(student, amount)
-                    _check_rebuild(student, data)
-                    distill = Distill(teacher_logits, cfg.slim.temperature, cfg.slim.alpha) if distilled else None
-                    log = tracking.EpochLog()
-                    hist = fit_classifier(student, run_cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr,
-                                           distill=distill)
-                    log.flush()
-                    flag = flag_training([hist], random_start=False)
-                    values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1, seed)
-                if not flag:  # a diverged variant is logged, never recommended
-                    rows.append({"strategy": strategy, "run_id": child_id, "model": student, **values})
-                say(f"{where('slim', data)}/{strategy}{f' seed {seed}' if cfg.seeds > 1 else ''}: "
-                    f"{values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
+        # the teacher travels as its recipe and weights: a brought model's class may not unpickle in a worker
+        teacher_state = (architecture(teacher), {k: v.cpu() for k, v in teacher.state_dict().items()})
+        tasks = [(name, amount, distilled, dataclasses.replace(cfg, seed=seed), data, teacher_state, head, run_id,
+                  source.model_run)
+                 for name, amount in variants
+                 for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,),
+                                                          seeds_of(cfg))]
+        for (name, _, distilled, run_cfg, *_), (child_id, values, flag) in zip(tasks, jobs.run(_variant_run, tasks)):
+            strategy = f"{name}_distill" if distilled else name
+            if not flag:  # a diverged variant is logged, never recommended
+                rows.append({"strategy": strategy, "run_id": child_id, **values})
+            say(f"{where('slim', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: "
+                f"{values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
         means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
         pick = recommend(means, cfg.slim.tolerance)
         chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
         tracking.set_tags({"recommended": pick})
         stands_for(chosen["run_id"])
-        tracking.log_figure(report.pareto_figure(means, pick), "pareto.png")
+        unslimmed = tracking.get_run(source.model_run).data.tags.get("strategy", "slimming's input")
+        tracking.log_figure(report.pareto_figure(means, pick, unslimmed=unslimmed), "pareto.png")
     say(f"{where('slim', data)}: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
         f"{chosen['val/f1_macro']:.3f}; best {max(m['val/f1_macro'] for m in means):.3f})")
-    return StageResult(run_id, chosen["model"], chosen["run_id"])
+    model = teacher if chosen["run_id"] == source.model_run else tracking.load_run_model(chosen["run_id"])
+    return StageResult(run_id, model, chosen["run_id"])
+
+
+def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared, teacher_state: tuple[dict, dict],
+                 head, parent: str, source_run: str) -> tuple[str, dict, str | None]:
+    """One variant (and seed) as a run nested under the slim run `parent`: cut from the teacher, checked to
+    rebuild, fine-tuned (on the teacher's soft labels too when `distilled`). Here, or in a worker process
+    (jobs.run). Returns the run's id, its metrics and its training flag."""
+    arch, state = teacher_state
+    teacher = tracking.rebuild(arch)
+    teacher.load_state_dict(state)
+    device = resolve_device(cfg.train.device)
+    teacher = teacher.to(device).eval()
+    strategy = f"{name}_distill" if distilled else name
+    with tracking.start(strategy, "slim", strategy=strategy, parent=parent, tags={
+            "source_run": source_run, **split_tags(data), "seed": str(cfg.seed)}) as child_id:
+        tracking.log_params({**cfg.flat(), "strategy": strategy})
+        student = copy.deepcopy(teacher)
+        if name.startswith("width_"):
+            slim_width(student, head, amount, data.n_features)
+        else:
+            drop_blocks(student, amount)
+        _check_rebuild(student, data)
+        distill = None
+        if distilled:
+            distill = Distill(predict(teacher, data.train.x, device), cfg.slim.temperature, cfg.slim.alpha)
+        log = tracking.EpochLog()
+        hist = fit_classifier(student, cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr, distill=distill)
+        log.flush()
+        flag = flag_training([hist], random_start=False)
+        values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1, cfg.seed)
+    return child_id, values, flag
 
 
 def recommend(means: list[dict], tolerance: float) -> str:

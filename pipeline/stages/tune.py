@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 
-from .. import tracking
+from .. import jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture
@@ -47,9 +47,10 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
                                tracking.setup(None), run_id, url, name, target=before + cfg.tune.n_trials,
                                timeout=cfg.tune.timeout or None, seed=cfg.seed + before)
         first_new = len(study.get_trials(deepcopy=False))
+        workers = cfg.tune.workers or (cfg.train.jobs or jobs.usable_cores())  # 0: as many as --jobs
         say(f"tune: study '{name}' in {_safe_url(url)}: {before} trials so far, adding {cfg.tune.n_trials} "
-             f"with {cfg.tune.workers} worker(s)")
-        optuna_study.run_workers(job, cfg.tune.workers, say)
+             f"with {workers} worker(s)")
+        optuna_study.run_workers(job, workers, say)
         optuna_study.end_orphaned_runs(study)
         states = [t.state.name for t in study.get_trials(deepcopy=False)[first_new:]]  # this run's trials
         tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
