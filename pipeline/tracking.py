@@ -28,7 +28,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from . import liveness
 from .config import UserError, first_line
 
-MODEL_NAME = "model"  # artifact name of every logged model: runs:/<id>/model
 
 
 def setup(tracking_uri: str | None) -> str:
@@ -178,7 +177,8 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
 
     - `state/`: model.save_state's weights and architecture, which `load_run_model` rebuilds with
       `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back;
-    - `model/`: an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
+    - `<strategy>/` (or `<stage>/`: the run's strategy or stage tag, e.g. runs:/<id>/finetune, runs:/<id>/baseline;
+      `model_uri` gives it): an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
       example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI.
       A brought model that torch.export cannot trace keeps `state/` only, with a warning; so does
       `servable=False` (a tuning trial: ~0.5 s saved, its best is logged whole on the stage run).
@@ -198,18 +198,30 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
         return n_bytes
     with torch.no_grad():
         out = model(torch.from_numpy(x_example)).numpy()
-    # MLflow 3 resolves runs:/<id>/<name> by the logged model's name, so every model keeps the name `model`
-    # (what readers load); the logged model says what it is in its tags (`stage`, `strategy`: the run's)
+    # named after what it is, so the UI's logged models read finetune, width_0.5, ... (MLflow 3 resolves
+    # runs:/<id>/<name> by that name: model_uri spells it)
     run_tags = mlflow.active_run().data.tags
     try:
         mlflow.pytorch.log_model(
-            model, name=MODEL_NAME, serialization_format="pt2", input_example=x_example,
+            model, name=model_name(run_tags), serialization_format="pt2", input_example=x_example,
             signature=infer_signature(x_example, out), pip_requirements=pip_requirements(),
             tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
     except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
         print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
         mlflow.set_tag("model_format", "state_only")
     return n_bytes
+
+
+def model_name(tags: dict[str, str]) -> str:
+    """The name a run's servable model is logged under: its strategy or variant, else its stage, with the
+    characters MLflow refuses in a model name (`.`, `/`, `:`, ...) as `_`: width_0.5 is width_0_5."""
+    name = tags.get("strategy") or tags.get("stage") or "model"
+    return "".join("_" if c in "/:.%\"'" else c for c in name)
+
+
+def model_uri(run) -> str:
+    """runs:/<id>/<name> of the servable model a run logged (its PyTorch model, for `mlflow models serve`)."""
+    return f"runs:/{run.info.run_id}/{model_name(run.data.tags)}"
 
 
 def pip_requirements(*extra: str) -> list[str]:

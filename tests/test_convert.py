@@ -60,7 +60,8 @@ def test_convert_logs_every_stage_and_strategy(experiment):
         run = next(r for r in runs if r.info.run_id == row.best_run)
         assert row.n == 1 and row.f1_macro == pytest.approx(run.data.metrics["test/f1_macro"])
     warm = next(r for r in strategies if r.data.tags["strategy"] == "warm_start")
-    served = mlflow.pyfunc.load_model(f"runs:/{warm.info.run_id}/model")
+    served = mlflow.pyfunc.load_model(f"runs:/{warm.info.run_id}/warm_start")  # named after its strategy
+    assert tracking.model_uri(warm) == f"runs:/{warm.info.run_id}/warm_start"
     assert served.predict(np.zeros((4, 10), dtype=np.float32)).shape == (4, 3)
     assert tracking.load_run_model(warm.info.run_id).head.out_features == 3
 

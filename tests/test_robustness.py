@@ -343,7 +343,7 @@ def test_predict_input_problems(case, champion, monkeypatch):
     elif case == "output-folder-missing":
         output = root / "nowhere" / "out.csv"
     else:
-        model = f"runs:/{strategy_run}/model"  # a head_swap strategy's PyTorch model, not a champion
+        model = f"runs:/{strategy_run}/warm_start"  # a head_swap strategy's PyTorch model, not a champion
     frame.to_csv(root / "in.csv", index=False)
     result = invoke("predict", "--model-uri", model, "--input", str(root / "in.csv"), "--output", str(output),
                     "--tracking-uri", uri)

@@ -60,7 +60,7 @@ def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, un
     assert "cost/train_seconds" in base.data.metrics and "train/loss" not in base.data.metrics  # evaluated, not trained
     # warm_start starts where threshold is; the per-epoch curve starts from the computed head
     assert "warm_start.scale" in by_strategy["warm_start"].data.params
-    loaded = mlflow.pyfunc.load_model(f"runs:/{by_strategy['lp_ft'].info.run_id}/model")
+    loaded = mlflow.pyfunc.load_model(f"runs:/{by_strategy['lp_ft'].info.run_id}/lp_ft")
     assert loaded.predict(np.zeros((3, 10), dtype=np.float32)).shape == (3, 3)
 
 
@@ -85,7 +85,7 @@ def test_model_uri_from_mlflow_and_from_a_reg2cls_run(experiment, store, tmp_pat
     assert result.exit_code == 0, result.output
     base = next(r for r in runs_of(experiment) if r.data.tags["stage"] == "baseline")
     # a run that reg2cls logged is reloaded from state/ (weights_only), then converted again
-    again = invoke("convert", *tiny_args(experiment + "b", "--model-uri", f"runs:/{base.info.run_id}/model",
+    again = invoke("convert", *tiny_args(experiment + "b", "--model-uri", f"runs:/{base.info.run_id}/baseline",
                                          "--strategies", "threshold,linear_probe"))
     assert again.exit_code == 0, again.output
 
