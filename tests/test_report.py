@@ -172,5 +172,5 @@ def test_strategy_runs_record_each_split_as_an_input(converted):
 def test_logged_models_say_their_strategy(converted):
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
     models = MlflowClient().search_logged_models(experiment_ids=[run.info.experiment_id])
-    [model] = [m for m in models if m.source_run_id == run.info.run_id and m.name == "model"]
+    [model] = [m for m in models if m.source_run_id == run.info.run_id and m.name == "warm_start"]  # its name
     assert model.tags["strategy"] == "warm_start" and model.tags["stage"] == "head_swap"
