@@ -59,7 +59,7 @@ def main() -> None:
     print(f"data: {a.data}{f' (first {a.rows} rows)' if a.rows else ''}, {os.cpu_count()} cores")
     print(f"convert --jobs 1: {one:7.1f} s")
     print(f"convert --jobs 2: {two:7.1f} s   speed-up {one / two:.2f}x (goal >= 1.7x)")
-    both = board_one.join(board_two, lsuffix=" (1 job)", rsuffix=" (2 jobs)")
+    both = board_one.add_suffix(" (1 job)").join(board_two.add_suffix(" (2 jobs)"))
     print(both.round(4).to_string())
     print(f"largest difference in test macro-F1: {(board_one['f1_macro'] - board_two['f1_macro']).abs().max():.4f}")
 
