@@ -24,14 +24,20 @@ def store_uri(tmp_path_factory) -> str:
     return f"sqlite:///{root}/mlflow.db"
 
 
+def use_store(mp: pytest.MonkeyPatch, store_uri: str, folder) -> None:
+    """Point this process at `store_uri` (MLFLOW_TRACKING_URI and MLflow's own setting), with no run or
+    experiment another test left in the environment, working in `folder`: for fixtures of any scope."""
+    mp.setenv("MLFLOW_TRACKING_URI", store_uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        mp.delenv(var, raising=False)
+    mp.chdir(folder)
+    mlflow.set_tracking_uri(store_uri)
+
+
 @pytest.fixture
 def store(store_uri, tmp_path, monkeypatch) -> str:
     """The session's store, a fresh experiment name per test, artifacts under this test's tmp dir."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(store_uri)
+    use_store(monkeypatch, store_uri, tmp_path)
     while mlflow.active_run():  # a failed test must not leave its run active for the next one
         mlflow.end_run("FAILED")
     return store_uri

@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, invoke, process_env, runs_of, tiny_args, wait_for_http
+from conftest import free_port, invoke, process_env, runs_of, tiny_args, use_store, wait_for_http
 from mlflow.tracking import MlflowClient
 
 
@@ -36,11 +36,7 @@ def converted(store_uri, tmp_path_factory):
     experiment = f"cmp-{uuid.uuid4().hex[:6]}"
     houses(260, 0).to_csv(tmp / "houses.csv", index=False)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-            mp.delenv(var, raising=False)
-        mp.chdir(tmp)
-        mlflow.set_tracking_uri(store_uri)
+        use_store(mp, store_uri, tmp)
         args = tiny_args(experiment, "--seeds", "2", "--strategies", "threshold,linear_probe,warm_start",
                          "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false", "--set", "tune.n_trials=2")
         args[args.index("--data") + 1] = str(tmp / "houses.csv")

@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 
-from conftest import invoke, process_env, runs_of, settled, tiny_args
+from conftest import invoke, process_env, runs_of, settled, tiny_args, use_store
 
 ARGS = ("--strategies", "threshold,finetune,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
         "--set", "tune.n_trials=1")
@@ -26,9 +25,7 @@ def _signature(experiment: str) -> dict[tuple[str, str, str], tuple[str, ...]]:
 def one_and_two(store_uri, tmp_path_factory):
     """The same tiny convert with --jobs 1 and --jobs 2, in two experiments of one store."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
-        mp.chdir(tmp_path_factory.mktemp("jobs"))
-        mlflow.set_tracking_uri(store_uri)
+        use_store(mp, store_uri, tmp_path_factory.mktemp("jobs"))
         for jobs in ("1", "2"):
             result = invoke("convert", *tiny_args(f"jobs-{jobs}", *ARGS, "--jobs", jobs))
             assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import invoke, runs_of, tiny_args
+from conftest import invoke, runs_of, tiny_args, use_store
 from mlflow.tracking import MlflowClient
 
 from pipeline import report
@@ -39,11 +39,7 @@ def converted(store_uri, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     experiment = f"rep-{uuid.uuid4().hex[:6]}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-            mp.delenv(var, raising=False)
-        mp.chdir(tmp)
-        mlflow.set_tracking_uri(store_uri)
+        use_store(mp, store_uri, tmp)
         result = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,linear_probe,warm_start",
                                               "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
                                               "--set", "tune.n_trials=2"))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, invoke, process_env, runs_of, tiny_args, tiny_config
+from conftest import TINY, invoke, process_env, runs_of, tiny_args, tiny_config, use_store
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, liveness, serving, tracking
@@ -303,9 +303,7 @@ def champion(tmp_path_factory):
     (root / "project" / "net.py").write_text(NET)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root / "project")
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
+        use_store(mp, uri, root / "project")
         result = invoke("convert", *fast_args("champ", "--model", "net.py:Net", "--model-kwargs",
                                               '{"input_dim": 10}', "--retrain", "--set", "tune.n_trials=0"))
         assert result.exit_code == 0, result.output

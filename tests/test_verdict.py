@@ -10,7 +10,7 @@ import pytest
 from pipeline import tracking
 from pipeline.stages import leaderboard, strategy_runs
 
-from conftest import invoke, runs_of, settled, tiny_args
+from conftest import invoke, runs_of, settled, tiny_args, use_store
 
 
 def _strategy_run(name: str, val_f1: float, c: np.ndarray, pred: np.ndarray) -> None:
@@ -62,9 +62,7 @@ def cross_fitted(store_uri, tmp_path_factory):
     """One tiny convert with --folds 3, shared by the tests below."""
     experiment = "verdict-folds"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
-        mp.chdir(tmp_path_factory.mktemp("folds"))
-        mlflow.set_tracking_uri(store_uri)
+        use_store(mp, store_uri, tmp_path_factory.mktemp("folds"))
         result = invoke("convert", *tiny_args(experiment, "--folds", "3",
                                               "--strategies", "threshold,finetune,warm_start",
                                               "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
