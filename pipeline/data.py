@@ -539,10 +539,11 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
 
 
 # ---------------------------------------------------------------------------------------- entries
-def prepare(cfg: Data, seed: int) -> Prepared:
-    """Load, validate, split once (seeded, stratified), fit classes and preprocessing on the training rows."""
+def prepare(cfg: Data, seed: int, loaded: tuple | None = None) -> Prepared:
+    """Load (unless `loaded`: load_target's result), validate, split once (seeded, stratified), fit classes and
+    preprocessing on the training rows."""
     spec = parse_classes(cfg.classes)
-    frame, y, n_dropped = load_target(cfg)
+    frame, y, n_dropped = loaded or load_target(cfg)
     labels = class_labels(spec, frame)
     provisional, names = strata(spec, y, labels)
     _check_class_sizes(provisional, names, cfg)
@@ -554,11 +555,12 @@ def prepare(cfg: Data, seed: int) -> Prepared:
                  key=split_key(table, cfg, seed))
 
 
-def prepare_folds(cfg: Data, seed: int, k: int) -> list[Prepared]:
+def prepare_folds(cfg: Data, seed: int, k: int, loaded: tuple | None = None) -> list[Prepared]:
     """k `Prepared` for cross-fitting: fold i tests on the i-th of k stratified folds, so every row is in exactly
-    one fold's test split (`Prepared.test_rows`). Preprocessing is fitted on each fold's training rows."""
+    one fold's test split (`Prepared.test_rows`). Preprocessing is fitted on each fold's training rows.
+    `loaded`: load_target's result, when the caller has it."""
     spec = parse_classes(cfg.classes)
-    frame, y, n_dropped = load_target(cfg)
+    frame, y, n_dropped = loaded or load_target(cfg)
     labels = class_labels(spec, frame)
     provisional, names = strata(spec, y, labels)
     _check_fold_sizes(provisional, names, cfg, k)
@@ -582,8 +584,9 @@ def n_folds(folds: str, n_rows: int) -> int:
 
 
 def prepare_splits(cfg: Data, seed: int) -> list[Prepared]:
-    """One `Prepared` per outer fold (`data.folds`), or the single split."""
-    rows = len(load_target(cfg)[1]) if cfg.folds == "auto" else 0  # only auto needs the row count
-    k = n_folds(cfg.folds, rows)
-    return [prepare(cfg, seed)] if k == 1 else prepare_folds(cfg, seed, k)
+    """One `Prepared` per outer fold (`data.folds`), or the single split; the table is read once."""
+    parse_classes(cfg.classes)  # a bad --classes is refused before the data loads
+    loaded = load_target(cfg)
+    k = n_folds(cfg.folds, len(loaded[1]))
+    return [prepare(cfg, seed, loaded)] if k == 1 else prepare_folds(cfg, seed, k, loaded)
 
