@@ -263,7 +263,7 @@ def _workers(cfg):
     """The worker processes (`--jobs`) that train strategies and variants side by side for this command."""
     from . import jobs
 
-    return jobs.workers(cfg.train.jobs or jobs.usable_cores())
+    return jobs.workers(jobs.count(cfg.train.jobs))
 
 
 def _resolve_batch(cfg: config.Config, train_rows: int) -> config.Config:

@@ -25,6 +25,11 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def count(jobs: int) -> int:
+    """`train.jobs` as a number of processes: 0 means every usable core."""
+    return jobs or usable_cores()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # a terminated worker unwinds: its open runs end KILLED
 

@@ -47,7 +47,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
                                tracking.setup(None), run_id, url, name, target=before + cfg.tune.n_trials,
                                timeout=cfg.tune.timeout or None, seed=cfg.seed + before)
         first_new = len(study.get_trials(deepcopy=False))
-        workers = cfg.tune.workers or (cfg.train.jobs or jobs.usable_cores())  # 0: as many as --jobs
+        workers = cfg.tune.workers or jobs.count(cfg.train.jobs)  # 0: as many as --jobs
         say(f"tune: study '{name}' in {_safe_url(url)}: {before} trials so far, adding {cfg.tune.n_trials} "
              f"with {workers} worker(s)")
         optuna_study.run_workers(job, workers, say)
