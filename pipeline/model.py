@@ -9,6 +9,10 @@ Every model in the pipeline carries its recipe (`track()` attaches it, `architec
 it was built (`base`) and the surgery applied since (`ops`, recorded by surgery.py through `record()`).
 `build()` replays both, so a saved state_dict (`save_state` / `load_state`: the one on-disk form of a
 model, no pickle) can be loaded back into the right layers.
+
+Two more things travel with a classifier, as attributes that `save_state` writes and `load_state` reads:
+`reg2cls_start`, the weights its training started from (`mark_start`: what a tuning trial retrains from),
+and `reg2cls_rule`, its decision rule fitted on validation (decision.py), a plain dict.
 """
 from __future__ import annotations
 
@@ -181,12 +185,22 @@ def architecture(model: nn.Module) -> dict:
     return copy.deepcopy(recipe(model))
 
 
+def mark_start(model: nn.Module) -> None:
+    """Remember `model`'s current weights as its starting point, just before its training: a tuning trial
+    retrains from there (with other hyperparameters) rather than continuing from converged weights."""
+    model.reg2cls_start = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def save_state(model: nn.Module, folder: Path) -> int:
-    """Write `weights.pt` (the state_dict, on the CPU) and `architecture.json` into `folder`;
-    returns the weights file's size in bytes."""
+    """Write `weights.pt` (the state_dict, on the CPU) and `architecture.json` into `folder`, with `start.pt`
+    and `rule.json` when the model has a starting point and a decision rule; returns the weights' size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.pt")
     (folder / "architecture.json").write_text(json.dumps(architecture(model), indent=1))
+    if getattr(model, "reg2cls_start", None) is not None:
+        torch.save(model.reg2cls_start, folder / "start.pt")
+    if getattr(model, "reg2cls_rule", None) is not None:
+        (folder / "rule.json").write_text(json.dumps(model.reg2cls_rule, indent=1))
     return (folder / "weights.pt").stat().st_size
 
 
@@ -195,6 +209,10 @@ def load_state(folder: Path, build_model) -> nn.Module:
     which can fetch a base model from MLflow), the weights load with `weights_only=True`."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
     model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+    if (folder / "start.pt").is_file():
+        model.reg2cls_start = torch.load(folder / "start.pt", map_location="cpu", weights_only=True)
+    if (folder / "rule.json").is_file():
+        model.reg2cls_rule = json.loads((folder / "rule.json").read_text())
     return model.eval()
 
 

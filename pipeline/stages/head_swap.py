@@ -11,7 +11,7 @@ from torch import nn
 from .. import jobs, tracking
 from ..config import Config
 from ..data import Prepared
-from ..model import architecture
+from ..model import architecture, mark_start
 from ..reuse import reusable
 from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
                        new_head, swap_head, unfreeze, warm_start_head)
@@ -119,6 +119,7 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
+    mark_start(model)  # what a tuning trial of this model retrains from
     if scale is not None:
         tracking.log_params({"warm_start.scale": round(scale, 6)})
     if strategy == "threshold":

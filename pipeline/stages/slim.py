@@ -13,7 +13,7 @@ from torch import nn
 from .. import jobs, report, tracking
 from ..config import Config
 from ..data import Prepared
-from ..model import architecture
+from ..model import architecture, mark_start
 from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
@@ -89,6 +89,7 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
         else:
             drop_blocks(student, amount)
         _check_rebuild(student, data)
+        mark_start(student)  # the pruned weights before their fine-tune: what a tuning trial retrains from
         distill = None
         if distilled:
             distill = Distill(predict(teacher, data.train.x, device), cfg.slim.temperature, cfg.slim.alpha)
