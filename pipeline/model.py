@@ -24,6 +24,7 @@ import inspect
 import json
 import pickle
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,22 +36,76 @@ ACTIVATION = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU
 
 
 class MLP(nn.Module):
+    """The pipeline's own regressor: [embed] -> body -> head.
+
+    - `embedding` (none | periodic | piecewise): each feature becomes an `embedding_dim` vector
+      (rtdl_num_embeddings; Gorishniy et al., 2022) before the body, which reads them flattened.
+      Piecewise-linear embeddings need bin edges from the training features (`bins`, plain lists so
+      the recipe rebuilds the same layers without data; stages/baseline.py computes them).
+    - `ensemble` k > 1: BatchEnsemble (tabm's LinearBatchEnsemble, as in TabM; Gorishniy et al., 2024):
+      the body runs k members at once, sharing each hidden layer's weight and keeping their own input
+      and output scalings and biases; the members' features are averaged before the head.
+    """
+
     def __init__(self, in_dim: int, width: int = 64, depth: int = 2, out_dim: int = 1,
-                 activation: str = "relu", dropout: float = 0.0):
+                 activation: str = "relu", dropout: float = 0.0, embedding: str = "none", embedding_dim: int = 16,
+                 bins: list[list[float]] | None = None, ensemble: int = 1):
         super().__init__()
+        self.embed = None
+        d = in_dim
+        if embedding != "none":
+            import rtdl_num_embeddings as rtdl  # imported only when used: a plain MLP needs neither package
+
+            if embedding == "periodic":
+                self.embed = rtdl.PeriodicEmbeddings(in_dim, embedding_dim, lite=False)
+            elif embedding == "piecewise":
+                if not bins or len(bins) != in_dim:
+                    raise ValueError(f"piecewise embedding needs bin edges for each of the {in_dim} features")
+                with warnings.catch_warnings():  # a one-hot column has a single bin: fine, no need to say so
+                    warnings.filterwarnings("ignore", "The .* feature has just two bin edges")
+                    self.embed = rtdl.PiecewiseLinearEmbeddings([torch.tensor(b) for b in bins], embedding_dim,
+                                                                activation=False, version="B")
+            else:
+                raise ValueError(f"unknown embedding {embedding!r}")
+            d = in_dim * embedding_dim
+        self.ensemble = ensemble
         layers: list[nn.Module] = []
         for i in range(depth):
-            layers += [nn.Linear(in_dim if i == 0 else width, width), ACTIVATION[activation]()]
+            d_in = d if i == 0 else width
+            if ensemble == 1:
+                linear = nn.Linear(d_in, width)
+            else:
+                import tabm
+
+                # TabM's initialisation: random signs for the first input scaling (one sign per feature's
+                # embedding), ones for every other scaling, so the members differ from the first step
+                linear = tabm.LinearBatchEnsemble(
+                    d_in, width, k=ensemble, scaling_init=("random-signs", "ones") if i == 0 else "ones",
+                    first_scaling_init_chunks=[embedding_dim] * in_dim if i == 0 and self.embed is not None else None)
+            layers += [linear, ACTIVATION[activation]()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_dim)
         kwargs = dict(in_dim=in_dim, width=width, depth=depth, out_dim=out_dim, activation=activation, dropout=dropout)
+        if embedding != "none":  # recorded only when used: a plain MLP's recipe stays what it was
+            kwargs.update(embedding=embedding, embedding_dim=embedding_dim)
+            if bins is not None:
+                kwargs["bins"] = [[float(v) for v in b] for b in bins]
+        if ensemble != 1:
+            kwargs["ensemble"] = ensemble
         track(self, {"kind": "mlp", "kwargs": kwargs})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, in_dim) -> (N, out_dim); no output activation: losses take raw values / logits
-        return self.head(self.body(x))
+        if self.embed is not None:
+            x = self.embed(x).flatten(1)  # (N, in_dim, embedding_dim) -> (N, in_dim * embedding_dim)
+        if self.ensemble == 1:
+            return self.head(self.body(x))
+        x = x.unsqueeze(1).expand(-1, self.ensemble, -1)  # (N, k, d): the same row for each member
+        # (N, k, width) -> (N, width). The shared linear head on the members' mean feature equals the mean of
+        # the members' linear predictions, so the head stays one nn.Linear that head-swap surgery replaces.
+        return self.head(self.body(x).mean(1))
 
 
 # ------------------------------------------------------------------------------ the user's model

@@ -3,6 +3,7 @@ threshold classes it implies."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +39,24 @@ def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
     return model, head
 
 
+def piecewise_bins(x: torch.Tensor, n_bins: int) -> list[list[float]]:
+    """Bin edges per feature for piecewise-linear embeddings: quantiles of the training split (x: (N, F)), as
+    plain lists, which the MLP's recipe keeps so that it rebuilds without data. A feature constant in the
+    training split gets two edges around its value (one bin: it carries no information there anyway)."""
+    from rtdl_num_embeddings import compute_bins
+
+    x = x.float()
+    varying = [j for j in range(x.shape[1]) if not bool((x[:, j] == x[0, j]).all())]
+    edges = [[float(x[0, j]) - 1.0, float(x[0, j]) + 1.0] for j in range(x.shape[1])]
+    if varying:
+        with warnings.catch_warnings():  # a one-hot column has a single bin: fine, no need to say so
+            warnings.filterwarnings("ignore", "The .* feature has just two bin edges")
+            # compute_bins wants n_bins below the number of rows
+            for j, b in zip(varying, compute_bins(x[:, varying], n_bins=min(n_bins, len(x) - 1))):
+                edges[j] = b.tolist()
+    return edges
+
+
 def _file_digest(path: str) -> str:
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
@@ -62,9 +81,11 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
             tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
             say(f"baseline: brought model {um.spec or um.uri}, regression head {head.describe()}")
         else:
+            m = cfg.model
+            bins = piecewise_bins(data.train.x, m.n_bins) if m.embedding == "piecewise" else None
             with seeded(cfg.seed):
-                model = MLP(data.n_features, cfg.model.width, cfg.model.depth, 1, cfg.model.activation,
-                            cfg.model.dropout)
+                model = MLP(data.n_features, m.width, m.depth, 1, m.activation, m.dropout, embedding=m.embedding,
+                            embedding_dim=m.embedding_dim, bins=bins, ensemble=m.ensemble)
         model.to(device)
         log = tracking.EpochLog()
 
