@@ -3,12 +3,15 @@
 The head is found by running one forward pass with hooks: the last `nn.Linear` called whose output
 becomes the model's output (through at most a reshape or an output activation module), wherever it
 sits. `warm_start_head` builds a classification head from the regression head so that, before any
-training, its argmax equals the regressor's output cut at the class edges.
+training, its argmax equals the regressor's output cut at the class edges. The ordinal heads
+(`CumulativeLinkHead`, `CornHead`) know the classes are ordered bands of the target; the cumulative
+link head starts from the regression head too, its median class exactly the cut regressor.
 
 Every change is recorded in the model's recipe (`model.record`) so `model.build` can replay it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +48,8 @@ class _Call:
 
 
 def _probe(model: nn.Module, n_features: int) -> tuple[list[_Call], torch.Tensor]:
-    """One eval-mode forward pass on random rows: every leaf module called, in order, and the output."""
+    """One eval-mode forward pass on random rows: every leaf module called, and every ordinal head (after
+    its own Linear: a hook fires when the module returns), in order, and the output."""
     names = {m: n for n, m in model.named_modules()}
     calls: list[_Call] = []
 
@@ -54,7 +58,7 @@ def _probe(model: nn.Module, n_features: int) -> tuple[list[_Call], torch.Tensor
             first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
             calls.append(_Call(names[module], module, first, output))
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = [m for m in model.modules() if not list(m.children()) or _is_ordinal(m)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     device = next(model.parameters()).device
@@ -82,9 +86,10 @@ def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
 
 
 def find_head(model: nn.Module, n_features: int, name: str | None = None, n_out: int = 1) -> Head:
-    """The head: `name` if given, else the last nn.Linear whose output is the model's output.
+    """The head: `name` if given, else the last nn.Linear or ordinal head whose output is the model's output.
 
     `n_out` is the head's width: 1 for a regressor (or a binary classifier), K for a classifier.
+    An ordinal head (CumulativeLinkHead, CornHead) is found as a whole, not the Linear inside it.
     Raises UserError when the model's output is not (N,) or (N, 1) (resp. (N, K)), no such Linear
     exists, or the output passes through anything but a reshape or one activation module after it.
     """
@@ -100,13 +105,13 @@ def find_head(model: nn.Module, n_features: int, name: str | None = None, n_out:
             module = model.get_submodule(name)
         except AttributeError:
             raise UserError(f"--head '{name}' is not a module of the model") from None
-        if not isinstance(module, nn.Linear):
+        if not (isinstance(module, nn.Linear) or _is_ordinal(module)):
             raise UserError(f"--head '{name}' is a {type(module).__name__}, not an nn.Linear")
         head_calls = [i for i, c in enumerate(calls) if c.module is module]
         if not head_calls:
             raise UserError(f"--head '{name}' is not called in the model's forward pass")
     else:
-        head_calls = [i for i, c in enumerate(calls) if isinstance(c.module, nn.Linear)]
+        head_calls = [i for i, c in enumerate(calls) if isinstance(c.module, nn.Linear) or _is_ordinal(c.module)]
         if not head_calls:
             raise UserError("no nn.Linear layer is called in the model's forward pass; name the head with --head")
     i = head_calls[-1]
@@ -143,7 +148,8 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
         setattr(parent, child, module)  # also nn.ModuleDict keys and plain attributes
 
 
-def swap_head(model: nn.Module, name: str, new: nn.Linear | nn.Identity) -> nn.Module:
+def swap_head(model: nn.Module, name: str,
+              new: nn.Linear | nn.Identity | CumulativeLinkHead | CornHead) -> nn.Module:
     """Replace the submodule `name` (dotted) by `new` in its parent, in place; returns the model."""
     device = next(model.parameters()).device
     _set_module(model, name, new.to(device))
@@ -152,8 +158,11 @@ def swap_head(model: nn.Module, name: str, new: nn.Linear | nn.Identity) -> nn.M
                         "bias": new.bias is not None})
     elif isinstance(new, nn.Identity):
         record(model, {"op": "identity", "name": name})
+    elif isinstance(new, (CumulativeLinkHead, CornHead)):
+        op = "cumulative_link" if isinstance(new, CumulativeLinkHead) else "corn"
+        record(model, {"op": op, "name": name, "in": new.in_features, "n_classes": new.n_classes})
     else:
-        raise TypeError(f"swap_head takes nn.Linear or nn.Identity, got {type(new).__name__}")
+        raise TypeError(f"swap_head takes nn.Linear, nn.Identity or an ordinal head, got {type(new).__name__}")
     return model
 
 
@@ -184,18 +193,60 @@ def slim_width(model: nn.Module, head: Head, keep: float, n_features: int) -> nn
     """
     if keep >= 1.0:
         return model
-    import torch_pruning as tp
-
-    device = next(model.parameters()).device
-    example = torch.randn(4, n_features, generator=torch.Generator().manual_seed(0)).to(device)  # traced for shapes
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=1.0 - keep, ignored_layers=[model.get_submodule(head.name)])
     before = {name: _shapes(m) for name, m in model.named_modules()}
-    pruner.step()
+    base = recipe(model)["base"]
+    head_module = model.get_submodule(head.name)
+    linear = _head_linear(head_module)  # an ordinal head's Linear: the inputs it reads are pruned
+    if base["kind"] == "mlp" and base["kwargs"].get("ensemble", 1) > 1:
+        _slim_batch_ensemble(model, linear, keep)
+    else:
+        import torch_pruning as tp
+
+        device = next(model.parameters()).device
+        example = torch.randn(4, n_features, generator=torch.Generator().manual_seed(0)).to(device)  # for shapes
+        # the pipeline MLP's feature embeddings stay whole: slimming is about hidden units
+        ignored = [linear] + [m for m in [getattr(model, "embed", None)] if m is not None]
+        # Torch-Pruning traces only the ordinal head's Linear in its place: the head's own arithmetic on its
+        # outputs (concatenations, cumulative sums) holds no hidden unit and breaks its shape inference
+        _set_module(model, head.name, linear)
+        try:
+            with warnings.catch_warnings():  # it warns of the embeddings' own parameters, which it leaves as ignored
+                warnings.filterwarnings("ignore", "Unwrapped parameters detected")
+                pruner = tp.pruner.MetaPruner(
+                    model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                    pruning_ratio=1.0 - keep, ignored_layers=ignored)
+            pruner.step()
+        finally:
+            _set_module(model, head.name, head_module)
     changed = {name: _shapes(m) for name, m in model.named_modules() if _shapes(m) != before.get(name)}
     record(model, {"op": "resize", "modules": changed})
     return model
+
+
+def _slim_batch_ensemble(model: nn.Module, head: nn.Linear, keep: float) -> None:
+    """slim_width for the pipeline's BatchEnsemble MLP, whose layers Torch-Pruning does not know. Hidden
+    unit j of a layer is row j of its shared weight and column j of its members' output scalings and
+    biases; what reads it (the next layer, or the head) holds it in column j of its weight (and of its
+    members' input scalings). Units are ranked by the L2 norm of all of these, as slim_width does."""
+    import tabm
+
+    layers = [m for m in model.body if isinstance(m, tabm.LinearBatchEnsemble)]
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            reader = layers[i + 1] if i + 1 < len(layers) else head
+            score = (layer.weight.pow(2).sum(1) + layer.s.pow(2).sum(0) + layer.bias.pow(2).sum(0)
+                     + reader.weight.pow(2).sum(0))
+            if reader is not head:
+                score += reader.r.pow(2).sum(0)
+            n = layer.out_features
+            kept = score.topk(max(1, n - int(n * (1.0 - keep)))).indices.sort().values
+            layer.weight = nn.Parameter(layer.weight[kept])
+            layer.s, layer.bias = nn.Parameter(layer.s[:, kept]), nn.Parameter(layer.bias[:, kept])
+            layer.out_features = len(kept)
+            reader.weight = nn.Parameter(reader.weight[:, kept])
+            reader.in_features = len(kept)
+            if reader is not head:
+                reader.r = nn.Parameter(reader.r[:, kept])
 
 
 def _shapes(module: nn.Module) -> dict[str, list[int]]:
@@ -249,6 +300,10 @@ def replay(model: nn.Module, op: dict) -> None:
         swap_head(model, op["name"], nn.Linear(op["in"], op["out"], bias=op["bias"]))
     elif op["op"] == "identity":
         swap_head(model, op["name"], nn.Identity())
+    elif op["op"] == "cumulative_link":
+        swap_head(model, op["name"], CumulativeLinkHead(op["in"], op["n_classes"]))
+    elif op["op"] == "corn":
+        swap_head(model, op["name"], CornHead(op["in"], op["n_classes"]))
     elif op["op"] == "dropout":
         add_dropout(model, Head(op["head"], 0, None, op["hidden"]), op["p_head"], op["p_hidden"])
     else:
@@ -256,11 +311,11 @@ def replay(model: nn.Module, op: dict) -> None:
 
 
 def recorded_head(model: nn.Module) -> str | None:
-    """The classification head's name from the recorded surgery: the last swapped-in Linear, inside
-    the Sequential that add_dropout wrapped around it if it did."""
+    """The classification head's name from the recorded surgery: the last swapped-in Linear or ordinal
+    head, inside the Sequential that add_dropout wrapped around it if it did."""
     name = None
     for op in recipe(model)["ops"]:
-        if op["op"] == "linear":
+        if op["op"] in ("linear", "cumulative_link", "corn"):
             name = op["name"]
         elif op["op"] == "dropout" and op["head"] == name:
             name = f"{name}.1"
@@ -340,7 +395,7 @@ def edges_before_activation(activation: nn.Module | None, edges: np.ndarray) -> 
         if isinstance(activation, (nn.ReLU, nn.ReLU6)):
             return edges
     raise UserError(f"warm_start cannot reproduce threshold through the output activation {type(activation).__name__} "
-                    "with these class edges; leave threshold and warm_start out of --strategies")
+                    "with these class edges; leave threshold, warm_start and cumulative_link out of --strategies")
 
 
 def _edge_offsets(edges: np.ndarray) -> torch.Tensor:
@@ -375,6 +430,11 @@ def fit_warm_start_scale(r: torch.Tensor, c: torch.Tensor, edges: np.ndarray) ->
             return F.binary_cross_entropy_with_logits(logits.reshape(-1), c.double()).item()
         return F.cross_entropy(logits, c).item()
 
+    return _best_scale(loss)
+
+
+def _best_scale(loss) -> float:
+    """The s > 0 minimising a one-dimensional loss(s): a coarse log grid, then a fine one around its best."""
     grid = np.logspace(-3, 4, 71)
     best = grid[int(np.argmin([loss(s) for s in grid]))]
     fine = np.linspace(best / 10 ** 0.1, best * 10 ** 0.1, 41)
@@ -404,3 +464,147 @@ def warm_start_head(head: nn.Linear, edges: np.ndarray, scale: float) -> nn.Line
         out.weight.copy_(weight.to(out.weight.dtype))
         out.bias.copy_(bias.to(out.bias.dtype))
     return out
+
+
+# ------------------------------------------------------------------------------- ordinal heads
+# The classes are bands of one continuous target, so they are ordered. An ordinal head replaces the
+# regression head like any other, is marked `ordinal = True` (its decision is the median class, see
+# decision.py) and outputs (N, K) log P(y = k): cross-entropy's log_softmax leaves normalised
+# log-probabilities unchanged, so the pipeline's loss is exactly the model's negative log-likelihood and
+# softmax gives P back. Binary: one logit, as every binary head in the pipeline.
+class CumulativeLinkHead(nn.Module):
+    """Cumulative link (ordinal logistic) head on the regressor's own scalar output r:
+    P(y <= k) = sigmoid((c_k - r) / s), with ordered cut points c_1 < ... < c_{K-1} and a scale s.
+
+    The cuts are the first cut plus a cumulative softplus of the gaps (`raw_cuts`: the first cut, then
+    softplus^-1 of each gap), so they stay ordered while they train. `linear` is the regression head;
+    the median class, #{k : r > c_k}, is the regressor cut at the cuts for any s.
+    """
+    ordinal = True
+
+    def __init__(self, in_features: int, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.linear = nn.Linear(in_features, 1)           # r
+        self.raw_cuts = nn.Parameter(torch.zeros(n_classes - 1))
+        self.log_scale = nn.Parameter(torch.zeros(1))
+
+    @property
+    def in_features(self) -> int:  # read from the Linear: slim_width narrows it
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return 1 if self.n_classes == 2 else self.n_classes
+
+    def cuts(self) -> torch.Tensor:
+        """(K-1,) ordered cut points."""
+        return torch.cumsum(torch.cat([self.raw_cuts[:1], F.softplus(self.raw_cuts[1:])]), 0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # h: (N, in) -> (N, K) log-probabilities, or (N, 1) logit when binary
+        return cumulative_link_log_proba(self.linear(h), self.cuts(), self.log_scale.exp())
+
+
+def cumulative_link_log_proba(r: torch.Tensor, cuts: torch.Tensor, scale) -> torch.Tensor:
+    """(N, K) log P(y = k) of the cumulative link model for r (N, 1), ordered cuts (K-1,), scale s > 0;
+    binary: the (N, 1) logit (r - c) / s.
+
+    log(F(a_k) - F(a_{k-1})) with F = sigmoid and a_k = (c_k - r) / s is computed as
+    logsigmoid(a_k) + logsigmoid(-a_{k-1}) + log(1 - exp(-(a_k - a_{k-1}))): no difference of two
+    probabilities that are both near 0 or 1, so no log(0) in the tails.
+    """
+    a = (cuts - r) / scale                                  # (N, K-1): logits of P(y <= k)
+    if a.shape[1] == 1:
+        return -a
+    # the gaps from the cuts, not from a: (c_k - r) - (c_{k-1} - r) would lose them when |r| is large;
+    # `tiny` keeps a gap that underflowed to 0 from giving log(0)
+    gap = (torch.diff(cuts) / scale).clamp_min(torch.finfo(a.dtype).tiny)
+    middle = F.logsigmoid(a[:, 1:]) + F.logsigmoid(-a[:, :-1]) + torch.log(-torch.expm1(-gap))
+    return torch.cat([F.logsigmoid(a[:, :1]), middle, F.logsigmoid(-a[:, -1:])], 1)
+
+
+def fit_cumulative_link_scale(r: torch.Tensor, c: torch.Tensor, edges: np.ndarray) -> float:
+    """The scale s > 0 minimising the validation log loss of the cumulative link model with its cuts at
+    `edges` (in r's units) on regressor outputs r (N,) and classes c: a 1-D fit, as for warm_start."""
+    r = r.reshape(-1, 1).double()
+    cuts = torch.from_numpy(np.asarray(edges, dtype=np.float64))
+
+    def loss(s: float) -> float:
+        out = cumulative_link_log_proba(r, cuts, s)
+        if len(edges) == 1:
+            return F.binary_cross_entropy_with_logits(out.reshape(-1), c.double()).item()
+        return F.nll_loss(out, c).item()
+
+    return _best_scale(loss)
+
+
+def cumulative_link_head(head: nn.Linear, edges: np.ndarray, scale: float) -> CumulativeLinkHead:
+    """A CumulativeLinkHead from the regression head `head` (out_features 1), its cuts at `edges` (in the
+    head's output units) and scale `scale`: before any training its median class is the regressor's output
+    cut at the edges, exactly `threshold`.
+
+    The Linear keeps the regression weights; its bias and the cuts are both shifted by a middle edge m
+    (r - m against c_k - m: the same comparisons), so float32 keeps the cut for a regressor of large raw
+    targets (b ~ 1e5), as warm_start_head does.
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    m = float(edges[len(edges) // 2])
+    out = CumulativeLinkHead(head.in_features, len(edges) + 1).to(head.weight.device)
+    b = head.bias.detach().double().reshape(()) if head.bias is not None else torch.zeros((), dtype=torch.float64)
+    gaps = np.diff(edges)
+    with torch.no_grad():
+        out.linear.weight.copy_(head.weight.detach().reshape(1, -1))
+        out.linear.bias.copy_((b - m).reshape(1).to(out.linear.bias.dtype))
+        # softplus^-1(g) = log(expm1(g)), in float64 so the cuts land on the edges
+        raw = np.concatenate([[edges[0] - m], np.log(np.expm1(gaps))])
+        out.raw_cuts.copy_(torch.from_numpy(raw).to(out.raw_cuts.dtype))
+        out.log_scale.fill_(float(np.log(scale)))
+    return out
+
+
+class CornHead(nn.Module):
+    """CORN head (Shi, Cao and Raschka, 2021): K-1 conditional binary logits f_k on the backbone's
+    features, f_k the logit of P(y > k | y >= k); randomly initialised, as in the paper.
+
+    log P(y = k) = sum_{j<k} logsigmoid(f_j) + logsigmoid(-f_k) (last class: the sum of all
+    logsigmoid(f_j)), so P(y > k) = prod_{j<=k} sigmoid(f_j) falls with k whatever the weights: the
+    ranks are consistent. Cross-entropy on these log-probabilities is the CORN loss: for each k the
+    binary cross-entropy of f_k against [y > k] on the rows with y >= k, summed. The paper averages each
+    task over its own subset of rows; this sums over them and divides by the batch's rows, so every row
+    weighs the same.
+    """
+    ordinal = True
+
+    def __init__(self, in_features: int, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.linear = nn.Linear(in_features, n_classes - 1)  # f
+
+    @property
+    def in_features(self) -> int:  # read from the Linear: slim_width narrows it
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return 1 if self.n_classes == 2 else self.n_classes
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # h: (N, in) -> (N, K) log-probabilities, or (N, 1) logit when binary
+        f = self.linear(h)                                   # (N, K-1)
+        if f.shape[1] == 1:
+            return f
+        zero = torch.zeros_like(f[:, :1])  # not new_zeros(len(f), 1): torch.export keeps the batch dynamic
+        reached = torch.cat([zero, torch.cumsum(F.logsigmoid(f), 1)], 1)   # log P(y >= k)
+        stops = torch.cat([F.logsigmoid(-f), zero], 1)                     # log P(y = k | y >= k)
+        return reached + stops
+
+
+def _is_ordinal(module: nn.Module) -> bool:
+    """An ordinal head (class attribute `ordinal = True`): found, swapped and slimmed as one head."""
+    return bool(getattr(module, "ordinal", False))
+
+
+def _head_linear(module: nn.Module) -> nn.Linear:
+    """The nn.Linear of a classification head: the head itself, or an ordinal head's `linear`."""
+    return module.linear if _is_ordinal(module) else module

@@ -13,8 +13,9 @@ from ..config import Config
 from ..data import Prepared
 from ..model import architecture, mark_start
 from ..reuse import reusable
-from ..surgery import (Head, check_swap, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
-                       new_head, swap_head, unfreeze, warm_start_head)
+from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_before_activation, find_head,
+                       fit_cumulative_link_scale, fit_warm_start_scale, freeze_backbone, new_head, swap_head, unfreeze,
+                       warm_start_head)
 from ..train import predict, resolve_device, seeded
 from .common import (StageResult, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
                      seeds_of, split_tags, stage_output, stands_for, where)
@@ -72,10 +73,10 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
 
 
 def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
-    """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start
-    could not reproduce threshold through the model's output activation."""
+    """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start (or
+    cumulative_link) could not reproduce threshold through the model's output activation."""
     classifier_from(regressor, head, data, "cpu")
-    if {"threshold", "warm_start"} & set(cfg.head_swap.strategies):
+    if {"threshold", "warm_start", "cumulative_link"} & set(cfg.head_swap.strategies):
         warm_start_edges(regressor, head, data)
 
 
@@ -87,20 +88,28 @@ def warm_start_edges(regressor: nn.Module, head: Head, data: Prepared) -> np.nda
 
 
 def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
-                    warm_start: bool = False) -> tuple[nn.Module, float | None]:
-    """A copy of the regressor with a classification head: random, or computed from the regression
-    head (`warm_start`, whose fitted scale is returned too); output activation removed; output shape
-    and untouched backbone checked."""
+                    kind: str = "new") -> tuple[nn.Module, float | None]:
+    """A copy of the regressor with a classification head of `kind`: `new` (random), `corn` (random
+    CornHead), or computed from the regression head: `warm_start` or `cumulative_link` (whose scale,
+    fitted on validation, is returned too); output activation removed; output shape and untouched
+    backbone checked."""
     model = copy.deepcopy(regressor)
     if head.activation:  # logits, not squashed outputs
         swap_head(model, head.activation, nn.Identity())
     backbone = {name: v.clone() for name, v in model.state_dict().items()}
     scale = None
-    if warm_start:
+    if kind in ("warm_start", "cumulative_link"):
         # the model without its output activation outputs the head's own r
         edges = warm_start_edges(regressor, head, data)
-        scale = fit_warm_start_scale(predict(model, data.val.x, device).reshape(-1), data.val.c, edges)
-        swap_head(model, head.name, warm_start_head(model.get_submodule(head.name), edges, scale))
+        r = predict(model, data.val.x, device).reshape(-1)
+        if kind == "warm_start":
+            scale = fit_warm_start_scale(r, data.val.c, edges)
+            swap_head(model, head.name, warm_start_head(model.get_submodule(head.name), edges, scale))
+        else:
+            scale = fit_cumulative_link_scale(r, data.val.c, edges)
+            swap_head(model, head.name, cumulative_link_head(model.get_submodule(head.name), edges, scale))
+    elif kind == "corn":
+        swap_head(model, head.name, CornHead(head.in_features, data.n_classes))
     else:
         swap_head(model, head.name, new_head(head.in_features, data.n_classes))
     check_swap(model, backbone, head.name, data.n_features, data.n_classes)
@@ -112,20 +121,22 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
     """Build and train the classifier of one strategy; returns it, its metrics and its training flag
     (`flag_training`: a run that cannot be trusted)."""
     t = cfg.train
+    # the head each strategy starts from: threshold is the warm-start head before any step
+    kind = {"threshold": "warm_start", "warm_start": "warm_start", "cumulative_link": "cumulative_link",
+            "corn": "corn"}.get(strategy, "new")
     with seeded(cfg.seed):  # the new head's initial weights
-        warm = strategy in ("threshold", "warm_start")
-        model, scale = classifier_from(regressor, head, data, device, warm_start=warm)
+        model, scale = classifier_from(regressor, head, data, device, kind)
         if strategy == "scratch":  # same architecture, regression weights thrown away: the control
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
     mark_start(model)  # what a tuning trial of this model retrains from
     if scale is not None:
-        tracking.log_params({"warm_start.scale": round(scale, 6)})
+        tracking.log_params({f"{kind}.scale": round(scale, 6)})
     if strategy == "threshold":
         # no training: the regressor cut at the class edges is exactly the warm-start head before any
         # step, a deliverable classifier whose probabilities come from the scale fitted on validation
-        return model, log_classifier(model, data, device, 0.0, 1, cfg.seed), None
+        return model, log_classifier(model, data, device, 0.0, 1, cfg.seed, identity_rule=True), None
 
     log = tracking.EpochLog()
     hists = []
@@ -133,14 +144,14 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
         hists.append(fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=t.lr,
                                     params=freeze_backbone(model, head.name)))
         unfreeze(model)
-    if strategy in ("finetune", "lp_ft", "warm_start", "scratch"):
+    if strategy in ("finetune", "lp_ft", "warm_start", "scratch", "cumulative_link", "corn"):
         lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
         # lp_ft's fine-tune continues the probe's curve
         hists.append(fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr,
                                     step=sum(h.epochs for h in hists)))
     log.flush()
-    # warm_start's starting weights already are threshold; the other heads start random
-    flag = flag_training(hists, random_start=strategy != "warm_start")
+    # warm_start's and cumulative_link's starting weights already are threshold; the other heads start random
+    flag = flag_training(hists, random_start=strategy not in ("warm_start", "cumulative_link"))
     seconds, steps = sum(h.seconds for h in hists), sum(h.epochs for h in hists)
     return model, log_classifier(model, data, device, seconds, steps + 1, cfg.seed), flag
 
