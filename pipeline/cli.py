@@ -401,7 +401,8 @@ def compare(**opts):
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @user_errors
 def predict(model_uri, input_path, output_path, tracking_uri):
-    """Classify a table with a champion: adds `label` and one `proba_<class>` column per class."""
+    """Classify a table with a champion: adds `label` (the class its decision rule picks) and one `proba_<class>`
+    column per class."""
     from pathlib import Path
 
     from . import data, registry, serving, tracking

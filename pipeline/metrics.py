@@ -54,14 +54,19 @@ def f1_macro(c_true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
 
 
-def classification(c_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """accuracy, balanced_accuracy, f1_macro, roc_auc (one-vs-rest macro), log_loss, ece."""
+def classification(c_true: np.ndarray, proba: np.ndarray, pred: np.ndarray | None = None) -> dict[str, float]:
+    """accuracy, balanced_accuracy, f1_macro of the classes `pred` (the model's decision rule, decision.py;
+    argmax of `proba` when not given), the same two without the rule, by argmax (`f1_macro_argmax`,
+    `accuracy_argmax`), and roc_auc (one-vs-rest macro), log_loss, ece of the probabilities."""
     k = proba.shape[1]
-    pred = proba.argmax(axis=1)
+    argmax = proba.argmax(axis=1)
+    pred = argmax if pred is None else np.asarray(pred)
     out = {
         "accuracy": float(skm.accuracy_score(c_true, pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(c_true, pred)),
         "f1_macro": f1_macro(c_true, pred, k),
+        "accuracy_argmax": float(np.mean(argmax == c_true)),
+        "f1_macro_argmax": f1_macro(c_true, argmax, k),
         "log_loss": log_loss(c_true, proba),
         "ece": expected_calibration_error(c_true, proba),
     }

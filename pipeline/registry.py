@@ -26,9 +26,10 @@ from .tracking import pip_requirements
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def output_frame(class_names: list[str], proba: np.ndarray) -> pd.DataFrame:
-    """What the champion returns for (N, K) probabilities: the argmax class's name and each probability."""
-    out = pd.DataFrame({"label": np.asarray(class_names, dtype=object)[proba.argmax(axis=1)]})
+def output_frame(class_names: list[str], proba: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """What the champion returns for (N, K) probabilities and the (N,) classes its decision rule picked
+    (decision.outputs): the picked class's name as `label`, and each probability."""
+    out = pd.DataFrame({"label": np.asarray(class_names, dtype=object)[np.asarray(pred)]})
     for i, name in enumerate(class_names):
         out[f"proba_{name}"] = proba[:, i]
     return out
@@ -81,7 +82,7 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
     if next(model.parameters()).device.type != "cpu":
         model = copy.deepcopy(model).cpu()
     k = len(meta["class_names"])
-    output = output_frame(meta["class_names"], np.full((len(example), k), 1.0 / k))
+    output = output_frame(meta["class_names"], np.full((len(example), k), 1.0 / k), np.zeros(len(example), int))
     signature = infer_signature(example, output)
     conflict = champion_conflict(registered_name, signature)
     if conflict:

@@ -6,8 +6,9 @@ an unseen category is treated like a missing one. The file is logged as MLflow "
 is executed when the model loads and never unpickled. The network comes back from its state_dict
 (`torch.load(weights_only=True)`) and architecture, as everywhere in reg2cls. A model brought as
 `file.py:Class` travels as code beside this file (registry.register_champion) and is imported from there,
-so the champion loads from any working directory. Non-finite numbers and text in a numeric column are
-missing values (`clean`), as in training, where they are imputed with the training medians.
+so the champion loads from any working directory. Its decision rule (decision.py: temperature and class
+offsets fitted on validation) travels with the weights and picks `label`. Non-finite numbers and text in a
+numeric column are missing values (`clean`), as in training, where they are imputed with the training medians.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class Champion(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
 
-        from pipeline.metrics import probabilities
+        from pipeline.decision import outputs
         from pipeline.registry import output_frame
 
         missing = [c for c in self.preprocessor.columns if c not in model_input.columns]
@@ -64,9 +65,9 @@ class Champion(mlflow.pyfunc.PythonModel):
             raise ValueError(f"input is missing column(s) {', '.join(missing)}")
         model_input, _, _ = clean(model_input, self.preprocessor.numeric)
         x = torch.from_numpy(self.preprocessor.transform(model_input))
-        with torch.no_grad():
-            proba = probabilities(self.model(x), len(self.class_names))
-        return output_frame(self.class_names, proba)
+        # the decision rule fitted on validation travels with the weights (rule.json): label by it, not argmax
+        proba, pred = outputs(self.model, x, "cpu", len(self.class_names))
+        return output_frame(self.class_names, proba, pred)
 
 
 mlflow.models.set_model(Champion())

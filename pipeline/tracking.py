@@ -370,24 +370,29 @@ def log_files_to(run_id: str, files: dict[str, str | bytes]) -> None:
         MlflowClient().log_artifacts(run_id, tmp)
 
 
-def log_predictions(rows: np.ndarray, c: np.ndarray, proba: np.ndarray) -> None:
+def log_predictions(rows: np.ndarray, c: np.ndarray, proba: np.ndarray, pred: np.ndarray | None = None) -> None:
     """A run's test predictions as `predictions.npz`: the rows' positions in the data table (n,), their
-    classes (n,) and the predicted probabilities (n, K), for compare's pooled metrics and bootstrap."""
+    classes (n,), the predicted probabilities (n, K) and the classes the model's decision rule picked (n,;
+    argmax when not given), for compare's pooled metrics and bootstrap."""
+    pred = proba.argmax(axis=1) if pred is None else pred
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "predictions.npz", rows=rows.astype(np.int64), c=c.astype(np.int64),
-                 proba=proba.astype(np.float32))
+                 proba=proba.astype(np.float32), pred=np.asarray(pred).astype(np.int64))
         mlflow.log_artifact(str(Path(tmp) / "predictions.npz"))
 
 
 def read_predictions(run_id: str) -> dict[str, np.ndarray] | None:
-    """What `log_predictions` logged on `run_id` (rows, c, proba), or None; arrays only, never pickle."""
+    """What `log_predictions` logged on `run_id` (rows, c, proba, pred), or None; arrays only, never pickle.
+    A file from before decision rules has no `pred`: its classes are the argmax, as they were decided then."""
     raw = read_artifact(run_id, "predictions.npz")
     if raw is None:
         return None
     import io
 
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        return {name: npz[name] for name in ("rows", "c", "proba")}
+        logged = {name: npz[name] for name in ("rows", "c", "proba")}
+        logged["pred"] = npz["pred"] if "pred" in npz.files else logged["proba"].argmax(axis=1)
+    return logged
 
 
 def read_artifact(run_id: str, path: str) -> bytes | None:

@@ -83,15 +83,33 @@ def target_of(split: Split, task: str) -> torch.Tensor:
     return split.y if task == "regression" else split.c
 
 
-def loss_of(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def class_weights(c: torch.Tensor, n_classes: int, how: str = "none") -> torch.Tensor | None:
+    """Per-class loss weights (K,) from the training classes `c` (`train.class_weight`): None for `none`;
+    `balanced`: N / (K * n_k), so each class weighs in the loss as if the classes were equally frequent
+    (scikit-learn's class_weight="balanced"). A class with no training row gets N / K."""
+    if how not in CLASS_WEIGHTS:
+        raise ValueError(f"class weighting must be one of {', '.join(CLASS_WEIGHTS)}, got {how!r}")
+    if how == "none":
+        return None
+    counts = torch.bincount(c.cpu(), minlength=n_classes).clamp(min=1).double()
+    return (len(c) / (n_classes * counts)).float()
+
+
+def loss_of(out: torch.Tensor, target: torch.Tensor, task: str, weight: torch.Tensor | None = None) -> torch.Tensor:
     """regression: MSE on the standardised target; binary: one logit, BCEWithLogits; multiclass: CrossEntropy.
 
-    out: (N, 1) or (N, K) raw model output; target: (N,) float (regression) or int64 classes."""
+    out: (N, 1) or (N, K) raw model output; target: (N,) float (regression) or int64 classes; `weight`: (K,)
+    per-class weights (`class_weights`), None for none. Binary takes them as pos_weight = w_1 / w_0, which
+    for balanced weights is n_neg / n_pos."""
     if task == "regression":
         return F.mse_loss(out.reshape(-1), target)
     if task == "binary":
-        return F.binary_cross_entropy_with_logits(out.reshape(-1), target.float())
-    return F.cross_entropy(out, target)
+        pos_weight = None if weight is None else weight[1] / weight[0]
+        return F.binary_cross_entropy_with_logits(out.reshape(-1), target.float(), pos_weight=pos_weight)
+    return F.cross_entropy(out, target, weight=weight)
 
 
 @dataclass
@@ -102,7 +120,8 @@ class Distill:
     temperature: float = 2.0
     alpha: float = 0.5
 
-    def loss(self, out: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    def loss(self, out: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, task: str,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         t = self.temperature
         if task == "binary":  # one logit: the soft target is the teacher's softened probability
             soft = F.binary_cross_entropy_with_logits(out.reshape(-1) / t, torch.sigmoid(teacher.reshape(-1) / t))
@@ -110,7 +129,7 @@ class Distill:
             soft = F.kl_div(F.log_softmax(out / t, dim=1), F.log_softmax(teacher / t, dim=1),
                             log_target=True, reduction="batchmean")
         # T^2 keeps the soft term's gradients on the scale of the hard term's (Hinton et al., 2015)
-        return self.alpha * t * t * soft + (1 - self.alpha) * loss_of(out, target, task)
+        return self.alpha * t * t * soft + (1 - self.alpha) * loss_of(out, target, task, weight)
 
 
 @dataclass
@@ -143,13 +162,15 @@ EpochHook = Callable[[int, dict[str, float], torch.Tensor], None]
 def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 0.0, patience: int = 0, seed: int = 0, device: torch.device | str = "cpu",
         params: Iterable[nn.Parameter] | None = None, on_epoch: EpochHook | None = None,
-        distill: Distill | None = None) -> History:
+        distill: Distill | None = None, class_weight: str = "none") -> History:
     """Train `model` in place with AdamW; keep the weights with the lowest validation loss (the
     starting weights included).
 
     `params` restricts which parameters are optimised (a linear probe passes only the head's);
     `patience` > 0 stops after that many epochs without a better validation loss; `distill` trains
-    on a teacher's soft labels too (validation loss and early stopping stay on the true labels).
+    on a teacher's soft labels too (validation loss and early stopping stay on the true labels);
+    `class_weight` (none | balanced, `class_weights` from the training rows) weights a classifier's loss,
+    the validation loss that picks the weights and stops early included: it watches the objective trained.
     """
     device = torch.device(device)
     model.to(device)
@@ -165,7 +186,12 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     start = time.perf_counter()
     model.eval()
     with torch.no_grad():  # the starting point competes too: a warm-started head may already be best
-        best = loss_of(model(xv), tv, task).item()
+        start_out = model(xv)
+        # K from the model's output: a class may be absent from the training rows; one binary logit is K = 2
+        weight = (None if task == "regression" else
+                  class_weights(train.c, 2 if task == "binary" else start_out.shape[1], class_weight))
+        weight = None if weight is None else weight.to(device)
+        best = loss_of(start_out, tv, task, weight).item()
     hist, best_state, since_best = History(), copy.deepcopy(model.state_dict()), 0
     with seeded(seed, device):  # dropout masks: reproducible, and the caller's RNG left as it was
         for epoch in range(1, epochs + 1):
@@ -179,7 +205,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
                 if len(xb) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
                     continue
                 out = model(xb)
-                loss = distill.loss(out, soft[i:i + batch_size], tb, task) if distill else loss_of(out, tb, task)
+                loss = (distill.loss(out, soft[i:i + batch_size], tb, task, weight) if distill
+                        else loss_of(out, tb, task, weight))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -188,7 +215,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
             model.eval()
             with torch.no_grad():
                 val_out = model(xv)
-                val_loss = loss_of(val_out, tv, task).item()
+                val_loss = loss_of(val_out, tv, task, weight).item()
             weights = torch.tensor(sizes, dtype=losses[0].dtype, device=device)
             hist.train_loss.append(float(torch.stack(losses) @ weights) / sum(sizes))
             hist.val_loss.append(val_loss)

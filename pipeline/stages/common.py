@@ -1,4 +1,5 @@
-"""What every stage shares: StageResult, evaluating, training and logging a classifier."""
+"""What every stage shares: StageResult, evaluating, training and logging a classifier (with its decision rule,
+decision.py, fitted on validation when it is logged)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics, progress, stats, tracking
+from .. import decision, metrics, progress, stats, tracking
 from ..config import Config
 from ..data import Prepared, to_classes
 from ..train import Distill, batch_and_lr, classification_task, fit, predict
@@ -66,7 +67,8 @@ def threshold_proba(regressor: nn.Module, split, data: Prepared, device) -> np.n
 
 
 def classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
-    """val/* and test/* classification metrics, with proba_of(split) -> (N, K) probabilities."""
+    """val/* and test/* classification metrics, with proba_of(split) -> (N, K) probabilities decided by argmax
+    (the thresholded regressor's one-hot rows; a classifier's go through `classifier_values`)."""
     values: dict[str, float] = {}
     for name, split in (("val", data.val), ("test", data.test)):
         values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba_of(split))))
@@ -74,9 +76,12 @@ def classifier_metrics(data: Prepared, proba_of) -> dict[str, float]:
 
 
 def classifier_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
-    """val/* and test/* metrics of a classifier (raw logits in, probabilities by metrics.probabilities)."""
-    return classifier_metrics(data, lambda split: metrics.probabilities(predict(model, split.x, device),
-                                                                        data.n_classes))
+    """val/* and test/* metrics of a classifier under the decision rule it carries (decision.outputs)."""
+    values: dict[str, float] = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        proba, pred = decision.outputs(model, split.x, device, data.n_classes)
+        values.update(metrics.prefixed(name, metrics.classification(split.c.numpy(), proba, pred)))
+    return values
 
 
 def log_run_inputs(cfg: Config, data: Prepared) -> None:
@@ -99,7 +104,8 @@ def seeds_of(cfg: Config, trained: bool = True) -> list[int]:
 
 def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: tracking.EpochLog, *, epochs: int,
                     lr: float, step: int = 0, params=None, distill: Distill | None = None):
-    """fit() a classifier with the run's training settings; per-epoch curves go to `log` from `step` on."""
+    """fit() a classifier with the run's training settings (`train.class_weight` included); per-epoch curves go
+    to `log` from `step` on. The per-epoch val/f1_macro is by argmax: the rule is fitted once, when logged."""
     k, t = data.n_classes, cfg.train
     c = data.val.c.numpy()
     # the CLI resolves an auto batch (and its lr) before any run opens; a stage called directly resolves it here
@@ -114,7 +120,7 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
 
         return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=batch,
                    weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
-                   on_epoch=on_epoch, distill=distill)
+                   on_epoch=on_epoch, distill=distill, class_weight=t.class_weight)
 
 
 def flag_training(hists: list, random_start: bool) -> str | None:
@@ -130,12 +136,21 @@ def flag_training(hists: list, random_start: bool) -> str | None:
 
 
 def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int,
-                   seed: int) -> dict[str, float]:
-    """Evaluate a trained classifier once, log its metrics, test predictions, costs and model; returns the values."""
+                   seed: int, identity_rule: bool = False) -> dict[str, float]:
+    """Fit a trained classifier's decision rule on validation (decision.fit_rule; `identity_rule` keeps argmax
+    and T = 1 instead: `threshold`, the bar, is the regressor cut at the class edges and nothing more), then
+    evaluate it once under that rule and log the rule (params `rule.*`), its metrics (also without the rule:
+    `*_argmax`), test predictions, costs and model (which carries the rule); returns the values."""
     k = data.n_classes
-    values = metrics.prefixed("val", metrics.classification(
-        data.val.c.numpy(), metrics.probabilities(predict(model, data.val.x, device), k)))
-    values["val/loss"] = values["val/log_loss"]  # the loop's validation loss (CE/BCE), of the returned model
+    if identity_rule:
+        model.reg2cls_rule = decision.identity(k, decision.is_ordinal(model) and k > 2)
+    else:
+        decision.fit_rule(model, data, device)
+    tracking.log_params(decision.as_params(model.reg2cls_rule))
+    val_c = data.val.c.numpy()
+    values = metrics.prefixed("val", metrics.classification(val_c, *decision.outputs(model, data.val.x, device, k)))
+    # the loop's validation loss (CE/BCE, unweighted) of the returned model, before temperature scaling
+    values["val/loss"] = metrics.log_loss(val_c, metrics.probabilities(predict(model, data.val.x, device), k))
     # logged once: a key that is also a per-epoch curve (val/f1_macro, val/loss, ...) gets the returned model's
     # value at the curve's last step, so the run's value is the returned model's and no extra epoch appears
     # (`final_step` is kept for the callers; the curves, with the restored epoch marked, are in curves.png)
@@ -145,7 +160,7 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
         from ..report import curves_figure
 
         tracking.log_figure(curves_figure(curves), "curves.png")
-    rest = log_predictions([(data, metrics.probabilities(predict(model, data.test.x, device), k))], seed)
+    rest = log_predictions([(data, *decision.outputs(model, data.test.x, device, k))], seed)
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
     rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy())
     tracking.log_metrics(rest)
@@ -155,16 +170,18 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     return {**values, **rest}
 
 
-def log_predictions(parts: list[tuple[Prepared, np.ndarray]], seed: int) -> dict[str, float]:
-    """Log a run's test predictions, pooled over `parts` ((split, (N, K) test probabilities), one per fold),
-    and return its test/* metrics, macro-F1 and accuracy with a seeded 95% bootstrap interval (`_ci_low`,
-    `_ci_high`). Test scores are computed here, once per run, and never used to choose anything."""
-    rows = np.concatenate([d.test_rows for d, _ in parts])
-    c = np.concatenate([d.test.c.numpy() for d, _ in parts])
-    proba = np.concatenate([p for _, p in parts])
-    tracking.log_predictions(rows, c, proba)
-    values = metrics.prefixed("test", metrics.classification(c, proba))
-    boot = stats.bootstrap(c, {"run": proba.argmax(axis=1)}, proba.shape[1], seed=seed)
+def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int) -> dict[str, float]:
+    """Log a run's test predictions, pooled over `parts` ((split, (N, K) test probabilities, (N,) classes its
+    decision rule picked), one per fold), and return its test/* metrics, macro-F1 and accuracy with a seeded
+    95% bootstrap interval (`_ci_low`, `_ci_high`). Test scores are computed here, once per run, and never
+    used to choose anything."""
+    rows = np.concatenate([d.test_rows for d, _, _ in parts])
+    c = np.concatenate([d.test.c.numpy() for d, _, _ in parts])
+    proba = np.concatenate([p for _, p, _ in parts])
+    pred = np.concatenate([pred for _, _, pred in parts])
+    tracking.log_predictions(rows, c, proba, pred)
+    values = metrics.prefixed("test", metrics.classification(c, proba, pred))
+    boot = stats.bootstrap(c, {"run": pred}, proba.shape[1], seed=seed)
     for m in stats.METRICS:
         ci = boot.interval("run", m)
         values[f"test/{m}_ci_low"], values[f"test/{m}_ci_high"] = ci.low, ci.high

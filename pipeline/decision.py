@@ -1,0 +1,220 @@
+"""The decision rule: how a classifier's raw outputs become calibrated probabilities and classes.
+
+A rule is a plain JSON-able dict, fitted on the validation split only (never test):
+
+    {"temperature": T, "offsets": [...], "ordinal": bool}
+
+- probabilities = softmax(s / T), where the scores s are the model's logits, log-probabilities (ordinal
+  heads), or [0, z] for one binary logit z (softmax([0, z/T]) = sigmoid(z/T)). T minimises validation log
+  loss: temperature scaling (Guo et al., 2017).
+- nominal (`ordinal` false): class = argmax(log p_T + offsets), K offsets with the first fixed at 0; for a
+  binary model that is a threshold on the logit (`as_params` says which probability it is).
+- ordinal: class = #{k : logit P_T(y > k) + offsets[k] > 0}, K-1 offsets; all zero is the median class.
+  The offsets maximise validation macro-F1 by coordinate search from 0 (the identity rule), accepting only
+  strict improvements, so a fitted rule never decides worse on validation than the head's own decision.
+
+The rule travels with the model as the attribute `reg2cls_rule` (model.save_state writes it as rule.json,
+load_state reads it back), so logged models, later stages and the registered champion apply the same
+rule. A model without one decides by the identity rule. `outputs` is the one place where a model's
+probabilities and classes are made; `fit_rule` the one place a rule is fitted on a model.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import metrics, stats
+
+SCORE_FLOOR = -1e5   # log-scores this far below a row's best are probability 0 at any temperature searched
+T_BOUNDS = (0.01, 100.0)
+MAX_SWEEPS = 20      # coordinate-search rounds; each accepted step raises macro-F1, so it stops early anyway
+
+
+def is_ordinal(model: nn.Module) -> bool:
+    """Whether the model has an ordinal head (surgery's cumulative_link or corn: modules with `ordinal = True`)."""
+    return any(getattr(m, "ordinal", False) for m in model.modules())
+
+
+def identity(n_classes: int, ordinal: bool = False) -> dict:
+    """The rule that changes nothing: T = 1, offsets 0 (argmax; for ordinal heads the median class)."""
+    return {"temperature": 1.0, "offsets": [0.0] * (n_classes - 1 if ordinal else n_classes), "ordinal": ordinal}
+
+
+def rule_of(model: nn.Module, n_classes: int) -> dict:
+    """The model's rule, or the identity rule for a model that has none."""
+    rule = getattr(model, "reg2cls_rule", None)
+    return rule if rule is not None else identity(n_classes, is_ordinal(model) and n_classes > 2)
+
+
+# ------------------------------------------------------------------ scores, probabilities, classes
+def scores_of(out: torch.Tensor | np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, K) float64 log-scores from a model's raw output: (N, K) logits or log-probabilities as they are,
+    one binary logit z as [0, z]. Shifted so each row's best is 0, with -inf (a log-probability of 0)
+    floored, so every later step stays finite."""
+    out = out.detach().cpu().double().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float64)
+    out = out.reshape(len(out), -1)
+    if n_classes == 2 and out.shape[1] == 1:
+        out = np.concatenate([np.zeros_like(out), out], axis=1)
+    return np.maximum(out - out.max(axis=1, keepdims=True), SCORE_FLOOR)
+
+
+def scores_of_proba(proba: np.ndarray) -> np.ndarray:
+    """(N, K) log-scores of probabilities another model gave (the gradient-boosting reference)."""
+    with np.errstate(divide="ignore"):
+        return scores_of(np.log(np.asarray(proba, np.float64)), proba.shape[1])
+
+
+def tempered(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, K) log-probabilities log softmax(scores / T)."""
+    z = scores / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def cumulative_logits(log_proba: np.ndarray) -> np.ndarray:
+    """(N, K-1) logit P(y > k) for k = 0..K-2, from (N, K) log-probabilities (in log space: no 1 - cumsum
+    cancellation for confident rows)."""
+    below = np.logaddexp.accumulate(log_proba, axis=1)[:, :-1]                  # log P(y <= k)
+    above = np.logaddexp.accumulate(log_proba[:, ::-1], axis=1)[:, ::-1][:, 1:]  # log P(y > k)
+    return above - below
+
+
+def decide(log_proba: np.ndarray, rule: dict) -> np.ndarray:
+    """(N,) classes the rule picks from (N, K) tempered log-probabilities."""
+    offsets = np.asarray(rule["offsets"], dtype=np.float64)
+    if rule["ordinal"]:
+        return (cumulative_logits(log_proba) + offsets > 0).sum(axis=1)
+    return (log_proba + offsets).argmax(axis=1)
+
+
+def median_classes(proba: np.ndarray) -> np.ndarray:
+    """(N,) median class of each row's distribution: #{k : P(y > k) > 1/2}, ordinal heads' natural decision."""
+    return decide(tempered(scores_of_proba(proba), 1.0), identity(proba.shape[1], ordinal=True))
+
+
+def apply(rule: dict, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tempered (N, K) probabilities, (N,) decided classes) of (N, K) log-scores under `rule`."""
+    log_proba = tempered(scores, rule["temperature"])
+    return np.exp(log_proba), decide(log_proba, rule)
+
+
+def outputs(model: nn.Module, x: torch.Tensor, device, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's tempered (N, K) probabilities and its decided classes (N,) for the rows `x`, under the
+    model's rule (the identity rule when it has none)."""
+    from .train import predict
+
+    return apply(rule_of(model, n_classes), scores_of(predict(model, x, device), n_classes))
+
+
+# ------------------------------------------------------------------ fitting on validation
+def fit_rule(model: nn.Module, data, device) -> dict:
+    """Fit the model's rule on `data.val` (a Prepared), attach it as `model.reg2cls_rule` and return it."""
+    from .train import predict
+
+    k = data.n_classes
+    scores = scores_of(predict(model, data.val.x, device), k)
+    model.reg2cls_rule = fit_scores(scores, data.val.c.numpy(), ordinal=is_ordinal(model) and k > 2)
+    return model.reg2cls_rule
+
+
+def fit_scores(scores: np.ndarray, c: np.ndarray, ordinal: bool = False) -> dict:
+    """The rule fitted on validation log-scores (N, K) and classes (N,): the temperature first, then offsets.
+
+    An ordinal head's median is not argmax, and tempering moves it (the median of p^(1/T) is not that of p),
+    so for it three rules compete and the best on validation macro-F1 wins (the first of equals): the
+    tempered median, the untempered median and tempered argmax. Its rule is then never below either of its
+    own decisions, the median or argmax. For binary data both kinds decide alike: pass ordinal=False."""
+    k = scores.shape[1]
+    t = fit_temperature(scores, c)
+    tries = [(t, True), (1.0, True), (t, False)] if ordinal else [(t, False)]
+    best, best_f1 = None, -1.0
+    for temperature, kind in tries:
+        rule = fit_offsets(tempered(scores, temperature), c, identity(k, kind) | {"temperature": temperature})
+        f1 = metrics.f1_macro(c, decide(tempered(scores, temperature), rule), k)
+        if f1 > best_f1:
+            best, best_f1 = rule, f1
+    return best
+
+
+def fit_temperature(scores: np.ndarray, c: np.ndarray) -> float:
+    """T in [0.01, 100] minimising validation log loss of softmax(scores / T) (1-D, in log T: the loss is
+    convex in 1/T for logits); 1.0 unless that lowers the loss."""
+    from scipy.optimize import minimize_scalar
+
+    def loss(log_t: float) -> float:
+        return metrics.log_loss(c, np.exp(tempered(scores, math.exp(log_t))))
+
+    found = minimize_scalar(loss, bounds=tuple(math.log(b) for b in T_BOUNDS), method="bounded",
+                            options={"xatol": 1e-4})
+    return float(math.exp(found.x)) if loss(found.x) < loss(0.0) else 1.0
+
+
+def fit_offsets(log_proba: np.ndarray, c: np.ndarray, start: dict) -> dict:
+    """`start` with its offsets moved to maximise macro-F1 on (N, K) tempered log-probabilities and classes
+    `c`, one coordinate at a time (the first nominal offset stays 0: only differences matter). Each step
+    takes the exact best cut for that coordinate and is kept only when the rule's own decisions score
+    strictly higher, so the result never scores below `start`."""
+    k = log_proba.shape[1]
+    rule = {**start, "offsets": list(start["offsets"])}
+    f1 = metrics.f1_macro(c, decide(log_proba, rule), k)
+    coordinates = range(len(rule["offsets"])) if rule["ordinal"] else range(1, k)
+    cumulative = cumulative_logits(log_proba) if rule["ordinal"] else None
+    for _ in range(MAX_SWEEPS):
+        improved = False
+        for j in coordinates:
+            offsets = np.asarray(rule["offsets"], dtype=np.float64)
+            # with the other offsets fixed, row i's class is `on[i]` when offsets[j] > d[i], else `off[i]`
+            if rule["ordinal"]:
+                g = cumulative + offsets                                        # (N, K-1)
+                off = (g > 0).sum(axis=1) - (g[:, j] > 0)                       # the other cut points passed
+                on, d = off + 1, -cumulative[:, j]
+            else:
+                z = log_proba + offsets
+                z[:, j] = -np.inf
+                off, on = z.argmax(axis=1), np.full(len(z), j)                  # the best other class, or j
+                d = z.max(axis=1) - log_proba[:, j]
+            cut = best_cut(d, c, on, off, k, offsets[j])
+            trial = {**rule, "offsets": [*rule["offsets"][:j], cut, *rule["offsets"][j + 1:]]}
+            trial_f1 = metrics.f1_macro(c, decide(log_proba, trial), k)
+            if trial_f1 > f1:
+                rule, f1, improved = trial, trial_f1, True
+        if not improved:
+            break
+    return rule
+
+
+def best_cut(d: np.ndarray, c: np.ndarray, on: np.ndarray, off: np.ndarray, k: int, current: float) -> float:
+    """The value o maximising macro-F1 of the classes `on` where d < o, `off` elsewhere, over every
+    distinct way of cutting the sorted d (exact: the confusion counts of all cuts at once, by a cumulative
+    sum); of equal cuts the one nearest `current`. Cuts lie midway between neighbouring values of d."""
+    order = np.argsort(d, kind="stable")
+    d, c, on, off = d[order], c[order], on[order], off[order]
+    n = len(d)
+    rows = np.arange(n)
+    change = np.zeros((n, k * k), dtype=np.int32)  # moving row r from `off` to `on`
+    change[rows, c * k + on] += 1
+    change[rows, c * k + off] -= 1
+    counts = np.bincount(c * k + off, minlength=k * k) + np.concatenate(
+        [np.zeros((1, k * k), np.int32), np.cumsum(change, axis=0, dtype=np.int32)])  # (n+1, k*k): r rows moved
+    valid = np.flatnonzero(np.r_[True, d[1:] > d[:-1], True])  # cut after r rows only between distinct values
+    f1 = stats.f1_macro(counts[valid].reshape(-1, k, k))
+    spread = max(1.0, float(d[-1] - d[0]))
+    cuts = np.where(valid == 0, d[0] - spread,
+                    np.where(valid == n, d[-1] + spread,
+                             (d[np.maximum(valid - 1, 0)] + d[np.minimum(valid, n - 1)]) / 2))
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    return float(cuts[best[np.argmin(np.abs(cuts[best] - current))]])
+
+
+def as_params(rule: dict) -> dict[str, str]:
+    """The rule as run params: `rule.temperature`, `rule.offsets`, `rule.decision` and, for binary data, the
+    `rule.threshold` on the tempered positive-class probability above which the positive class is chosen."""
+    offsets = rule["offsets"]
+    params = {"rule.temperature": f"{rule['temperature']:.6g}", "rule.offsets": ",".join(f"{o:.6g}" for o in offsets),
+              "rule.decision": "ordinal median + offsets" if rule["ordinal"] else "argmax + offsets"}
+    if len(offsets) == (1 if rule["ordinal"] else 2):  # binary: positive iff logit p_T(1) + offsets[-1] > 0
+        params["rule.threshold"] = f"{0.5 * (1 - math.tanh(offsets[-1] / 2)):.6g}"  # sigmoid(-o), overflow-free
+    return params
