@@ -11,8 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STRATEGIES = ("threshold", "linear_probe", "finetune", "lp_ft", "warm_start", "scratch")
+STRATEGIES = ("threshold", "linear_probe", "finetune", "lp_ft", "warm_start", "scratch", "cumulative_link", "corn")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+EMBEDDINGS = ("none", "periodic", "piecewise")
 DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
@@ -51,6 +52,10 @@ class Model:
     width: int = 64         # units per hidden layer
     activation: str = "relu"
     dropout: float = 0.0
+    embedding: str = "none"  # none | periodic | piecewise: numerical feature embeddings before the hidden layers
+    embedding_dim: int = 16  # each feature's embedding size
+    n_bins: int = 48         # piecewise: quantile bins per feature (fewer where the training split has fewer rows)
+    ensemble: int = 1        # k > 1: a BatchEnsemble of k members sharing their weights (TabM); 1 = one network
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Train:
     device: str = "auto"
     threads: int = 1        # torch threads of this process: for MLPs this small one is fastest, also beside other work
     jobs: int = 0           # worker processes for independent trainings (strategies, variants); 0 = every usable core
+    class_weight: str = "none"  # none | balanced: classes weighted N / (K * n_k) in every classifier's loss
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,18 @@ class Slim:
 class Tune:
     n_trials: int = 8             # new trials this run adds to the study (shared by its workers)
     timeout: float = 0.0          # seconds; 0 = no limit
-    epochs: int = 60              # per trial, with the median pruner watching every epoch
+    epochs: int = 0               # per trial (the pruner watches every epoch); 0 = as the untuned model trained:
+                                  # train.epochs, or slim.epochs for a slim variant (study.trial_epochs)
     metric: str = "val/f1_macro"  # or val/log_loss (minimised)
     pruner: str = "median"        # median | hyperband | none
     storage: str = ""             # Optuna storage URL; "" = sqlite optuna.db next to the MLflow store
     study_name: str = ""          # "" = <experiment>-<architecture hash>-<split key>
     workers: int = 0              # local worker processes, one torch thread each; 0 = as many as train.jobs
     max_dropout: float = 0.5      # upper bound of the head and hidden dropout searched
+    lr_min: float = 1e-4          # learning rate searched, log scale
+    lr_max: float = 3e-2
+    weight_decay_min: float = 1e-6  # weight decay searched, log scale
+    weight_decay_max: float = 1e-2
 
 
 @dataclass(frozen=True)
@@ -380,10 +391,15 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"tune.metric must be one of {', '.join(TUNE_METRICS)}, got '{cfg.tune.metric}'")
     if cfg.tune.pruner not in PRUNERS:
         raise UserError(f"tune.pruner must be one of {', '.join(PRUNERS)}, got '{cfg.tune.pruner}'")
-    if cfg.tune.n_trials < 0 or cfg.tune.workers < 0 or cfg.tune.epochs < 1 or cfg.tune.timeout < 0:
-        raise UserError("tune.n_trials, tune.workers and tune.timeout must be >= 0, tune.epochs >= 1")
+    if cfg.tune.n_trials < 0 or cfg.tune.workers < 0 or cfg.tune.epochs < 0 or cfg.tune.timeout < 0:
+        raise UserError("tune.n_trials, tune.workers, tune.epochs and tune.timeout must be >= 0")
     if not 0 < cfg.tune.max_dropout < 1:
         raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
+    for name in ("lr", "weight_decay"):
+        low, high = getattr(cfg.tune, f"{name}_min"), getattr(cfg.tune, f"{name}_max")
+        if not 0 < low < high:
+            raise UserError(f"tune.{name}_min and tune.{name}_max must be positive with min < max (a log range), "
+                            f"got {low:g} and {high:g}")
     metric = cfg.compare.metric
     if metric.startswith("test/"):
         raise UserError(f"compare.metric '{metric}' would choose the champion on the test split, whose scores are then "
@@ -410,6 +426,14 @@ def validate(cfg: Config) -> Config:
         raise UserError("model.depth and model.width must be at least 1")
     if not 0 <= cfg.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.embedding not in EMBEDDINGS:
+        raise UserError(f"unknown model.embedding '{cfg.model.embedding}'; choose from {', '.join(EMBEDDINGS)}")
+    if cfg.model.embedding_dim < 1 or cfg.model.n_bins < 2 or cfg.model.ensemble < 1:
+        raise UserError(f"model.embedding_dim and model.ensemble must be at least 1 and model.n_bins at least 2, got "
+                        f"{cfg.model.embedding_dim}, {cfg.model.ensemble}, {cfg.model.n_bins}")
+    if (um.spec or um.uri) and (cfg.model.embedding != "none" or cfg.model.ensemble != 1):
+        raise UserError("model.embedding and model.ensemble shape the pipeline's own MLP, not a brought --model; "
+                        "drop them or the --model")
     if cfg.train.epochs < 1 or cfg.train.lr <= 0:
         raise UserError("train.epochs must be at least 1 and train.lr positive")
     batch = str(cfg.train.batch_size).strip().lower()
@@ -419,6 +443,8 @@ def validate(cfg: Config) -> Config:
     if cfg.train.lr_scaling not in ("sqrt", "linear", "none") or cfg.train.max_steps_per_epoch < 0:
         raise UserError("train.lr_scaling must be sqrt, linear or none and train.max_steps_per_epoch 0 or more, got "
                         f"{cfg.train.lr_scaling!r}, {cfg.train.max_steps_per_epoch}")
+    if cfg.train.class_weight not in ("none", "balanced"):
+        raise UserError(f"train.class_weight must be none or balanced, got {cfg.train.class_weight!r}")
     if cfg.seed < 0 or cfg.seeds < 1:
         raise UserError(f"seed must be 0 or more and seeds at least 1, got seed {cfg.seed}, seeds {cfg.seeds}")
     if cfg.seed + cfg.seeds > MAX_SEED // 2:

@@ -4,6 +4,9 @@
   the heartbeat on: a trial whose worker died is failed by the next worker to start a trial, its
   MLflow run ended FAILED, and the trial retried (`RetryHeartbeatStaleTrialCallback`).
 - A study remembers its objective (`metric` user attribute); reopening it with another is refused.
+- Every trial retrains the source model from its start (the weights its own training started from), never
+  from its converged weights; a new study's trial 0 is the untuned configuration (`untuned_params`), so
+  the search starts from what the source model already does.
 - Each trial is an MLflow run nested under the tune stage run (strategy=trial_<n>) holding its params,
   per-epoch validation curves and model; PRUNED ends it KILLED, FAIL ends it FAILED; the trial keeps
   the run id as user attribute `mlflow_run_id`, so optuna-dashboard and MLflow point at each other.
@@ -32,6 +35,7 @@ from optuna.trial import TrialState
 from . import metrics, tracking
 from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
+from .model import architecture, mark_start
 from .surgery import find_head, recorded_head, set_dropout
 from .train import batch_and_lr, classification_task, fit, predict, resolve_device
 
@@ -132,11 +136,11 @@ def counted(study: optuna.Study) -> tuple[int, bool]:
     return n, any(t.state == TrialState.WAITING for t in trials)
 
 
-def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+def make_pruner(cfg: Config, epochs: int) -> optuna.pruners.BasePruner:
     if cfg.tune.pruner == "median":  # prune a trial below the median of earlier trials at the same epoch
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5)
     if cfg.tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=5, max_resource=cfg.tune.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=5, max_resource=epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -146,15 +150,83 @@ class Job:
     cfg: Config
     data: Prepared
     architecture: dict
-    state: dict
+    state: dict        # the weights every trial starts from: the source model's start (model.mark_start)
     tracking_uri: str
     stage_run: str
     storage: str
     study_name: str
     target: int
     timeout: float | None  # seconds, counted from the worker's start (after its imports and set-up)
-    seed: int
+    seed: int          # the sampler's
+    epochs: int        # each trial's budget (trial_epochs)
+    train_seed: int    # trial n trains with train_seed + n: trial 0 with the untuned run's own seed
     threads: int | None = None
+
+
+def search_space(cfg: Config) -> dict[str, tuple[float, float, bool]]:
+    """name -> (low, high, log): what a trial searches, the one place its bounds are read from the config."""
+    t = cfg.tune
+    return {"head_dropout": (0.0, t.max_dropout, False), "hidden_dropout": (0.0, t.max_dropout, False),
+            "lr": (t.lr_min, t.lr_max, True), "weight_decay": (t.weight_decay_min, t.weight_decay_max, True)}
+
+
+def trial_epochs(cfg: Config, source_stage: str | None) -> int:
+    """A trial's epoch budget: `tune.epochs`, or when that is 0 (the default) the budget the source model's
+    own training had (slim.epochs for a slim variant, train.epochs for a head-swap model), with early
+    stopping at train.patience as there. So trial 0, the untuned configuration, retrains the source model as
+    its own run did (same start, batch, lr, weight decay, seed and epochs: the same model, checked by
+    tests/test_tune.py), and a trial differs from it only in its hyperparameters. That holds for finetune,
+    warm_start, scratch and threshold (no training: trial 0 fine-tunes it) and for slim variants fine-tuned
+    without distillation; linear_probe (frozen backbone), lp_ft (a probe, then a fine-tune at a lower lr) and
+    distilled variants trained otherwise, so their trial 0 is the plain fine-tune closest to them. Either way
+    the source model itself competes with the trials (stages/tune.py)."""
+    if cfg.tune.epochs:
+        return cfg.tune.epochs
+    return cfg.slim.epochs if source_stage == "slim" else cfg.train.epochs
+
+
+def untuned_params(model: torch.nn.Module, cfg: Config, data: Prepared) -> tuple[dict[str, float], list[str]]:
+    """The configuration `model` was trained with, as a trial's params, and the values that had to move.
+
+    Dropout: what the model has now (the rates of its recorded dropout op when that wraps its head, which
+    set_dropout would set again; else 0: the model's own layers, an MLP's model.dropout included, stay in
+    every trial). Learning rate: train.lr as its fit used it (train.batch_and_lr: an auto batch scales it).
+    Weight decay: train.weight_decay. A value outside the search space moves to its nearest bound (a log
+    range cannot hold a weight decay of 0); each such move is returned as "name old -> new"."""
+    done = [op for op in architecture(model)["ops"] if op["op"] == "dropout"]
+    p_head, p_hidden = ((done[-1]["p_head"], done[-1]["p_hidden"])
+                        if done and recorded_head(model) == f"{done[-1]['head']}.1" else (0.0, 0.0))
+    t = cfg.train
+    wanted = {"head_dropout": p_head, "hidden_dropout": p_hidden,
+              "lr": batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[1],
+              "weight_decay": t.weight_decay}
+    params = {name: min(max(wanted[name], low), high) for name, (low, high, _) in search_space(cfg).items()}
+    moved = [f"{name} {wanted[name]:g} -> {params[name]:g}" for name in params if params[name] != wanted[name]]
+    return params, moved
+
+
+def enqueue_untuned(study: optuna.Study, params: dict[str, float]) -> bool:
+    """Queue the untuned configuration as the study's first trial, so the search starts from what the
+    source model already does and its history shows that point; only into a new study (a resumed one has
+    it already). Returns whether it was queued."""
+    if study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial(params, user_attrs={"untuned": True}, skip_if_exists=True)
+    return True
+
+
+def val_values(model: torch.nn.Module, data: Prepared, device) -> dict[str, float]:
+    """val/* classification metrics of `model`: what a trial returns its objective from, and what the tune
+    stage scores the untuned source model with, so the two compare like for like."""
+    proba = metrics.probabilities(predict(model, data.val.x, device), data.n_classes)
+    return metrics.prefixed("val", metrics.classification(data.val.c.numpy(), proba))
+
+
+def beats(value: float, untuned: float, metric: str) -> bool:
+    """Whether a trial's objective `value` is better than the untuned model's; a difference below 1e-6 is
+    float noise between two runs of the same training (trial 0 against its source), not an improvement."""
+    gain = value - untuned if TUNE_METRICS[metric] == "maximize" else untuned - value
+    return gain > 1e-6
 
 
 def metric_value(out: torch.Tensor, data: Prepared, metric: str) -> float:
@@ -167,37 +239,38 @@ def metric_value(out: torch.Tensor, data: Prepared, metric: str) -> float:
 
 
 def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepared, cfg: Config, seed: int,
-                 on_epoch=None):
-    """Train `model` in place as a trial does: its head and hidden dropout set to the configuration's, then
-    fit with its learning rate and weight decay for tune.epochs epochs. The one home of what a configuration
-    trains, so the best one refitted on another fold (convert, cross-fitted) trains exactly the same way."""
+                 epochs: int, on_epoch=None):
+    """Train `model` in place as a trial does: from the weights it holds (the caller loads the source model's
+    start), its head and hidden dropout set to the configuration's, then fit for `epochs` with the
+    configuration's learning rate and weight decay, and the untuned run's batch and early stopping. The one
+    home of what a configuration trains, so the best one refitted on another fold (convert, cross-fitted)
+    trains exactly the same way."""
     k = data.n_classes
     head = find_head(model, data.n_features, recorded_head(model), n_out=1 if k == 2 else k)
     set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
-    return fit(model, data.train, data.val, classification_task(k), epochs=cfg.tune.epochs,
-               batch_size=batch_and_lr(cfg.train.batch_size, 0.0, len(data.train.x), cfg.train.max_steps_per_epoch)[0],
+    mark_start(model)  # a tuned model tuned again retrains from here
+    t = cfg.train
+    return fit(model, data.train, data.val, classification_task(k), epochs=epochs,
+               batch_size=batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[0],
                lr=params["lr"], weight_decay=params["weight_decay"],
-               patience=cfg.train.patience, seed=seed, device=resolve_device(cfg.train.device), on_epoch=on_epoch)
+               patience=t.patience, seed=seed, device=resolve_device(t.device), on_epoch=on_epoch)
 
 
 def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
     cfg, data = job.cfg, job.data
     gate.release()  # the trial exists now: other local workers may count it
-    params = {
-        "head_dropout": trial.suggest_float("head_dropout", 0.0, cfg.tune.max_dropout),
-        "hidden_dropout": trial.suggest_float("hidden_dropout", 0.0, cfg.tune.max_dropout),
-        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-    }
+    params = {name: trial.suggest_float(name, low, high, log=log)
+              for name, (low, high, log) in search_space(cfg).items()}
     name = f"trial_{trial.number}"
+    untuned = {"untuned": "true"} if trial.user_attrs.get("untuned") else {}
     with tracking.start(name, "tune", strategy=name, parent=job.stage_run, killed_on=(optuna.TrialPruned,),
                         tags={"split_key": data.split_key, "optuna_study": job.study_name,
-                              "optuna_trial": str(trial.number)}) as run_id:
+                              "optuna_trial": str(trial.number), **untuned}) as run_id:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
                              "optuna.trial": trial.number, **job.cfg.flat()})
         model = tracking.rebuild(job.architecture)
-        model.load_state_dict(job.state)
+        model.load_state_dict(job.state)  # the source model's start, never its converged weights
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
 
@@ -216,12 +289,11 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            hist = train_config(model, params, data, cfg, cfg.seed + trial.number, on_epoch)
+            hist = train_config(model, params, data, cfg, job.train_seed + trial.number, job.epochs, on_epoch)
         finally:
             log.flush()  # a pruned trial keeps its curve up to the epoch it was stopped
             trial.set_user_attr("epochs", trained[0])
-        values = metrics.prefixed("val", metrics.classification(data.val.c.numpy(), metrics.probabilities(
-            predict(model, data.val.x, device), data.n_classes)))
+        values = val_values(model, data, device)
         tracking.log_final_metrics({**values, "cost/train_seconds": hist.seconds})
         tracking.log_model(model, data.val.x[:5].numpy(), servable=False)
         return values[cfg.tune.metric]
@@ -258,7 +330,7 @@ def work(job: Job, lock=None) -> None:
         tracking.setup(job.tracking_uri)
         sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
         study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
-                                  pruner=make_pruner(job.cfg))
+                                  pruner=make_pruner(job.cfg, job.epochs))
         deadline = time.time() + job.timeout if job.timeout else None
         gate = _Gate(lock)
         awaited: set[int] | None = None  # trials running when the count was reached

@@ -8,16 +8,20 @@ import sys
 import time
 import uuid
 
+import mlflow
 import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import invoke, process_env, runs_of, tiny_args, tiny_config
 from optuna.trial import TrialState
 
+from pipeline import config, tracking
 from pipeline import study as optuna_study
-from pipeline import tracking
+from pipeline.config import UserError
 from pipeline.model import MLP, architecture
 from pipeline.surgery import new_head, swap_head
+from pipeline.train import predict
 
 
 def test_objective_with_a_fixed_trial(experiment, tiny_data):
@@ -27,7 +31,8 @@ def test_objective_with_a_fixed_trial(experiment, tiny_data):
     model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
     with tracking.start("tune", "tune") as stage_run:
         job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), tracking.setup(None),
-                               stage_run, "unused", "fixed", target=1, timeout=None, seed=0)
+                               stage_run, "unused", "fixed", target=1, timeout=None, seed=0,
+                               epochs=optuna_study.trial_epochs(cfg, "head_swap"), train_seed=0)
         trial = optuna.trial.FixedTrial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
         value = optuna_study.objective(trial, job, optuna_study._Gate(None))
     assert 0.0 <= value <= 1.0
@@ -51,8 +56,10 @@ def _trials(experiment: str, store: str) -> tuple[optuna.Study, list]:
 
 
 def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, store):
-    args = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
+    # the untuned models train 2 epochs, the trials 30: a trial beats them, so the tune run logs the tuned model
+    args = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.epochs=2",
                      "--set", "slim.depth=false", "--set", "tune.n_trials=8", "--set", "tune.epochs=30")
+    args[args.index("--epochs") + 1] = "2"
     assert invoke("convert", *args).exit_code == 0
     study, runs = _trials(experiment, store)
     assert len(study.trials) == 8
@@ -64,7 +71,7 @@ def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, 
         run = by_run[t.user_attrs["mlflow_run_id"]]
         assert run.info.status == expected[t.state] and run.data.tags["strategy"] == f"trial_{t.number}"
     [stage] = [r for r in runs if r.data.tags["stage"] == "tune" and "strategy" not in r.data.tags]
-    assert stage.data.params["best.trial"] == str(study.best_trial.number)
+    assert stage.data.params["best.trial"] == str(study.best_trial.number) and stage.data.tags["tuned"] == "better"
     assert stage.data.metrics["best/val/f1_macro"] == pytest.approx(study.best_value)
     assert {"test/f1_macro", "test/log_loss", "cost/params"} <= set(stage.data.metrics)
     import mlflow
@@ -72,11 +79,96 @@ def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, 
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(stage.info.run_id)}
     assert {"optuna_history.png", "optuna_importances.png", "optuna_slice.png"} <= artifacts
 
-    resumed = invoke("tune", *tiny_args(experiment, "--n-trials", "3", "--set", "tune.epochs=30"))
+    resumed = invoke("tune", *tiny_args(experiment, "--n-trials", "3", "--set", "tune.epochs=30", "--pruner", "none"))
     assert resumed.exit_code == 0, resumed.output
     study = optuna.load_study(study_name=study.study_name, storage=optuna_study.storage_url("", store))
     assert len(study.trials) == 11
+    assert [t.number for t in study.trials if t.user_attrs.get("untuned")] == [0]  # enqueued once, when new
     assert all(r.info.status != "RUNNING" for r in runs_of(experiment))
+
+
+NO_SLIM = ("--strategies", "finetune", "--set", "slim.keep_ratios=none", "--set", "slim.depth=false",
+           "--set", "compare.reference=false")
+
+
+def _tune_runs(experiment: str) -> tuple[object, object, list]:
+    """(the tune stage run, the untuned source model's run, the trial runs by trial number) of an experiment."""
+    runs = runs_of(experiment)
+    [stage] = [r for r in runs if r.data.tags["stage"] == "tune" and "strategy" not in r.data.tags]
+    [source] = [r for r in runs if r.info.run_id == stage.data.tags["source_run"]]
+    trials = sorted((r for r in runs if r.data.tags.get("strategy", "").startswith("trial_")),
+                    key=lambda r: int(r.data.tags["optuna_trial"]))
+    return stage, source, trials
+
+
+def test_trial_scores_differ_across_a_search_space_that_matters(experiment, store):
+    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=4", "--set", "tune.pruner=none",
+                     "--set", "tune.lr_min=1e-5", "--set", "tune.lr_max=1")
+    assert invoke("convert", *args).exit_code == 0
+    study, _ = _trials(experiment, store)
+    values = [t.value for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(values) == 4 and len(set(values)) >= 3
+
+
+def test_trial_0_is_the_untuned_configuration(experiment, store):
+    # auto batch for ~170 training rows at one step an epoch: batch 256, lr scaled by sqrt(256 / 64) = 2
+    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=2", "--set", "train.batch_size=auto",
+                     "--set", "train.max_steps_per_epoch=1", "--set", "train.weight_decay=0.001")
+    assert invoke("convert", *args).exit_code == 0
+    study, _ = _trials(experiment, store)
+    _, source, _ = _tune_runs(experiment)
+    assert float(source.data.params["train.lr"]) == pytest.approx(6e-3)  # the lr the untuned fit used
+    assert study.trials[0].params == {"head_dropout": 0.0, "hidden_dropout": 0.0,
+                                      "lr": float(source.data.params["train.lr"]), "weight_decay": 0.001}
+    assert study.trials[0].user_attrs["untuned"] is True and "untuned" not in study.trials[1].user_attrs
+
+
+def test_trial_0_retrains_the_untuned_run_exactly(experiment, store):
+    # tune.epochs 0: trials get the untuned run's budget (train.epochs 12, same batch, lr, seed)
+    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=0",
+                     "--set", "tune.pruner=none")
+    assert invoke("convert", *args).exit_code == 0
+    stage, _, [trial_0] = _tune_runs(experiment)
+    assert trial_0.data.tags["untuned"] == "true"
+    assert trial_0.data.metrics["val/f1_macro"] == stage.data.metrics["untuned/val/f1_macro"]
+
+
+def test_a_trial_starts_from_the_start_weights_not_the_trained_ones(experiment, store, tiny_data):
+    # a learning rate of ~1e-9 for one epoch leaves a trial's model where it started
+    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=1",
+                     "--set", "tune.pruner=none", "--set", "tune.lr_min=1e-9", "--set", "tune.lr_max=2e-9")
+    assert invoke("convert", *args).exit_code == 0
+    _, source, [trial] = _tune_runs(experiment)
+    trained = tracking.load_run_model(source.info.run_id)
+    start = tracking.rebuild(architecture(trained))
+    start.load_state_dict(trained.reg2cls_start)
+    x = tiny_data.val.x
+    tried = predict(tracking.load_run_model(trial.info.run_id), x)
+    assert torch.allclose(tried, predict(start, x), atol=1e-4)
+    assert not torch.allclose(tried, predict(trained, x), atol=1e-2)
+
+
+def test_when_no_trial_beats_the_untuned_model_there_is_no_tuned_row(experiment, store):
+    # every trial's learning rate is ~1e-9: none can improve on the trained model it competes with
+    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=2", "--set", "tune.pruner=none",
+                     "--set", "tune.lr_min=1e-9", "--set", "tune.lr_max=2e-9")
+    result = invoke("convert", *args)
+    assert result.exit_code == 0, result.output
+    assert "trial 0 is the untuned configuration, moved into the search space: lr 0.003 -> 2e-09" in result.output
+    assert "tune: no trial beat the untuned finetune" in result.output
+    stage, source, _ = _tune_runs(experiment)
+    assert stage.data.tags["tuned"] == "no_better" and stage.data.tags["model_run"] == source.info.run_id
+    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    assert list(board["strategy"]) == ["finetune"]
+    assert "Tuning: the Optuna study found nothing better than the untuned finetune" in \
+        parent.data.tags["mlflow.note.content"]
+
+
+@pytest.mark.parametrize("name", ["lr", "weight_decay"])
+def test_a_search_range_with_min_not_below_max_is_refused(name):
+    with pytest.raises(UserError, match=f"tune.{name}_min and tune.{name}_max must be positive with min < max"):
+        config.load(None, {f"tune.{name}_min": 0.1, f"tune.{name}_max": 0.01})
 
 
 def test_a_study_with_another_objective_is_refused(experiment, store):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import metrics, registry, report, stats, tracking
+from .. import decision, metrics, registry, report, stats, tracking
 from ..config import COMPARE_METRICS, Config, UserError
 from ..data import Prepared
 from .common import log_predictions, stands_for
@@ -48,14 +48,16 @@ class Comparison:
 @dataclass
 class Predictions:
     """A row's test predictions, pooled over its folds: `proba[s]` holds seed s's probabilities for the test
-    rows `rows` (positions in the data table), whose classes are `c`."""
+    rows `rows` (positions in the data table), whose classes are `c`, and `pred[s]` the classes its decision
+    rule picked (what every class metric, the bootstrap and the confusion matrix use)."""
     rows: np.ndarray   # (n,) sorted
     c: np.ndarray      # (n,)
     proba: np.ndarray  # (S, n, K)
+    pred: np.ndarray   # (S, n)
 
     def restricted(self, rows: np.ndarray) -> Predictions:
         at = np.searchsorted(self.rows, rows)
-        return Predictions(rows, self.c[at], self.proba[:, at])
+        return Predictions(rows, self.c[at], self.proba[:, at], self.pred[:, at])
 
 
 def strategy_runs(stage_run: str) -> list:
@@ -83,11 +85,12 @@ def pooled_predictions(group: list) -> Predictions | None:
         rows = np.concatenate([p["rows"] for p in logged])
         order = np.argsort(rows, kind="stable")
         parts.append((rows[order], np.concatenate([p["c"] for p in logged])[order],
-                      np.concatenate([p["proba"] for p in logged])[order]))
+                      np.concatenate([p["proba"] for p in logged])[order],
+                      np.concatenate([p["pred"] for p in logged])[order]))
     rows = parts[0][0]
     if any(not np.array_equal(p[0], rows) for p in parts):  # a seed that ran on other folds: not comparable
         return None
-    return Predictions(rows, parts[0][1], np.stack([p[2] for p in parts]))
+    return Predictions(rows, parts[0][1], np.stack([p[2] for p in parts]), np.stack([p[3] for p in parts]))
 
 
 def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen: str | None = None,
@@ -120,7 +123,7 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen:
         pooled = pooled_predictions(group)
         if pooled is not None:
             predictions[strategy, stage] = pooled
-            per_seed = [metrics.classification(pooled.c, p) for p in pooled.proba]
+            per_seed = [metrics.classification(pooled.c, p, d) for p, d in zip(pooled.proba, pooled.pred)]
             for key, col in TEST_COLUMNS.items():
                 row[col] = float(np.mean([m[key] for m in per_seed]))
                 spread = np.std([m[key] for m in per_seed], ddof=1) if len(per_seed) > 1 else np.nan
@@ -184,7 +187,7 @@ def _intervals(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictio
             rows = predictions[key].rows
             covering = {k: p.restricted(rows) for k, p in predictions.items() if np.isin(rows, p.rows).all()}
             first = covering[key]
-            boots[rows.tobytes()] = stats.bootstrap(first.c, {k: p.proba.argmax(axis=2) for k, p in covering.items()},
+            boots[rows.tobytes()] = stats.bootstrap(first.c, {k: p.pred for k, p in covering.items()},
                                                     first.proba.shape[2], n_boot=n_boot, seed=seed)
     for i, key in enumerate(keys):
         if key not in predictions:
@@ -277,8 +280,11 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
     data = splits[0]  # the champion's own split: slim and tune refine on it, its model was trained on it
     tags = tracking.get_run(parent).data.tags
     runs = [r for k in ("head_swap_run", "slim_run") if k in tags for r in strategy_runs(tags[k])]
-    if "tune_run" in tags:  # the best trial's model on the tune run, and its retraining on other folds
-        runs += [tracking.get_run(tags["tune_run"])]
+    tune_run = tracking.get_run(tags["tune_run"]) if "tune_run" in tags else None
+    # the best trial's model on the tune run, and its retraining on other folds; none when no trial beat the
+    # untuned model (tag tuned=no_better): that model already has its row, a tuned row would be a copy
+    if tune_run is not None and tune_run.data.tags.get("tuned") != "no_better":
+        runs += [tune_run]
         runs += [r for r in tracking.children(tags["tune_run"]) if r.data.tags.get("strategy") == "tuned"]
     c = cfg.compare
     registered = c.register or f"reg2cls-{tracking.experiment_name(parent)}"
@@ -323,7 +329,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
         if pooled is not None:
             proba = pooled.proba[0]
             images |= {
-                "Confusion matrix": report.png(report.confusion_figure(pooled.c, proba.argmax(1), data.class_names)),
+                "Confusion matrix": report.png(report.confusion_figure(pooled.c, pooled.pred[0], data.class_names)),
                 "ROC": report.png(report.roc_figure(pooled.c, proba, data.class_names)),
                 "Reliability": report.png(report.reliability_figure(pooled.c, proba))}
             notes["Confusion matrix"] = "Each cell: test rows and their share of the true class (row)."
@@ -345,6 +351,12 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
                 f"Tuned {c.metric} {after:.4f} vs {before:.4f} for its untuned start ({start}): {change:+.4f}."
                 + (" Tuning changed little: the untuned model was already as good as the search could make it."
                    if abs(change) < 0.005 else ""))
+        elif tune_run is not None and tune_run.data.tags.get("tuned") == "no_better":
+            m, logged = tune_run.data.params.get("tune.metric", "val/f1_macro"), tune_run.data.metrics
+            start = tracking.get_run(tune_run.data.tags["source_run"]).data.tags.get("strategy", "model")
+            summary.append(f"Tuning: the Optuna study found nothing better than the untuned {start} ({m} "
+                           f"{logged.get(f'untuned/{m}', float('nan')):.4f}, best trial "
+                           f"{logged.get(f'best/{m}', float('nan')):.4f}), so there is no tuned row.")
         if "Optuna: optimisation history" in images:
             images["Optuna: optimisation history"] = images.pop("Optuna: optimisation history")  # after tuning
         shown = display(board, c.metric)
@@ -472,7 +484,10 @@ def _raw_example(data: Prepared) -> pd.DataFrame:
 
 def _reference_run(cfg: Config, splits: list[Prepared]):
     """scikit-learn's HistGradientBoostingClassifier on the same splits (each fold's, when cross-fitted): is
-    the network as good as the data allows? Its test predictions are logged like every strategy's."""
+    the network as good as the data allows? It gets the same decision freedom as the networks, for a fair
+    comparison: a decision rule (temperature, offsets) fitted on its own validation probabilities
+    (decision.fit_scores; params `rule.*`, per fold `fold_<i>.rule.*`). Its test predictions are logged like
+    every strategy's."""
     import time
 
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -485,8 +500,13 @@ def _reference_run(cfg: Config, splits: list[Prepared]):
             t = time.perf_counter()
             clf = HistGradientBoostingClassifier(random_state=cfg.seed).fit(data.train.x.numpy(), data.train.c.numpy())
             seconds += time.perf_counter() - t
-            val.append(metrics.classification(data.val.c.numpy(), clf.predict_proba(data.val.x.numpy())))
-            parts.append((data, clf.predict_proba(data.test.x.numpy())))
+            val_scores = decision.scores_of_proba(clf.predict_proba(data.val.x.numpy()))
+            rule = decision.fit_scores(val_scores, data.val.c.numpy())
+            val.append(metrics.classification(data.val.c.numpy(), *decision.apply(rule, val_scores)))
+            test_scores = decision.scores_of_proba(clf.predict_proba(data.test.x.numpy()))
+            parts.append((data, *decision.apply(rule, test_scores)))
+            prefix = "" if len(splits) == 1 else f"fold_{data.fold}."
+            tracking.log_params({prefix + k: v for k, v in decision.as_params(rule).items()})
         x = np.random.default_rng(0).normal(size=(1000, splits[0].n_features)).astype(np.float32)
         tracking.log_params({"model": "sklearn.ensemble.HistGradientBoostingClassifier", "seed": cfg.seed,
                              "folds": len(splits)})

@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 
+from torch import nn
+
 from .. import jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
@@ -16,11 +18,17 @@ from .common import (StageResult, flag_training, log_classifier, log_run_inputs,
 
 def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
          other_folds: list[tuple[Prepared, StageResult]] = ()) -> StageResult:
-    """Optuna over head and hidden dropout, learning rate and weight decay, starting from `source.model`
-    (the chosen architecture and its weights). Unless `force`, a finished tune stage with the same key
-    is reused; with `force` (the `tune` command: each call adds trials) this call adds `tune.n_trials`
-    trials to the study. The stage run gets the best trial's params, value and model (kept from that
-    trial, not retrained) and its test metrics, evaluated once here.
+    """Optuna over head and hidden dropout, learning rate and weight decay for the architecture of
+    `source.model`, every trial retraining it from its start (the weights its own training started from:
+    the head-swapped regressor, or a slim variant's pruned weights) for the budget it trained with
+    (study.trial_epochs). A new study's trial 0 is the untuned configuration. Unless `force`, a finished tune
+    stage with the same key is reused; with `force` (the `tune` command: each call adds trials) this call
+    adds `tune.n_trials` trials to the study.
+
+    The untuned source model competes: when no trial beats its own validation objective, the stage run is
+    tagged `tuned=no_better`, stands for the source model (tag `model_run`) and logs no model of its own, so
+    compare shows no tuned row. Otherwise (`tuned=better`) the stage run gets the best trial's params, value
+    and model (kept from that trial, not retrained) and its test metrics, evaluated once here.
 
     Cross-fitted (`other_folds`: each other fold's split and chosen model), the best configuration, searched
     on this fold only, is then trained on every other fold too, each a run `fold_<i>` (strategy tuned)
@@ -38,18 +46,30 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
         return stage_output(reuse)
     study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
     device = resolve_device(cfg.train.device)
+    metric = cfg.tune.metric
+    made_by = tracking.get_run(source.model_run).data.tags  # the source's stage, strategy and seed
+    untuned_name = made_by.get("strategy", "the untuned model")
+    if getattr(source.model, "reg2cls_start", None) is None:
+        say(f"tune: warning: {untuned_name} (run {source.model_run}) records no starting weights (logged before "
+            "reg2cls kept them); trials retrain it from its trained weights")
     with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, **split_tags(data),
                                               "seed": str(cfg.seed), "optuna_study": name,
                                               "optuna_storage": _safe_url(url)}) as run_id:
         log_run_inputs(cfg, data)
+        untuned, moved = optuna_study.untuned_params(source.model, cfg, data)
+        tracking.log_params({f"untuned.{k}": v for k, v in untuned.items()})
         before, _ = optuna_study.counted(study)
-        job = optuna_study.Job(cfg, data, arch, {k: v.cpu() for k, v in source.model.state_dict().items()},
-                               tracking.setup(None), run_id, url, name, target=before + cfg.tune.n_trials,
-                               timeout=cfg.tune.timeout or None, seed=cfg.seed + before)
         first_new = len(study.get_trials(deepcopy=False))
+        if optuna_study.enqueue_untuned(study, untuned) and moved:  # counted among this run's n_trials
+            say(f"tune: trial 0 is the untuned configuration, moved into the search space: {', '.join(moved)}")
+        epochs = optuna_study.trial_epochs(cfg, made_by.get("stage"))
+        job = optuna_study.Job(cfg, data, arch, start_weights(source.model), tracking.setup(None), run_id, url, name,
+                               target=before + cfg.tune.n_trials, timeout=cfg.tune.timeout or None,
+                               seed=cfg.seed + before, epochs=epochs,
+                               train_seed=int(made_by.get("seed", cfg.seed)))
         workers = cfg.tune.workers or jobs.count(cfg.train.jobs)  # 0: as many as --jobs
         say(f"tune: study '{name}' in {_safe_url(url)}: {before} trials so far, adding {cfg.tune.n_trials} "
-             f"with {workers} worker(s)")
+            f"with {workers} worker(s), up to {epochs} epochs each")
         optuna_study.run_workers(job, workers, say)
         optuna_study.end_orphaned_runs(study)
         states = [t.state.name for t in study.get_trials(deepcopy=False)[first_new:]]  # this run's trials
@@ -64,32 +84,53 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
             raise UserError(f"no trial this run started in study '{name}' completed (all pruned); "
                             "run more trials or use --pruner none")
         best = study.best_trial
+        # scored as a trial scores its model: the untuned model competes with every trial on equal terms
+        untuned_value = optuna_study.val_values(source.model, data, device)[metric]
+        better = optuna_study.beats(best.value, untuned_value, metric)
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
-        tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"]})
-        stands_for(run_id)  # the best trial's model, logged again here with its test metrics
-        model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
-        trial = tracking.get_run(best.user_attrs["mlflow_run_id"])
-        trial_seconds = trial.data.metrics.get("cost/train_seconds", float("nan"))
-        values = log_classifier(model, data, device, trial_seconds, 0, cfg.seed)  # evaluated once, here
-        tracking.log_metrics({"best/" + cfg.tune.metric: best.value})
+        tracking.log_metrics({"best/" + metric: best.value, "untuned/" + metric: untuned_value})
+        tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"],
+                           "tuned": "better" if better else "no_better"})
         for fig_name, fig in optuna_study.figures(study).items():
             tracking.log_figure(fig, fig_name)
-        for fold_data, fold_source in other_folds:
-            _refit(cfg, best.params, fold_data, fold_source, device)
-    say(f"tune: best trial {best.number} {cfg.tune.metric} {best.value:.4f} ({best.params}); "
-         f"test macro-F1 {values['test/f1_macro']:.3f}")
+        if not better:
+            stands_for(source.model_run)  # the stage's output is the untuned model: no copy of it is logged here
+        else:
+            stands_for(run_id)  # the best trial's model, logged again here with its test metrics
+            model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
+            trial = tracking.get_run(best.user_attrs["mlflow_run_id"])
+            trial_seconds = trial.data.metrics.get("cost/train_seconds", float("nan"))
+            values = log_classifier(model, data, device, trial_seconds, 0, cfg.seed)  # evaluated once, here
+            for fold_data, fold_source in other_folds:
+                _refit(cfg, best.params, epochs, fold_data, fold_source, device)
+    if not better:
+        say(f"tune: no trial beat the untuned {untuned_name} ({metric} {untuned_value:.4f}; best trial {best.number} "
+            f"{best.value:.4f}): the tune stage keeps the untuned model, no tuned row"
+            + (", no refits on the other folds" if other_folds else ""))
+        return StageResult(run_id, source.model, source.model_run)
+    say(f"tune: best trial {best.number} {metric} {best.value:.4f} ({best.params}), untuned {untuned_value:.4f}; "
+        f"test macro-F1 {values['test/f1_macro']:.3f}")
     return StageResult(run_id, model, run_id)
 
 
-def _refit(cfg: Config, params: dict[str, float], data: Prepared, source: StageResult, device) -> None:
-    """The best configuration trained on another fold's split, from that fold's chosen model, as one nested run."""
+def start_weights(model: nn.Module) -> dict:
+    """The weights a trial of `model` retrains from: its start (model.mark_start), else (a model logged
+    before starts were kept) its own weights; on the CPU, as a spawned worker receives them."""
+    start = getattr(model, "reg2cls_start", None)
+    return {k: v.detach().cpu().clone() for k, v in (start if start is not None else model.state_dict()).items()}
+
+
+def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, source: StageResult, device) -> None:
+    """The best configuration trained on another fold's split, from the start of that fold's chosen model,
+    as one nested run."""
     from ..study import train_config
 
     with tracking.start(run_name("tune", data), "tune", strategy="tuned",
                         tags={**split_tags(data), "seed": str(cfg.seed), "source_run": source.model_run}):
         tracking.log_params({**cfg.flat(), **{f"best.{k}": v for k, v in params.items()}})
         model = copy.deepcopy(source.model)
-        hist = train_config(model, params, data, cfg, cfg.seed)
+        model.load_state_dict(start_weights(source.model))
+        hist = train_config(model, params, data, cfg, cfg.seed, epochs)
         flag_training([hist], random_start=False)
         values = log_classifier(model, data, device, hist.seconds, hist.epochs + 1, cfg.seed)
     say(f"{where('tune', data)}: best configuration retrained, test macro-F1 {values['test/f1_macro']:.3f}")
