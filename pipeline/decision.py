@@ -11,7 +11,8 @@ A rule is a plain JSON-able dict, fitted on the validation split only (never tes
   binary model that is a threshold on the logit (`as_params` says which probability it is).
 - ordinal: class = #{k : logit P_T(y > k) + offsets[k] > 0}, K-1 offsets; all zero is the median class.
   The offsets maximise validation macro-F1 by coordinate search from 0 (the identity rule), accepting only
-  strict improvements, so a fitted rule never decides worse on validation than the head's own decision.
+  strict improvements, so a fitted rule never decides worse on validation than the head's own decision;
+  they stay 0 when a class has fewer than MIN_CLASS_ROWS validation rows (too few to fit a cut on).
 
 The rule travels with the model as the attribute `reg2cls_rule` (model.save_state writes it as rule.json,
 load_state reads it back), so logged models, later stages and the registered champion apply the same
@@ -31,6 +32,9 @@ from . import metrics, stats
 SCORE_FLOOR = -1e5   # log-scores this far below a row's best are probability 0 at any temperature searched
 T_BOUNDS = (0.01, 100.0)
 MAX_SWEEPS = 20      # coordinate-search rounds; each accepted step raises macro-F1, so it stops early anyway
+# offsets are fitted only when every class has this many validation rows: with fewer they fit those rows'
+# noise (a 3-fold toy split, ~25 validation rows a class: validation macro-F1 0.715 -> 0.811, test 0.749 -> 0.651)
+MIN_CLASS_ROWS = 30
 
 
 def is_ordinal(model: nn.Module) -> bool:
@@ -130,9 +134,12 @@ def fit_scores(scores: np.ndarray, c: np.ndarray, ordinal: bool = False) -> dict
     k = scores.shape[1]
     t = fit_temperature(scores, c)
     tries = [(t, True), (1.0, True), (t, False)] if ordinal else [(t, False)]
+    enough = np.bincount(c, minlength=k).min() >= MIN_CLASS_ROWS  # else the offsets stay 0
     best, best_f1 = None, -1.0
     for temperature, kind in tries:
-        rule = fit_offsets(tempered(scores, temperature), c, identity(k, kind) | {"temperature": temperature})
+        rule = identity(k, kind) | {"temperature": temperature}
+        if enough:
+            rule = fit_offsets(tempered(scores, temperature), c, rule)
         f1 = metrics.f1_macro(c, decide(tempered(scores, temperature), rule), k)
         if f1 > best_f1:
             best, best_f1 = rule, f1

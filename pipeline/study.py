@@ -32,12 +32,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import metrics, tracking
+from . import decision, metrics, tracking
 from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
 from .model import architecture, mark_start
 from .surgery import find_head, recorded_head, set_dropout
-from .train import batch_and_lr, classification_task, fit, predict, resolve_device
+from .train import batch_and_lr, classification_task, fit, resolve_device
 
 HEARTBEAT_S, GRACE_S = 2, 8  # a trial without a heartbeat for 8 s belongs to a dead worker
 
@@ -215,11 +215,15 @@ def enqueue_untuned(study: optuna.Study, params: dict[str, float]) -> bool:
     return True
 
 
-def val_values(model: torch.nn.Module, data: Prepared, device) -> dict[str, float]:
-    """val/* classification metrics of `model`: what a trial returns its objective from, and what the tune
-    stage scores the untuned source model with, so the two compare like for like."""
-    proba = metrics.probabilities(predict(model, data.val.x, device), data.n_classes)
-    return metrics.prefixed("val", metrics.classification(data.val.c.numpy(), proba))
+def val_values(model: torch.nn.Module, data: Prepared, device, fit_rule: bool = True) -> dict[str, float]:
+    """val/* classification metrics of `model` under its decision rule: what a trial returns its objective
+    from (`fit_rule`: its rule is fitted on validation first, as log_classifier does for every classifier),
+    and what the tune stage scores the untuned source model with (`fit_rule=False`: the rule it was logged
+    with), so the two compare like for like."""
+    if fit_rule:
+        decision.fit_rule(model, data, device)
+    proba, pred = decision.outputs(model, data.val.x, device, data.n_classes)
+    return metrics.prefixed("val", metrics.classification(data.val.c.numpy(), proba, pred))
 
 
 def beats(value: float, untuned: float, metric: str) -> bool:
@@ -253,7 +257,8 @@ def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepare
     return fit(model, data.train, data.val, classification_task(k), epochs=epochs,
                batch_size=batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[0],
                lr=params["lr"], weight_decay=params["weight_decay"],
-               patience=t.patience, seed=seed, device=resolve_device(t.device), on_epoch=on_epoch)
+               patience=t.patience, seed=seed, device=resolve_device(t.device), on_epoch=on_epoch,
+               class_weight=t.class_weight)
 
 
 def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:

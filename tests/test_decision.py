@@ -73,6 +73,13 @@ def test_imbalanced_binary_threshold_moves_toward_the_minority_and_raises_macro_
     assert metrics.f1_macro(c, decision.apply(rule, scores)[1], 2) > argmax_f1 + 0.01
 
 
+def test_no_offsets_are_fitted_on_a_class_with_too_few_validation_rows():
+    out, c = binary_imbalanced(np.random.default_rng(1))
+    keep = np.r_[np.flatnonzero(c == 0), np.flatnonzero(c == 1)[:decision.MIN_CLASS_ROWS - 1]]
+    rule = decision.fit_scores(decision.scores_of(out[keep], 2), c[keep])
+    assert rule["offsets"] == [0.0, 0.0]  # the temperature alone: it cannot change the decisions
+
+
 def test_temperature_lowers_the_log_loss_of_overconfident_logits():
     logits, c = three_class(np.random.default_rng(2))
     scores = decision.scores_of(5 * logits, 3)  # calibrated-ish logits made five times too sure

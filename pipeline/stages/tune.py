@@ -85,7 +85,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
                             "run more trials or use --pruner none")
         best = study.best_trial
         # scored as a trial scores its model: the untuned model competes with every trial on equal terms
-        untuned_value = optuna_study.val_values(source.model, data, device)[metric]
+        untuned_value = optuna_study.val_values(source.model, data, device, fit_rule=False)[metric]
         better = optuna_study.beats(best.value, untuned_value, metric)
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
         tracking.log_metrics({"best/" + metric: best.value, "untuned/" + metric: untuned_value})
