@@ -366,7 +366,8 @@ def tune(**opts):
 
     source = _input_model(opts["from_run"], prepared.split_key, "slim", "head_swap")
     result = stages.tune(cfg, prepared, source, force=True)  # each call adds trials to the study
-    _print_board(stages.leaderboard([tracking.get_run(result.run_id)], seed=cfg.seed))
+    # the tuned model's row; when no trial beat the untuned model, that model's own row (the stage said so)
+    _print_board(stages.leaderboard([tracking.get_run(result.model_run)], seed=cfg.seed))
     storage = tracking.get_run(result.run_id).data.tags["optuna_storage"]
     click.echo(f"tune run: {result.run_id}\nBrowse the study: optuna-dashboard {storage}")
 

@@ -271,6 +271,18 @@ def load_state(folder: Path, build_model) -> nn.Module:
     return model.eval()
 
 
+def requirements(model: nn.Module) -> list[str]:
+    """The packages beyond torch that rebuilding `model` from its recipe imports, pinned to the versions here
+    (what a registered champion must install to load elsewhere)."""
+    from importlib.metadata import version
+
+    base = recipe(model)["base"]
+    kwargs = base.get("kwargs", {}) if base["kind"] == "mlp" else {}
+    packages = (["rtdl_num_embeddings"] if kwargs.get("embedding", "none") != "none" else []) + (
+        ["tabm"] if kwargs.get("ensemble", 1) != 1 else [])
+    return [f"{name}=={version(name)}" for name in packages]
+
+
 def model_file(model: nn.Module) -> Path | None:
     """The file a model brought as `path/to/file.py:Class` was imported from (what a champion must carry to
     load elsewhere), or None for the pipeline's MLP, a `package.module:Class` or an MLflow URI base."""

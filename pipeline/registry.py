@@ -76,7 +76,7 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
                       tags: dict[str, str]) -> str:
     from mlflow.exceptions import MlflowException
 
-    from .model import model_file, save_state
+    from .model import model_file, requirements, save_state
 
     client = MlflowClient()
     if next(model.parameters()).device.type != "cpu":
@@ -99,7 +99,8 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
                 name="champion", python_model=str(PACKAGE_DIR / "serving.py"),
                 artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(Path(tmp) / "state")},
                 code_paths=code_paths, signature=signature, input_example=example,
-                pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}"),
+                pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
+                                                   *requirements(model)),
                 registered_model_name=registered_name)
         version = str(info.registered_model_version)
         client.set_registered_model_alias(registered_name, "champion", version)

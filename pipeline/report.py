@@ -259,9 +259,13 @@ GLOSSARY = {
     "finetune": "a new head, and the whole network trained",
     "lp_ft": "linear probe first, then the whole network fine-tuned at a lower learning rate",
     "scratch": "the same architecture trained from random weights: the control",
+    "cumulative_link": "ordinal: the regressor's output with learnable ordered cut points (starts equal to "
+                       "threshold), the whole network trained on the ordinal likelihood",
+    "corn": "ordinal: K-1 conditional binary heads (CORN, Shi et al. 2021), the whole network trained",
     "width_*, depth_*": "slim variants: the champion-to-be cut narrower or shallower, then fine-tuned "
                         "(distilled from the unslimmed model when configured)",
-    "tuned": "the Optuna search's best configuration (dropout, learning rate, ...)",
+    "tuned": "the Optuna search's best configuration (dropout, learning rate, ...), retrained from the untuned "
+             "model's starting weights; absent when no trial beat the untuned model",
     "reference_hgb": "scikit-learn's gradient boosting on the same splits: how good the data allows, not a "
                      "candidate",
 }

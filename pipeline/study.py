@@ -109,7 +109,8 @@ def open_study(url: str, name: str, metric: str) -> optuna.Study:
         storage = make_storage(url)
     direction = TUNE_METRICS[metric]
     # load_if_exists: a command started beside this one may create the same study between a load and a create
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    with quiet_optuna():  # no "A new study created" INFO line among the stage's own
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
     if "metric" not in study.user_attrs and not study.trials:
         study.set_user_attr("metric", metric)
     held = study.user_attrs.get("metric")

@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, invoke, process_env, runs_of, tiny_args, use_store, wait_for_http
+from conftest import TUNED_ROW, free_port, invoke, process_env, runs_of, tiny_args, use_store, wait_for_http
 from mlflow.tracking import MlflowClient
 
 
@@ -38,7 +38,8 @@ def converted(store_uri, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         use_store(mp, store_uri, tmp)
         args = tiny_args(experiment, "--seeds", "2", "--strategies", "threshold,linear_probe,warm_start",
-                         "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false", "--set", "tune.n_trials=2")
+                         "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false", "--set", "tune.n_trials=2",
+                         *TUNED_ROW)
         args[args.index("--data") + 1] = str(tmp / "houses.csv")
         result = invoke("convert", *args, "--target", "price")
         assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import invoke, runs_of, tiny_args, use_store
+from conftest import TUNED_ROW, invoke, runs_of, tiny_args, use_store
 from mlflow.tracking import MlflowClient
 
 from pipeline import report
@@ -42,7 +42,7 @@ def converted(store_uri, tmp_path_factory):
         use_store(mp, store_uri, tmp)
         result = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,linear_probe,warm_start",
                                               "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-                                              "--set", "tune.n_trials=2"))
+                                              "--set", "tune.n_trials=2", *TUNED_ROW))
         assert result.exit_code == 0, result.output
         runs = runs_of(experiment)
         yield {"experiment": experiment, "tmp": tmp, "runs": runs,

@@ -10,7 +10,7 @@ import pytest
 from pipeline import tracking
 from pipeline.stages import leaderboard, strategy_runs
 
-from conftest import invoke, runs_of, settled, tiny_args, use_store
+from conftest import TUNED_ROW, invoke, runs_of, settled, tiny_args, use_store
 
 
 def _strategy_run(name: str, val_f1: float, c: np.ndarray, pred: np.ndarray) -> None:
@@ -66,7 +66,7 @@ def cross_fitted(store_uri, tmp_path_factory):
         result = invoke("convert", *tiny_args(experiment, "--folds", "3",
                                               "--strategies", "threshold,finetune,warm_start",
                                               "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-                                              "--set", "tune.n_trials=2"))
+                                              "--set", "tune.n_trials=2", *TUNED_ROW))
     assert result.exit_code == 0, result.output
     return experiment, result.output
 

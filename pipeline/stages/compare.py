@@ -27,6 +27,7 @@ RUN_COLUMNS = {  # metric key -> leaderboard column, averaged over a row's runs 
 TEST_COLUMNS = {  # metrics.classification key -> leaderboard column, from the row's pooled test predictions
     "accuracy": "accuracy", "balanced_accuracy": "balanced_acc", "f1_macro": "f1_macro", "roc_auc": "roc_auc",
     "log_loss": "log_loss", "ece": "ece",
+    "f1_macro_argmax": "f1_macro_argmax",  # without the decision rule: what the rule adds, row by row
 }
 LOWER_IS_BETTER = {metric for metric, direction in COMPARE_METRICS.items() if direction == "minimize"}
 CANDIDATES = ("head_swap", "slim", "tune")  # stages whose rows are our classifiers; the reference row is not one
