@@ -43,7 +43,7 @@ class Data:
     features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
     scaling: str = "standard"        # standard | none: whether the model sees standardised features
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
-    folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 2,000 rows, else 1
+    folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 10,000 rows
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ OPTIONS = (
     Option("target_scaling", "data.target_scaling",
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
     Option("folds", "data.folds", "Outer folds for cross-fitting: K, 1 (one split) or auto (default: 5 below "
-                                  "2,000 rows, else 1). Stage commands other than convert work on the first fold.",
+                                  "10,000 rows, else 1). Stage commands other than convert work on the first fold.",
            mlproject=_RUNS, note="auto | 1 | K"),
     Option("epochs", "train.epochs", "Maximum epochs per training run.", type=int, min=1, mlproject=_RUNS[:4]),
     Option("batch_size", "train.batch_size", "Rows per batch, or auto (default): 64, doubled while an epoch would "

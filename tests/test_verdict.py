@@ -148,7 +148,7 @@ def test_threshold_registered_as_champion_serves_the_regressor_cut_at_the_edges(
     assert 0 < proba.min() and proba.max() < 1  # real probabilities, not 0/1: a finite, honest log loss
 
 
-@pytest.mark.parametrize("folds, rows, expected", [("auto", 442, 5), ("auto", 1999, 5), ("auto", 2000, 1),
+@pytest.mark.parametrize("folds, rows, expected", [("auto", 442, 5), ("auto", 9999, 5), ("auto", 10_000, 1),
                                                    ("3", 100, 3), ("1", 100, 1)])
 def test_folds_auto_cross_fits_small_tables_only(folds, rows, expected):
     from pipeline import data
