@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from bench_quality import leaderboard  # runs the real convert in a fresh store, reads its leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -27,20 +25,7 @@ SETS = {"default (diabetes)": [], "penguins": ["--data", str(DATA / "penguins.cs
 
 def champion_width(store: Path, experiment: str, args: list[str]) -> tuple[float, float, int, str, float]:
     """Run convert; return (interval width, f1, test rows, champion, wall seconds) of its champion row."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db", PYTHONPATH=str(REPO))
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--experiment", experiment, *args],
-                          env=env, cwd=store, capture_output=True, text=True)
-    seconds = time.perf_counter() - t
-    if proc.returncode:
-        sys.exit(f"convert failed: {proc.stderr.strip().splitlines()[-1]}")
-    import mlflow
-
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    exp = mlflow.get_experiment_by_name(experiment)
-    [parent] = mlflow.search_runs([exp.experiment_id], "tags.stage = 'convert'", output_format="list")
-    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    board, seconds = leaderboard(store, experiment, args)
     top = board[board["champion"]].iloc[0]
     return (top["f1_macro_ci_high"] - top["f1_macro_ci_low"], top["f1_macro"], int(top["test_rows"]),
             f"{top['strategy']} ({top['stage']})", seconds)

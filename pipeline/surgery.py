@@ -149,7 +149,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def swap_head(model: nn.Module, name: str,
-              new: nn.Linear | nn.Identity | CumulativeLinkHead | CornHead) -> nn.Module:
+              new: nn.Linear | nn.Identity | OrdinalHead) -> nn.Module:
     """Replace the submodule `name` (dotted) by `new` in its parent, in place; returns the model."""
     device = next(model.parameters()).device
     _set_module(model, name, new.to(device))
@@ -158,7 +158,7 @@ def swap_head(model: nn.Module, name: str,
                         "bias": new.bias is not None})
     elif isinstance(new, nn.Identity):
         record(model, {"op": "identity", "name": name})
-    elif isinstance(new, (CumulativeLinkHead, CornHead)):
+    elif isinstance(new, OrdinalHead):
         op = "cumulative_link" if isinstance(new, CumulativeLinkHead) else "corn"
         record(model, {"op": op, "name": name, "in": new.in_features, "n_classes": new.n_classes})
     else:
@@ -472,7 +472,26 @@ def warm_start_head(head: nn.Linear, edges: np.ndarray, scale: float) -> nn.Line
 # decision.py) and outputs (N, K) log P(y = k): cross-entropy's log_softmax leaves normalised
 # log-probabilities unchanged, so the pipeline's loss is exactly the model's negative log-likelihood and
 # softmax gives P back. Binary: one logit, as every binary head in the pipeline.
-class CumulativeLinkHead(nn.Module):
+class OrdinalHead(nn.Module):
+    """What both ordinal heads share: the mark, the class count and an inner `linear` on the backbone's
+    features, whose width the head reports (slim_width narrows that Linear)."""
+    ordinal = True
+
+    def __init__(self, in_features: int, n_classes: int, n_out: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.linear = nn.Linear(in_features, n_out)
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return 1 if self.n_classes == 2 else self.n_classes
+
+
+class CumulativeLinkHead(OrdinalHead):
     """Cumulative link (ordinal logistic) head on the regressor's own scalar output r:
     P(y <= k) = sigmoid((c_k - r) / s), with ordered cut points c_1 < ... < c_{K-1} and a scale s.
 
@@ -480,22 +499,10 @@ class CumulativeLinkHead(nn.Module):
     softplus^-1 of each gap), so they stay ordered while they train. `linear` is the regression head;
     the median class, #{k : r > c_k}, is the regressor cut at the cuts for any s.
     """
-    ordinal = True
-
     def __init__(self, in_features: int, n_classes: int):
-        super().__init__()
-        self.n_classes = n_classes
-        self.linear = nn.Linear(in_features, 1)           # r
+        super().__init__(in_features, n_classes, 1)         # linear: r
         self.raw_cuts = nn.Parameter(torch.zeros(n_classes - 1))
         self.log_scale = nn.Parameter(torch.zeros(1))
-
-    @property
-    def in_features(self) -> int:  # read from the Linear: slim_width narrows it
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return 1 if self.n_classes == 2 else self.n_classes
 
     def cuts(self) -> torch.Tensor:
         """(K-1,) ordered cut points."""
@@ -563,7 +570,7 @@ def cumulative_link_head(head: nn.Linear, edges: np.ndarray, scale: float) -> Cu
     return out
 
 
-class CornHead(nn.Module):
+class CornHead(OrdinalHead):
     """CORN head (Shi, Cao and Raschka, 2021): K-1 conditional binary logits f_k on the backbone's
     features, f_k the logit of P(y > k | y >= k); randomly initialised, as in the paper.
 
@@ -574,20 +581,8 @@ class CornHead(nn.Module):
     task over its own subset of rows; this sums over them and divides by the batch's rows, so every row
     weighs the same.
     """
-    ordinal = True
-
     def __init__(self, in_features: int, n_classes: int):
-        super().__init__()
-        self.n_classes = n_classes
-        self.linear = nn.Linear(in_features, n_classes - 1)  # f
-
-    @property
-    def in_features(self) -> int:  # read from the Linear: slim_width narrows it
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return 1 if self.n_classes == 2 else self.n_classes
+        super().__init__(in_features, n_classes, n_classes - 1)  # linear: f
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # h: (N, in) -> (N, K) log-probabilities, or (N, 1) logit when binary
@@ -601,8 +596,8 @@ class CornHead(nn.Module):
 
 
 def _is_ordinal(module: nn.Module) -> bool:
-    """An ordinal head (class attribute `ordinal = True`): found, swapped and slimmed as one head."""
-    return bool(getattr(module, "ordinal", False))
+    """An ordinal head: found, swapped and slimmed as one head."""
+    return isinstance(module, OrdinalHead)
 
 
 def _head_linear(module: nn.Module) -> nn.Linear:
