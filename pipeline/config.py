@@ -428,9 +428,10 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.embedding not in EMBEDDINGS:
         raise UserError(f"unknown model.embedding '{cfg.model.embedding}'; choose from {', '.join(EMBEDDINGS)}")
-    if cfg.model.embedding_dim < 1 or cfg.model.n_bins < 2 or cfg.model.ensemble < 1:
-        raise UserError(f"model.embedding_dim and model.ensemble must be at least 1 and model.n_bins at least 2, got "
-                        f"{cfg.model.embedding_dim}, {cfg.model.ensemble}, {cfg.model.n_bins}")
+    for key, value, least in (("embedding_dim", cfg.model.embedding_dim, 1), ("ensemble", cfg.model.ensemble, 1),
+                              ("n_bins", cfg.model.n_bins, 2)):
+        if value < least:
+            raise UserError(f"model.{key} must be at least {least}, got {value}")
     if (um.spec or um.uri) and (cfg.model.embedding != "none" or cfg.model.ensemble != 1):
         raise UserError("model.embedding and model.ensemble shape the pipeline's own MLP, not a brought --model; "
                         "drop them or the --model")

@@ -12,7 +12,8 @@ A rule is a plain JSON-able dict, fitted on the validation split only (never tes
 - ordinal: class = #{k : logit P_T(y > k) + offsets[k] > 0}, K-1 offsets; all zero is the median class.
   The offsets maximise validation macro-F1 by coordinate search from 0 (the identity rule), accepting only
   strict improvements, so a fitted rule never decides worse on validation than the head's own decision;
-  they stay 0 when a class has fewer than MIN_CLASS_ROWS validation rows (too few to fit a cut on).
+  they stay 0 when a class has fewer than MIN_CLASS_ROWS validation rows (too few to fit a cut on), and an
+  ordinal head then keeps its median class, untempered (no choice among decisions is made on so few rows).
 
 The rule travels with the model as the attribute `reg2cls_rule` (model.save_state writes it as rule.json,
 load_state reads it back), so logged models, later stages and the registered champion apply the same
@@ -133,8 +134,10 @@ def fit_scores(scores: np.ndarray, c: np.ndarray, ordinal: bool = False) -> dict
     own decisions, the median or argmax. For binary data both kinds decide alike: pass ordinal=False."""
     k = scores.shape[1]
     t = fit_temperature(scores, c)
-    tries = [(t, True), (1.0, True), (t, False)] if ordinal else [(t, False)]
     enough = np.bincount(c, minlength=k).min() >= MIN_CLASS_ROWS  # else the offsets stay 0
+    if ordinal and not enough:  # too few rows to choose between decisions: the head's own median, untempered
+        return identity(k, ordinal=True)
+    tries = [(t, True), (1.0, True), (t, False)] if ordinal else [(t, False)]
     best, best_f1 = None, -1.0
     for temperature, kind in tries:
         rule = identity(k, kind) | {"temperature": temperature}

@@ -121,9 +121,17 @@ def open_study(url: str, name: str, metric: str) -> optuna.Study:
 
 
 def study_name(cfg: Config, architecture: dict, split_key: str) -> str:
-    # the metric is part of the identity: a study optimises one objective in one direction
-    arch = hashlib.sha256(json.dumps([architecture, cfg.tune.metric], sort_keys=True).encode()).hexdigest()[:8]
-    return cfg.tune.study_name or f"{cfg.experiment}-{arch}-{split_key[:8]}"
+    """`tune.study_name`, else `<experiment>-<hash>-<split key>`. The hash covers all that makes trials
+    comparable: the architecture, the objective (one metric, one direction), the search space and how a trial
+    trains (loss weighting, epochs, batch, the untuned lr and weight decay of trial 0); a call with other
+    settings starts its own study instead of ranking its trials beside trials trained otherwise."""
+    t = cfg.train
+    trains = {"class_weight": t.class_weight, "epochs": [t.epochs, cfg.slim.epochs, cfg.tune.epochs],
+              "patience": t.patience, "batch": [t.batch_size, t.max_steps_per_epoch, t.lr_scaling],
+              "lr": t.lr, "weight_decay": t.weight_decay}
+    identity = [architecture, cfg.tune.metric, search_space(cfg), trains]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return cfg.tune.study_name or f"{cfg.experiment}-{digest}-{split_key[:8]}"
 
 
 def counted(study: optuna.Study) -> tuple[int, bool]:

@@ -201,3 +201,9 @@ def test_predictions_keep_the_classes_the_rule_picked(store, experiment):
     with mlflow.start_run() as run:
         tracking.log_predictions(np.arange(20), np.zeros(20, np.int64), proba, pred)
     np.testing.assert_array_equal(tracking.read_predictions(run.info.run_id)["pred"], pred)
+
+
+def test_an_ordinal_head_with_too_few_validation_rows_keeps_its_untempered_median():
+    out, c = ordinal_three_class(np.random.default_rng(5), n=60)  # ~20 rows a class
+    rule = decision.fit_scores(decision.scores_of(out, 3), c, ordinal=True)
+    assert rule == decision.identity(3, ordinal=True)

@@ -9,7 +9,8 @@ import torch
 from conftest import invoke, runs_of, settled, tiny_args
 from torch import nn
 
-from pipeline.config import STRATEGIES
+from pipeline import config
+from pipeline.config import STRATEGIES, UserError
 from pipeline.model import MLP, architecture, build
 from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
 from pipeline.tracking import load_run_model, model_uri
@@ -90,3 +91,10 @@ def test_a_misspelled_embedding_is_refused_in_one_line(experiment):
     assert result.exit_code == 1 and "unknown model.embedding 'periodc'" in result.output
     assert "periodic, piecewise" in result.output and len(result.output.strip().splitlines()) == 1
     assert runs_of(experiment) == []
+
+
+@pytest.mark.parametrize("key, value, least", [("ensemble", 0, 1), ("embedding_dim", 0, 1), ("n_bins", 1, 2)],
+                         ids=["ensemble", "embedding_dim", "n_bins"])
+def test_an_out_of_range_model_option_is_named_in_its_error(key, value, least):
+    with pytest.raises(UserError, match=f"^model.{key} must be at least {least}, got {value}$"):
+        config.load(None, {f"model.{key}": value})

@@ -183,3 +183,21 @@ def test_slim_on_a_cumulative_link_classifier(experiment):
     assert half.info.status == "FINISHED"
     model = tracking.load_run_model(half.info.run_id)
     assert isinstance(model.head, CumulativeLinkHead) and model.head.in_features == 8
+
+
+def test_on_two_classes_the_ordinal_strategies_are_skipped_as_the_others_renamed(experiment):
+    assert invoke("baseline", *tiny_args(experiment, "--classes", "thresholds:14")).exit_code == 0
+    result = invoke("head-swap", *tiny_args(experiment, "--classes", "thresholds:14",
+                                            "--strategies", "warm_start,cumulative_link,corn"))
+    assert result.exit_code == 0, result.output
+    assert "cumulative_link, corn skipped: with two classes they are warm_start and finetune" in result.output
+    assert set(strategy_runs(experiment)) == {"warm_start"}
+
+
+def test_only_ordinal_strategies_on_two_classes_are_refused_in_one_line(experiment):
+    assert invoke("baseline", *tiny_args(experiment, "--classes", "thresholds:14")).exit_code == 0
+    result = invoke("head-swap", *tiny_args(experiment, "--classes", "thresholds:14", "--strategies", "corn"))
+    error = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 1 and error.startswith("Error: ") and "Traceback" not in result.output, result.output
+    assert "the ordinal strategies (corn) are warm_start and finetune" in error
+    assert "pass --strategies warm_start,finetune" in error

@@ -258,3 +258,12 @@ def test_timeout_stops_starting_trials(experiment, store):
     study, runs = _trials(experiment, store)
     assert 1 <= len(study.trials) < 50 and time.time() - started < 60
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_study_keeps_apart_trials_trained_otherwise():
+    arch = {"base": {"kind": "mlp"}, "ops": []}
+    name = optuna_study.study_name(tiny_config(), arch, "abcdef12")
+    for other in ({"train.class_weight": "balanced"}, {"tune.lr_max": 0.1}, {"train.epochs": 7}):
+        assert optuna_study.study_name(tiny_config(**other), arch, "abcdef12") != name, other
+    # where it runs does not change what a trial is
+    assert optuna_study.study_name(tiny_config(**{"train.jobs": 2, "train.threads": 2}), arch, "abcdef12") == name

@@ -9,7 +9,7 @@ import numpy as np
 from torch import nn
 
 from .. import jobs, tracking
-from ..config import Config
+from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture, mark_start
 from ..reuse import reusable
@@ -37,6 +37,10 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         say(f"head_swap: warning: output activation '{head.activation}' "
              f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
     check_convertible(cfg, data, regressor, head)
+    skipped = [s for s in cfg.head_swap.strategies if s not in strategies_for(cfg, data)]
+    if skipped and data.fold in (None, 0):  # said once, not once a fold
+        say(f"head_swap: {', '.join(skipped)} skipped: with two classes they are warm_start and finetune "
+            "under other names")
     best_f1, best_run = -1.0, None
     with tracking.start(run_name("head_swap", data), "head_swap",
                         tags={"stage_key": key, "baseline_run": baseline.run_id, **split_tags(data)}) as run_id:
@@ -45,7 +49,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         # the regressor travels as its recipe and weights: a brought model's class may not unpickle in a worker
         regressor_state = (architecture(regressor), {k: v.cpu() for k, v in regressor.state_dict().items()})
         tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
-                 for strategy in cfg.head_swap.strategies for seed in seeds_of(cfg, trained=strategy != "threshold")]
+                 for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, trained=strategy != "threshold")]
         for (strategy, run_cfg, *_), (child_id, values, flag) in zip(tasks, jobs.run(_strategy_run, tasks)):
             if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
                 best_f1, best_run = values["val/f1_macro"], child_id
@@ -72,9 +76,25 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
     return child_id, values, flag
 
 
+ORDINAL = ("cumulative_link", "corn")
+
+
+def strategies_for(cfg: Config, data: Prepared) -> list[str]:
+    """The strategies to run: `head_swap.strategies`, without the ordinal ones on two classes, where they are
+    others reparametrised (cumulative_link's one logit (r - c)/s is warm_start's s(r - e); corn's one
+    conditional head is finetune's new head): running them would only add ties under other names."""
+    if data.n_classes > 2:
+        return list(cfg.head_swap.strategies)
+    return [s for s in cfg.head_swap.strategies if s not in ORDINAL]
+
+
 def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
     """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start (or
     cumulative_link) could not reproduce threshold through the model's output activation."""
+    skipped = [s for s in cfg.head_swap.strategies if s not in strategies_for(cfg, data)]
+    if skipped and not strategies_for(cfg, data):
+        raise UserError(f"with two classes the ordinal strategies ({', '.join(skipped)}) are warm_start and finetune "
+                        "under other names; pass --strategies warm_start,finetune (or more classes)")
     classifier_from(regressor, head, data, "cpu")
     if {"threshold", "warm_start", "cumulative_link"} & set(cfg.head_swap.strategies):
         warm_start_edges(regressor, head, data)

@@ -74,7 +74,10 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
         optuna_study.end_orphaned_runs(study)
         states = [t.state.name for t in study.get_trials(deepcopy=False)[first_new:]]  # this run's trials
         tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
-        if "COMPLETE" not in states:
+        # every trial of this call pruned: each was below the median of the study's earlier ones, so the study's
+        # best (trial 0, the untuned configuration, at least) still decides below; only an empty study cannot
+        held = [t.state.name for t in study.get_trials(deepcopy=False)]  # the whole study's, earlier calls included
+        if "COMPLETE" not in states and not (states and set(states) == {"PRUNED"} and "COMPLETE" in held):
             if "FAIL" in states:
                 raise RuntimeError(f"every trial this run started in study '{name}' failed or was pruned; "
                                    "the first error is logged above")
