@@ -53,7 +53,7 @@ def run_study(cfg, data, model, workers: int, tmp: str, name: str, state: dict |
 
 def throughput_and_pruning(args, tmp: str) -> None:
     from pipeline import config, data, tracking
-    from pipeline.model import MLP
+    from pipeline.model import MLP, mlp_width
     from pipeline.surgery import new_head, swap_head
 
     cfg = config.load(None, {"train.device": "cpu", "tune.n_trials": args.trials, "tune.epochs": args.epochs,
@@ -62,8 +62,8 @@ def throughput_and_pruning(args, tmp: str) -> None:
     tracking.setup(f"sqlite:///{tmp}/mlflow.db")
     tracking.use_experiment("bench-tune")
     torch.manual_seed(0)
-    model = swap_head(MLP(prepared.n_features, cfg.model.width, cfg.model.depth), "head",
-                      new_head(cfg.model.width, prepared.n_classes))
+    width = mlp_width(cfg.model.width, len(prepared.train.x))
+    model = swap_head(MLP(prepared.n_features, width, cfg.model.depth), "head", new_head(width, prepared.n_classes))
 
     print(f"default data ({cfg.data.source}), {args.trials} trials, torch {torch.__version__}, "
           f"{os.cpu_count()} cores")

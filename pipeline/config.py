@@ -49,7 +49,7 @@ class Data:
 @dataclass(frozen=True)
 class Model:
     depth: int = 2          # hidden layers of the pipeline's own MLP
-    width: int = 64         # units per hidden layer
+    width: int = 0          # units per hidden layer; 0 = auto: 256 below 100,000 training rows, else 64
     activation: str = "relu"
     dropout: float = 0.0
     embedding: str = "none"  # none | periodic | piecewise: numerical feature embeddings before the hidden layers
@@ -422,8 +422,8 @@ def validate(cfg: Config) -> Config:
     for name in ("val_fraction", "test_fraction"):
         if not 0 < getattr(cfg.data, name) < 0.5:
             raise UserError(f"data.{name} must be between 0 and 0.5, got {getattr(cfg.data, name)}")
-    if cfg.model.depth < 1 or cfg.model.width < 1:
-        raise UserError("model.depth and model.width must be at least 1")
+    if cfg.model.depth < 1 or cfg.model.width < 0:
+        raise UserError("model.depth must be at least 1 and model.width at least 1 (0: auto)")
     if not 0 <= cfg.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.embedding not in EMBEDDINGS:
@@ -472,9 +472,10 @@ def validate(cfg: Config) -> Config:
                         "choose an experiment name without '/' or ':' or pass --set compare.register=NAME")
     # weights, gradients, AdamW's two moments and the best-weights copy: 5 float32 copies of every weight
     m = cfg.model
-    need = 5 * 4 * (m.width * m.width * (m.depth - 1) + 2 * m.width * 64)
+    width = m.width or 256  # auto: at most 256
+    need = 5 * 4 * (width * width * (m.depth - 1) + 2 * width * 64)
     if need > 0.8 * _memory_bytes():
-        raise UserError(f"model.width={m.width} with model.depth={m.depth} needs about {need / 2**30:.3g} GiB to "
+        raise UserError(f"model.width={width} with model.depth={m.depth} needs about {need / 2**30:.3g} GiB to "
                         f"train, more than the {_memory_bytes() / 2**30:.3g} GiB available; use a smaller width or "
                         "depth")
     return cfg

@@ -98,3 +98,12 @@ def test_a_misspelled_embedding_is_refused_in_one_line(experiment):
 def test_an_out_of_range_model_option_is_named_in_its_error(key, value, least):
     with pytest.raises(UserError, match=f"^model.{key} must be at least {least}, got {value}$"):
         config.load(None, {f"model.{key}": value})
+
+
+@pytest.mark.parametrize("width, rows, expected", [(0, 300, 256), (0, 99_999, 256), (0, 100_000, 64), (16, 300, 16),
+                                                   (16, 10**6, 16)],
+                         ids=["auto-small", "auto-below", "auto-large", "given-small", "given-large"])
+def test_the_mlp_width_auto_rule(width, rows, expected):
+    from pipeline.model import mlp_width
+
+    assert mlp_width(width, rows) == expected

@@ -13,7 +13,7 @@ from torch import nn
 from .. import metrics, progress, tracking
 from ..config import Config, UserError
 from ..data import Prepared
-from ..model import MLP, load_user_model
+from ..model import MLP, load_user_model, mlp_width
 from ..reuse import reusable
 from ..surgery import Head, find_head
 from ..train import batch_and_lr, fit, resolve_device, seeded
@@ -84,7 +84,8 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
             m = cfg.model
             bins = piecewise_bins(data.train.x, m.n_bins) if m.embedding == "piecewise" else None
             with seeded(cfg.seed):
-                model = MLP(data.n_features, m.width, m.depth, 1, m.activation, m.dropout, embedding=m.embedding,
+                model = MLP(data.n_features, mlp_width(m.width, len(data.train.x)), m.depth, 1, m.activation,
+                            m.dropout, embedding=m.embedding,
                             embedding_dim=m.embedding_dim, bins=bins, ensemble=m.ensemble)
         model.to(device)
         log = tracking.EpochLog()
