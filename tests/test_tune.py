@@ -79,7 +79,11 @@ def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, 
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(stage.info.run_id)}
     assert {"optuna_history.png", "optuna_importances.png", "optuna_slice.png"} <= artifacts
 
-    resumed = invoke("tune", *tiny_args(experiment, "--n-trials", "3", "--set", "tune.epochs=30", "--pruner", "none"))
+    # the same training settings as the study's (another epoch budget would start a study of its own)
+    resumed_args = tiny_args(experiment, "--n-trials", "3", "--set", "tune.epochs=30", "--set", "slim.epochs=2",
+                             "--pruner", "none")
+    resumed_args[resumed_args.index("--epochs") + 1] = "2"
+    resumed = invoke("tune", *resumed_args)
     assert resumed.exit_code == 0, resumed.output
     study = optuna.load_study(study_name=study.study_name, storage=optuna_study.storage_url("", store))
     assert len(study.trials) == 11
