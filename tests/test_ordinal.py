@@ -11,18 +11,13 @@ from conftest import invoke, runs_of, settled, tiny_args, tiny_config
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline import data, metrics, tracking
+from pipeline import data, decision, metrics, tracking
 from pipeline.model import MLP, architecture, load_user_model
 from pipeline.stages import classifier_from
 from pipeline.surgery import (CornHead, CumulativeLinkHead, add_dropout, cumulative_link_head,
                               cumulative_link_log_proba, drop_blocks, find_head, freeze_backbone, recorded_head,
                               slim_width, swap_head)
 from pipeline.train import predict
-
-
-def median_classes(proba: np.ndarray) -> np.ndarray:
-    """#{k : P(y > k) > 1/2}, the ordinal heads' decision (decision.median_classes is the library's home)."""
-    return (np.cumsum(proba, 1)[:, :-1] < 0.5).sum(1)
 
 
 def fitted_regressor(d: data.Prepared) -> nn.Module:
@@ -57,7 +52,7 @@ def test_cumulative_link_before_training_equals_threshold(k):
     ordinal, _ = classifier_from(regressor, head, d, "cpu", "cumulative_link")
     threshold, _ = classifier_from(regressor, head, d, "cpu", "warm_start")  # the threshold strategy's model
     for split in (d.val, d.test):
-        median = median_classes(metrics.probabilities(predict(ordinal, split.x), k))
+        median = decision.median_classes(metrics.probabilities(predict(ordinal, split.x), k))
         cut = metrics.probabilities(predict(threshold, split.x), k).argmax(1)
         assert np.array_equal(median, cut)
         assert len(np.unique(cut)) == k  # every class occurs: the comparison is not vacuous
@@ -69,7 +64,7 @@ def test_cumulative_link_median_is_the_regressor_cut_for_any_scale():
     cut = (r > cuts).sum(1).numpy()  # an r on a cut goes to the lower class, as data.to_classes does
     for scale in (1e-3, 1.0, 1e3):
         proba = torch.softmax(cumulative_link_log_proba(r, cuts, scale).double(), 1).numpy()
-        assert np.all(np.isfinite(proba)) and np.array_equal(median_classes(proba), cut)
+        assert np.all(np.isfinite(proba)) and np.array_equal(decision.median_classes(proba), cut)
 
 
 def test_cumulative_link_probabilities_are_the_cumulative_model():
