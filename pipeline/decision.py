@@ -38,9 +38,10 @@ MAX_SWEEPS = 20      # coordinate-search rounds; each accepted step raises macro
 MIN_CLASS_ROWS = 30
 
 
-def is_ordinal(model: nn.Module) -> bool:
-    """Whether the model has an ordinal head (surgery's cumulative_link or corn: modules with `ordinal = True`)."""
-    return any(getattr(m, "ordinal", False) for m in model.modules())
+def is_ordinal(model: nn.Module, n_classes: int) -> bool:
+    """Whether the model decides by the median class: it has an ordinal head (surgery's cumulative_link or corn:
+    modules with `ordinal = True`) and more than two classes (on two, the median and argmax decide alike)."""
+    return n_classes > 2 and any(getattr(m, "ordinal", False) for m in model.modules())
 
 
 def identity(n_classes: int, ordinal: bool = False) -> dict:
@@ -51,7 +52,7 @@ def identity(n_classes: int, ordinal: bool = False) -> dict:
 def rule_of(model: nn.Module, n_classes: int) -> dict:
     """The model's rule, or the identity rule for a model that has none."""
     rule = getattr(model, "reg2cls_rule", None)
-    return rule if rule is not None else identity(n_classes, is_ordinal(model) and n_classes > 2)
+    return rule if rule is not None else identity(n_classes, is_ordinal(model, n_classes))
 
 
 # ------------------------------------------------------------------ scores, probabilities, classes
@@ -121,7 +122,7 @@ def fit_rule(model: nn.Module, data, device) -> dict:
 
     k = data.n_classes
     scores = scores_of(predict(model, data.val.x, device), k)
-    model.reg2cls_rule = fit_scores(scores, data.val.c.numpy(), ordinal=is_ordinal(model) and k > 2)
+    model.reg2cls_rule = fit_scores(scores, data.val.c.numpy(), ordinal=is_ordinal(model, k))
     return model.reg2cls_rule
 
 

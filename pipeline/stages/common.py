@@ -143,7 +143,7 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     `*_argmax`), test predictions, costs and model (which carries the rule); returns the values."""
     k = data.n_classes
     if identity_rule:
-        model.reg2cls_rule = decision.identity(k, decision.is_ordinal(model) and k > 2)
+        model.reg2cls_rule = decision.identity(k, decision.is_ordinal(model, k))
     else:
         decision.fit_rule(model, data, device)
     tracking.log_params(decision.as_params(model.reg2cls_rule))
