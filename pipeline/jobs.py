@@ -91,6 +91,9 @@ def run(fn: Callable, tasks: list[tuple]) -> list:
 
         from .config import UserError
 
+        # the futures fail before the pool has stopped its other workers (each ends its runs KILLED on the way
+        # out): wait until they are gone, so that every run still RUNNING has a dead owner and is ended here
+        _POOL.shutdown(wait=True, cancel_futures=True)
         ended = tracking.end_orphans(status="FAILED")
         raise UserError(f"a worker process died (killed, or out of memory); {ended} of its run(s) ended FAILED; "
                         "run again, or with --jobs 1 to see the failure in this process") from None
