@@ -17,15 +17,15 @@ import subprocess
 import sys
 import time
 
-from pipeline.config import Data, Train
+from pipeline.config import Data, Model, Train
 from pipeline.data import prepare
-from pipeline.model import MLP
+from pipeline.model import MLP, mlp_width
 from pipeline.train import batch_and_lr, fit, seeded, use_threads
 
 
 def timed_fit(d, epochs: int, batch: int, lr: float) -> float:
-    with seeded(0):
-        model = MLP(d.n_features, 64, 2, 1)
+    with seeded(0):  # the baseline's own MLP: its default width and depth for this many training rows
+        model = MLP(d.n_features, mlp_width(Model().width, len(d.train.x)), Model().depth, 1)
     start = time.perf_counter()
     fit(model, d.train, d.val, "regression", epochs=epochs, batch_size=batch, lr=lr, patience=0, seed=0)
     return time.perf_counter() - start

@@ -8,8 +8,9 @@ Pipeline, all vectorised over the B resamples (numpy only):
     counts = resample_counts(n, B, seed)          # (B, n) how often each test row is drawn
     cm = confusion(counts, c_true, pred, k)       # (B, k, k) one matmul per prediction vector
     f1_macro(cm), accuracy(cm)                    # (B,)
-`bootstrap()` runs this for every row and returns a `Bootstrap` that turns the samples into
-`Interval`s: `interval(row, metric)` and the paired `difference(row, reference, metric)`.
+`bootstrap()` runs this for every row, on one block of resamples at a time (`count_blocks`: its memory does
+not grow with B x n), and returns a `Bootstrap` that turns the samples into `Interval`s: `interval(row,
+metric)` and the paired `difference(row, reference, metric)`.
 
 Macro-F1 follows `pipeline.metrics.f1_macro` exactly (unweighted mean of per-class F1; a class
 neither present nor predicted in a resample scores 0), so the point estimates equal it.
@@ -17,6 +18,7 @@ neither present nor predicted in a resample scores 0), so the point estimates eq
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -24,27 +26,32 @@ METRICS = ("f1_macro", "accuracy")
 _EXACT_F32 = 2**24  # float32 holds every integer up to here, so counts summing to n <= 2**24 stay exact
 
 
-def resample_counts(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) multiplicities of an exact bootstrap: row b counts how often each of the n test
-    rows is drawn in resample b (n draws with replacement, each row sums to n).
-
-    Returned as float32 (float64 when n > 2**24), exact integers ready for a BLAS matmul. Seeded:
-    the same (n, n_boot, seed) always gives the same matrix. Drawn in blocks of resamples, each block
-    one `integers` draw and one offset `bincount`, so memory stays at one block of indices.
-    """
+def count_blocks(n: int, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """`resample_counts(n, n_boot, seed)` in consecutive blocks of resamples, (b, n) each, about 2M counts a
+    block: `bootstrap` scores every row on one block before it draws the next, so its memory stays at one
+    block whatever the test set's size (the whole matrix is 4 bytes x n_boot x n: 600 MB for 150,000 rows)."""
     if n < 1:
         raise ValueError(f"need at least one test row to resample, got n={n}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, n), dtype=np.float32 if n <= _EXACT_F32 else np.float64)
+    dtype = np.float32 if n <= _EXACT_F32 else np.float64
     block = max(1, min(n_boot, 2**21 // n))  # ~2M indices per block
     for start in range(0, n_boot, block):
         b = min(block, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
         idx += np.arange(b)[:, None] * n  # offset each resample into its own range of bins
-        out[start:start + b] = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
-    return out
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(dtype)
+
+
+def resample_counts(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) multiplicities of an exact bootstrap: row b counts how often each of the n test
+    rows is drawn in resample b (n draws with replacement, each row sums to n).
+
+    Returned as float32 (float64 when n > 2**24), exact integers ready for a BLAS matmul. Seeded:
+    the same (n, n_boot, seed) always gives the same matrix, the blocks of `count_blocks` stacked.
+    """
+    return np.concatenate(list(count_blocks(n, n_boot, seed)))
 
 
 def confusion(counts: np.ndarray, c_true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -53,11 +60,20 @@ def confusion(counts: np.ndarray, c_true: np.ndarray, pred: np.ndarray, k: int) 
     one column per (true, pred) pair that actually occurs, so it scales with the pairs used, not k*k.
     Labels are assumed valid ints in [0, k); `bootstrap` checks them.
     """
-    counts = np.atleast_2d(counts)
+    return _confusion(np.atleast_2d(counts), _pairs(c_true, pred, k), k)
+
+
+def _pairs(c_true: np.ndarray, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (true, pred) pairs that occur, as codes true * k + pred, and each row's pair (its column)."""
     code = np.asarray(c_true, dtype=np.int64) * k + np.asarray(pred, dtype=np.int64)
     used, column = np.unique(code, return_inverse=True)
-    onehot = np.zeros((len(code), len(used)), dtype=counts.dtype)
-    onehot[np.arange(len(code)), column.ravel()] = 1
+    return used, column.ravel().astype(np.int32)
+
+
+def _confusion(counts: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:
+    used, column = pairs
+    onehot = np.zeros((len(column), len(used)), dtype=counts.dtype)
+    onehot[np.arange(len(column)), column] = 1
     cm = np.zeros((len(counts), k * k), dtype=counts.dtype)
     cm[:, used] = counts @ onehot
     return cm.reshape(len(counts), k, k)
@@ -196,17 +212,16 @@ def bootstrap(c_true: np.ndarray, preds: dict[str, np.ndarray], k: int,
     n_boot, seed)`, so `Bootstrap.difference` is paired. Raises ValueError on inconsistent input.
     """
     c_true, preds = _check(c_true, preds, k, n_boot, level)
-    counts = resample_counts(len(c_true), n_boot, seed)
-    ones = np.ones((1, len(c_true)), dtype=counts.dtype)  # the original test set as one "resample"
-    estimates, samples = {}, {}
-    for row, p in preds.items():
-        point = {m: 0.0 for m in METRICS}
-        boot = {m: np.zeros(n_boot) for m in METRICS}
-        for pred in p:
-            cm0, cm = confusion(ones, c_true, pred, k), confusion(counts, c_true, pred, k)
+    ones = np.ones((1, len(c_true)), dtype=np.float32 if len(c_true) <= _EXACT_F32 else np.float64)
+    estimates = {row: {m: float(np.mean([score(confusion(ones, c_true, pred, k))[0] for pred in p]))
+                       for m, score in _SCORERS.items()} for row, p in preds.items()}
+    # one block of resamples at a time, scored for every row and seed: the same resamples for all rows (paired)
+    pairs = {row: [_pairs(c_true, pred, k) for pred in p] for row, p in preds.items()}  # sorted once, not per block
+    boot: dict[str, dict[str, list[np.ndarray]]] = {row: {m: [] for m in METRICS} for row in preds}
+    for counts in count_blocks(len(c_true), n_boot, seed):
+        for row in preds:
+            cms = [_confusion(counts, each, k) for each in pairs[row]]
             for m, score in _SCORERS.items():
-                point[m] += float(score(cm0)[0])
-                boot[m] += score(cm)
-        estimates[row] = {m: v / len(p) for m, v in point.items()}
-        samples[row] = {m: v / len(p) for m, v in boot.items()}
+                boot[row][m].append(np.mean([score(cm) for cm in cms], axis=0))
+    samples = {row: {m: np.concatenate(parts) for m, parts in by_metric.items()} for row, by_metric in boot.items()}
     return Bootstrap(estimates, samples, level)

@@ -53,6 +53,20 @@ def test_every_resample_matches_metrics_on_the_expanded_rows(seed):
         assert stats.accuracy(cm)[b] == pytest.approx(np.mean(y[idx] == p[idx]), abs=1e-12)
 
 
+def test_bootstrap_block_by_block_equals_the_whole_count_matrix():
+    """bootstrap draws the resamples in blocks (memory of one block); its samples are those of the whole matrix."""
+    n, n_boot = 100_000, 50  # 20 resamples a block: three blocks, the last one short
+    assert len(list(stats.count_blocks(n, n_boot, seed=4))) == 3
+    y, a = random_rows(n, 5)
+    _, b = random_rows(n, 6)
+    counts = stats.resample_counts(n, n_boot, seed=4)
+    bs = stats.bootstrap(y, {"a": a, "b": np.stack([a, b])}, K, n_boot=n_boot, seed=4)
+    whole_a = stats.confusion(counts, y, a, K)
+    whole_b = stats.confusion(counts, y, b, K)
+    assert np.array_equal(bs.samples["a"]["f1_macro"], stats.f1_macro(whole_a))
+    assert np.allclose(bs.samples["b"]["accuracy"], (stats.accuracy(whole_a) + stats.accuracy(whole_b)) / 2)
+
+
 def test_resample_counts_are_bootstrap_multiplicities():
     counts = stats.resample_counts(100, n_boot=300, seed=3)
     assert counts.shape == (300, 100)
