@@ -291,12 +291,14 @@ class Prepared:
     y_mean: float
     y_std: float
     preprocessor: Preprocessor
-    frame: pd.DataFrame        # the table as loaded, rows with a missing target dropped
+    example: pd.DataFrame      # the table's first rows as loaded (every column): the champion's raw input example and
+                               # the types of the data set MLflow records; the table itself is not kept
+    missing: tuple[str, ...]   # the table's columns holding a missing value
     digest: str                # the table's content
     split_key: str             # the table, the data config, the seed (and fold): same key, same splits and classes
     summary: dict[str, object]
     fold: int | None = None    # which cross-fitting fold (prepare_folds); None for the single split
-    test_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rows of `frame` in `test`
+    test_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the table's rows in `test`
 
     @property
     def n_classes(self) -> int:
@@ -534,8 +536,9 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         summary.update({f"{name}_class_{i}": int(n) for i, n in enumerate(counts)})
     if fold is not None:
         summary.update({"fold": fold, "folds": folds})
+    missing = tuple(str(c) for c in frame.columns[frame.isna().any().to_numpy()])
     return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
-                    frame, table, key, summary, fold=fold, test_rows=test_idx)
+                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx)
 
 
 # ---------------------------------------------------------------------------------------- entries

@@ -8,6 +8,8 @@ import pytest
 from pipeline import data
 from pipeline.config import Data, UserError
 
+from conftest import tiny_config
+
 
 def test_to_classes_puts_edge_values_in_the_lower_class():
     edges = np.array([1.0, 2.0])
@@ -19,7 +21,7 @@ def test_quantile_edges_come_from_the_training_split_only(tiny_data):
     d = tiny_data
     y_train = d.train.y.double().numpy() * d.y_std + d.y_mean
     np.testing.assert_allclose(d.edges, np.quantile(y_train, [1 / 3, 2 / 3]))
-    y_all = d.frame["target"].to_numpy()
+    y_all = data.load_target(tiny_config().data)[1]
     assert not np.allclose(d.edges, np.quantile(y_all, [1 / 3, 2 / 3]))  # would match if it peeked
     # standardisation also uses the training rows only
     assert abs(float(d.train.y.mean())) < 1e-5 and abs(float(d.train.y.std(unbiased=False)) - 1) < 1e-4
@@ -211,7 +213,7 @@ def test_fold_rows_are_disjoint_and_cover_the_table(folds, i):
 def test_folds_share_one_class_definition_fitted_on_all_rows(classes):
     cfg = Data(source=FOLDS_CFG.source, classes=classes)
     folds = data.prepare_folds(cfg, seed=0, k=3)
-    y = folds[0].frame["target"].to_numpy()
+    y = data.load_target(cfg)[1]
     expected = np.quantile(y, [1 / 3, 2 / 3]) if classes.startswith("quantile") else [12.0, 18.0]
     for f in folds:
         np.testing.assert_array_equal(f.edges, expected)
@@ -229,7 +231,8 @@ def test_fold_split_keys_are_distinct_and_deterministic(folds, tiny_data):
 def test_fold_preprocessing_is_fitted_on_its_train_rows(folds, i):
     f, (train, _, _) = folds[i], fold_rows()[i]
     assert abs(float(f.train.x[:, 0].mean())) < 1e-5 and abs(float(f.train.y.mean())) < 1e-5
-    x0, y = f.frame["x0"].to_numpy(), f.frame["target"].to_numpy()
+    table, y, _ = data.load_target(FOLDS_CFG)
+    x0 = table["x0"].to_numpy()
     assert f.preprocessor.means[0] == pytest.approx(x0[train].mean(), rel=1e-12)
     assert f.y_mean == pytest.approx(y[train].mean(), rel=1e-12)
     assert f.preprocessor.means[0] != pytest.approx(x0.mean(), rel=1e-9)  # not every row

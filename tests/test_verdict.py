@@ -136,7 +136,7 @@ def test_threshold_registered_as_champion_serves_the_regressor_cut_at_the_edges(
     prepared = data.prepare(cfg.data, cfg.seed)
     regressor = tracking.load_run_model(base.info.run_id)
     cut = data.to_classes(regressor_outputs(regressor, prepared.test.x, prepared, "cpu"), prepared.edges)
-    raw = prepared.frame.iloc[prepared.test_rows][prepared.preprocessor.columns]
+    raw = data.load_target(cfg.data)[0].iloc[prepared.test_rows][prepared.preprocessor.columns]
     raw.to_csv(tmp_path / "new.csv", index=False)
     model_uri = f"models:/{parent.data.tags['registered_model']}@champion"
     out = invoke("predict", "--model-uri", model_uri, "--input", str(tmp_path / "new.csv"),

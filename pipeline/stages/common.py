@@ -89,7 +89,8 @@ def log_run_inputs(cfg: Config, data: Prepared) -> None:
                          "data.digest": data.digest, "data.split_key": data.split_key,
                          "data.class_names": " | ".join(data.class_names),
                          "data.edges": ",".join(repr(float(e)) for e in data.edges)})
-    tracking.log_dataset(data.frame, cfg.data.source, cfg.data.target, data.digest)
+    tracking.log_dataset(data.example, data.summary["rows"], cfg.data.source, cfg.data.target, data.digest,
+                         missing=data.missing)
 
 
 def costs(model: nn.Module, data: Prepared) -> dict[str, float]:

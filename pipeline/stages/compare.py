@@ -8,13 +8,14 @@ seeded 95% bootstrap interval and the paired difference to `threshold` and to th
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import decision, metrics, registry, report, stats, tracking
+from .. import decision, jobs, metrics, registry, report, stats, tracking
 from ..config import COMPARE_METRICS, Config, UserError
 from ..data import Prepared
 from .common import log_predictions, stands_for
@@ -272,12 +273,13 @@ def verdict(board: pd.DataFrame, metric: str) -> list[str]:
     return lines
 
 
-def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
+def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future | None = None) -> Comparison:
     """The answer to "which conversion wins": every strategy and variant of the convert run `parent` read back
     from the store, a scikit-learn reference on the same splits, the verdict, the report, and the champion
     (the best of our classifiers on `compare.metric`, a validation metric) registered as a pyfunc that takes
     the raw columns. Artifacts go on the parent run: leaderboard.csv, leaderboard.md, report.html. Always
-    runs: it only reads what the stages logged, and registers nothing twice."""
+    runs: it only reads what the stages logged, and registers nothing twice. `reference`: the reference's fit
+    (`fit_reference`) when convert started it earlier (jobs.submit), else it is fitted here."""
     data = splits[0]  # the champion's own split: slim and tune refine on it, its model was trained on it
     tags = tracking.get_run(parent).data.tags
     runs = [r for k in ("head_swap_run", "slim_run") if k in tags for r in strategy_runs(tags[k])]
@@ -291,7 +293,8 @@ def compare(cfg: Config, splits: list[Prepared], parent: str) -> Comparison:
     registered = c.register or f"reg2cls-{tracking.experiment_name(parent)}"
     with tracking.start("compare", "compare", parent=parent, tags={"split_key": data.split_key}) as run_id:
         if c.reference:
-            runs.append(_reference_run(cfg, splits))
+            fitted = jobs.result(reference) if reference is not None else fit_reference(cfg, splits)
+            runs.append(_reference_run(cfg, splits, fitted))
         chosen = None  # cross-fitted: the head-swap strategy chosen on its mean over folds (see convert)
         if int(tags.get("folds", 1)) > 1 and "head_swap_run" in tags:
             model_run = tracking.get_run(tags["head_swap_run"]).data.tags["model_run"]
@@ -475,7 +478,7 @@ def version_description(summary: list[str], top: pd.Series, champion_run: str, p
 
 def _raw_example(data: Prepared) -> pd.DataFrame:
     """A few rows of the raw input columns (numbers as float64, so missing values stay valid)."""
-    frame = data.frame[data.preprocessor.columns].head(5).copy()
+    frame = data.example[data.preprocessor.columns].copy()
     for col in data.preprocessor.numeric:
         frame[col] = frame[col].astype("float64")
     for col in data.preprocessor.categories:
@@ -483,36 +486,52 @@ def _raw_example(data: Prepared) -> pd.DataFrame:
     return frame
 
 
-def _reference_run(cfg: Config, splits: list[Prepared]):
+@dataclass
+class Reference:
+    """The gradient-boosting reference fitted on every split (`fit_reference`), ready to log as its run."""
+    seconds: float                            # fitting, over every split
+    val: list[dict[str, float]]               # validation metrics of each split, under its rule
+    rules: list[dict]                         # the decision rule of each split
+    test: list[tuple[np.ndarray, np.ndarray]]  # each split's test (probabilities, classes its rule picked)
+    latency_ms_per_1k: float
+
+
+def fit_reference(cfg: Config, splits: list[Prepared]) -> Reference:
     """scikit-learn's HistGradientBoostingClassifier on the same splits (each fold's, when cross-fitted): is
     the network as good as the data allows? It gets the same decision freedom as the networks, for a fair
     comparison: a decision rule (temperature, offsets) fitted on its own validation probabilities
-    (decision.fit_scores; params `rule.*`, per fold `fold_<i>.rule.*`). Its test predictions are logged like
-    every strategy's."""
+    (decision.fit_scores). No MLflow here: convert starts it in a worker process (jobs.submit) while the
+    baseline trains, and compare logs it (`_reference_run`)."""
     import time
 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    seconds, val, rules, test = 0.0, [], [], []
+    for data in splits:
+        t = time.perf_counter()
+        clf = HistGradientBoostingClassifier(random_state=cfg.seed).fit(data.train.x.numpy(), data.train.c.numpy())
+        seconds += time.perf_counter() - t
+        val_scores = decision.scores_of_proba(clf.predict_proba(data.val.x.numpy()))
+        rules.append(decision.fit_scores(val_scores, data.val.c.numpy()))
+        val.append(metrics.classification(data.val.c.numpy(), *decision.apply(rules[-1], val_scores)))
+        test.append(decision.apply(rules[-1], decision.scores_of_proba(clf.predict_proba(data.test.x.numpy()))))
+    x = np.random.default_rng(0).normal(size=(1000, splits[0].n_features)).astype(np.float32)
+    return Reference(seconds, val, rules, test, metrics.median_ms(lambda: clf.predict_proba(x), repeats=5))
+
+
+def _reference_run(cfg: Config, splits: list[Prepared], fitted: Reference):
+    """The reference's run: its rules as params (per fold `fold_<i>.rule.*`), its validation metrics (the mean
+    over folds), its test predictions logged like every strategy's."""
     with tracking.start("reference_hgb", "compare", strategy="reference_hgb",
                         tags={"split_key": splits[0].split_key, "seed": str(cfg.seed),
                               "folds": str(len(splits))}) as run_id:
-        seconds, val, parts = 0.0, [], []
-        for data in splits:
-            t = time.perf_counter()
-            clf = HistGradientBoostingClassifier(random_state=cfg.seed).fit(data.train.x.numpy(), data.train.c.numpy())
-            seconds += time.perf_counter() - t
-            val_scores = decision.scores_of_proba(clf.predict_proba(data.val.x.numpy()))
-            rule = decision.fit_scores(val_scores, data.val.c.numpy())
-            val.append(metrics.classification(data.val.c.numpy(), *decision.apply(rule, val_scores)))
-            test_scores = decision.scores_of_proba(clf.predict_proba(data.test.x.numpy()))
-            parts.append((data, *decision.apply(rule, test_scores)))
+        for data, rule in zip(splits, fitted.rules):
             prefix = "" if len(splits) == 1 else f"fold_{data.fold}."
             tracking.log_params({prefix + k: v for k, v in decision.as_params(rule).items()})
-        x = np.random.default_rng(0).normal(size=(1000, splits[0].n_features)).astype(np.float32)
         tracking.log_params({"model": "sklearn.ensemble.HistGradientBoostingClassifier", "seed": cfg.seed,
                              "folds": len(splits)})
-        values = {f"val/{k}": float(np.mean([v[k] for v in val])) for k in val[0]}
-        values |= log_predictions(parts, seed=cfg.seed)
-        tracking.log_metrics({**values, "cost/train_seconds": seconds,
-                              "cost/latency_ms_per_1k": metrics.median_ms(lambda: clf.predict_proba(x), repeats=5)})
+        values = {f"val/{k}": float(np.mean([v[k] for v in fitted.val])) for k in fitted.val[0]}
+        values |= log_predictions([(data, *test) for data, test in zip(splits, fitted.test)], seed=cfg.seed)
+        tracking.log_metrics({**values, "cost/train_seconds": fitted.seconds,
+                              "cost/latency_ms_per_1k": fitted.latency_ms_per_1k})
     return tracking.get_run(run_id)
