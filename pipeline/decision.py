@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import metrics, stats
+from . import metrics
 
 SCORE_FLOOR = -1e5   # log-scores this far below a row's best are probability 0 at any temperature searched
 T_BOUNDS = (0.01, 100.0)
@@ -199,19 +199,27 @@ def fit_offsets(log_proba: np.ndarray, c: np.ndarray, start: dict) -> dict:
 
 def best_cut(d: np.ndarray, c: np.ndarray, on: np.ndarray, off: np.ndarray, k: int, current: float) -> float:
     """The value o maximising macro-F1 of the classes `on` where d < o, `off` elsewhere, over every
-    distinct way of cutting the sorted d (exact: the confusion counts of all cuts at once, by a cumulative
-    sum); of equal cuts the one nearest `current`. Cuts lie midway between neighbouring values of d."""
+    distinct way of cutting the sorted d (exact: each class's true positives and predictions under all cuts at
+    once, by cumulative sums over (N, K) changes, so memory grows with N x K, not N x K^2); of equal cuts the
+    one nearest `current`. Cuts lie midway between neighbouring values of d."""
     order = np.argsort(d, kind="stable")
     d, c, on, off = d[order], c[order], on[order], off[order]
     n = len(d)
     rows = np.arange(n)
-    change = np.zeros((n, k * k), dtype=np.int32)  # moving row r from `off` to `on`
-    change[rows, c * k + on] += 1
-    change[rows, c * k + off] -= 1
-    counts = np.bincount(c * k + off, minlength=k * k) + np.concatenate(
-        [np.zeros((1, k * k), np.int32), np.cumsum(change, axis=0, dtype=np.int32)])  # (n+1, k*k): r rows moved
+    # moving row r from `off` to `on`: one prediction moves, and a true positive when either is its class
+    d_pred = np.zeros((n, k), dtype=np.int32)
+    d_pred[rows, on] += 1
+    d_pred[rows, off] -= 1
+    d_tp = np.zeros((n, k), dtype=np.int32)
+    d_tp[rows, on] += c == on
+    d_tp[rows, off] -= c == off
+    present = np.bincount(c, minlength=k)
+    tp0, pred0 = np.bincount(off[c == off], minlength=k), np.bincount(off, minlength=k)
     valid = np.flatnonzero(np.r_[True, d[1:] > d[:-1], True])  # cut after r rows only between distinct values
-    f1 = stats.f1_macro(counts[valid].reshape(-1, k, k))
+    tp = np.concatenate([tp0[None], tp0 + np.cumsum(d_tp, axis=0)])[valid]          # (cuts, K): r rows moved
+    pred = np.concatenate([pred0[None], pred0 + np.cumsum(d_pred, axis=0)])[valid]
+    denom = (pred + present).astype(np.float64)  # per class: predicted + present, as stats.f1_macro
+    f1 = np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0), axis=1)
     spread = max(1.0, float(d[-1] - d[0]))
     cuts = np.where(valid == 0, d[0] - spread,
                     np.where(valid == n, d[-1] + spread,

@@ -27,16 +27,17 @@ _EXACT_F32 = 2**24  # float32 holds every integer up to here, so counts summing 
 
 
 def count_blocks(n: int, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
-    """`resample_counts(n, n_boot, seed)` in consecutive blocks of resamples, (b, n) each, about 2M counts a
+    """`resample_counts(n, n_boot, seed)` in consecutive blocks of resamples, (b, n) each, about 1M counts a
     block: `bootstrap` scores every row on one block before it draws the next, so its memory stays at one
-    block whatever the test set's size (the whole matrix is 4 bytes x n_boot x n: 600 MB for 150,000 rows)."""
+    block (about 20 MB while it is drawn) whatever the test set's size, where the whole matrix takes 4 bytes
+    x n_boot x n (600 MB for 150,000 test rows)."""
     if n < 1:
         raise ValueError(f"need at least one test row to resample, got n={n}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     dtype = np.float32 if n <= _EXACT_F32 else np.float64
-    block = max(1, min(n_boot, 2**21 // n))  # ~2M indices per block
+    block = max(1, min(n_boot, 2**20 // n))  # ~1M indices per block
     for start in range(0, n_boot, block):
         b = min(block, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))

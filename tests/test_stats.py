@@ -55,7 +55,7 @@ def test_every_resample_matches_metrics_on_the_expanded_rows(seed):
 
 def test_bootstrap_block_by_block_equals_the_whole_count_matrix():
     """bootstrap draws the resamples in blocks (memory of one block); its samples are those of the whole matrix."""
-    n, n_boot = 100_000, 50  # 20 resamples a block: three blocks, the last one short
+    n, n_boot = 100_000, 25  # 10 resamples a block: three blocks, the last one short
     assert len(list(stats.count_blocks(n, n_boot, seed=4))) == 3
     y, a = random_rows(n, 5)
     _, b = random_rows(n, 6)
