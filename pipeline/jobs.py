@@ -2,18 +2,20 @@
 
 `workers(n)` opens a pool of `n` spawned processes (fresh interpreters: no forked torch, SQLite or MLflow
 state) for the duration of a command; stages hand it their independent trainings (head-swap strategies
-and seeds, slim variants) through `run(fn, tasks)`. A task runs in a worker exactly as it would here: its
-MLflow runs nest under the parent run id the task names, in the same store and experiment, so the store
-holds the same runs, tags and metrics whatever `--jobs` is (only their order may differ). With one job, or
-outside `workers`, `run` calls every task here, in order. Data travel with the task (pickled once per
-task), so workers never read the data file.
+and seeds, slim variants, each fold's baseline and tuned refit) through `run(fn, tasks)`, and work that may
+overlap a stage (the gradient-boosting reference, fitted while the baseline trains) through `submit`. A
+task runs in a worker exactly as it would here: its MLflow runs nest under the parent run id the task
+names, in the same store and experiment, so the store holds the same runs, tags and metrics whatever
+`--jobs` is (only their order may differ). With one job, or outside `workers`, `run` calls every task here,
+in order, and `submit` calls it at once. Data travel with the task: its tensors in shared memory (torch's
+reduction for multiprocessing), the rest pickled, so workers neither read the data file nor copy the data.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator
 
@@ -77,15 +79,21 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def run(fn: Callable, tasks: list[tuple]) -> list:
-    """fn(*task) for every task, in the pool when there is one, else here; results in the order of `tasks`.
+def submit(fn: Callable, *args) -> Future:
+    """fn(*args) started now: in the pool when there is one (collect it with `result` later, while this
+    process goes on), else here, at once."""
+    if _POOL is not None:
+        return _POOL.submit(fn, *args)
+    done: Future = Future()
+    done.set_result(fn(*args))
+    return done
 
-    A worker that dies (killed, out of memory) ends its open runs FAILED and raises one clear RuntimeError."""
-    if _POOL is None:
-        return [fn(*task) for task in tasks]
-    futures = [_POOL.submit(fn, *task) for task in tasks]
+
+def result(future: Future):
+    """A submitted task's result (its exception raised here). A worker that dies (killed, out of memory) ends
+    its open runs FAILED and raises one clear UserError."""
     try:
-        return [f.result() for f in futures]
+        return future.result()
     except BrokenProcessPool:
         from . import tracking
 
@@ -97,3 +105,8 @@ def run(fn: Callable, tasks: list[tuple]) -> list:
         ended = tracking.end_orphans(status="FAILED")
         raise UserError(f"a worker process died (killed, or out of memory); {ended} of its run(s) ended FAILED; "
                         "run again, or with --jobs 1 to see the failure in this process") from None
+
+
+def run(fn: Callable, tasks: list[tuple]) -> list:
+    """fn(*task) for every task, in the pool when there is one, else here; results in the order of `tasks`."""
+    return [result(future) for future in [submit(fn, *task) for task in tasks]]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import invoke, process_env, runs_of, settled, tiny_args, use_store
+from conftest import TUNED_ROW, invoke, process_env, runs_of, settled, tiny_args, use_store
 
 ARGS = ("--strategies", "threshold,finetune,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
         "--set", "tune.n_trials=1")
@@ -21,21 +21,43 @@ def _signature(experiment: str) -> dict[tuple[str, str, str], tuple[str, ...]]:
             tuple(sorted(r.data.metrics)) for r in runs_of(experiment)}
 
 
-@pytest.fixture(scope="module")
-def one_and_two(store_uri, tmp_path_factory):
-    """The same tiny convert with --jobs 1 and --jobs 2, in two experiments of one store."""
+# cross-fitted: the folds' baselines and tuned refits run side by side too (TUNED_ROW: the best trial beats its
+# untuned start, so it is retrained on the other folds). One tune worker: two would sample other trials
+# (each worker's sampler has its own seed), where this compares what --jobs changes
+FOLDS = ("--folds", "3", "--strategies", "threshold,finetune", "--set", "slim.keep_ratios=0.5", "--set",
+         "slim.depth=false", "--set", "tune.n_trials=3", "--set", "tune.workers=1", *TUNED_ROW)
+
+
+@pytest.fixture(scope="module", params=["one split", "3 folds"])
+def one_and_two(request, store_uri, tmp_path_factory):
+    """The same tiny convert with --jobs 1 and --jobs 2, in two experiments of one store: on one split, and
+    cross-fitted over 3 folds."""
+    args = ARGS if request.param == "one split" else FOLDS
+    name = request.param.replace(" ", "-")
     with pytest.MonkeyPatch.context() as mp:
         use_store(mp, store_uri, tmp_path_factory.mktemp("jobs"))
         for jobs in ("1", "2"):
-            result = invoke("convert", *tiny_args(f"jobs-{jobs}", *ARGS, "--jobs", jobs))
+            result = invoke("convert", *tiny_args(f"{name}-jobs-{jobs}", *args, "--jobs", jobs))
             assert result.exit_code == 0, result.output
-    return "jobs-1", "jobs-2"
+    return f"{name}-jobs-1", f"{name}-jobs-2"
 
 
 def test_two_jobs_log_the_same_runs_tags_and_metric_keys_as_one(one_and_two):
     one, two = one_and_two
     assert settled(runs_of(two))
     assert _signature(two) == _signature(one)
+
+
+@pytest.mark.parametrize("one_and_two", ["3 folds"], indirect=True)
+def test_folds_run_their_baselines_and_tuned_refits_in_the_workers(one_and_two):
+    runs = runs_of(one_and_two[1])
+    [convert] = [r for r in runs if r.data.tags["stage"] == "convert"]
+    bases = [r for r in runs if r.data.tags["stage"] == "baseline" and "fold" in r.data.tags]
+    refits = [r for r in runs if r.data.tags.get("strategy") == "tuned" and "fold" in r.data.tags]
+    assert sorted(r.data.tags["fold"] for r in bases) == ["0", "1", "2"]
+    assert sorted(r.data.tags["fold"] for r in refits) == ["1", "2"]
+    # worker processes logged them: each run's owner (liveness tags) is not the command's own process
+    assert all(r.data.tags["owner.pid"] != convert.data.tags["owner.pid"] for r in bases + refits)
 
 
 def test_two_jobs_give_the_same_numbers_as_one(one_and_two):

@@ -62,10 +62,12 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
 
 
-def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None, force: bool = False) -> StageResult:
+def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None, force: bool = False,
+             parent: str | None = None) -> StageResult:
     """The regressor: the pipeline's MLP trained here (MSE on the standardised target), or `brought`,
     the user's model (from `bring`), evaluated as it is or retrained; logs RMSE/MAE/R2 and the
-    thresholded classes. The first stage: it builds on no other run."""
+    thresholded classes. The first stage: it builds on no other run. Its run nests under `parent`, else
+    under the active run."""
     um = cfg.user_model
     sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "user_model": asdict(um),
                 "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
@@ -74,7 +76,8 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
         return stage_output(reuse)
     device = resolve_device(cfg.train.device)
-    with tracking.start(run_name("baseline", data), "baseline", tags={"stage_key": key, **split_tags(data)}) as run_id:
+    with tracking.start(run_name("baseline", data), "baseline", tags={"stage_key": key, **split_tags(data)},
+                        parent=parent) as run_id:
         log_run_inputs(cfg, data)
         if brought:
             model, head = brought

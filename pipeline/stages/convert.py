@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from .. import tracking
+from .. import jobs, tracking
 from ..config import Config
 from ..data import Prepared
+from ..model import architecture
 from ..surgery import Head
 from .baseline import baseline
-from .common import StageResult, log_run_inputs, say, stands_for
-from .compare import Comparison, compare
+from .common import StageResult, log_run_inputs, say, stage_output, stands_for
+from .compare import Comparison, compare, fit_reference
 from .head_swap import head_swap
 from .slim import recommend, slim
 from .tune import tune
@@ -27,6 +28,8 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
     data = splits[0]
     with tracking.start("convert", "convert", tags={"split_key": data.split_key, "folds": str(len(splits))}) as run_id:
         log_run_inputs(cfg, data)
+        # the reference needs no stage's output: with workers it is fitted in one while the baseline trains
+        reference = jobs.submit(fit_reference, cfg, splits) if cfg.compare.reference else None
         slimming = bool(cfg.slim.keep_ratios or cfg.slim.depth)
         if len(splits) == 1:
             base = baseline(cfg, data, brought, force=force)
@@ -43,7 +46,7 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
             tuned = tune(cfg, data, chosen[0], force=force, other_folds=list(zip(splits[1:], chosen[1:])))
             stage_runs["tune_run"] = tuned.run_id
         tracking.set_tags(stage_runs)
-        return compare(cfg, splits, run_id)
+        return compare(cfg, splits, run_id, reference)
 
 
 def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
@@ -58,7 +61,12 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
             "and flatter its scores; pass --retrain to train it on each fold's training rows")
     folds = {"folds": str(len(splits))}
     with tracking.start("baseline", "baseline", tags=folds) as baseline_run:
-        bases = [baseline(cfg, data, brought, force=force) for data in splits]
+        # side by side in the workers; a brought model travels as its recipe and weights (its class may not
+        # unpickle in a worker)
+        shipped = brought and (architecture(brought[0]), {k: v.cpu() for k, v in brought[0].state_dict().items()},
+                               brought[1])
+        bases = [stage_output(run) for run in jobs.run(_fold_baseline, [(cfg, data, shipped, force, baseline_run)
+                                                                         for data in splits])]
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
         swaps = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
         runs = _strategy_runs(swaps)
@@ -84,6 +92,18 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
         stands_for(chosen[0].model_run)
         say(f"slim: recommended {pick}, on validation macro-F1 averaged over {len(splits)} folds")
     return chosen, {**stage_runs, "slim_run": slim_run}
+
+
+def _fold_baseline(cfg: Config, data: Prepared, brought: tuple[dict, dict, Head] | None, force: bool,
+                   parent: str) -> str:
+    """One fold's baseline run, nested under the cross-fitted baseline run `parent`, from `brought` (the user's
+    model as its recipe, weights and head) or the pipeline's MLP: here, or in a worker process (jobs.run)."""
+    model = None
+    if brought:
+        arch, state, head = brought
+        model = tracking.rebuild(arch)
+        model.load_state_dict(state)
+    return baseline(cfg, data, brought and (model, head), force=force, parent=parent).run_id
 
 
 def _strategy_runs(results: list[StageResult]) -> dict[str, list]:

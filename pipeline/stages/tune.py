@@ -1,7 +1,6 @@
 """tune: an Optuna study over dropout, learning rate and weight decay (the study itself: study.py)."""
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict
 
 from torch import nn
@@ -104,8 +103,10 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
             trial = tracking.get_run(best.user_attrs["mlflow_run_id"])
             trial_seconds = trial.data.metrics.get("cost/train_seconds", float("nan"))
             values = log_classifier(model, data, device, trial_seconds, 0, cfg.seed)  # evaluated once, here
-            for fold_data, fold_source in other_folds:
-                _refit(cfg, best.params, epochs, fold_data, fold_source, device)
+            # side by side in the workers; each fold's chosen model travels as its recipe and starting weights
+            jobs.run(_refit, [(cfg, best.params, epochs, fold_data,
+                               (architecture(fold_source.model), start_weights(fold_source.model)),
+                               fold_source.model_run, run_id) for fold_data, fold_source in other_folds])
     if not better:
         say(f"tune: no trial beat the untuned {untuned_name} ({metric} {untuned_value:.4f}; best trial {best.number} "
             f"{best.value:.4f}): the tune stage keeps the untuned model, no tuned row"
@@ -123,19 +124,23 @@ def start_weights(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in (start if start is not None else model.state_dict()).items()}
 
 
-def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, source: StageResult, device) -> None:
-    """The best configuration trained on another fold's split, from the start of that fold's chosen model,
-    as one nested run."""
+def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, source: tuple[dict, dict],
+           source_run: str, parent: str) -> None:
+    """The best configuration trained on another fold's split, from the start of that fold's chosen model
+    (`source`: its recipe and starting weights, run `source_run`), as one run nested under the tune run
+    `parent`: here, or in a worker process (jobs.run)."""
     from ..study import train_config
 
-    with tracking.start(run_name("tune", data), "tune", strategy="tuned",
-                        tags={**split_tags(data), "seed": str(cfg.seed), "source_run": source.model_run}):
+    with tracking.start(run_name("tune", data), "tune", strategy="tuned", parent=parent,
+                        tags={**split_tags(data), "seed": str(cfg.seed), "source_run": source_run}):
         tracking.log_params({**cfg.flat(), **{f"best.{k}": v for k, v in params.items()}})
-        model = copy.deepcopy(source.model)
-        model.load_state_dict(start_weights(source.model))
+        arch, start = source
+        model = tracking.rebuild(arch)
+        model.load_state_dict(start)
         hist = train_config(model, params, data, cfg, cfg.seed, epochs)
         flag_training([hist], random_start=False)
-        values = log_classifier(model, data, device, hist.seconds, hist.epochs + 1, cfg.seed)
+        values = log_classifier(model, data, resolve_device(cfg.train.device), hist.seconds, hist.epochs + 1,
+                                cfg.seed)
     say(f"{where('tune', data)}: best configuration retrained, test macro-F1 {values['test/f1_macro']:.3f}")
 
 
