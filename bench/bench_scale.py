@@ -1,8 +1,11 @@
 """Default `reg2cls convert` at growing sizes: wall time, time per row and peak memory vs the data's size.
 
 Each size runs `reg2cls convert --data synthetic:friedman1?rows=N --quiet` as its own process, with a fresh
-MLflow store in a temporary folder, and reads its peak resident memory from the kernel (wait4's ru_maxrss,
-the child's whole life). The data's float32 size is rows x 10 features x 4 bytes. Goals (issue 14): time
+MLflow store in a temporary folder. Its memory is the proportional set size (PSS, /proc/<pid>/smaps_rollup)
+summed over the command and every process under it (its --jobs workers, tune's), sampled every 0.1 s: pages
+the processes share (the data handed to workers in shared memory, libraries) count once, and the workers'
+memory counts too (the largest process alone would hide it). The data's float32 size is rows x 10 features
+x 4 bytes. Goals (issue 14): time
 grows at most linearly with rows; peak memory at most 4x the data's float32 size plus a fixed overhead (the
 smallest size's peak stands for that overhead); 1M rows within 15 minutes on the 2-core machine.
 
@@ -22,8 +25,33 @@ import time
 FEATURES = 10  # synthetic:friedman1
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and every process under it."""
+    out = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    out += _tree(int(child))
+    except OSError:  # it ended meanwhile
+        pass
+    return out
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size of one process in bytes (0 once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def convert(rows: int, extra: list[str]) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS bytes, exit code, last output lines) of one default convert."""
+    """(wall seconds, peak summed PSS in bytes, exit code, last output lines) of one default convert."""
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         cmd = [sys.executable, "-m", "pipeline", "convert", "--data", f"synthetic:friedman1?rows={rows}", "--quiet",
                "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", *extra]
@@ -32,12 +60,14 @@ def convert(rows: int, extra: list[str]) -> tuple[float, float, int, str]:
         log = open(os.path.join(tmp, "out.log"), "w+")
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, sum(_pss(p) for p in _tree(proc.pid)))
+            time.sleep(0.1)
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         tail = "".join(log.readlines()[-3:])
-        return seconds, usage.ru_maxrss * 1024, proc.returncode, tail
+        return seconds, peak, proc.returncode, tail
 
 
 def main() -> None:
