@@ -109,29 +109,10 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         raise
     _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    release_freed_memory()
+    from .jobs import release_freed_memory
 
+    release_freed_memory()  # its arrays are garbage now, in whichever process ran it
 
-def release_freed_memory() -> None:
-    """Hand the heap pages freed by the run that just ended back to the kernel (glibc's malloc_trim). glibc
-    keeps freed blocks of a few MB inside the process once it has raised its mmap threshold, so each
-    process (the command, every worker) otherwise stays about 130 MB larger at 100,000 rows than at 10,000
-    after its first runs, although no data is held (bench/bench_scale.py). Takes milliseconds; does
-    nothing where malloc_trim does not exist."""
-    import ctypes
-    import ctypes.util
-
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
 
 
 def log_params(params: dict[str, object]) -> None:

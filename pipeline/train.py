@@ -187,7 +187,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     start = time.perf_counter()
     model.eval()
     with torch.no_grad():  # the starting point competes too: a warm-started head may already be best
-        start_out = model(xv)
+        start_out = sliced_forward(model, xv)
         # K from the model's output: a class may be absent from the training rows; one binary logit is K = 2
         weight = (None if task == "regression" else
                   class_weights(train.c, 2 if task == "binary" else start_out.shape[1], class_weight))
@@ -216,7 +216,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
                 sizes.append(len(xb))
             model.eval()
             with torch.no_grad():
-                val_out = model(xv)
+                val_out = sliced_forward(model, xv)
                 val_loss = loss_of(val_out, tv, task, weight).item()
             weights = torch.tensor(sizes, dtype=losses[0].dtype, device=device)
             hist.train_loss.append(float(torch.stack(losses) @ weights) / sum(sizes))
@@ -235,8 +235,18 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     return hist
 
 
+EVAL_ROWS = 8192  # rows a forward pass without gradients takes at once
+
+
+def sliced_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) in slices of EVAL_ROWS rows, where x already is: its hidden activations (width x 4 bytes a
+    row and layer, 25x a 10-feature row at width 256) then never exist for a whole split at once, only for
+    one slice (8 MB a layer), whatever the number of rows. Call under torch.no_grad()."""
+    return torch.cat([model(x[i:i + EVAL_ROWS]) for i in range(0, len(x), EVAL_ROWS)])
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", chunk: int = 65536) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """Raw model output for `x`, on the CPU: (N, out)."""
     model.to(device).eval()
-    return torch.cat([model(x[i:i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)])
+    return torch.cat([model(x[i:i + EVAL_ROWS].to(device)).float().cpu() for i in range(0, len(x), EVAL_ROWS)])
