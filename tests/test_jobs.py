@@ -66,8 +66,8 @@ def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     key = "val/f1_macro"
 
     def values(experiment):
-        return {(r.data.tags["stage"], r.data.tags.get("strategy", "")): r.data.metrics.get(key)
-                for r in runs_of(experiment) if "strategy" in r.data.tags}
+        return {(r.data.tags["stage"], r.data.tags.get("strategy", ""), r.data.tags.get("fold", "")):
+                r.data.metrics.get(key) for r in runs_of(experiment) if "strategy" in r.data.tags}
 
     assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
 
