@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--target", default="price")
     p.add_argument("--classes", default="quantile:3")
     a = p.parse_args()
-    data = a.data
+    data = str(Path(a.data).resolve())  # convert runs in its own temporary folder
     if a.rows:
         data = str(Path(tempfile.mkdtemp()) / "subset.csv")
         pd.read_csv(a.data).head(a.rows).to_csv(data, index=False)

@@ -79,7 +79,7 @@ class Train:
     weight_decay: float = 1e-4
     patience: int = 25      # epochs without a better validation loss before stopping
     device: str = "auto"
-    threads: int = 1        # torch threads of this process: for MLPs this small one is fastest, also beside other work
+    threads: int = 1        # torch threads of each process: cores go to processes (jobs), not threads
     jobs: int = 0           # worker processes for independent trainings (strategies, variants); 0 = every usable core
     class_weight: str = "none"  # none | balanced: classes weighted N / (K * n_k) in every classifier's loss
 
@@ -217,7 +217,8 @@ OPTIONS = (
                                              "take more than train.max_steps_per_epoch (100) steps, lr scaled by "
                                              "sqrt(batch / 64)."),
     Option("lr", "train.lr", "Learning rate.", type=float, min=0, min_open=True),
-    Option("threads", "train.threads", "Torch threads of this process (default 1: fastest for these small MLPs).",
+    Option("threads", "train.threads", "Torch threads of each process (default 1: the cores go to worker processes, "
+                                       "--jobs; two threads beside a busy process wait on each other).",
            type=int, min=1),
     Option("jobs", "train.jobs", "Worker processes training strategies and variants side by side, one thread "
                                  "each (default 0: every usable core; 1: all in this process).", type=int, min=0,
