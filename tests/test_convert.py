@@ -162,7 +162,9 @@ def test_sigterm_ends_every_run_killed(experiment, store):
 
 def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     experiment_file = tmp_path / "exp.yaml"
-    experiment_file.write_text("data:\n  classes: quantile:2\ntrain:\n  epochs: 3\n  patience: 0\n")
+    # small work: this test is about the entry point and its parameters, not the default sizes
+    experiment_file.write_text("data:\n  classes: quantile:2\n  folds: '1'\ntrain:\n  epochs: 3\n  patience: 0\n"
+                               "  jobs: 1\nmodel:\n  width: 16\ntune:\n  n_trials: 2\n  epochs: 3\n")
     proc = subprocess.run(
         ["mlflow", "run", str(REPO), "-e", "convert", "--env-manager", "local", "--experiment-name", "mlflow-run",
          "-P", f"config={experiment_file}", "-P", f"data={TINY['data.source']}", "-P", "seed=07",

@@ -172,7 +172,8 @@ def test_the_shipped_example_converts_its_user_model(store, tmp_path):
     assert made.returncode == 0, made.stderr
     converted = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--config", "experiments/user_model.yaml",
                                 "--checkpoint", str(ck), "--epochs", "2", "--experiment", "example-user-model",
-                                "--strategies", "threshold,warm_start"],
+                                "--strategies", "threshold,warm_start", "--folds", "1", "--set", "tune.n_trials=2",
+                                "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false"],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert converted.returncode == 0, converted.stderr[-2000:]
     assert "regression head 'fc_out' (Linear 32->1)" in converted.stdout
