@@ -99,6 +99,34 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     assert any(r.info.status == "FAILED" and r.data.tags.get("strategy") for r in runs)
 
 
+@pytest.mark.parametrize("signal_name", ["SIGTERM to the command", "Ctrl+C to the terminal's process group"])
+def test_a_signal_ends_the_workers_runs_killed(signal_name, experiment, store, tmp_path):
+    """Stopping the command while its workers train: every run, the workers' included, ends KILLED."""
+    assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
+    args = tiny_args(experiment, "--jobs", "2", "--strategies", "finetune,scratch")
+    args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "head-swap", *args], env=process_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)  # its own process group, as a terminal gives a command
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy") in
+                                              ("finetune", "scratch") for r in runs_of(experiment)) < 2:
+            time.sleep(0.5)
+        if signal_name.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+        else:  # a terminal's Ctrl+C: SIGINT to every process of the foreground group, workers included
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == (143 if signal_name.startswith("SIGTERM") else 130), err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
+    assert statuses == {"baseline": "FINISHED", "head_swap": "KILLED", "finetune": "KILLED", "scratch": "KILLED"}
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from Linux's /proc")
 def test_release_freed_memory_hands_freed_heap_pages_back():
     """glibc keeps freed MB-sized blocks in the heap (below a block still in use); every run's end releases them."""
