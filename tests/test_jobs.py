@@ -72,17 +72,24 @@ def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
 
 
-def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
+def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, running: int) -> subprocess.Popen:
+    """`head-swap --jobs 2` in its own process group (its workers too), once `running` strategy runs train."""
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
-    args = tiny_args(experiment, "--jobs", "2", "--strategies", "finetune,scratch,lp_ft,linear_probe")
+    args = tiny_args(experiment, "--jobs", "2", "--strategies", strategies)
     args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "head-swap", *args], env=process_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(r.info.status == "RUNNING" and "strategy" in r.data.tags
+                                          for r in runs_of(experiment)) < running:
+        time.sleep(0.5)
+    return proc
+
+
+def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
+    proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch,lp_ft,linear_probe", running=1)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not any(r.info.status == "RUNNING" and r.data.tags.get("strategy")
-                                                 for r in runs_of(experiment)):
-            time.sleep(0.5)
         # the pool's workers (not multiprocessing's resource tracker, the other child)
         workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
                                  text=True).stdout.split()
@@ -92,7 +99,7 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1 and "a worker process died" in err and "Traceback" not in err, err[-2000:]
     runs = runs_of(experiment)
     assert runs and all(r.info.status != "RUNNING" for r in runs)
@@ -101,17 +108,8 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
 
 def test_sigterm_ends_the_workers_runs_killed(experiment, store, tmp_path):
     """Stopping the command while its workers train: every run, the workers' included, ends KILLED."""
-    assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
-    args = tiny_args(experiment, "--jobs", "2", "--strategies", "finetune,scratch")
-    args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "head-swap", *args], env=process_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)  # its own process group, as a terminal gives a command
+    proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch", running=2)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy") in
-                                              ("finetune", "scratch") for r in runs_of(experiment)) < 2:
-            time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
