@@ -9,17 +9,24 @@ names, in the same store and experiment, so the store holds the same runs, tags 
 `--jobs` is (only their order may differ). With one job, or outside `workers`, `run` calls every task here,
 in order, and `submit` calls it at once. Data travel with the task: its tensors in shared memory (torch's
 reduction for multiprocessing), the rest pickled, so workers neither read the data file nor copy the data.
+
+Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
+(they are started with SIGINT blocked, see `spawning`, and then ignore it): the command receives it and
+stops them (`_terminate`, SIGTERM). A SIGTERM raises KeyboardInterrupt inside a task, so the task's open
+runs end KILLED; an idle worker simply exits. Either way no worker prints a traceback.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator
 
 _POOL: ProcessPoolExecutor | None = None
+_LOCK = None  # a lock shared by the pool's workers (the tune workers' count gate, study.work); theirs only
 _MALLOC_TRIM = None  # glibc's malloc_trim, once looked up (False where there is none)
 
 
@@ -33,20 +40,70 @@ def count(jobs: int) -> int:
     return jobs or usable_cores()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # a terminated worker unwinds: its open runs end KILLED
+def interrupt(signum, frame):
+    """SIGTERM's handler while a worker runs a task: it unwinds, and its open runs end KILLED. Only once: a
+    second SIGTERM (the pool stopping its workers again) must not cut the unwinding short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
-def _start_worker(tracking_uri: str, experiment_id: str) -> None:
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Start child processes inside this block: they begin life with SIGINT blocked, so a Ctrl+C that
+    reaches them while they still import (seconds) cannot kill them with a traceback; `become_worker`
+    then ignores it for good. A Ctrl+C meant for this process waits until the block ends; it is not lost."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to share a Ctrl+C with
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def become_worker() -> None:
+    """First thing in a process started under `spawning`: ignore Ctrl+C (the command stops its workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is dropped: ignored
+
+
+def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
     import mlflow
 
     from .train import use_threads
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the command, which terminates the workers
+    global _LOCK
+    become_worker()
+    _LOCK = lock
     use_threads(1)  # the cores are shared out between processes, not threads (see train.use_threads)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
+
+
+def _in_worker(fn: Callable, args: tuple):
+    """fn(*args) in a pool worker, a SIGTERM turned into KeyboardInterrupt for its duration only: outside a
+    task (idle, or unpickling the next one) SIGTERM just ends the worker, which holds no run then."""
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return fn(*args)
+    except KeyboardInterrupt:  # stopped by the command (_terminate), its runs ended: exit, do not wait idle
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def pool_size() -> int:
+    """How many workers the command's pool has (0: none, trainings run here)."""
+    return _POOL._max_workers if _POOL is not None else 0
+
+
+def pool_lock():
+    """In a pool worker: the lock its fellow workers share (None elsewhere)."""
+    return _LOCK
 
 
 @contextlib.contextmanager
@@ -61,8 +118,10 @@ def workers(n: int) -> Iterator[None]:
     from . import tracking
 
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
-    _POOL = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                initargs=(tracking.setup(None), tracking.current_experiment_id()))
+    context = multiprocessing.get_context("spawn")
+    # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
+    _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
+                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock()))
     try:
         yield
     except BaseException:
@@ -73,11 +132,27 @@ def workers(n: int) -> Iterator[None]:
         _POOL = None
 
 
-def _terminate(pool: ProcessPoolExecutor) -> None:
-    """SIGTERM every worker: each ends its open runs KILLED (see _interrupt) before it exits."""
-    for process in list((pool._processes or {}).values()):  # the executor keeps no public handle on them
+def _terminate(pool: ProcessPoolExecutor, grace_s: float = 30) -> None:
+    """SIGTERM every worker: each ends its open runs KILLED (see `_in_worker`) and exits. One still alive after
+    `grace_s` (stuck in a call that does not return to Python) is SIGKILLed, and its runs ended KILLED here,
+    so that stopping never hangs."""
+    import time
+
+    processes = list((pool._processes or {}).values())  # the executor keeps no public handle on them
+    for process in processes:
         with contextlib.suppress(Exception):
             process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    stuck = [p for p in processes if p.is_alive()]
+    for process in stuck:
+        process.kill()
+        process.join()
+    if stuck:
+        from . import tracking
+
+        tracking.end_orphans(status="KILLED")
 
 
 def release_freed_memory() -> None:
@@ -103,7 +178,8 @@ def submit(fn: Callable, *args) -> Future:
     """fn(*args) started now: in the pool when there is one (collect it with `result` later, while this
     process goes on), else here, at once."""
     if _POOL is not None:
-        return _POOL.submit(fn, *args)
+        with spawning():  # the pool starts its workers on demand, inside submit
+            return _POOL.submit(_in_worker, fn, args)
     done: Future = Future()
     done.set_result(fn(*args))
     return done

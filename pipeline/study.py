@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import hashlib
 import json
+import logging
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import decision, metrics, tracking
+from . import decision, jobs, metrics, tracking
 from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
 from .model import architecture, mark_start
@@ -51,17 +53,35 @@ def storage_url(configured: str, tracking_uri: str) -> str:
     return f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
 
+class _Stopping(logging.Filter):
+    """Drops Optuna's report of a trial that Ctrl+C or SIGTERM stopped (a traceback, then "failed with value
+    None"), and every report after it in the block: the process is stopping, and the command says so in one line."""
+
+    stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.stopping = True
+        return not self.stopping
+
+
 @contextlib.contextmanager
 def quiet_optuna():
-    """Optuna without its per-trial INFO lines and "experimental feature" warnings (the heartbeat and
-    retry callback are marked experimental), for the block only: the caller's settings come back after."""
+    """Optuna without its per-trial INFO lines, its "experimental feature" warnings (the heartbeat and retry
+    callback are marked experimental) and its traceback for a stopped trial (_Stopping), for the block only:
+    the caller's settings come back after."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    handlers, stopping = logging.getLogger("optuna").handlers, _Stopping()
+    for handler in handlers:
+        handler.addFilter(stopping)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             yield
     finally:
+        for handler in handlers:
+            handler.removeFilter(stopping)
         optuna.logging.set_verbosity(verbosity)
 
 
@@ -169,7 +189,6 @@ class Job:
     seed: int          # the sampler's
     epochs: int        # each trial's budget (trial_epochs)
     train_seed: int    # trial n trains with train_seed + n: trial 0 with the untuned run's own seed
-    threads: int | None = None
 
 
 def search_space(cfg: Config) -> dict[str, tuple[float, float, bool]]:
@@ -331,22 +350,16 @@ class _Gate:
             self.lock.release()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # a terminated worker unwinds: its trial ends FAIL, its run KILLED
-
-
 def work(job: Job, lock=None) -> None:
-    """One worker: run trials until the study holds `job.target` of them (or the deadline passes)."""
-    if job.threads:
-        torch.set_num_threads(job.threads)
-        signal.signal(signal.SIGTERM, _interrupt)
+    """One worker: run trials until the study holds `job.target` of them (or the deadline passes). `lock` is
+    the gate shared with the other local workers; in the command's pool, the pool's own (jobs.pool_lock)."""
+    gate = _Gate(lock if lock is not None else jobs.pool_lock())
     with quiet_optuna():
         tracking.setup(job.tracking_uri)
         sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
         study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
                                   pruner=make_pruner(job.cfg, job.epochs))
         deadline = time.time() + job.timeout if job.timeout else None
-        gate = _Gate(lock)
         awaited: set[int] | None = None  # trials running when the count was reached
         while deadline is None or time.time() < deadline:
             gate.acquire()
@@ -368,15 +381,32 @@ def work(job: Job, lock=None) -> None:
                 gate.release()
 
 
-def run_workers(job: Job, n_workers: int, say) -> None:
-    """`n_workers` workers, one torch thread each: this process is one of them, the others are spawned.
+def _spawned_worker(job: Job, lock) -> None:
+    """A worker process of run_workers: one torch thread, deaf to Ctrl+C (the command stops it); a SIGTERM
+    ends its trial FAIL and its run KILLED, and it exits without a traceback."""
+    jobs.become_worker()
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, jobs.interrupt)
+    try:
+        work(job, lock)
+    except KeyboardInterrupt:
+        sys.exit(143)
 
-    Working here too saves one interpreter's start-up (torch, mlflow and optuna imports: seconds) and
-    keeps this core busy while the spawned workers start (bench_tune.py).
+
+def run_workers(job: Job, n_workers: int, say) -> None:
+    """`n_workers` workers, one torch thread each, each sampling with its own seed. Inside a command whose
+    pool has that many workers (convert --jobs), they are the pool's: no interpreter to start. Otherwise this
+    process is one of them and the others are spawned: working here too saves one interpreter's start-up
+    (torch, mlflow and optuna imports: seconds) and keeps this core busy while they start (bench_tune.py).
     """
     tracking.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
     if n_workers == 1:
         work(job)
+        return
+    jobs_of = [dataclasses.replace(job, seed=job.seed + 1000 * i) for i in range(n_workers)]
+    if jobs.pool_size() == n_workers:
+        say(f"tune: {n_workers} workers in the command's worker processes")
+        jobs.run(work, [(j,) for j in jobs_of])
         return
     import multiprocessing
 
@@ -384,10 +414,9 @@ def run_workers(job: Job, n_workers: int, say) -> None:
     lock = ctx.Lock()
     procs = []
     for i in range(1, n_workers):
-        worker_job = copy.copy(job)
-        worker_job.seed, worker_job.threads = job.seed + 1000 * i, 1
-        p = ctx.Process(target=work, args=(worker_job, lock), name=f"reg2cls-tune-{i}")
-        p.start()
+        p = ctx.Process(target=_spawned_worker, args=(jobs_of[i], lock), name=f"reg2cls-tune-{i}")
+        with jobs.spawning():
+            p.start()
         say(f"tune: worker {i} started (pid {p.pid})")
         procs.append(p)
     threads = torch.get_num_threads()

@@ -72,8 +72,15 @@ def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
 
 
+def _workers_of(proc: subprocess.Popen) -> list[str]:
+    """The pids of the pool's workers (not multiprocessing's resource tracker, the other child)."""
+    return subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
+                          text=True).stdout.split()
+
+
 def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, running: int) -> subprocess.Popen:
-    """`head-swap --jobs 2` in its own process group (its workers too), once `running` strategy runs train."""
+    """`head-swap --jobs 2` in its own process group (its workers too), once `running` strategy runs train
+    (running=0: once its two workers exist, still importing)."""
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     args = tiny_args(experiment, "--jobs", "2", "--strategies", strategies)
     args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
@@ -81,18 +88,16 @@ def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, run
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and sum(r.info.status == "RUNNING" and "strategy" in r.data.tags
-                                          for r in runs_of(experiment)) < running:
-        time.sleep(0.5)
+    while time.time() < deadline and (len(_workers_of(proc)) < 2 if running == 0 else sum(
+            r.info.status == "RUNNING" and "strategy" in r.data.tags for r in runs_of(experiment)) < running):
+        time.sleep(0.05 if running == 0 else 0.5)
     return proc
 
 
 def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch,lp_ft,linear_probe", running=1)
     try:
-        # the pool's workers (not multiprocessing's resource tracker, the other child)
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
-                                 text=True).stdout.split()
+        workers = _workers_of(proc)
         assert workers, "no worker process found"
         for pid in workers:  # SIGKILL: the worker cannot end its own run
             subprocess.run(["kill", "-9", pid])
@@ -106,19 +111,39 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     assert any(r.info.status == "FAILED" and r.data.tags.get("strategy") for r in runs)
 
 
-def test_sigterm_ends_the_workers_runs_killed(experiment, store, tmp_path):
-    """Stopping the command while its workers train: every run, the workers' included, ends KILLED."""
+@pytest.mark.parametrize("how", ["SIGTERM to the command", "Ctrl+C to its process group"])
+def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, store, tmp_path):
+    """Stopping the command while its workers train: every run, the workers' included, ends KILLED. A
+    terminal's Ctrl+C reaches every process of the group, the workers too."""
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch", running=2)
     try:
-        proc.send_signal(signal.SIGTERM)
+        if how.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == (143 if how.startswith("SIGTERM") else 130), err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
     assert statuses == {"baseline": "FINISHED", "head_swap": "KILLED", "finetune": "KILLED", "scratch": "KILLED"}
+
+
+def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, tmp_path):
+    """Ctrl+C in the seconds the workers spend importing: none of them dies of it with a traceback."""
+    proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch", running=0)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
+    assert statuses.pop("baseline") == "FINISHED" and set(statuses.values()) == {"KILLED"}, statuses
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from Linux's /proc")

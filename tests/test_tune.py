@@ -200,6 +200,34 @@ def test_two_local_workers_finish_n_trials_between_them(experiment, store):
     assert len(trial_runs) == 6 and all(r.info.status == "FINISHED" for r in trial_runs)
 
 
+def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
+    """A terminal's Ctrl+C reaches the spawned worker too: both trials end FAIL, their runs KILLED, and no
+    process prints a traceback."""
+    assert invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=none",
+                                        "--set", "tune.n_trials=0")).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune",
+                             *tiny_args(experiment, "--n-trials", "4", "--workers", "2", "--pruner", "none",
+                                        "--set", "tune.epochs=100000")],
+                            env=process_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group, as a terminal gives it
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy", "")
+                                              .startswith("trial_") for r in runs_of(experiment)) < 2:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    study, runs = _trials(experiment, store)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    trial_runs = [r for r in runs if r.data.tags.get("strategy", "").startswith("trial_")]
+    assert len(trial_runs) == 2 and all(r.info.status == "KILLED" for r in trial_runs)
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
 POSTGRES = os.environ.get("REG2CLS_TEST_POSTGRES")
 
 
