@@ -12,8 +12,8 @@ reduction for multiprocessing), the rest pickled, so workers neither read the da
 
 Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
 (they are started with SIGINT blocked, see `spawning`, and then ignore it): the command receives it and
-stops them (`_terminate`, SIGTERM). A SIGTERM raises KeyboardInterrupt inside a task, so the task's open
-runs end KILLED; an idle worker simply exits. Either way no worker prints a traceback.
+stops them (`_terminate`, SIGTERM). Inside a task a SIGTERM stops the training at its next epoch
+(`interrupt`), so the task's open runs end KILLED; an idle worker simply exits. No worker prints a traceback.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator
 
 _POOL: ProcessPoolExecutor | None = None
+_SIZE = 0     # its number of workers
 _LOCK = None  # a lock shared by the pool's workers (the tune workers' count gate, study.work); theirs only
+_STOP = False  # in a worker: SIGTERM received (interrupt)
 _MALLOC_TRIM = None  # glibc's malloc_trim, once looked up (False where there is none)
 
 
@@ -41,10 +43,17 @@ def count(jobs: int) -> int:
 
 
 def interrupt(signum, frame):
-    """SIGTERM's handler while a worker runs a task: it unwinds, and its open runs end KILLED. Only once: a
-    second SIGTERM (the pool stopping its workers again) must not cut the unwinding short."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """SIGTERM's handler in a worker: a stop request, honoured where it is safe (`stop_requested`): the
+    training loop raises KeyboardInterrupt at its next epoch, so the task's open runs end KILLED; a task past
+    its training finishes first. Raising here instead could land inside a garbage-collection callback, where
+    Python prints it and swallows it, or cut short the unwinding of a run."""
+    global _STOP
+    _STOP = True
+
+
+def stop_requested() -> bool:
+    """Whether this worker has been told to stop (SIGTERM); always False in the command's own process."""
+    return _STOP
 
 
 @contextlib.contextmanager
@@ -70,8 +79,11 @@ def become_worker() -> None:
 
 
 def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
+    import atexit
+
     import mlflow
 
+    from . import stages  # noqa: F401  the stages' imports (a second), now rather than in the first task
     from .train import use_threads
 
     global _LOCK
@@ -80,25 +92,35 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
     use_threads(1)  # the cores are shared out between processes, not threads (see train.use_threads)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
+    atexit.register(_exit_at_once)  # registered last, so it runs first, after the runs' own handlers
+
+
+def _exit_at_once(code: int = 0) -> None:
+    """A worker's exit, once the pool has shut it down or the command stopped it: every run it held has
+    ended, so it skips the interpreter's teardown of torch, MLflow and scikit-learn (over a second, which
+    the command would wait for)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _in_worker(fn: Callable, args: tuple):
-    """fn(*args) in a pool worker, a SIGTERM turned into KeyboardInterrupt for its duration only: outside a
+    """fn(*args) in a pool worker, a SIGTERM a stop request for its duration only (`interrupt`): outside a
     task (idle, or unpickling the next one) SIGTERM just ends the worker, which holds no run then."""
     signal.signal(signal.SIGTERM, interrupt)
     try:
         return fn(*args)
     except KeyboardInterrupt:  # stopped by the command (_terminate), its runs ended: exit, do not wait idle
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(143)
+        _exit_at_once(143)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if _STOP:  # a stop that came after the task's training: the task finished; exit all the same
+            _exit_at_once(143)
 
 
 def pool_size() -> int:
     """How many workers the command's pool has (0: none, trainings run here)."""
-    return _POOL._max_workers if _POOL is not None else 0
+    return _SIZE
 
 
 def pool_lock():
@@ -109,7 +131,7 @@ def pool_lock():
 @contextlib.contextmanager
 def workers(n: int) -> Iterator[None]:
     """Run the block with `n` worker processes available to `run` (none when n is 1)."""
-    global _POOL
+    global _POOL, _SIZE
     if n <= 1:
         yield
         return
@@ -120,8 +142,10 @@ def workers(n: int) -> Iterator[None]:
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
     context = multiprocessing.get_context("spawn")
     # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
-    _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
-                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock()))
+    _POOL, _SIZE = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
+                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock())), n
+    for _ in range(n):  # the pool starts a worker per task submitted: start all now, each importing for seconds
+        submit(int)     # while the first stage trains, rather than when a stage's second task waits for one
     try:
         yield
     except BaseException:
@@ -129,7 +153,7 @@ def workers(n: int) -> Iterator[None]:
         raise
     finally:
         _POOL.shutdown(wait=True, cancel_futures=True)
-        _POOL = None
+        _POOL, _SIZE = None, 0
 
 
 def _terminate(pool: ProcessPoolExecutor, grace_s: float = 30) -> None:

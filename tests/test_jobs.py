@@ -143,7 +143,7 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, t
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
-    assert statuses.pop("baseline") == "FINISHED" and set(statuses.values()) == {"KILLED"}, statuses
+    assert statuses.pop("baseline") == "FINISHED" and set(statuses.values()) <= {"KILLED"}, statuses
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from Linux's /proc")
