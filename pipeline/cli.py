@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from . import config
+from . import config, jobs
 from .config import UserError
 
 
@@ -24,7 +24,13 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame):
+    jobs.request_stop(Terminated)  # honoured at the next epoch should this raise be swallowed (jobs.interrupt)
     raise Terminated()
+
+
+def _on_sigint(signum, frame):
+    jobs.request_stop(KeyboardInterrupt)
+    raise KeyboardInterrupt
 
 
 def _options(command: str) -> tuple[config.Option, ...]:
@@ -155,7 +161,8 @@ def user_errors(fn):
     exception is a bug and keeps its traceback; REG2CLS_TRACEBACK=1 keeps it for the known kinds too."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        jobs.clear_stop()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
         try:
             return fn(*args, **kwargs)
         except UserError as e:
@@ -172,7 +179,8 @@ def user_errors(fn):
                 raise
             raise click.ClickException(message) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
     return wrapper
 
 

@@ -13,7 +13,8 @@ reduction for multiprocessing), the rest pickled, so workers neither read the da
 Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
 (they are started with SIGINT blocked, see `spawning`, and then ignore it): the command receives it and
 stops them (`_terminate`, SIGTERM). Inside a task a SIGTERM stops the training at its next epoch
-(`interrupt`), so the task's open runs end KILLED; an idle worker simply exits. No worker prints a traceback.
+(`interrupt`, `check_stop`), so the task's open runs end KILLED; an idle worker simply exits. No worker
+prints a traceback.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Callable, Iterator
 _POOL: ProcessPoolExecutor | None = None
 _SIZE = 0     # its number of workers
 _LOCK = None  # a lock shared by the pool's workers (the tune workers' count gate, study.work); theirs only
-_STOP = False  # in a worker: SIGTERM received (interrupt)
+_STOP: type[BaseException] | None = None  # a stop requested by a signal: what check_stop raises
 _MALLOC_TRIM = None  # glibc's malloc_trim, once looked up (False where there is none)
 
 
@@ -43,17 +44,31 @@ def count(jobs: int) -> int:
 
 
 def interrupt(signum, frame):
-    """SIGTERM's handler in a worker: a stop request, honoured where it is safe (`stop_requested`): the
-    training loop raises KeyboardInterrupt at its next epoch, so the task's open runs end KILLED; a task past
-    its training finishes first. Raising here instead could land inside a garbage-collection callback, where
-    Python prints it and swallows it, or cut short the unwinding of a run."""
+    """SIGTERM's handler in a worker: a stop request and nothing more, honoured where unwinding is safe: the
+    training loop raises KeyboardInterrupt at its next epoch (`check_stop`), so the task's open runs end
+    KILLED; a task past its training finishes first. Raising here instead could land inside a
+    garbage-collection callback, where Python prints the exception and swallows it, or cut short the
+    unwinding of a run."""
+    request_stop(KeyboardInterrupt)
+
+
+def request_stop(exc: type[BaseException]) -> None:
+    """Ask this process to stop: `check_stop` raises `exc` from now on. The command's own signal handlers
+    raise at once as well, and request it in case that raise is swallowed (cli.user_errors)."""
     global _STOP
-    _STOP = True
+    _STOP = exc
 
 
-def stop_requested() -> bool:
-    """Whether this worker has been told to stop (SIGTERM); always False in the command's own process."""
-    return _STOP
+def check_stop() -> None:
+    """Raise the stop requested, if any; the training loop calls it every epoch."""
+    if _STOP is not None:
+        raise _STOP()
+
+
+def clear_stop() -> None:
+    """Forget a stop request (a command starting in a process where an earlier one was stopped)."""
+    global _STOP
+    _STOP = None
 
 
 @contextlib.contextmanager
@@ -114,7 +129,7 @@ def _in_worker(fn: Callable, args: tuple):
         _exit_at_once(143)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if _STOP:  # a stop that came after the task's training: the task finished; exit all the same
+        if _STOP is not None:  # a stop that came after the task's training: the task finished; exit all the same
             _exit_at_once(143)
 
 
@@ -142,11 +157,12 @@ def workers(n: int) -> Iterator[None]:
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
     context = multiprocessing.get_context("spawn")
     # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
-    _POOL, _SIZE = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
-                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock())), n
-    for _ in range(n):  # the pool starts a worker per task submitted: start all now, each importing for seconds
-        submit(int)     # while the first stage trains, rather than when a stage's second task waits for one
+    _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
+                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock()))
+    _SIZE = n
     try:
+        for _ in range(n):  # the pool starts a worker per task submitted: start all now, each importing for
+            submit(int)     # seconds while the first stage trains, not when a stage's second task waits for one
         yield
     except BaseException:
         _terminate(_POOL)

@@ -362,8 +362,7 @@ def work(job: Job, lock=None) -> None:
         deadline = time.time() + job.timeout if job.timeout else None
         awaited: set[int] | None = None  # trials running when the count was reached
         while deadline is None or time.time() < deadline:
-            if jobs.stop_requested():  # told to stop between trials (jobs.interrupt): start none
-                raise KeyboardInterrupt
+            jobs.check_stop()  # told to stop between trials (jobs.interrupt): start none
             gate.acquire()
             try:
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import Split
-from .jobs import stop_requested
+from .jobs import check_stop
 
 
 def use_threads(n: int) -> None:
@@ -197,8 +197,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     hist, best_state, since_best = History(), copy.deepcopy(model.state_dict()), 0
     with seeded(seed, device):  # dropout masks: reproducible, and the caller's RNG left as it was
         for epoch in range(1, epochs + 1):
-            if stop_requested():  # a worker told to stop (jobs.interrupt): its runs unwind and end KILLED
-                raise KeyboardInterrupt
+            check_stop()  # a stop requested by a signal (jobs.request_stop): the runs unwind and end KILLED
             model.train()
             perm = torch.randperm(n, generator=gen).to(device)
             losses, sizes = [], []

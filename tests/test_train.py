@@ -1,6 +1,7 @@
 """The loop: losses fall, the best weights come back, runs are reproducible."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.model import MLP
@@ -47,3 +48,24 @@ def test_seeded_runs_are_identical(tiny_data):
         fit(model, tiny_data.train, tiny_data.val, "regression", epochs=3, batch_size=32, lr=1e-3, seed=3)
         weights.append(model.head.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
+
+
+def test_a_stop_request_ends_training_at_the_next_epoch(tiny_data):
+    """A signal's stop request (jobs.request_stop) is raised by the training loop at its next epoch: the
+    stop holds even where the signal handler's own raise was swallowed (inside a garbage-collection callback)."""
+    from pipeline import jobs
+
+    epochs = []
+
+    def stop_after_3(epoch, logs, out):
+        epochs.append(epoch)
+        if epoch == 3:  # as a SIGTERM's handler in a worker does (jobs.interrupt)
+            jobs.request_stop(KeyboardInterrupt)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(MLP(tiny_data.n_features, 8, 1), tiny_data.train, tiny_data.val, "regression", epochs=50,
+                batch_size=32, lr=1e-3, on_epoch=stop_after_3)
+    finally:
+        jobs.clear_stop()
+    assert epochs == [1, 2, 3]
