@@ -161,7 +161,6 @@ def user_errors(fn):
     exception is a bug and keeps its traceback; REG2CLS_TRACEBACK=1 keeps it for the known kinds too."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        jobs.clear_stop()
         previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
         try:
             return fn(*args, **kwargs)
@@ -181,6 +180,7 @@ def user_errors(fn):
         finally:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+            jobs.clear_stop()  # handled: code run in this process after the command trains again
     return wrapper
 
 
@@ -213,7 +213,8 @@ def boundary_error(e: Exception) -> str | None:
         if any(s in text for s in ("database is locked", "disk I/O error", "malformed", "database or disk is full",
                                    "out-of-date database schema", "API request to", "Max retries exceeded")):
             return f"the tracking store {uri} failed: {config.first_line(e)[:300]}"
-    if type(e).__module__.startswith("sqlalchemy") and type(e).__name__ in ("OperationalError", "DatabaseError"):
+    if type(e).__module__.startswith(("sqlalchemy", "sqlite3")) and type(e).__name__ in ("OperationalError",
+                                                                                         "DatabaseError"):
         return (f"a database failed ({config.first_line(e)[:300]}); check that its file or server is reachable "
                 "and intact")
     return None

@@ -66,7 +66,7 @@ def check_stop() -> None:
 
 
 def clear_stop() -> None:
-    """Forget a stop request (a command starting in a process where an earlier one was stopped)."""
+    """Forget a stop request once it has been handled (cli.user_errors)."""
     global _STOP
     _STOP = None
 
@@ -94,11 +94,13 @@ def become_worker() -> None:
 
 
 def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
+    """A pool worker's set-up: Ctrl+C ignored, one thread, the command's store and experiment, the stages
+    imported (a second or more, now, while the first stage trains, rather than in the first task)."""
     import atexit
 
     import mlflow
 
-    from . import stages  # noqa: F401  the stages' imports (a second), now rather than in the first task
+    from . import stages  # noqa: F401
     from .train import use_threads
 
     global _LOCK
@@ -107,7 +109,8 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
     use_threads(1)  # the cores are shared out between processes, not threads (see train.use_threads)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
-    atexit.register(_exit_at_once)  # registered last, so it runs first, after the runs' own handlers
+    # atexit runs the last registered first: handlers that tasks register later still run before this one
+    atexit.register(_exit_at_once)
 
 
 def _exit_at_once(code: int = 0) -> None:
@@ -120,8 +123,8 @@ def _exit_at_once(code: int = 0) -> None:
 
 
 def _in_worker(fn: Callable, args: tuple):
-    """fn(*args) in a pool worker, a SIGTERM a stop request for its duration only (`interrupt`): outside a
-    task (idle, or unpickling the next one) SIGTERM just ends the worker, which holds no run then."""
+    """fn(*args) in a pool worker, with SIGTERM as a stop request for its duration only (`interrupt`):
+    outside a task (idle, or unpickling the next one) SIGTERM just ends the worker, which holds no run then."""
     signal.signal(signal.SIGTERM, interrupt)
     try:
         return fn(*args)
@@ -173,7 +176,7 @@ def workers(n: int) -> Iterator[None]:
 
 
 def _terminate(pool: ProcessPoolExecutor, grace_s: float = 30) -> None:
-    """SIGTERM every worker: each ends its open runs KILLED (see `_in_worker`) and exits. One still alive after
+    """SIGTERM every worker: each ends its open runs KILLED (see `interrupt`) and exits. One still alive after
     `grace_s` (stuck in a call that does not return to Python) is SIGKILLed, and its runs ended KILLED here,
     so that stopping never hangs."""
     import time
