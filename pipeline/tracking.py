@@ -54,7 +54,16 @@ def enable_concurrent_writes() -> None:
 
         path = uri[len("sqlite:///"):]
         with store_lock(path), contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            deadline = time.monotonic() + 60
+            while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # reading the mode takes no lock
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as e:
+                    # another command's open read: SQLite refuses the switch at once instead of waiting (waiting
+                    # could deadlock), so the timeout does not apply; retry until that read ends
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
 
 
 def use_experiment(name: str) -> None:

@@ -184,6 +184,29 @@ def test_two_converts_started_together_on_a_fresh_store_both_finish(tmp_path):
     assert settled(runs) and integrity(db) == "ok"  # FINISHED, or KILLED for a pruned trial
 
 
+def test_switching_to_wal_waits_for_another_commands_write(tmp_path):
+    """SQLite refuses the switch to write-ahead logging at once, timeout or not, while another process holds a
+    write transaction (waiting could deadlock); two converts on one fresh store met that once in CI."""
+    db = tmp_path / "store.db"
+    with sqlite3.connect(db) as setup:
+        setup.execute("CREATE TABLE t (x)")
+    writer = subprocess.Popen([sys.executable, "-c", f"""import sqlite3, time
+db = sqlite3.connect({str(db)!r}, isolation_level=None)
+db.execute("BEGIN IMMEDIATE"); db.execute("INSERT INTO t VALUES (1)")
+print("writing", flush=True); time.sleep(1); db.execute("COMMIT")"""], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    try:
+        tracking.enable_concurrent_writes()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert writer.wait(timeout=30) == 0
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert check.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
 # ------------------------------------------------------------------------------ bad input: one line
 BOOM = """import torch
 from torch import nn
