@@ -59,8 +59,8 @@ def enable_concurrent_writes() -> None:
                 try:
                     db.execute("PRAGMA journal_mode=WAL")
                 except sqlite3.OperationalError as e:
-                    # another command's open read: SQLite refuses the switch at once instead of waiting (waiting
-                    # could deadlock), so the timeout does not apply; retry until that read ends
+                    # another command's write in progress: SQLite refuses the switch at once instead of waiting
+                    # (waiting could deadlock), so the busy timeout does not apply; retry until that write ends
                     if "locked" not in str(e) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
