@@ -2,9 +2,10 @@
 
 Each runs the real `reg2cls convert` in its own fresh store; prints both wall times, the ratio (goal: >= 1.7x
 on 2 cores) and the two leaderboards' validation and test macro-F1, which must agree within noise (every
-training is seeded, so they should agree exactly).
+training is seeded, so they should agree exactly). `--rounds N` alternates the two N times and reports each
+round's ratio and the median wall times: one run moves by several seconds on a noisy machine.
 
-    python bench/bench_jobs.py [--data PATH] [--rows N] [--target COL --classes SPEC]
+    python bench/bench_jobs.py [--rounds N] [--data PATH] [--rows N] [--target COL --classes SPEC]
     python bench/bench_jobs.py --data ../shared/data/wine_white.csv --target quality --classes thresholds:6.5
 
 The second, wine (4,898 rows), is cross-fitted over 5 folds: there the folds' baselines and tuned refits
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,17 +56,25 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=0, help="use the first N rows (0: all)")
     p.add_argument("--target", default="price")
     p.add_argument("--classes", default="quantile:3")
+    p.add_argument("--rounds", type=int, default=1, help="alternate --jobs 1 and 2 this many times")
     a = p.parse_args()
     data = str(Path(a.data).resolve())  # convert runs in its own temporary folder
     if a.rows:
         data = str(Path(tempfile.mkdtemp()) / "subset.csv")
         pd.read_csv(a.data).head(a.rows).to_csv(data, index=False)
     args = ["--data", data, "--target", a.target, "--classes", a.classes]
-    one, board_one = convert(1, args)
-    two, board_two = convert(2, args)
+    ones, twos = [], []
+    for i in range(a.rounds):
+        (one, board_one), (two, board_two) = convert(1, args), convert(2, args)
+        ones.append(one)
+        twos.append(two)
+        if a.rounds > 1:
+            print(f"round {i + 1}: --jobs 1 {one:7.1f} s, --jobs 2 {two:7.1f} s, speed-up {one / two:.2f}x", flush=True)
+    one, two = statistics.median(ones), statistics.median(twos)
     print(f"data: {a.data}{f' (first {a.rows} rows)' if a.rows else ''}, {os.cpu_count()} cores")
-    print(f"convert --jobs 1: {one:7.1f} s")
-    print(f"convert --jobs 2: {two:7.1f} s   speed-up {one / two:.2f}x (goal >= 1.7x)")
+    median = " (median of the rounds)" if a.rounds > 1 else ""
+    print(f"convert --jobs 1: {one:7.1f} s{median}")
+    print(f"convert --jobs 2: {two:7.1f} s{median}   speed-up {one / two:.2f}x (goal >= 1.7x)")
     both = board_one.add_suffix(" (1 job)").join(board_two.add_suffix(" (2 jobs)"))
     print(both.round(4).to_string())
     print(f"largest difference in test macro-F1: {(board_one['f1_macro'] - board_two['f1_macro']).abs().max():.4f}")
