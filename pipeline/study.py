@@ -39,7 +39,7 @@ from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
 from .model import architecture, mark_start
 from .surgery import find_head, recorded_head, set_dropout
-from .train import batch_and_lr, classification_task, fit, resolve_device
+from .train import batch_and_lr, classification_task, fit, resolve_device, use_threads
 
 HEARTBEAT_S, GRACE_S = 2, 8  # a trial without a heartbeat for 8 s belongs to a dead worker
 
@@ -386,7 +386,7 @@ def _spawned_worker(job: Job, lock) -> None:
     """A worker process of run_workers: one torch thread, deaf to Ctrl+C (the command stops it); a SIGTERM
     ends its trial FAIL and its run KILLED, and it exits without a traceback."""
     jobs.become_worker()
-    torch.set_num_threads(1)
+    use_threads(1)  # torch's and scikit-learn's pools, as in the command's pool workers (train.use_threads)
     signal.signal(signal.SIGTERM, jobs.interrupt)
     try:
         work(job, lock)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -148,3 +150,14 @@ def wait_for_http(url: str, proc, log_path) -> None:
                 proc.kill()
                 raise RuntimeError(f"{url} did not answer: {open(log_path).read()[-3000:]}")
             time.sleep(0.5)
+
+
+def stderr_after(proc: subprocess.Popen, stop) -> str:
+    """A command started in its own process group: its stderr once it has exited after `stop()`; its whole group
+    killed if it has not in 120 s."""
+    try:
+        stop()
+        return proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

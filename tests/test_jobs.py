@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import TUNED_ROW, invoke, process_env, runs_of, settled, tiny_args, use_store
+from conftest import TUNED_ROW, invoke, process_env, runs_of, settled, stderr_after, tiny_args, use_store
 
 ARGS = ("--strategies", "threshold,finetune,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
         "--set", "tune.n_trials=1")
@@ -94,16 +94,6 @@ def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, run
     return proc
 
 
-def _stderr_after(proc: subprocess.Popen, stop) -> str:
-    """The command's stderr once it has exited after `stop()`; its whole group killed if it has not in 120 s."""
-    try:
-        stop()
-        return proc.communicate(timeout=120)[1]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch,lp_ft,linear_probe", running=1)
     workers = _workers_of(proc)
@@ -113,7 +103,7 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
         for pid in workers:  # SIGKILL: the worker cannot end its own run
             subprocess.run(["kill", "-9", pid])
 
-    err = _stderr_after(proc, kill_workers)
+    err = stderr_after(proc, kill_workers)
     assert proc.returncode == 1 and "a worker process died" in err and "Traceback" not in err, err[-2000:]
     runs = runs_of(experiment)
     assert runs and all(r.info.status != "RUNNING" for r in runs)
@@ -125,7 +115,7 @@ def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, stor
     """Stopping the command while its workers train: every run, the workers' included, ends KILLED. A
     terminal's Ctrl+C reaches every process of the group, the workers too."""
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch", running=2)
-    err = _stderr_after(proc, (lambda: proc.send_signal(signal.SIGTERM)) if how.startswith("SIGTERM")
+    err = stderr_after(proc, (lambda: proc.send_signal(signal.SIGTERM)) if how.startswith("SIGTERM")
                         else lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == (143 if how.startswith("SIGTERM") else 130), err[-2000:]
     assert "Traceback" not in err, err[-2000:]
@@ -136,7 +126,7 @@ def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, stor
 def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, tmp_path):
     """Ctrl+C in the seconds the workers spend importing: none of them dies of it with a traceback."""
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch", running=0)
-    err = _stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
+    err = stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}

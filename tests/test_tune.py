@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import invoke, process_env, runs_of, tiny_args, tiny_config
+from conftest import invoke, process_env, runs_of, stderr_after, tiny_args, tiny_config
 from optuna.trial import TrialState
 
 from pipeline import config, tracking
@@ -210,16 +210,11 @@ def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
                                         "--set", "tune.epochs=100000")],
                             env=process_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # its own process group, as a terminal gives it
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy", "")
-                                              .startswith("trial_") for r in runs_of(experiment)) < 2:
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy", "")
+                                          .startswith("trial_") for r in runs_of(experiment)) < 2:
+        time.sleep(0.5)
+    err = stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     study, runs = _trials(experiment, store)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
