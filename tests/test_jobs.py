@@ -72,6 +72,16 @@ def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
 
 
+@pytest.mark.parametrize("one_and_two", ["one split"], indirect=True)
+def test_tasks_reach_the_workers_by_name_not_by_file_descriptor(one_and_two):
+    """The tasks' tensors travel as shared-memory file names. As file descriptors, this process (the command:
+    `invoke` runs it here) served them on a socket from a thread of its own, and a worker killed while it
+    received them made that thread print a traceback (ConnectionResetError) beside the one-line error."""
+    import multiprocessing.resource_sharer
+
+    assert multiprocessing.resource_sharer._resource_sharer._listener is None, "a file descriptor was handed over"
+
+
 def _workers_of(proc: subprocess.Popen) -> list[str]:
     """The pids of the pool's workers (not multiprocessing's resource tracker, the other child)."""
     return subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
