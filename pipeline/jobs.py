@@ -9,9 +9,10 @@ names, in the same store and experiment, so the store holds the same runs, tags 
 `--jobs` is (only their order may differ). With one job, or outside `workers`, `run` calls every task here,
 in order, and `submit` calls it at once. Data travel with the task: its tensors in shared memory (torch's
 reduction for multiprocessing), the rest pickled, so workers neither read the data file nor copy the data.
-The tensors travel by name (torch's "file_system" sharing strategy), not as file descriptors handed over a
-socket: with descriptors, a worker killed while it received its task made multiprocessing's fd-sharing
-thread print a ConnectionResetError traceback in the command.
+Each tensor's shared memory is handed over as a file descriptor, which a thread of the command serves on a
+socket (multiprocessing's resource sharer); a worker that dies in the middle of that hand-over breaks the
+socket, which the thread reports with a traceback of its own: `_quiet_handover` drops it, as the pool
+already reports the death in one line (`result`).
 
 Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
 (they are started with SIGINT blocked, see `spawning`, and then ignore it): the command receives it and
@@ -109,21 +110,11 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
     global _LOCK
     become_worker()
     _LOCK = lock
-    share_tensors_by_name()  # for the tensors a task returns
     use_threads(1)  # the cores are shared out between processes, not threads (see train.use_threads)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     # atexit runs the last registered first: handlers that tasks register later still run before this one
     atexit.register(_exit_at_once)
-
-
-def share_tensors_by_name() -> None:
-    """Tensors pickled to another process from now on travel as the name of their shared-memory file, which
-    torch's torch_shm_manager removes once no process holds it, instead of as a file descriptor that this
-    process's multiprocessing thread hands over a socket (see the module's docstring)."""
-    import torch.multiprocessing
-
-    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def _exit_at_once(code: int = 0) -> None:
@@ -171,22 +162,42 @@ def workers(n: int) -> Iterator[None]:
     from . import tracking
 
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
-    share_tensors_by_name()
     context = multiprocessing.get_context("spawn")
     # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
     _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
                                 initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock()))
     _SIZE = n
+    with _quiet_handover():
+        try:
+            for _ in range(n):  # the pool starts a worker per task submitted: start all now, each importing for
+                submit(int)     # seconds while the first stage trains, not when a stage's second task waits for one
+            yield
+        except BaseException:
+            _terminate(_POOL)
+            raise
+        finally:
+            _POOL.shutdown(wait=True, cancel_futures=True)
+            _POOL, _SIZE = None, 0
+
+
+@contextlib.contextmanager
+def _quiet_handover() -> Iterator[None]:
+    """Drop the traceback that multiprocessing's resource-sharer thread prints (it calls sys.excepthook itself)
+    when a worker that was fetching a tensor's file descriptor dies mid-way: the broken socket is that death,
+    which the pool reports as one line. Every other exception still reaches the previous hook."""
+    previous = sys.excepthook
+    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+
+    def hook(kind, value, tb):
+        if not (issubclass(kind, (ConnectionError, EOFError)) and tb is not None
+                and tb.tb_frame.f_code.co_filename.endswith(sharer)):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
     try:
-        for _ in range(n):  # the pool starts a worker per task submitted: start all now, each importing for
-            submit(int)     # seconds while the first stage trains, not when a stage's second task waits for one
         yield
-    except BaseException:
-        _terminate(_POOL)
-        raise
     finally:
-        _POOL.shutdown(wait=True, cancel_futures=True)
-        _POOL, _SIZE = None, 0
+        sys.excepthook = previous
 
 
 def _terminate(pool: ProcessPoolExecutor, grace_s: float = 30) -> None:
