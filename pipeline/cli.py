@@ -490,6 +490,7 @@ def _exit_quickly() -> None:
     back into the file and removes the -wal and -shm files beside it), and then every object left out of the
     interpreter's final garbage collections (`gc.freeze`): they walked some 800,000 objects of torch, MLflow
     and scikit-learn, about 2 s that every command waited for, while the process's end frees them anyway."""
+    import contextlib
     import gc
 
     gc.collect()
@@ -497,5 +498,6 @@ def _exit_quickly() -> None:
         from sqlalchemy.engine import Engine
 
         for engine in [o for o in gc.get_objects() if isinstance(o, Engine)]:
-            engine.dispose()
+            with contextlib.suppress(Exception):  # a store that failed already said so, in one line
+                engine.dispose()
     gc.freeze()
