@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -71,23 +70,6 @@ def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
                 r.data.metrics.get(key) for r in runs_of(experiment) if "strategy" in r.data.tags}
 
     assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
-
-
-def test_a_command_leaves_its_sqlite_files_whole_at_exit(tmp_path):
-    """The command skips the interpreter's final garbage collections at exit (cli._exit_quickly), after closing
-    every database connection itself: the MLflow store (in WAL mode under --jobs 2) and the Optuna file have
-    folded their write-ahead logs back, so each is one whole file, as when the interpreter closed them."""
-    store = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *tiny_args("whole", "--jobs", "2",
-                           "--strategies", "threshold", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-                           "--set", "tune.n_trials=1")], env=process_env(store), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.glob("*.db*")) == ["mlflow.db", "mlflow.db.lock", "optuna.db",
-                                                               "optuna.db.lock"]
-    for db in ("mlflow.db", "optuna.db"):
-        with sqlite3.connect(tmp_path / db) as con:
-            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def _workers_of(proc: subprocess.Popen) -> list[str]:

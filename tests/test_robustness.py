@@ -173,11 +173,17 @@ def test_sigkill_then_rerun_leaves_no_run_running_and_a_sound_store(point, tmp_p
     assert integrity(db) == "ok"
 
 
-def test_two_converts_started_together_on_a_fresh_store_both_finish(tmp_path):
+def test_two_converts_started_together_on_a_fresh_store_both_finish_and_leave_it_whole(tmp_path):
+    """One of them with --jobs 2, which puts the store in WAL mode (as Optuna's file always is). The commands skip
+    the interpreter's final garbage collections at exit (cli._exit_quickly) after closing every database
+    connection themselves: the last to close folds the write-ahead log back, so each store is one whole file."""
     db = tmp_path / "mlflow.db"
-    procs = [start_convert(f"sqlite:///{db}", fast_args("together"), tmp_path) for _ in range(2)]
+    procs = [start_convert(f"sqlite:///{db}", fast_args("together", *jobs), tmp_path) for jobs in ([], ["--jobs", "2"])]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-1500:] for o in outs)
+    assert sorted(p.name for p in tmp_path.glob("*.db*")) == ["mlflow.db", "mlflow.db.lock", "optuna.db",
+                                                               "optuna.db.lock"]
+    assert integrity(tmp_path / "optuna.db") == "ok"
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     runs = runs_of("together")
     assert sum(r.data.tags.get("stage") == "convert" for r in runs) == 2
