@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -121,6 +122,19 @@ def mlflow_server(tmp_path_factory):
     proc.terminate()
     proc.wait(20)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def converted_on_server(mlflow_server, tmp_path_factory) -> str:
+    """The experiment of a tiny convert (strategies threshold and finetune) that a real `reg2cls` process logged
+    to the tracking server: one for the REST API and browser tests, which only read it."""
+    experiment = f"server-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *tiny_args(
+        experiment, "--strategies", "threshold,finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
+        "--set", "tune.n_trials=1")], env=process_env(mlflow_server), cwd=tmp_path_factory.mktemp("server-convert"),
+        capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return experiment
 
 
 def invoke(*args: str):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -162,14 +161,8 @@ def test_compare_alone_re_reads_the_store(converted):
     assert list(board["val_log_loss"]) == sorted(board["val_log_loss"])
 
 
-def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, tmp_path):
-    experiment = f"rest-{uuid.uuid4().hex[:6]}"
-    env = process_env(mlflow_server)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *tiny_args(experiment, "--strategies",
-                           "threshold,finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-                           "--set", "tune.n_trials=1")],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, converted_on_server):
+    experiment = converted_on_server
 
     def api(method: str, path: str, payload: dict | None = None) -> dict:
         url = f"{mlflow_server}/api/2.0/mlflow/{path}"

@@ -4,13 +4,9 @@ reg2cls writes (descriptions, links), not MLflow's own UI."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
-import uuid
 
 import pytest
-from conftest import process_env, tiny_args
 from test_report import chromium
 
 
@@ -18,17 +14,12 @@ def _api(server: str, path: str) -> dict:
     return json.loads(urllib.request.urlopen(f"{server}/api/2.0/mlflow/{path}", timeout=30).read())
 
 
-def test_ui_shows_the_verdict_and_links_the_champion(mlflow_server, tmp_path):
+def test_ui_shows_the_verdict_and_links_the_champion(mlflow_server, converted_on_server, tmp_path):
     pytest.importorskip("selenium")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    experiment = f"ui-{uuid.uuid4().hex[:6]}"
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *tiny_args(
-        experiment, "--strategies", "threshold,warm_start", "--set", "slim.keep_ratios=0.5", "--set",
-        "slim.depth=false", "--set", "tune.n_trials=1")], env=process_env(mlflow_server), cwd=tmp_path,
-        capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    experiment = converted_on_server
     exp_id = _api(mlflow_server, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]["experiment_id"]
     req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", method="POST",
                                  data=json.dumps({"experiment_ids": [exp_id],
