@@ -497,7 +497,8 @@ def _exit_quickly() -> None:
     if "sqlalchemy" in sys.modules:  # MLflow's stores and Optuna's storages, which keep theirs open
         from sqlalchemy.engine import Engine
 
-        for engine in [o for o in gc.get_objects() if isinstance(o, Engine)]:
+        # type(), not isinstance: an object's __class__ may be a property (torch's deprecated reduce_op warns)
+        for engine in [o for o in gc.get_objects() if issubclass(type(o), Engine)]:
             with contextlib.suppress(Exception):  # a store that failed already said so, in one line
                 engine.dispose()
     gc.freeze()
