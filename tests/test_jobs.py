@@ -120,12 +120,14 @@ def test_a_worker_dying_while_it_fetches_a_tensor_prints_no_traceback(capfd):
     from pipeline import jobs
 
     fd = os.open(os.devnull, os.O_RDONLY)
-    sharer.DupFd(fd)  # starts the thread, as pickling a tensor for a worker does
+    served = sharer.DupFd(fd)  # starts the thread, as pickling a tensor for a worker does
     os.close(fd)
     with jobs._quiet_handover():
         with socket.socket(socket.AF_UNIX) as peer:
             peer.connect(sharer._resource_sharer._address)
-        time.sleep(0.5)  # the thread accepts, sends its challenge and reads no answer: EOFError
+        # a whole fetch, which the thread serves after the broken one (one connection at a time): once it
+        # returns, the thread has met the hang-up (its challenge unanswered: EOFError) and reported it
+        os.close(served.detach())
     assert "Traceback" not in capfd.readouterr().err
 
 
