@@ -210,11 +210,15 @@ def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
                                         "--set", "tune.epochs=100000")],
                             env=process_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # its own process group, as a terminal gives it
-    deadline = time.time() + 120
-    while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy", "")
-                                          .startswith("trial_") for r in runs_of(experiment)) < 2:
-        time.sleep(0.5)
-    err = stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
+
+    def interrupt_once_both_train():  # inside stderr_after: should the wait fail, the group is still killed
+        deadline = time.time() + 120
+        while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy", "")
+                                              .startswith("trial_") for r in runs_of(experiment)) < 2:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+
+    err = stderr_after(proc, interrupt_once_both_train)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     study, runs = _trials(experiment, store)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
