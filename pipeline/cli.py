@@ -226,6 +226,10 @@ def _prepare(opts: dict):
     one per outer fold when cross-fitting (`--folds`); commands other than convert and compare use the first."""
     command = click.get_current_context().command.name
     cfg = resolve(command, opts)
+    if command in POOLED:  # its workers' fork server imports from now on, beside this process's imports
+        from . import jobs
+
+        jobs.start_forkserver(jobs.count(cfg.train.jobs))
     from . import data, liveness, progress, tracking
 
     progress.set_quiet(opts.get("quiet"))
@@ -266,6 +270,9 @@ def _prepare(opts: dict):
         if conflict:
             raise UserError(conflict)
     return cfg, splits, brought
+
+
+POOLED = ("convert", "head-swap", "slim")  # the commands that train side by side in worker processes (`_workers`)
 
 
 def _workers(cfg):

@@ -1,24 +1,31 @@
 """Independent trainings side by side: worker processes, one torch thread each.
 
-`workers(n)` opens a pool of `n` spawned processes (fresh interpreters: no forked torch, SQLite or MLflow
-state) for the duration of a command; stages hand it their independent trainings (head-swap strategies
-and seeds, slim variants, each fold's baseline and tuned refit) through `run(fn, tasks)`, and work that may
-overlap a stage (the gradient-boosting reference, fitted while the baseline trains) through `submit`. A
-task runs in a worker exactly as it would here: its MLflow runs nest under the parent run id the task
-names, in the same store and experiment, so the store holds the same runs, tags and metrics whatever
-`--jobs` is (only their order may differ). With one job, or outside `workers`, `run` calls every task here,
-in order, and `submit` calls it at once. Data travel with the task: its tensors in shared memory (torch's
-reduction for multiprocessing), the rest pickled, so workers neither read the data file nor copy the data.
+`workers(n)` opens a pool of `n` processes for the duration of a command; stages hand it their independent
+trainings (head-swap strategies and seeds, slim variants, each fold's baseline and tuned refit) through
+`run(fn, tasks)`, and work that may overlap a stage (the gradient-boosting reference, fitted while the
+baseline trains) through `submit`. A task runs in a worker exactly as it would here: its MLflow runs nest
+under the parent run id the task names, in the same store and experiment, so the store holds the same runs,
+tags and metrics whatever `--jobs` is (only their order may differ). With one job, or outside `workers`,
+`run` calls every task here, in order, and `submit` calls it at once. Data travel with the task: its tensors
+in shared memory (torch's reduction for multiprocessing), the rest pickled, so workers neither read the data
+file nor copy the data.
+
 Each tensor's shared memory is handed over as a file descriptor, which a thread of the command serves on a
 socket (multiprocessing's resource sharer); a worker that dies in the middle of that hand-over breaks the
 socket, which the thread reports with a traceback of its own: `_quiet_handover` drops it, as the pool
 already reports the death in one line (`result`).
 
+Workers are forked from a fork server: a fresh interpreter that has only imported what they need (`PRELOAD`),
+so none inherits torch, SQLite or MLflow state, and those imports (about 4 s of CPU) are paid once, not once a
+worker. The command starts the server first thing (`start_forkserver`), so that it imports while the command
+imports and reads its data; each worker then takes the command's directory and environment (`_start_worker`).
+Where there is no fork server (Windows) each worker is spawned and imports for itself.
+
 Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
-(they are started with SIGINT blocked, see `spawning`, and then ignore it): the command receives it and
-stops them (`_terminate`, SIGTERM). Inside a task a SIGTERM stops the training at its next epoch
-(`interrupt`, `check_stop`), so the task's open runs end KILLED; an idle worker simply exits. No worker
-prints a traceback.
+(the fork server starts with SIGINT blocked, see `spawning`, and ignores it; so do the workers it forks):
+the command receives it and stops them (`_terminate`, SIGTERM). Inside a task a SIGTERM stops the training
+at its next epoch (`interrupt`, `check_stop`), so the task's open runs end KILLED; an idle worker simply
+exits. No worker prints a traceback.
 """
 from __future__ import annotations
 
@@ -97,9 +104,33 @@ def become_worker() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is dropped: ignored
 
 
-def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
-    """A pool worker's set-up: Ctrl+C ignored, one thread, the command's store and experiment, the stages
-    imported (a second or more, now, while the first stage trains, rather than in the first task)."""
+# what a worker imports: the stages, and what its first task would otherwise import on the way (torch.export to
+# log a model, torch._dynamo to make an optimizer: over a second)
+PRELOAD = [f"{__package__}.stages", "mlflow.pytorch", "torch.export", "torch._dynamo"]
+
+
+def start_forkserver(n: int):
+    """The multiprocessing context `workers(n)` starts its processes in. For n > 1, the fork server is started
+    now, if it is not running yet; it imports `PRELOAD` in the background while this process goes on, then forks
+    each worker in milliseconds. Where there is none (Windows), the spawn context."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver, resource_tracker
+
+    context = multiprocessing.get_context("forkserver")
+    if n > 1:
+        context.set_forkserver_preload(PRELOAD)
+        resource_tracker.ensure_running()  # not inside `spawning`: its first start unblocks SIGINT on the way out
+        with spawning():  # the server, and so every worker it forks, starts with SIGINT blocked
+            forkserver.ensure_running()
+    return context
+
+
+def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ: dict[str, str]) -> None:
+    """A pool worker's set-up: Ctrl+C ignored, one thread, the command's directory, environment, store and
+    experiment, the stages imported (already, when it was forked from the fork server)."""
     import atexit
 
     import mlflow
@@ -109,6 +140,11 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock) -> None:
 
     global _LOCK
     become_worker()
+    # the fork server's are those of the moment it started: a variable cleared since (MLFLOW_RUN_ID, which the
+    # command's first run adopts and clears under `mlflow run`) would make the worker adopt that run too
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
     _LOCK = lock
     use_threads(1)  # the cores are shared out between processes, not threads (see train.use_threads)
     mlflow.set_tracking_uri(tracking_uri)
@@ -157,15 +193,14 @@ def workers(n: int) -> Iterator[None]:
     if n <= 1:
         yield
         return
-    import multiprocessing
-
     from . import tracking
 
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
-    context = multiprocessing.get_context("spawn")
+    context = start_forkserver(n)
     # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
     _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
-                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock()))
+                                initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock(),
+                                          os.getcwd(), dict(os.environ)))
     _SIZE = n
     with _quiet_handover():
         try:

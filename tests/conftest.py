@@ -15,7 +15,7 @@ from pipeline import config, data
 
 # about 0.3 s of training per strategy: enough for losses to fall, small enough for a fast suite
 # one split (--folds 1): auto would cross-fit 240 rows, tests/test_verdict.py covers the folds; one process
-# (train.jobs 1): spawning workers costs seconds a command, tests/test_jobs.py covers them
+# (train.jobs 1): starting workers costs seconds a command, tests/test_jobs.py covers them
 TINY = {"data.source": "synthetic:friedman1?rows=240&noise=0.5", "train.epochs": 12, "train.patience": 0,
         "model.width": 16, "train.batch_size": 32, "train.device": "cpu", "tune.n_trials": 3, "tune.epochs": 6,
         "data.folds": "1", "train.jobs": 1}

@@ -72,15 +72,23 @@ def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     assert values(two) == pytest.approx(values(one))  # every training is seeded, wherever it runs
 
 
+def _children(pid: str, pattern: str = ".") -> list[str]:
+    return subprocess.run(["pgrep", "-P", pid, "-f", pattern], capture_output=True, text=True).stdout.split()
+
+
+def _fork_server_of(proc: subprocess.Popen) -> list[str]:
+    """The command's fork server (not multiprocessing's resource tracker, its other child)."""
+    return _children(str(proc.pid), "multiprocessing.forkserver")
+
+
 def _workers_of(proc: subprocess.Popen) -> list[str]:
-    """The pids of the pool's workers (not multiprocessing's resource tracker, the other child)."""
-    return subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
-                          text=True).stdout.split()
+    """The pids of the pool's workers: the children of the command's fork server."""
+    return [pid for server in _fork_server_of(proc) for pid in _children(server)]
 
 
 def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, running: int) -> subprocess.Popen:
     """`head-swap --jobs 2` in its own process group (its workers too), once `running` strategy runs train
-    (running=0: once its two workers exist, still importing)."""
+    (running=0: once its fork server exists, still importing what the workers need)."""
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     args = tiny_args(experiment, "--jobs", "2", "--strategies", strategies)
     args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
@@ -88,7 +96,7 @@ def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, run
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and (len(_workers_of(proc)) < 2 if running == 0 else sum(
+    while time.time() < deadline and (not _fork_server_of(proc) if running == 0 else sum(
             r.info.status == "RUNNING" and "strategy" in r.data.tags for r in runs_of(experiment)) < running):
         time.sleep(0.05 if running == 0 else 0.5)
     return proc
@@ -153,13 +161,51 @@ def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, stor
 
 
 def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, tmp_path):
-    """Ctrl+C in the seconds the workers spend importing: none of them dies of it with a traceback."""
+    """Ctrl+C in the seconds the fork server spends importing for the workers: it does not die of it with a
+    traceback, nor does any worker."""
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch", running=0)
     err = stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
     assert statuses.pop("baseline") == "FINISHED" and set(statuses.values()) <= {"KILLED"}, statuses
+
+
+def test_workers_start_with_their_tasks_imports_done(experiment, store):
+    """Forked from the fork server, a worker already holds the stages and what a first task would import on the
+    way (torch.export to log a model, torch._dynamo to make an optimizer): seconds no task waits for."""
+    import mlflow
+
+    from pipeline import jobs
+
+    mlflow.set_experiment(experiment)
+    code = "sorted(set(__import__('pipeline.jobs').jobs.PRELOAD) - set(__import__('sys').modules))"
+    with jobs.workers(2):
+        assert jobs.run(eval, [(code,), (code,)]) == [[], []]  # eval: a task function every worker can unpickle
+
+
+def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers(experiment, store, tmp_path,
+                                                                                  monkeypatch):
+    """The fork server keeps the directory and environment it started with (a variable such as MLFLOW_RUN_ID,
+    which the command's first run clears, would make a worker adopt the command's run): each worker takes the
+    command's, as they are when the pool opens."""
+    import multiprocessing.forkserver
+
+    import mlflow
+
+    from pipeline import jobs
+
+    mlflow.set_experiment(experiment)
+    multiprocessing.forkserver._forkserver._stop()  # CPython's own tests' way: the next start is a fresh server
+    monkeypatch.setenv("REG2CLS_GONE", "set when the fork server started")
+    jobs.start_forkserver(2)
+    monkeypatch.delenv("REG2CLS_GONE")
+    monkeypatch.setenv("REG2CLS_NEW", "set after")
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "later")
+    with jobs.workers(2):
+        assert jobs.run(os.getenv, [("REG2CLS_GONE",), ("REG2CLS_NEW",)]) == [None, "set after"]
+        assert jobs.run(os.getcwd, [(), ()]) == [str(tmp_path / "later")] * 2
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from Linux's /proc")
