@@ -140,9 +140,7 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ
 
     global _LOCK
     become_worker()
-    # the fork server's are those of the moment it started: a variable cleared since (MLFLOW_RUN_ID, which the
-    # command's first run adopts and clears under `mlflow run`) would make the worker adopt that run too
-    os.chdir(cwd)
+    os.chdir(cwd)  # the fork server's are those of the moment it started
     os.environ.clear()
     os.environ.update(environ)
     _LOCK = lock
@@ -197,10 +195,14 @@ def workers(n: int) -> Iterator[None]:
 
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
     context = start_forkserver(n)
+    # under `mlflow run`, MLFLOW_RUN_ID names the run MLflow made for the entry point, which this process adopts
+    # when its stage opens (tracking.start), after the pool: a worker that inherited it would adopt that run for
+    # its first task instead, renaming the command's run after a strategy
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
     _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
                                 initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock(),
-                                          os.getcwd(), dict(os.environ)))
+                                          os.getcwd(), environ))
     _SIZE = n
     with _quiet_handover():
         try:

@@ -162,9 +162,10 @@ def test_sigterm_ends_every_run_killed(experiment, store):
 
 def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     experiment_file = tmp_path / "exp.yaml"
-    # small work: this test is about the entry point and its parameters, not the default sizes
+    # small work: this test is about the entry point and its parameters, not the default sizes; two jobs, as the
+    # entry point's default gives on any machine with two cores: a worker must not adopt the entry point's run
     experiment_file.write_text("data:\n  classes: quantile:2\n  folds: '1'\ntrain:\n  epochs: 3\n  patience: 0\n"
-                               "  jobs: 1\nmodel:\n  width: 16\ntune:\n  n_trials: 2\n  epochs: 3\n")
+                               "  jobs: 2\nmodel:\n  width: 16\ntune:\n  n_trials: 2\n  epochs: 3\n")
     proc = subprocess.run(
         ["mlflow", "run", str(REPO), "-e", "convert", "--env-manager", "local", "--experiment-name", "mlflow-run",
          "-P", f"config={experiment_file}", "-P", f"data={TINY['data.source']}", "-P", "seed=07",
@@ -182,3 +183,4 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     assert {r.data.tags.get("strategy") for r in runs} >= {"threshold", "warm_start"}
     children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == {"baseline", "head_swap", "slim", "tune", "compare"}
+    assert "mlflow.parentRunId" not in parent.data.tags

@@ -186,9 +186,8 @@ def test_workers_start_with_their_tasks_imports_done(experiment, store):
 
 def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers(experiment, store, tmp_path,
                                                                                   monkeypatch):
-    """The fork server keeps the directory and environment it started with (a variable such as MLFLOW_RUN_ID,
-    which the command's first run clears, would make a worker adopt the command's run): each worker takes the
-    command's, as they are when the pool opens."""
+    """The fork server keeps the directory and environment it started with; each worker takes the command's, as
+    they are when the pool opens."""
     import multiprocessing.forkserver
 
     import mlflow
