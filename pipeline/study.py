@@ -93,6 +93,21 @@ def _fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
 
 
+def fail_abandoned_trials(study: optuna.Study) -> int:
+    """Fail now, and queue for a retry as a stale trial would be, every trial still RUNNING whose MLflow run has
+    ended: its worker died and the command ended the run (jobs.result, tracking.end_orphans). Otherwise the trial
+    stays RUNNING until a later worker opens the study and finds its heartbeat stale. A trial whose run still
+    runs (a worker on another machine) is left alone. Returns how many."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and tracking.get_run(run_id).info.status != "RUNNING":
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            _fail_and_retry(study, study.get_trials(deepcopy=False)[t.number])
+            n += 1
+    return n
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite: wait for the lock instead of failing with "database is locked" when workers write at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -436,9 +451,11 @@ def run_workers(job: Job, n_workers: int, say) -> None:
     finally:
         torch.set_num_threads(threads)
     dead = [p for p in procs if p.exitcode != 0]
+    if dead:  # their runs, unless the others' heartbeat check has ended them; the tune stage then fails their
+        tracking.end_orphans(status="FAILED")  # trials the same way (fail_abandoned_trials)
     for p in dead:
         say(f"tune: warning: worker {p.name} (pid {p.pid}) exited with code {p.exitcode}; "
-            "its trial was failed and retried by the others")
+            "its trial was failed and queued for a retry")
 
 
 def end_orphaned_runs(study: optuna.Study) -> int:

@@ -118,6 +118,36 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     assert any(r.info.status == "FAILED" and r.data.tags.get("strategy") for r in runs)
 
 
+def test_a_worker_killed_mid_trial_leaves_no_trial_running(experiment, store, tmp_path):
+    """A worker SIGKILLed while it runs one of convert's tune trials: its trial is failed at once and queued for a
+    retry, as a stale one would be, not left RUNNING until a later command finds its heartbeat stale."""
+    import optuna
+    from optuna.trial import TrialState
+
+    args = tiny_args(experiment, "--jobs", "2", "--strategies", "finetune", "--set", "slim.keep_ratios=none",
+                     "--set", "slim.depth=false", "--set", "tune.n_trials=2", "--set", "tune.epochs=100000",
+                     "--set", "tune.pruner=none")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "convert", *args], env=process_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+
+    def kill_a_worker_mid_trial():
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and sum(
+                r.info.status == "RUNNING" and r.data.tags.get("strategy", "").startswith("trial_")
+                for r in runs_of(experiment)) < 2:
+            time.sleep(0.5)
+        subprocess.run(["kill", "-9", _workers_of(proc)[0]])
+
+    err = stderr_after(proc, kill_a_worker_mid_trial)
+    assert proc.returncode == 1 and "a worker process died" in err, err[-2000:]
+    [tune] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "tune" and "strategy" not in r.data.tags]
+    study = optuna.load_study(study_name=tune.data.tags["optuna_study"], storage=tune.data.tags["optuna_storage"])
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states, states
+    assert states.count(TrialState.FAIL) == 2 and states.count(TrialState.WAITING) == 1, states  # the retry
+
+
 def test_a_worker_dying_while_it_fetches_a_tensor_prints_no_traceback(capfd):
     """A task's tensors reach its worker as file descriptors, which a thread of the command serves on a socket
     (multiprocessing's resource sharer). A worker that dies while it fetches one breaks that socket, here played

@@ -69,7 +69,10 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
         workers = cfg.tune.workers or jobs.count(cfg.train.jobs)  # 0: as many as --jobs
         say(f"tune: study '{name}' in {_safe_url(url)}: {before} trials so far, adding {cfg.tune.n_trials} "
             f"with {workers} worker(s), up to {epochs} epochs each")
-        optuna_study.run_workers(job, workers, say)
+        try:
+            optuna_study.run_workers(job, workers, say)
+        finally:  # a worker that died mid-trial (its run already ended): its trial too, not left RUNNING
+            optuna_study.fail_abandoned_trials(study)
         optuna_study.end_orphaned_runs(study)
         states = [t.state.name for t in study.get_trials(deepcopy=False)[first_new:]]  # this run's trials
         tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
