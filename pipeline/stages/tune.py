@@ -1,6 +1,7 @@
 """tune: an Optuna study over dropout, learning rate and weight decay (the study itself: study.py)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 
 from torch import nn
@@ -72,7 +73,8 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
         try:
             optuna_study.run_workers(job, workers, say)
         finally:  # a worker that died mid-trial (its run already ended): its trial too, not left RUNNING
-            optuna_study.fail_abandoned_trials(study)
+            with contextlib.suppress(Exception):  # best effort: never hide why the workers stopped
+                optuna_study.fail_abandoned_trials(study)
         optuna_study.end_orphaned_runs(study)
         states = [t.state.name for t in study.get_trials(deepcopy=False)[first_new:]]  # this run's trials
         tracking.log_metrics({f"trials/{s.lower()}": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")})
