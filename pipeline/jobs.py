@@ -206,8 +206,8 @@ def workers(n: int) -> Iterator[None]:
     _SIZE = n
     with _quiet_handover():
         try:
-            for _ in range(n):  # the pool starts a worker per task submitted: start all now, each importing for
-                submit(int)     # seconds while the first stage trains, not when a stage's second task waits for one
+            for _ in range(n):  # the pool starts a worker per task submitted: start all now, each setting itself
+                submit(int)     # up (`_start_worker`) while the first stage trains, not when a stage's task waits
             yield
         except BaseException:
             _terminate(_POOL)
