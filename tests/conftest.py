@@ -83,6 +83,18 @@ def runs_of(experiment: str) -> list:
     return mlflow.search_runs([exp.experiment_id], output_format="list", max_results=1000) if exp else []
 
 
+def wait_until_training(experiment: str, proc: subprocess.Popen, n: int, strategy: str = "") -> None:
+    """Wait until `n` runs of the experiment whose strategy starts with `strategy` (any, by default) are RUNNING:
+    `proc` caught mid-training. Gives up after 120 s, or once `proc` has ended."""
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and sum(
+            r.info.status == "RUNNING" and "strategy" in r.data.tags and r.data.tags["strategy"].startswith(strategy)
+            for r in runs_of(experiment)) < n:
+        time.sleep(0.5)
+
+
 # a tiny convert whose tune stage finds a better configuration, so its leaderboard has a tuned row: slim recommends
 # its smallest variant, barely trained, and trials get more epochs (tune shows no tuned row that does not beat its
 # untuned start)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import TUNED_ROW, invoke, process_env, runs_of, settled, stderr_after, tiny_args, use_store
+from conftest import (TUNED_ROW, invoke, process_env, runs_of, settled, stderr_after, tiny_args, use_store,
+                      wait_until_training)
 
 ARGS = ("--strategies", "threshold,finetune,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
         "--set", "tune.n_trials=1")
@@ -95,10 +96,12 @@ def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, run
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "head-swap", *args], env=process_env(store),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             start_new_session=True)
+    if running:
+        wait_until_training(experiment, proc, running)
+        return proc
     deadline = time.time() + 120
-    while time.time() < deadline and (not _fork_server_of(proc) if running == 0 else sum(
-            r.info.status == "RUNNING" and "strategy" in r.data.tags for r in runs_of(experiment)) < running):
-        time.sleep(0.05 if running == 0 else 0.5)
+    while time.time() < deadline and not _fork_server_of(proc):
+        time.sleep(0.05)
     return proc
 
 
@@ -132,11 +135,7 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running(experiment, store, tm
                             start_new_session=True)
 
     def kill_a_worker_mid_trial():
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and sum(
-                r.info.status == "RUNNING" and r.data.tags.get("strategy", "").startswith("trial_")
-                for r in runs_of(experiment)) < 2:
-            time.sleep(0.5)
+        wait_until_training(experiment, proc, 2, "trial_")
         subprocess.run(["kill", "-9", _workers_of(proc)[0]])
 
     err = stderr_after(proc, kill_a_worker_mid_trial)

@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import invoke, process_env, runs_of, stderr_after, tiny_args, tiny_config
+from conftest import invoke, process_env, runs_of, stderr_after, tiny_args, tiny_config, wait_until_training
 from optuna.trial import TrialState
 
 from pipeline import config, tracking
@@ -212,10 +212,7 @@ def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
                             text=True, start_new_session=True)  # its own process group, as a terminal gives it
 
     def interrupt_once_both_train():  # inside stderr_after: should the wait fail, the group is still killed
-        deadline = time.time() + 120
-        while time.time() < deadline and sum(r.info.status == "RUNNING" and r.data.tags.get("strategy", "")
-                                              .startswith("trial_") for r in runs_of(experiment)) < 2:
-            time.sleep(0.5)
+        wait_until_training(experiment, proc, 2, "trial_")
         os.killpg(proc.pid, signal.SIGINT)
 
     err = stderr_after(proc, interrupt_once_both_train)
