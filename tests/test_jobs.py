@@ -236,6 +236,18 @@ def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers
         assert jobs.run(os.getcwd, [(), ()]) == [str(tmp_path / "later")] * 2
 
 
+def test_the_fork_server_is_gone_when_the_command_exits(experiment, store, tmp_path):
+    """Left to notice the command's exit itself, the fork server would tear down torch and MLflow for over a
+    second, holding the command's stdout and stderr open: whoever reads them would wait for it."""
+    proc = _head_swap_caught_training(experiment, store, tmp_path, "threshold", running=0)
+    [server] = _fork_server_of(proc)
+    try:
+        assert proc.wait(timeout=120) == 0
+        assert not os.path.exists(f"/proc/{server}")
+    finally:
+        proc.communicate()
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from Linux's /proc")
 def test_release_freed_memory_hands_freed_heap_pages_back():
     """glibc keeps freed MB-sized blocks in the heap (below a block still in use); every run's end releases them."""
