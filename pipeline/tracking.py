@@ -368,6 +368,11 @@ def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
             client.set_tag(run_id, key, value)
 
 
+def adopt(run_id: str, parent: str, tags: dict[str, str]) -> None:
+    """Nest the run `run_id`, started before `parent` existed, under `parent`, adding `tags`."""
+    set_tags({MLFLOW_PARENT_RUN_ID: parent, **tags}, run_id)
+
+
 def experiment_name(run_id: str) -> str:
     client = MlflowClient()
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name

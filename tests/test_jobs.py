@@ -13,14 +13,20 @@ import pytest
 from conftest import (TUNED_ROW, invoke, process_env, runs_of, settled, stderr_after, tiny_args, use_store,
                       wait_until_training)
 
-ARGS = ("--strategies", "threshold,finetune,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
-        "--set", "tune.n_trials=1")
+# scratch: on one split it starts while the baseline trains (head_swap.start_early), nested under convert's run
+# until head_swap adopts it
+ARGS = ("--strategies", "threshold,finetune,warm_start,scratch", "--set", "slim.keep_ratios=0.5",
+        "--set", "slim.depth=false", "--set", "tune.n_trials=1")
 
 
-def _signature(experiment: str) -> dict[tuple[str, str, str], tuple[str, ...]]:
-    """(stage, strategy or run name, fold) -> sorted metric keys, for every run of the experiment."""
+def _signature(experiment: str) -> dict[tuple[str, str, str], tuple]:
+    """(stage, strategy or run name, fold) -> (its parent's name, sorted tag keys, sorted metric keys), for every
+    run of the experiment."""
+    runs = runs_of(experiment)
+    names = {r.info.run_id: r.info.run_name for r in runs}
     return {(r.data.tags["stage"], r.data.tags.get("strategy", r.info.run_name), r.data.tags.get("fold", "")):
-            tuple(sorted(r.data.metrics)) for r in runs_of(experiment)}
+            (names.get(r.data.tags.get("mlflow.parentRunId")), tuple(sorted(r.data.tags)),
+             tuple(sorted(r.data.metrics))) for r in runs}
 
 
 # cross-fitted: the folds' baselines and tuned refits run side by side too (TUNED_ROW: the best trial beats its
@@ -187,6 +193,24 @@ def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, stor
     assert "Traceback" not in err, err[-2000:]
     statuses = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
     assert statuses == {"baseline": "FINISHED", "head_swap": "KILLED", "finetune": "KILLED", "scratch": "KILLED"}
+
+
+def test_stopping_convert_while_scratch_trains_beside_the_baseline_ends_every_run_killed(experiment, store,
+                                                                                       tmp_path):
+    """On one split, scratch starts in a worker while the baseline trains here (head_swap.start_early), nested
+    under convert's run until head_swap adopts it: a Ctrl+C then ends it KILLED with the rest."""
+    args = tiny_args(experiment, "--jobs", "2", "--strategies", "threshold,scratch")
+    args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "convert", *args], env=process_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    wait_until_training(experiment, proc, 1, strategy="scratch")
+    err = stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    runs = {r.data.tags.get("strategy", r.data.tags["stage"]): r for r in runs_of(experiment)}
+    assert {name: r.info.status for name, r in runs.items()} == {"convert": "KILLED", "baseline": "KILLED",
+                                                                  "scratch": "KILLED"}
+    assert runs["scratch"].data.tags["mlflow.parentRunId"] == runs["convert"].info.run_id
 
 
 def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, tmp_path):

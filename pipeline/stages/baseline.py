@@ -62,6 +62,23 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
 
 
+def baseline_key(cfg: Config, data: Prepared, force: bool = False) -> tuple[str, str | None]:
+    """The baseline's stage key, and the finished run it would reuse (None: it runs)."""
+    um = cfg.user_model
+    sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "user_model": asdict(um),
+                "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
+    return reusable("baseline", sections, data.split_key, [], force)
+
+
+def new_regressor(cfg: Config, data: Prepared) -> MLP:
+    """The pipeline's own regressor, untrained: `cfg.model`'s MLP, sized for `data`."""
+    m = cfg.model
+    bins = piecewise_bins(data.train.x, m.n_bins) if m.embedding == "piecewise" else None
+    with seeded(cfg.seed):
+        return MLP(data.n_features, mlp_width(m.width, len(data.train.x)), m.depth, 1, m.activation, m.dropout,
+                   embedding=m.embedding, embedding_dim=m.embedding_dim, bins=bins, ensemble=m.ensemble)
+
+
 def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None, force: bool = False,
              parent: str | None = None) -> StageResult:
     """The regressor: the pipeline's MLP trained here (MSE on the standardised target), or `brought`,
@@ -69,9 +86,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
     thresholded classes. The first stage: it builds on no other run. Its run nests under `parent`, else
     under the active run."""
     um = cfg.user_model
-    sections = {"model": asdict(cfg.model), "train": asdict(cfg.train), "user_model": asdict(um),
-                "files": [_file_digest(um.spec.rpartition(":")[0]), _file_digest(um.checkpoint)]}
-    key, reuse = reusable("baseline", sections, data.split_key, [], force)
+    key, reuse = baseline_key(cfg, data, force)
     if reuse:
         say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
         return stage_output(reuse)
@@ -84,12 +99,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
             tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
             say(f"baseline: brought model {um.spec or um.uri}, regression head {head.describe()}")
         else:
-            m = cfg.model
-            bins = piecewise_bins(data.train.x, m.n_bins) if m.embedding == "piecewise" else None
-            with seeded(cfg.seed):
-                model = MLP(data.n_features, mlp_width(m.width, len(data.train.x)), m.depth, 1, m.activation,
-                            m.dropout, embedding=m.embedding,
-                            embedding_dim=m.embedding_dim, bins=bins, ensemble=m.ensemble)
+            model = new_regressor(cfg, data)
         model.to(device)
         log = tracking.EpochLog()
 

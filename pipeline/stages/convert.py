@@ -9,10 +9,10 @@ from ..config import Config
 from ..data import Prepared
 from ..model import architecture
 from ..surgery import Head
-from .baseline import baseline
+from .baseline import baseline, baseline_key, new_regressor
 from .common import StageResult, log_run_inputs, say, stage_output, stands_for
 from .compare import Comparison, compare, fit_reference
-from .head_swap import head_swap
+from .head_swap import head_swap, start_early
 from .slim import recommend, slim
 from .tune import tune
 
@@ -32,8 +32,14 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
         reference = jobs.submit(fit_reference, cfg, splits) if cfg.compare.reference else None
         slimming = bool(cfg.slim.keep_ratios or cfg.slim.depth)
         if len(splits) == 1:
+            early = {}
+            # with workers, a core would idle while the baseline trains here: what head_swap can train without
+            # the trained weights (scratch) trains there meanwhile. Not when the baseline is reused (no wait), nor
+            # for a brought model (its own layers may hold weights that scratch's reset does not reach)
+            if jobs.pool_size() > 1 and not brought and not baseline_key(cfg, data, force)[1]:
+                early = start_early(cfg, data, new_regressor(cfg, data), run_id)
             base = baseline(cfg, data, brought, force=force)
-            chosen = [head_swap(cfg, data, base, force=force)]
+            chosen = [head_swap(cfg, data, base, force=force, started=early)]
             stage_runs = {"baseline_run": base.run_id, "head_swap_run": chosen[0].run_id}
             if slimming:
                 chosen = [slim(cfg, data, chosen[0], force=force)]

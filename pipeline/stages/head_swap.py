@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from concurrent.futures import Future
 from dataclasses import asdict
 
 import numpy as np
@@ -21,9 +22,11 @@ from .common import (StageResult, fit_classifier, flag_training, log_classifier,
                      seeds_of, split_tags, stage_output, stands_for, where)
 
 
-def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False) -> StageResult:
+def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False,
+              started: dict[tuple[str, int], Future] | None = None) -> StageResult:
     """One nested run per strategy, all on the same splits, converting `baseline`'s regressor; the
-    output is the classifier best on validation macro-F1 (`threshold`, the bar, included)."""
+    output is the classifier best on validation macro-F1 (`threshold`, the bar, included). `started`: the
+    runs `start_early` began while the baseline trained, by (strategy, seed), which this stage adopts."""
     sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
                 "seeds": cfg.seeds}
     key, reuse = reusable("head_swap", sections, data.split_key, [baseline.run_id], force)
@@ -50,7 +53,15 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         regressor_state = (architecture(regressor), {k: v.cpu() for k, v in regressor.state_dict().items()})
         tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
                  for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, trained=strategy != "threshold")]
-        for (strategy, run_cfg, *_), (child_id, values, flag) in zip(tasks, jobs.run(_strategy_run, tasks)):
+        started = started or {}
+        results = iter(jobs.run(_strategy_run, [t for t in tasks if (t[0], t[1].seed) not in started]))
+        for strategy, run_cfg, *_ in tasks:
+            early = started.get((strategy, run_cfg.seed))
+            if early:
+                child_id, values, flag = jobs.result(early)
+                tracking.adopt(child_id, run_id, {"baseline_run": baseline.run_id})
+            else:
+                child_id, values, flag = next(results)
             if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
                 best_f1, best_run = values["val/f1_macro"], child_id
             say(f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: test "
@@ -61,16 +72,32 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     return StageResult(run_id, tracking.load_run_model(best_run) if best_run else None, best_run)
 
 
+# what needs the regressor's architecture only, not its trained weights: scratch, the control, starts from random
+EARLY = ("scratch",)
+
+
+def start_early(cfg: Config, data: Prepared, regressor: nn.Module, parent: str) -> dict[tuple[str, int], Future]:
+    """The `EARLY` strategies' runs, started now in the workers, from the untrained `regressor`, so that they
+    train while the baseline trains on this process's core (which else leaves a core idle). Each run nests
+    under `parent` (convert's run) until `head_swap` adopts it; its numbers are those it would have there."""
+    head = find_head(regressor, data.n_features, cfg.user_model.head or None)
+    state = (architecture(regressor), {k: v.cpu() for k, v in regressor.state_dict().items()})
+    return {(s, seed): jobs.submit(_strategy_run, s, dataclasses.replace(cfg, seed=seed), data, state, head, parent)
+            for s in strategies_for(cfg, data) if s in EARLY for seed in seeds_of(cfg)}
+
+
 def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: tuple[dict, dict], head: Head,
-                  parent: str, baseline_run: str) -> tuple[str, dict, str | None]:
-    """One strategy (and seed) as a run nested under the head_swap run `parent`: here, or in a worker
-    process (jobs.run). Returns the run's id, its metrics and its training flag."""
+                  parent: str, baseline_run: str | None = None) -> tuple[str, dict, str | None]:
+    """One strategy (and seed) as a run nested under the head_swap run `parent` (or convert's, for `start_early`,
+    which knows no baseline run yet): here, or in a worker process (jobs.run). Returns the run's id, its metrics
+    and its training flag."""
     arch, state = regressor_state
     regressor = tracking.rebuild(arch)
     regressor.load_state_dict(state)
     device = resolve_device(cfg.train.device)
     with tracking.start(strategy, "head_swap", strategy=strategy, parent=parent, tags={
-            "baseline_run": baseline_run, **split_tags(data), "seed": str(cfg.seed)}) as child_id:
+            **({"baseline_run": baseline_run} if baseline_run else {}), **split_tags(data),
+            "seed": str(cfg.seed)}) as child_id:
         tracking.log_params({**cfg.flat(), "strategy": strategy})
         _, values, flag = _run_strategy(strategy, cfg, data, regressor.to(device), head, device)
     return child_id, values, flag
