@@ -14,8 +14,8 @@ from conftest import (TUNED_ROW, invoke, process_env, runs_of, settled, stderr_a
                       wait_until_training)
 
 # scratch: on one split it starts while the baseline trains (head_swap.start_early), nested under convert's run
-# until head_swap adopts it
-ARGS = ("--strategies", "threshold,finetune,warm_start,scratch", "--set", "slim.keep_ratios=0.5",
+# until head_swap adopts it; lp_ft: the workers take it first (head_swap.LONGEST_FIRST)
+ARGS = ("--strategies", "threshold,finetune,warm_start,scratch,lp_ft", "--set", "slim.keep_ratios=0.5",
         "--set", "slim.depth=false", "--set", "tune.n_trials=1")
 
 
@@ -54,6 +54,15 @@ def test_two_jobs_log_the_same_runs_tags_and_metric_keys_as_one(one_and_two):
     one, two = one_and_two
     assert settled(runs_of(two))
     assert _signature(two) == _signature(one)
+
+
+@pytest.mark.parametrize("one_and_two", ["one split"], indirect=True)
+def test_the_workers_take_the_longest_strategy_first_and_threshold_last(one_and_two):
+    """lp_ft (a probe, then a fine-tune) taken last would leave the other worker idle at the stage's end."""
+    runs = [r for r in runs_of(one_and_two[1]) if r.data.tags["stage"] == "head_swap"
+            and r.data.tags.get("strategy", "scratch") != "scratch"]  # scratch started with the baseline
+    order = [r.data.tags["strategy"] for r in sorted(runs, key=lambda r: r.info.start_time)]
+    assert "lp_ft" in order[:2] and order[-1] == "threshold", order  # two workers take their first runs together
 
 
 @pytest.mark.parametrize("one_and_two", ["3 folds"], indirect=True)

@@ -54,14 +54,14 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
                  for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, trained=strategy != "threshold")]
         started = started or {}
-        results = iter(jobs.run(_strategy_run, [t for t in tasks if (t[0], t[1].seed) not in started]))
+        late = sorted((t for t in tasks if (t[0], t[1].seed) not in started), key=lambda t: LONGEST_FIRST.get(t[0], 2))
+        results = dict(zip([(t[0], t[1].seed) for t in late], jobs.run(_strategy_run, late)))
         for strategy, run_cfg, *_ in tasks:
-            early = started.get((strategy, run_cfg.seed))
-            if early:
-                child_id, values, flag = jobs.result(early)
+            if (strategy, run_cfg.seed) in started:
+                child_id, values, flag = jobs.result(started[strategy, run_cfg.seed])
                 tracking.adopt(child_id, run_id, {"baseline_run": baseline.run_id})
             else:
-                child_id, values, flag = next(results)
+                child_id, values, flag = results[strategy, run_cfg.seed]
             if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
                 best_f1, best_run = values["val/f1_macro"], child_id
             say(f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: test "
@@ -71,6 +71,11 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
             stands_for(best_run)
     return StageResult(run_id, tracking.load_run_model(best_run) if best_run else None, best_run)
 
+
+# the order the workers take the strategies in, longest first (lp_ft trains a probe, then fine-tunes; a probe
+# converges slowly; threshold does not train), the rest as listed: a long run taken last would leave the other
+# workers idle at the stage's end
+LONGEST_FIRST = {"lp_ft": 0, "linear_probe": 1, "threshold": 3}
 
 # what needs the regressor's architecture only, not its trained weights: scratch, the control, starts from random
 EARLY = ("scratch",)
