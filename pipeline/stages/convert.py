@@ -33,9 +33,9 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
         slimming = bool(cfg.slim.keep_ratios or cfg.slim.depth)
         if len(splits) == 1:
             early = {}
-            # with workers, a core would idle while the baseline trains here: what head_swap can train without
-            # the trained weights (scratch) trains there meanwhile. Not when the baseline is reused (no wait), nor
-            # for a brought model (its own layers may hold weights that scratch's reset does not reach)
+            # with workers, a core would idle while the baseline trains here: what head_swap can train without the
+            # trained weights (scratch) takes it meanwhile. Not when the baseline is reused (nothing to wait for),
+            # nor for a brought model (its own layers may hold weights that scratch's reset does not reach)
             if jobs.pool_size() > 1 and not brought and not baseline_key(cfg, data, force)[1]:
                 early = start_early(cfg, data, new_regressor(cfg, data), run_id)
             base = baseline(cfg, data, brought, force=force)
