@@ -251,6 +251,12 @@ def architecture(model: nn.Module) -> dict:
     return copy.deepcopy(recipe(model))
 
 
+def portable(model: nn.Module) -> tuple[dict, dict]:
+    """`model` as it travels to a worker process: its recipe and its weights on the CPU (the recipe, not the
+    module: a brought model's class may not unpickle there). `tracking.rebuild(*portable(model))` recreates it."""
+    return architecture(model), {k: v.cpu() for k, v in model.state_dict().items()}
+
+
 def mark_start(model: nn.Module) -> None:
     """Remember `model`'s current weights as its starting point, just before its training: a tuning trial
     retrains from there (with other hyperparameters) rather than continuing from converged weights."""

@@ -317,8 +317,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
                              "optuna.trial": trial.number, **job.cfg.flat()})
-        model = tracking.rebuild(job.architecture)
-        model.load_state_dict(job.state)  # the source model's start, never its converged weights
+        model = tracking.rebuild(job.architecture, job.state)  # the source model's start, never its converged weights
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
 

@@ -296,11 +296,15 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
     return load_state(local, rebuild)
 
 
-def rebuild(arch: dict):
-    """model.build, fetching the base model from MLflow when the architecture starts from a URI."""
+def rebuild(arch: dict, state: dict | None = None):
+    """model.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
+    (a state_dict) loaded when given."""
     from .model import build
 
-    return build(arch, load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None)
+    model = build(arch, load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
 
 
 def load_model_uri(uri: str):

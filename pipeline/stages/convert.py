@@ -7,7 +7,7 @@ from torch import nn
 from .. import jobs, tracking
 from ..config import Config
 from ..data import Prepared
-from ..model import architecture
+from ..model import portable
 from ..surgery import Head
 from .baseline import baseline, baseline_key, new_regressor
 from .common import StageResult, log_run_inputs, say, stage_output, stands_for
@@ -67,10 +67,8 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
             "and flatter its scores; pass --retrain to train it on each fold's training rows")
     folds = {"folds": str(len(splits))}
     with tracking.start("baseline", "baseline", tags=folds) as baseline_run:
-        # side by side in the workers; a brought model travels as its recipe and weights (its class may not
-        # unpickle in a worker)
-        shipped = brought and (architecture(brought[0]), {k: v.cpu() for k, v in brought[0].state_dict().items()},
-                               brought[1])
+        # side by side in the workers, a brought model as its recipe and weights (model.portable)
+        shipped = brought and (*portable(brought[0]), brought[1])
         bases = [stage_output(run) for run in jobs.run(_fold_baseline, [(cfg, data, shipped, force, baseline_run)
                                                                          for data in splits])]
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
@@ -107,8 +105,7 @@ def _fold_baseline(cfg: Config, data: Prepared, brought: tuple[dict, dict, Head]
     model = None
     if brought:
         arch, state, head = brought
-        model = tracking.rebuild(arch)
-        model.load_state_dict(state)
+        model = tracking.rebuild(arch, state)
     return baseline(cfg, data, brought and (model, head), force=force, parent=parent).run_id
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from .. import jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
-from ..model import architecture, mark_start
+from ..model import mark_start, portable
 from ..reuse import reusable
 from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_before_activation, find_head,
                        fit_cumulative_link_scale, fit_warm_start_scale, freeze_backbone, new_head, swap_head, unfreeze,
@@ -49,8 +49,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
                         tags={"stage_key": key, "baseline_run": baseline.run_id, **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
-        # the regressor travels as its recipe and weights: a brought model's class may not unpickle in a worker
-        regressor_state = (architecture(regressor), {k: v.cpu() for k, v in regressor.state_dict().items()})
+        regressor_state = portable(regressor)
         tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
                  for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, trained=strategy != "threshold")]
         started = started or {}
@@ -86,7 +85,7 @@ def start_early(cfg: Config, data: Prepared, regressor: nn.Module, parent: str) 
     train while the baseline trains on this process's core (which else leaves a core idle). Each run nests
     under `parent` (convert's run) until `head_swap` adopts it; its numbers are those it would have there."""
     head = find_head(regressor, data.n_features, cfg.user_model.head or None)
-    state = (architecture(regressor), {k: v.cpu() for k, v in regressor.state_dict().items()})
+    state = portable(regressor)
     return {(s, seed): jobs.submit(_strategy_run, s, dataclasses.replace(cfg, seed=seed), data, state, head, parent)
             for s in strategies_for(cfg, data) if s in EARLY for seed in seeds_of(cfg)}
 
@@ -96,9 +95,7 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
     """One strategy (and seed) as a run nested under the head_swap run `parent` (or convert's, for `start_early`,
     which knows no baseline run yet): here, or in a worker process (jobs.run). Returns the run's id, its metrics
     and its training flag."""
-    arch, state = regressor_state
-    regressor = tracking.rebuild(arch)
-    regressor.load_state_dict(state)
+    regressor = tracking.rebuild(*regressor_state)
     device = resolve_device(cfg.train.device)
     with tracking.start(strategy, "head_swap", strategy=strategy, parent=parent, tags={
             **({"baseline_run": baseline_run} if baseline_run else {}), **split_tags(data),

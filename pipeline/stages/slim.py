@@ -13,7 +13,7 @@ from torch import nn
 from .. import jobs, report, tracking
 from ..config import Config
 from ..data import Prepared
-from ..model import architecture, mark_start
+from ..model import architecture, mark_start, portable
 from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
@@ -43,8 +43,7 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
     with tracking.start(run_name("slim", data), "slim", tags={"stage_key": key, "source_run": source.model_run,
                                                               **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
-        # the teacher travels as its recipe and weights: a brought model's class may not unpickle in a worker
-        teacher_state = (architecture(teacher), {k: v.cpu() for k, v in teacher.state_dict().items()})
+        teacher_state = portable(teacher)
         tasks = [(name, amount, distilled, dataclasses.replace(cfg, seed=seed), data, teacher_state, head, run_id,
                   source.model_run)
                  for name, amount in variants
@@ -74,9 +73,7 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
     """One variant (and seed) as a run nested under the slim run `parent`: cut from the teacher, checked to
     rebuild, fine-tuned (on the teacher's soft labels too when `distilled`). Here, or in a worker process
     (jobs.run). Returns the run's id, its metrics and its training flag."""
-    arch, state = teacher_state
-    teacher = tracking.rebuild(arch)
-    teacher.load_state_dict(state)
+    teacher = tracking.rebuild(*teacher_state)
     device = resolve_device(cfg.train.device)
     teacher = teacher.to(device).eval()
     strategy = f"{name}_distill" if distilled else name
@@ -111,8 +108,7 @@ def recommend(means: list[dict], tolerance: float) -> str:
 
 def _check_rebuild(model: nn.Module, data: Prepared) -> None:
     """The recorded surgery must recreate the model exactly: later stages and the champion load it so."""
-    rebuilt = tracking.rebuild(architecture(model))
-    rebuilt.load_state_dict(model.state_dict())
+    rebuilt = tracking.rebuild(architecture(model), model.state_dict())
     x = data.val.x[:64]
     if not torch.allclose(predict(rebuilt, x), predict(model, x, next(model.parameters()).device), atol=1e-5):
         raise RuntimeError("the slimmed model's recorded architecture does not rebuild it; please report this model")

@@ -139,9 +139,7 @@ def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, s
     with tracking.start(run_name("tune", data), "tune", strategy="tuned", parent=parent,
                         tags={**split_tags(data), "seed": str(cfg.seed), "source_run": source_run}):
         tracking.log_params({**cfg.flat(), **{f"best.{k}": v for k, v in params.items()}})
-        arch, start = source
-        model = tracking.rebuild(arch)
-        model.load_state_dict(start)
+        model = tracking.rebuild(*source)
         hist = train_config(model, params, data, cfg, cfg.seed, epochs)
         flag_training([hist], random_start=False)
         values = log_classifier(model, data, resolve_device(cfg.train.device), hist.seconds, hist.epochs + 1,
