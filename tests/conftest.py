@@ -178,6 +178,14 @@ def wait_for_http(url: str, proc, log_path) -> None:
             time.sleep(0.5)
 
 
+def start_in_own_group(command: str, args: list[str], tracking_uri: str, cwd) -> subprocess.Popen:
+    """A real reg2cls `command` in its own process group, as a terminal gives it (a Ctrl+C to the group reaches
+    its workers too), stdout and stderr piped; end it with `stderr_after`."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline", command, *args], env=process_env(tracking_uri),
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
 def stderr_after(proc: subprocess.Popen, stop) -> str:
     """A command started in its own process group: its stderr once it has exited after `stop()`; its whole group
     killed if it has not in 120 s."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import (TUNED_ROW, invoke, process_env, runs_of, settled, stderr_after, tiny_args, use_store,
+from conftest import (TUNED_ROW, invoke, runs_of, settled, start_in_own_group, stderr_after, tiny_args, use_store,
                       wait_until_training)
 
 # scratch: on one split it starts while the baseline trains (head_swap.start_early), nested under convert's run
@@ -108,9 +108,7 @@ def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, run
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     args = tiny_args(experiment, "--jobs", "2", "--strategies", strategies)
     args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "head-swap", *args], env=process_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)
+    proc = start_in_own_group("head-swap", args, store, tmp_path)
     if running:
         wait_until_training(experiment, proc, running)
         return proc
@@ -145,9 +143,7 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running(experiment, store, tm
     args = tiny_args(experiment, "--jobs", "2", "--strategies", "finetune", "--set", "slim.keep_ratios=none",
                      "--set", "slim.depth=false", "--set", "tune.n_trials=2", "--set", "tune.epochs=100000",
                      "--set", "tune.pruner=none")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "convert", *args], env=process_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)
+    proc = start_in_own_group("convert", args, store, tmp_path)
 
     def kill_a_worker_mid_trial():
         wait_until_training(experiment, proc, 2, "trial_")
@@ -210,9 +206,7 @@ def test_stopping_convert_while_scratch_trains_beside_the_baseline_ends_every_ru
     under convert's run until head_swap adopts it: a Ctrl+C then ends it KILLED with the rest."""
     args = tiny_args(experiment, "--jobs", "2", "--strategies", "threshold,scratch")
     args[args.index("--epochs") + 1] = "100000"  # long enough to be caught training
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "convert", *args], env=process_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)
+    proc = start_in_own_group("convert", args, store, tmp_path)
     wait_until_training(experiment, proc, 1, strategy="scratch")
     err = stderr_after(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]

@@ -13,7 +13,8 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import invoke, process_env, runs_of, stderr_after, tiny_args, tiny_config, wait_until_training
+from conftest import (invoke, process_env, runs_of, start_in_own_group, stderr_after, tiny_args, tiny_config,
+                      wait_until_training)
 from optuna.trial import TrialState
 
 from pipeline import config, tracking
@@ -205,11 +206,8 @@ def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
     process prints a traceback."""
     assert invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=none",
                                         "--set", "tune.n_trials=0")).exit_code == 0
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune",
-                             *tiny_args(experiment, "--n-trials", "4", "--workers", "2", "--pruner", "none",
-                                        "--set", "tune.epochs=100000")],
-                            env=process_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own process group, as a terminal gives it
+    proc = start_in_own_group("tune", tiny_args(experiment, "--n-trials", "4", "--workers", "2", "--pruner", "none",
+                                                "--set", "tune.epochs=100000"), store, tmp_path)
 
     def interrupt_once_both_train():  # inside stderr_after: should the wait fail, the group is still killed
         wait_until_training(experiment, proc, 2, "trial_")
