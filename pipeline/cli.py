@@ -88,7 +88,7 @@ def stage_options(command: str):
         fn = click.option("--set", "set", multiple=True, metavar="KEY=VALUE",
                           help="Any config key, e.g. --set train.lr=0.01.")(fn)
         for opt in reversed(_options(command)):
-            decls = (f"--{opt.name.replace('_', '-')}", opt.dest or opt.name)
+            decls = (f"--{opt.name.replace('_', '-')}", *([opt.short] if opt.short else []), opt.dest or opt.name)
             if opt.flag is None:
                 fn = click.option(*decls, type=_click_type(opt), help=opt.help or None)(fn)
             else:  # a config flag is None when not given, so it leaves the experiment file's value
@@ -233,6 +233,7 @@ def _prepare(opts: dict):
     from . import data, liveness, progress, tracking
 
     progress.set_quiet(opts.get("quiet"))
+    progress.set_verbose(opts.get("verbose"))
     from .train import resolve_device
 
     problem = liveness.check_env()
@@ -322,12 +323,14 @@ def convert(**opts):
 
 
 def _print_comparison(cfg, compared) -> None:
-    click.echo(f"\nLeaderboard (sorted by {cfg.compare.metric}, chosen on validation; test scores with 95% bootstrap "
-               "intervals; * = Pareto front of the sort metric vs params):")
-    _print_board(compared.board, cfg.compare.metric)
+    """The answer first (the verdict), then the leaderboard within 100 columns, then how to use the champion."""
     click.echo("\n" + "\n".join(compared.summary))
-    click.echo(f"Predict: reg2cls predict --model-uri models:/{compared.registered}@champion --input new.csv "
-               "--output predictions.csv")
+    click.echo(f"\nLeaderboard (chosen on {cfg.compare.metric}; test macro-F1 with its 95% interval; vs threshold: "
+               "simultaneous 95% intervals):")
+    _print_board(compared.board, cfg.compare.metric)
+    if compared.registered:
+        click.echo(f"Predict: reg2cls predict --model-uri models:/{compared.registered}@champion --input new.csv "
+                   "--output predictions.csv")
 
 
 @cli.command()

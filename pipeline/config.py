@@ -180,6 +180,7 @@ class Option:
     mlproject: tuple[str, ...] = ()       # the MLproject entry points (by command name) that take it as a parameter
     note: str = ""                # the comment beside that parameter in MLproject (at its first entry point)
     dest: str = ""                # the name the command reads it under, when not `name`
+    short: str = ""               # a one-letter spelling too, e.g. -v
 
 
 # Every option of the stage commands, in --help order; --set (any config key) comes after them.
@@ -228,7 +229,8 @@ OPTIONS = (
     Option("device", "train.device", "auto (default): CUDA when available.", choices=DEVICES, mlproject=_RUNS,
            note="auto | cpu | cuda"),
     Option("experiment", "experiment", "MLflow experiment name (default: reg2cls).", mlproject=("compare",)),
-    Option("quiet", None, "No progress bars and no per-run lines; only the results.", flag=True),
+    Option("quiet", None, "No progress bars and no stage lines; only the results.", flag=True),
+    Option("verbose", None, "Also a line per finished run (its validation scores).", flag=True, short="-v"),
     Option("tracking_uri", None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     # tune always adds trials and compare always runs: --force would change nothing there
     Option("force", None, "Re-run stages even when a finished run with the same inputs exists.", flag=True,

@@ -2,8 +2,9 @@
 
 On a terminal (stderr is a tty) each training shows a `tqdm` line: its label (stage/strategy), epoch / max,
 the best validation metric so far, elapsed time and an ETA (an upper bound: early stopping may end it
-sooner). Elsewhere (CI, `mlflow run` logs, a pipe) there is no bar, only the one line per finished run that
-the stages print (`stages.common.say`). `--quiet` silences both. The bar disappears when its training ends.
+sooner). Elsewhere (CI, `mlflow run` logs, a pipe) there is no bar, only the stages' lines: one per stage with
+its choice (`stages.common.say`) and, under `--verbose`, one per finished run (`stages.common.detail`). `--quiet`
+silences all of them. The bar disappears when its training ends.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 
 _quiet = False
 _ENV = "REG2CLS_QUIET"  # --quiet, inherited by the worker processes (--jobs) this process starts after it
+_VERBOSE_ENV = "REG2CLS_VERBOSE"  # --verbose, inherited the same way
 MININTERVAL = 0.5  # seconds between redraws of a bar
 
 
@@ -27,6 +29,18 @@ def set_quiet(quiet: bool) -> None:
 
 def quiet() -> bool:
     return _quiet or os.environ.get(_ENV) == "1"
+
+
+def set_verbose(verbose: bool) -> None:
+    """--verbose: a line per finished run too, for the rest of this process and the workers it starts."""
+    if verbose:
+        os.environ[_VERBOSE_ENV] = "1"
+    else:
+        os.environ.pop(_VERBOSE_ENV, None)
+
+
+def verbose() -> bool:
+    return os.environ.get(_VERBOSE_ENV) == "1"
 
 
 def _worker_line() -> int:

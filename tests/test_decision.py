@@ -184,16 +184,6 @@ def test_a_misspelled_class_weight_is_refused():
         config.load(None, {"train.class_weight": "balance"})
 
 
-def test_predictions_logged_without_classes_read_back_as_argmax(store, experiment, tmp_path):
-    proba = np.random.default_rng(6).dirichlet(np.ones(3), size=20)
-    # the file as reg2cls wrote it before decision rules: no `pred`
-    np.savez(tmp_path / "predictions.npz", rows=np.arange(20), c=np.zeros(20, np.int64), proba=proba.astype(np.float32))
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run() as run:
-        mlflow.log_artifact(str(tmp_path / "predictions.npz"))
-    np.testing.assert_array_equal(tracking.read_predictions(run.info.run_id)["pred"], proba.argmax(axis=1))
-
-
 def test_predictions_keep_the_classes_the_rule_picked(store, experiment):
     proba = np.random.default_rng(7).dirichlet(np.ones(3), size=20)
     pred = (proba.argmax(axis=1) + 1) % 3  # never the argmax
@@ -207,3 +197,20 @@ def test_an_ordinal_head_with_too_few_validation_rows_keeps_its_untempered_media
     out, c = ordinal_three_class(np.random.default_rng(5), n=60)  # ~20 rows a class
     rule = decision.fit_scores(decision.scores_of(out, 3), c, ordinal=True)
     assert rule == decision.identity(3, ordinal=True)
+
+
+def test_cross_fitted_decisions_remove_the_rule_fits_optimism_on_noise():
+    """On calibrated scores a fitted rule can only fit noise: scored on its own rows it gains, while each row
+    decided by a rule fitted on the other half gains nothing on average (bench/bench_selection.py measures it)."""
+    gains_in, gains_cross = [], []
+    for sim in range(12):
+        rng = np.random.default_rng(sim)
+        p = rng.dirichlet(np.ones(3) * 2, size=300)  # calibrated: the class is drawn from p
+        c = np.array([rng.choice(3, p=row) for row in p])
+        scores = decision.scores_of(np.log(p), 3)
+        base = metrics.f1_macro(c, p.argmax(axis=1), 3)
+        rule = decision.fit_scores(scores, c)
+        gains_in.append(metrics.f1_macro(c, decision.apply(rule, scores)[1], 3) - base)
+        gains_cross.append(metrics.f1_macro(c, decision.cross_fitted(scores, c, seed=sim), 3) - base)
+    assert np.mean(gains_in) > 0.01
+    assert np.mean(gains_cross) < np.mean(gains_in) / 2

@@ -13,26 +13,61 @@ from pipeline.stages import leaderboard, strategy_runs
 from conftest import TUNED_ROW, invoke, runs_of, settled, tiny_args, use_store
 
 
-def _strategy_run(name: str, val_f1: float, c: np.ndarray, pred: np.ndarray) -> None:
-    """A strategy run as head_swap logs one: validation metrics and its test predictions."""
+def _strategy_run(name: str, val_f1: float, c: np.ndarray, pred: np.ndarray, val_c: np.ndarray | None = None,
+                  val_pred: np.ndarray | None = None, params: int = 10) -> None:
+    """A strategy run as head_swap logs one: validation metrics, its test predictions and validation decisions."""
     with mlflow.start_run(run_name=name, nested=True, tags={"stage": "head_swap", "strategy": name, "seed": "0"}):
-        mlflow.log_metrics({"val/f1_macro": val_f1, "cost/params": 10})
-        tracking.log_predictions(np.arange(len(c)), c, np.eye(3)[pred])
+        mlflow.log_metrics({"val/f1_macro": val_f1, "cost/params": params})
+        tracking.log_predictions(np.arange(len(c)), c, np.eye(3)[pred], pred,
+                                 *([val_c, val_pred] if val_c is not None else []))
+
+
+def _right_on(rng, c: np.ndarray, share: float) -> np.ndarray:
+    """Classes right on about `share` of the rows, one class off elsewhere."""
+    return np.where(rng.random(len(c)) < share, c, (c + 1) % 3)
 
 
 def test_the_champion_is_best_on_validation_even_when_another_row_is_better_on_test(store, experiment):
     rng = np.random.default_rng(0)
-    c = rng.integers(0, 3, 300)
-    noisy = np.where(rng.random(300) < 0.5, c, (c + 1) % 3)
+    c, val_c = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    noisy = _right_on(rng, c, 0.5)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="head_swap", tags={"stage": "head_swap"}) as stage:
-        _strategy_run("threshold", 0.50, c, noisy)
-        _strategy_run("valid_best", 0.90, c, noisy)   # best on validation, poor on test
-        _strategy_run("test_best", 0.60, c, c)        # perfect on test, worse on validation
+        _strategy_run("threshold", 0.50, c, noisy, val_c, _right_on(rng, val_c, 0.5))
+        _strategy_run("valid_best", 0.90, c, noisy, val_c, _right_on(rng, val_c, 0.9))  # best on validation only
+        _strategy_run("test_best", 0.60, c, c, val_c, _right_on(rng, val_c, 0.6))        # perfect on test only
     board = leaderboard(strategy_runs(stage.info.run_id), "val/f1_macro")
     assert list(board["strategy"]) == ["valid_best", "test_best", "threshold"]
     assert board.loc[board["champion"], "strategy"].tolist() == ["valid_best"]
     assert board.loc[board["strategy"] == "test_best", "f1_macro"].item() == 1.0  # reported, never chosen on
+
+
+def test_when_validation_cannot_separate_the_best_from_threshold_the_champion_is_threshold(store, experiment):
+    """The best row on validation is ahead by noise only: the recommendation is the simplest row it cannot be told
+    apart from, threshold, and the best row is only marked as such."""
+    rng = np.random.default_rng(3)
+    c, val_c = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    val_thr = _right_on(rng, val_c, 0.6)
+    val_best = np.where(rng.random(200) < 0.05, val_c, val_thr)  # a few rows better than threshold
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="head_swap", tags={"stage": "head_swap"}) as stage:
+        _strategy_run("threshold", 0.60, c, _right_on(rng, c, 0.6), val_c, val_thr)
+        _strategy_run("finetune", 0.62, c, _right_on(rng, c, 0.6), val_c, val_best, params=500)
+    board = leaderboard(strategy_runs(stage.info.run_id), "val/f1_macro").set_index("strategy")
+    assert board.loc["finetune", "best_val"] and board.loc["finetune", "tied"]
+    assert board.loc["threshold", "champion"] and not board.loc["finetune", "champion"]
+
+
+def test_exact_ties_on_validation_go_to_the_simpler_row_not_to_the_first_run(store, experiment):
+    rng = np.random.default_rng(4)
+    c, val_c = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    same = _right_on(rng, val_c, 0.7)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="head_swap", tags={"stage": "head_swap"}) as stage:
+        _strategy_run("finetune", 0.7, c, _right_on(rng, c, 0.7), val_c, same, params=500)  # started first
+        _strategy_run("threshold", 0.7, c, _right_on(rng, c, 0.7), val_c, same)
+    board = leaderboard(strategy_runs(stage.info.run_id), "val/f1_macro").set_index("strategy")
+    assert board.loc["threshold", "best_val"] and board.loc["threshold", "champion"]
 
 
 def test_intervals_and_paired_differences_are_on_every_row(store, experiment):
@@ -43,7 +78,7 @@ def test_intervals_and_paired_differences_are_on_every_row(store, experiment):
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="head_swap", tags={"stage": "head_swap"}) as stage:
         _strategy_run("threshold", 0.5, c, base)
-        _strategy_run("better", 0.8, c, better)
+        _strategy_run("better", 0.8, c, better)  # no validation decisions logged: chosen on the metric alone
     board = leaderboard(strategy_runs(stage.info.run_id), "val/f1_macro").set_index("strategy")
     row = board.loc["better"]
     assert row["f1_macro_ci_low"] < row["f1_macro"] < row["f1_macro_ci_high"]
@@ -104,7 +139,8 @@ def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
     for strategy in ("finetune", "reference_hgb", "width_0.5", "tuned"):
         assert board.loc[strategy, "scope"] == "pooled over 3 folds" and board.loc[strategy, "test_rows"] == 240
     assert board["champion"].sum() == 1 and board["f1_macro_ci_low"].notna().all()
-    assert "Verdict:" in output and "Champion, chosen on validation" in output
+    assert "Verdict:" in output and "Champion:" in output
+    assert output.index("Verdict:") < output.index("Leaderboard")  # the answer first
     # the verdict is on the convert run too: its description and summary metrics
     assert "Verdict:" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["champion/test_f1_macro"] == board[board["champion"]]["f1_macro"].item()
@@ -165,4 +201,5 @@ def test_a_run_whose_training_diverged_is_marked_and_never_champion(experiment):
     [finetune] = [r for r in runs if r.data.tags.get("strategy") == "finetune"]
     assert finetune.data.tags["training"] in ("diverged", "untrained")
     [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
-    assert parent.data.tags["champion"] == "threshold" and "cannot be champion" in result.output
+    # the regressor trained at that rate learned nothing either: the floor or threshold, never the flagged run
+    assert parent.data.tags["champion"] in ("threshold", "prior") and "cannot be champion" in result.output

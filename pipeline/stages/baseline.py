@@ -17,8 +17,8 @@ from ..model import MLP, load_user_model, mlp_width
 from ..reuse import reusable
 from ..surgery import Head, find_head
 from ..train import batch_and_lr, fit, resolve_device, seeded
-from .common import (StageResult, classifier_metrics, costs, log_run_inputs, regressor_outputs, run_name, say,
-                     split_tags, stage_output, stands_for, threshold_proba)
+from .common import (StageResult, classifier_metrics, detail, costs, log_run_inputs, regressor_outputs, run_name, say,
+                     split_tags, stage_output, stands_for, threshold_proba, where)
 from .head_swap import check_convertible
 
 
@@ -130,8 +130,9 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         tracking.log_final_metrics(values)  # val/rmse: the returned model's, at its curve's last step
         tracking.log_model(model, data.val.x[:5].numpy())
         stands_for(run_id)
-        say(f"baseline: test RMSE {values['test/rmse']:.4g}, R2 {values['test/r2']:.3f}, "
-             f"thresholded macro-F1 {values['test/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")
+        line = (f"{where('baseline', data)}: validation RMSE {values['val/rmse']:.4g}, R2 {values['val/r2']:.3f}, "
+                f"thresholded macro-F1 {values['val/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")
+        say(line) if data.fold is None else detail(line)  # cross-fitted: convert says the mean over folds
     return StageResult(run_id, model, run_id)
 
 

@@ -41,8 +41,14 @@ def stage_output(run_id: str, split_key: str | None = None) -> StageResult:
 
 
 def say(msg: str) -> None:
-    """A stage's console line (a finished run, a warning): above any live progress bar, silent under --quiet."""
+    """A stage's console line (its choice, on validation): above any live progress bar, silent under --quiet."""
     progress.write(msg)
+
+
+def detail(msg: str) -> None:
+    """A finished run's console line (its validation scores): shown under --verbose only."""
+    if progress.verbose():
+        progress.write(msg)
 
 
 def progress_label() -> str:
@@ -143,15 +149,22 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     evaluate it once under that rule and log the rule (params `rule.*`), its metrics (also without the rule:
     `*_argmax`), test predictions, costs and model (which carries the rule); returns the values."""
     k = data.n_classes
-    if identity_rule:
-        model.reg2cls_rule = decision.identity(k, decision.is_ordinal(model, k))
-    else:
-        decision.fit_rule(model, data, device)
-    tracking.log_params(decision.as_params(model.reg2cls_rule))
+    ordinal = decision.is_ordinal(model, k)
     val_c = data.val.c.numpy()
-    values = metrics.prefixed("val", metrics.classification(val_c, *decision.outputs(model, data.val.x, device, k)))
+    val_out = predict(model, data.val.x, device)
+    val_scores = decision.scores_of(val_out, k)
+    if identity_rule:
+        model.reg2cls_rule = decision.identity(k, ordinal)
+        val_pred = decision.decide(decision.tempered(val_scores, 1.0), model.reg2cls_rule)
+    else:
+        model.reg2cls_rule = decision.fit_scores(val_scores, val_c, ordinal)
+        # the selection score: each validation row decided by a rule fitted on the other half (no rule optimism)
+        val_pred = decision.cross_fitted(val_scores, val_c, ordinal, seed)
+    tracking.log_params(decision.as_params(model.reg2cls_rule))
+    values = metrics.prefixed("val", metrics.classification(val_c, decision.apply(model.reg2cls_rule, val_scores)[0],
+                                                            val_pred))
     # the loop's validation loss (CE/BCE, unweighted) of the returned model, before temperature scaling
-    values["val/loss"] = metrics.log_loss(val_c, metrics.probabilities(predict(model, data.val.x, device), k))
+    values["val/loss"] = metrics.log_loss(val_c, metrics.probabilities(val_out, k))
     # logged once: a key that is also a per-epoch curve (val/f1_macro, val/loss, ...) gets the returned model's
     # value at the curve's last step, so the run's value is the returned model's and no extra epoch appears
     # (`final_step` is kept for the callers; the curves, with the restored epoch marked, are in curves.png)
@@ -161,7 +174,7 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
         from ..report import curves_figure
 
         tracking.log_figure(curves_figure(curves), "curves.png")
-    rest = log_predictions([(data, *decision.outputs(model, data.test.x, device, k))], seed)
+    rest = log_predictions([(data, *decision.outputs(model, data.test.x, device, k))], seed, [(val_c, val_pred)])
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
     rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy())
     tracking.log_metrics(rest)
@@ -171,16 +184,19 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     return {**values, **rest}
 
 
-def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int) -> dict[str, float]:
+def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int,
+                    val: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
     """Log a run's test predictions, pooled over `parts` ((split, (N, K) test probabilities, (N,) classes its
-    decision rule picked), one per fold), and return its test/* metrics, macro-F1 and accuracy with a seeded
+    decision rule picked), one per fold), with its validation decisions `val` ((classes, decided classes) of each
+    fold's validation rows, in the split's order: what compare chooses the champion on; none for the
+    reference, which is never champion), and return its test/* metrics, macro-F1 and accuracy with a seeded
     95% bootstrap interval (`_ci_low`, `_ci_high`). Test scores are computed here, once per run, and never
     used to choose anything."""
     rows = np.concatenate([d.test_rows for d, _, _ in parts])
     c = np.concatenate([d.test.c.numpy() for d, _, _ in parts])
     proba = np.concatenate([p for _, p, _ in parts])
     pred = np.concatenate([pred for _, _, pred in parts])
-    tracking.log_predictions(rows, c, proba, pred)
+    tracking.log_predictions(rows, c, proba, pred, *(val and [np.concatenate(v) for v in zip(*val)] or []))
     values = metrics.prefixed("test", metrics.classification(c, proba, pred))
     boot = stats.bootstrap(c, {"run": pred}, proba.shape[1], seed=seed)
     for m in stats.METRICS:

@@ -32,6 +32,7 @@ TEST_COLUMNS = {  # metrics.classification key -> leaderboard column, from the r
 }
 LOWER_IS_BETTER = {metric for metric, direction in COMPARE_METRICS.items() if direction == "minimize"}
 CANDIDATES = ("head_swap", "slim", "tune")  # stages whose rows are our classifiers; the reference row is not one
+PRIOR = "prior"  # the no-information floor: classes drawn at their training frequencies, the features ignored
 
 
 @dataclass
@@ -49,13 +50,16 @@ class Comparison:
 
 @dataclass
 class Predictions:
-    """A row's test predictions, pooled over its folds: `proba[s]` holds seed s's probabilities for the test
+    """A row's predictions, pooled over its folds: `proba[s]` holds seed s's probabilities for the test
     rows `rows` (positions in the data table), whose classes are `c`, and `pred[s]` the classes its decision
-    rule picked (what every class metric, the bootstrap and the confusion matrix use)."""
+    rule picked (what every class metric, the bootstrap and the confusion matrix use); `val_pred[s]` the classes
+    it decided for the validation rows (classes `val_c`, folds in order), which the champion is chosen on."""
     rows: np.ndarray   # (n,) sorted
     c: np.ndarray      # (n,)
     proba: np.ndarray  # (S, n, K)
     pred: np.ndarray   # (S, n)
+    val_c: np.ndarray | None = None     # (m,)
+    val_pred: np.ndarray | None = None  # (S, m)
 
     def restricted(self, rows: np.ndarray) -> Predictions:
         at = np.searchsorted(self.rows, rows)
@@ -74,10 +78,10 @@ def strategy_runs(stage_run: str) -> list:
 
 
 def pooled_predictions(group: list) -> Predictions | None:
-    """The test predictions of a row's runs, concatenated over folds for each seed; None when a run logged
-    none (a run from before reg2cls logged them)."""
+    """The predictions of a row's runs, concatenated over folds (in fold order) for each seed; None when a run
+    logged none."""
     by_seed: dict[str, list[dict]] = {}
-    for run in group:
+    for run in sorted(group, key=lambda r: int(r.data.tags.get("fold", 0))):
         logged = tracking.read_predictions(run.info.run_id)
         if logged is None:
             return None
@@ -86,17 +90,22 @@ def pooled_predictions(group: list) -> Predictions | None:
     for logged in by_seed.values():
         rows = np.concatenate([p["rows"] for p in logged])
         order = np.argsort(rows, kind="stable")
+        val = [np.concatenate([p[k] for p in logged]) if all(k in p for p in logged) else None
+               for k in ("val_c", "val_pred")]
         parts.append((rows[order], np.concatenate([p["c"] for p in logged])[order],
                       np.concatenate([p["proba"] for p in logged])[order],
-                      np.concatenate([p["pred"] for p in logged])[order]))
+                      np.concatenate([p["pred"] for p in logged])[order], *val))
     rows = parts[0][0]
     if any(not np.array_equal(p[0], rows) for p in parts):  # a seed that ran on other folds: not comparable
         return None
-    return Predictions(rows, parts[0][1], np.stack([p[2] for p in parts]), np.stack([p[3] for p in parts]))
+    val_c, val_pred = parts[0][4], None
+    if val_c is not None and all(p[4] is not None and np.array_equal(p[4], val_c) for p in parts):
+        val_pred = np.stack([p[5] for p in parts])
+    return Predictions(rows, parts[0][1], np.stack([p[2] for p in parts]), np.stack([p[3] for p in parts]),
+                       val_c if val_pred is not None else None, val_pred)
 
 
-def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen: str | None = None,
-                n_boot: int = 1000) -> pd.DataFrame:
+def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
     """One row per (stage, strategy) of the FINISHED `runs` (strategy and variant runs, the tune stage run
     for its best model, the reference run), best on `metric` (a validation metric) first.
 
@@ -104,10 +113,10 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen:
     columns come from the row's test predictions, pooled over folds, averaged over seeds;
     `f1_macro` and `accuracy` carry a 95% bootstrap interval (`_ci_low`, `_ci_high`, resampling test rows,
     `seed`), and `vs_threshold` / `vs_champion` the paired difference in test macro-F1 to those rows on the
-    same resamples. `test_rows` is how many test rows a row was scored on, `scope` where they come from.
-    `best_run` is the run standing for the row (best on validation among its runs on the first split);
-    `champion` marks the row chosen (`champion_index`; `chosen` is the head-swap strategy it descends from);
-    `pareto` marks rows no other row beats on both `metric` and params.
+    same resamples (simultaneous max-t intervals over the rows, `vs_prior` too). `test_rows` is how many test
+    rows a row was scored on, `scope` where they come from. `best_run` is the run standing for the row (best on
+    validation among its runs on the first split); `champion`, `best_val` and `tied` come from `choose`, on
+    validation only; `pareto` marks rows no other row beats on both `metric` and params.
     """
     groups: dict[tuple[str, str], list] = {}
     for run in runs:
@@ -147,10 +156,7 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen:
     col = RUN_COLUMNS[metric]
     frame = frame.sort_values(col, ascending=metric in LOWER_IS_BETTER, kind="stable", na_position="last")
     frame = frame.reset_index(drop=True)
-    frame["champion"] = False
-    top = champion_index(frame, col, metric, chosen)
-    if top is not None:
-        frame.loc[top, "champion"] = True
+    choose(frame, predictions, metric, seed, n_boot)
     _intervals(frame, predictions, seed, n_boot)
     sign = 1 if metric in LOWER_IS_BETTER else -1  # pareto_front wants (cost, score): lower cost, higher score
     points = [(p if p == p else float("inf"), -sign * v) for p, v in zip(frame["params"], frame[col])]
@@ -159,29 +165,62 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, chosen:
     return frame
 
 
-def champion_index(board: pd.DataFrame, col: str, metric: str, chosen: str | None = None) -> int | None:
-    """The champion's row: of our own classifiers, the best on `metric` (its column `col`, the mean over the
-    row's runs). When cross-fitted, the head-swap strategy was `chosen` on validation macro-F1 averaged over
-    folds, and only it and what slim and tune made from it compete: the other strategies lost there already."""
-    candidates = board[board["stage"].isin(CANDIDATES) & board[col].notna() & (board["excluded"] == "")]
-    if chosen is not None:
-        candidates = candidates[(candidates["stage"] != "head_swap") | (candidates["strategy"] == chosen)]
-    if candidates.empty:
-        return None
-    scores = candidates[col]
-    return int(scores.idxmin() if metric in LOWER_IS_BETTER else scores.idxmax())
+# rows the evidence cannot tell apart are ranked by this, simplest first: the floor, threshold, then (among our
+# trained classifiers) the fewest parameters, then how far a strategy moves from the regressor it starts from
+SIMPLER = (PRIOR, "threshold", "warm_start", "cumulative_link", "linear_probe", "finetune", "lp_ft", "corn", "scratch")
+
+
+def simplicity(row: pd.Series) -> tuple:
+    """A row's rank among rows that cannot be told apart (lower is simpler): never the order runs started in."""
+    name = str(row["strategy"])
+    kind = {PRIOR: 0, "threshold": 1}.get(name, 3 if row["stage"] == "tune" else 2)
+    params = row["params"] if row["params"] == row["params"] else 0.0
+    return kind, params, SIMPLER.index(name) if name in SIMPLER else len(SIMPLER), name
+
+
+def choose(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions], metric: str, seed: int = 0,
+           n_boot: int = 1000) -> None:
+    """The champion, on validation only, into `board` in place (columns `best_val`, `tied`, `champion`).
+
+    Candidates are our classifiers and the floor (`prior`), none flagged by its training. The best on `metric`
+    (ties to the simpler) is `best_val`; every candidate whose simultaneous 95% interval against it on the same
+    validation rows (paired bootstrap of its validation decisions, max-t over the candidates) does not exclude
+    zero is `tied` with it; the champion is the simplest tied row (`simplicity`). When the data cannot separate
+    the best from threshold or from the floor, the champion is therefore one of those."""
+    board["best_val"] = board["tied"] = board["champion"] = False
+    col = RUN_COLUMNS[metric]
+    candidates = [i for i in board.index if (board.at[i, "stage"] in CANDIDATES or board.at[i, "strategy"] == PRIOR)
+                  and board.at[i, col] == board.at[i, col] and board.at[i, "excluded"] == ""]
+    if not candidates:
+        return
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+    best = min(candidates, key=lambda i: (sign * board.at[i, col], simplicity(board.loc[i])))
+    tied = [best]
+    key = {i: (board.at[i, "strategy"], board.at[i, "stage"]) for i in candidates}
+    own = predictions.get(key[best])
+    stat = {"val/f1_macro": "f1_macro", "val/accuracy": "accuracy"}.get(metric)
+    if stat and own is not None and own.val_pred is not None:
+        same = [i for i in candidates if key[i] in predictions and predictions[key[i]].val_pred is not None
+                and np.array_equal(predictions[key[i]].val_c, own.val_c)]
+        boot = stats.bootstrap(own.val_c, {str(i): predictions[key[i]].val_pred for i in same},
+                               own.proba.shape[2], n_boot=n_boot, seed=seed)
+        gaps = boot.simultaneous([str(i) for i in same], str(best), stat)
+        tied += [i for i in same if i != best and gaps[str(i)].high >= 0]
+    board.loc[tied, "tied"] = True
+    board.at[best, "best_val"] = True
+    board.at[min(tied, key=lambda i: simplicity(board.loc[i])), "champion"] = True
 
 
 def _intervals(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions], seed: int, n_boot: int) -> None:
     """Bootstrap intervals and paired differences into `board`, in place. Rows scored on the same test rows
-    share one set of resamples; a row scored on fewer rows (slim and tune, refined on one fold) is compared
-    with `threshold` and the champion on those rows only."""
+    share one set of resamples; a row scored on fewer rows is compared with `threshold`, the champion and the
+    floor on those rows only. The differences against each of those three are simultaneous (max-t) over every
+    row of the leaderboard: a dozen rows against one bar would otherwise name a winner on pure noise."""
     for col in ("f1_macro_ci_low", "f1_macro_ci_high", "accuracy_ci_low", "accuracy_ci_high",
-                "vs_threshold", "vs_threshold_low", "vs_threshold_high",
-                "vs_champion", "vs_champion_low", "vs_champion_high"):
+                *(f"{name}{end}" for name in ("vs_threshold", "vs_champion", "vs_prior")
+                  for end in ("", "_low", "_high"))):
         board[col] = float("nan")
     keys = [(s, st) for s, st in zip(board["strategy"], board["stage"])]
-    threshold = ("threshold", "head_swap")
     champion = next((key for key, top in zip(keys, board["champion"]) if top), None)
     boots = {}  # one bootstrap per set of test rows, holding every row that was scored on all of them
     for key in keys:
@@ -191,95 +230,131 @@ def _intervals(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictio
             first = covering[key]
             boots[rows.tobytes()] = stats.bootstrap(first.c, {k: p.pred for k, p in covering.items()},
                                                     first.proba.shape[2], n_boot=n_boot, seed=seed)
+    against: dict[tuple[bytes, tuple], dict] = {}  # (bootstrap, reference) -> every row's simultaneous interval
+
+    def difference(boot_id: bytes, key: tuple, ref: tuple) -> stats.Interval:
+        if (boot_id, ref) not in against:
+            against[boot_id, ref] = boots[boot_id].simultaneous(list(boots[boot_id].samples), ref, "f1_macro")
+        return against[boot_id, ref].get(key, stats.Interval(0.0, 0.0, 0.0, signed=True))  # the reference itself
+
     for i, key in enumerate(keys):
         if key not in predictions:
             continue
-        own = boots[predictions[key].rows.tobytes()]
+        own = predictions[key].rows.tobytes()
         for m in ("f1_macro", "accuracy"):
-            ci = own.interval(key, m)
+            ci = boots[own].interval(key, m)
             board.loc[i, [f"{m}_ci_low", f"{m}_ci_high"]] = ci.low, ci.high
-        for name, ref in (("vs_threshold", threshold), ("vs_champion", champion)):
+        for name, ref in (("vs_threshold", ("threshold", "head_swap")), ("vs_champion", champion),
+                          ("vs_prior", (PRIOR, "compare"))):
             if ref not in predictions:
                 continue
-            # on the rows both were scored on: this row's, or the other's when it has fewer (slim and tune: fold 0)
-            for boot in (own, boots.get(predictions[ref].rows.tobytes())):
-                if boot is not None and key in boot.samples and ref in boot.samples:
-                    d = boot.difference(key, ref, "f1_macro")
+            # on the rows both were scored on: this row's, or the other's when it has fewer
+            for boot_id in (own, predictions[ref].rows.tobytes()):
+                if boot_id in boots and key in boots[boot_id].samples and ref in boots[boot_id].samples:
+                    d = difference(boot_id, key, ref)
                     board.loc[i, [name, f"{name}_low", f"{name}_high"]] = d.estimate, d.low, d.high
                     break
 
 
 def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
-    """The leaderboard for people: the selection metric, test macro-F1 and accuracy with their 95% intervals,
-    the paired differences, `mean ± std` where a row has several runs; no run ids."""
+    """The leaderboard for people, within 100 columns: each row's role, the validation metric it was chosen on
+    (`mean ± std` over its runs), test macro-F1 with its 95% interval, the simultaneous paired difference to
+    threshold, its parameters. Every other column is in leaderboard.csv."""
     def num(m, s=float("nan")) -> str:
-        return "" if m != m else f"{m:.4g}" if not s > 0 else f"{m:.3g} ± {s:.2g}"
+        return "" if m != m else f"{m:.3f}" if not s > 0 else f"{m:.3f} ± {s:.3f}"
 
-    def ci(m, low, high) -> str:
-        return "" if m != m else f"{m:.3f} [{low:.3f}, {high:.3f}]"
-
-    def diff(m, low, high) -> str:
-        return "" if m != m else f"{m:+.3f} [{low:+.3f}, {high:+.3f}]"
+    def ci(m, low, high, sign="") -> str:
+        return "" if m != m else f"{m:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
 
     col = RUN_COLUMNS[metric]
-    out = board[["stage", "strategy", "n"]].copy()
-    out["role"] = ["champion" if top else "bar" if s == "threshold" else "reference" if s == "reference_hgb" else
-                   f"excluded: {why}" if why else "" for s, top, why in zip(board["strategy"], board["champion"],
-                                                                             board["excluded"])]
+    out = pd.DataFrame({"row": [s if st in ("head_swap", "compare") else f"{s} ({st})"
+                                for s, st in zip(board["strategy"], board["stage"])]})
+    out["role"] = [role(r) for _, r in board.iterrows()]
     out[metric] = [num(m, s) for m, s in zip(board[col], board[f"{col}_std"])]
-    out["test f1_macro [95% CI]"] = [ci(*v) for v in zip(board["f1_macro"], board["f1_macro_ci_low"],
-                                                          board["f1_macro_ci_high"])]
-    out["vs threshold"] = [diff(*v) for v in zip(board["vs_threshold"], board["vs_threshold_low"],
-                                                 board["vs_threshold_high"])]
-    out["test accuracy [95% CI]"] = [ci(*v) for v in zip(board["accuracy"], board["accuracy_ci_low"],
-                                                         board["accuracy_ci_high"])]
-    for name in ("roc_auc", "log_loss", "ece", "params", "train_s"):
-        out[name] = [num(m) for m in board[name]]
-    out["scope"] = board["scope"]
-    out["pareto"] = ["*" if p else "" for p in board["pareto"]]
+    out["test macro-F1 [95% CI]"] = [ci(*v) for v in zip(board["f1_macro"], board["f1_macro_ci_low"],
+                                                         board["f1_macro_ci_high"])]
+    out["vs threshold"] = [ci(*v, sign="+") for v in zip(board["vs_threshold"], board["vs_threshold_low"],
+                                                         board["vs_threshold_high"])]
+    out["params"] = ["" if p != p else f"{p:,.0f}" for p in board["params"]]
     return out
 
 
-def verdict(board: pd.DataFrame, metric: str) -> list[str]:
-    """What the leaderboard says, in plain sentences: who was chosen and how, and whether the data can tell
-    it from thresholding the regressor and from the reference."""
+def role(row: pd.Series) -> str:
+    """What a leaderboard row is to the verdict, in a word or two."""
+    if row["excluded"]:
+        return f"excluded: {row['excluded']}"
+    if row["champion"]:
+        return "champion"
+    if row.get("best_val"):
+        return "best on val"
+    name = str(row["strategy"])
+    if name == "threshold":
+        return "bar"
+    if name == PRIOR:
+        return "floor"
+    if name.startswith("reference"):
+        return "reference"
+    return "≈ best" if row.get("tied") else ""
+
+
+def verdict(board: pd.DataFrame, metric: str, warnings: list[str] = ()) -> list[str]:
+    """What the leaderboard says, in plain sentences, the answer first: whether the champion is better than
+    chance (the `prior` floor) and than thresholding the regressor, then which row it is and why (chosen on
+    validation: the simplest row the validation rows cannot tell from the best), then the reference. Test
+    differences are simultaneous 95% intervals over the leaderboard's rows. `warnings` (the checks of the
+    regressor, `check.*` tags) come first: they say when no verdict can mean much."""
     top = board[board["champion"]].iloc[0]
+    best = board[board["best_val"]].iloc[0]
+    name, col = str(top["strategy"]), RUN_COLUMNS[metric]
     n = int(top["test_rows"]) if top["test_rows"] == top["test_rows"] else 0
-    lines = [f"Champion, chosen on validation ({metric} {top[RUN_COLUMNS[metric]]:.4f}): {top['strategy']} "
-             f"({top['stage']}); "
-             f"test macro-F1 {top['f1_macro']:.3f} [{top['f1_macro_ci_low']:.3f}, {top['f1_macro_ci_high']:.3f}] "
-             f"on {n} test rows ({top['scope']})."]
-    if top["strategy"] == "threshold":
-        lines.append("Verdict: no conversion beat thresholding the regressor on validation; ship threshold "
-                     "(the regressor cut at the class edges).")
+    lines = [f"Warning: {w}" for w in warnings]
+
+    def diff(row: pd.Series, ref: str) -> str:
+        return f"{row[ref]:+.3f} [{row[ref + '_low']:+.3f}, {row[ref + '_high']:+.3f}]"
+
+    if name == PRIOR:
+        lines.append("Verdict: no better than chance. No classifier was separable on validation from the class prior "
+                     "(classes drawn at their training frequencies): the features carry no usable signal for these "
+                     "classes. Nothing is registered as champion.")
+    elif top["vs_prior"] == top["vs_prior"] and not top["vs_prior_low"] > 0:
+        lines.append(f"Verdict: no better than chance on test: {name} vs the class prior {diff(top, 'vs_prior')} "
+                     "test macro-F1; the features carry no usable signal that the test rows confirm.")
+    elif name == "threshold":
+        lines.append("Verdict: ship threshold, the regressor cut at the class edges: no conversion was separable from "
+                     "it on validation.")
     elif top["vs_threshold"] != top["vs_threshold"]:
-        lines.append("Verdict: threshold was not run, so the conversion cannot be judged against it.")
+        lines.append(f"Verdict: {name}; threshold was not run, so the conversion cannot be judged against it.")
     elif top["vs_threshold_low"] > 0:
-        lines.append(f"Verdict: {top['strategy']} beats thresholding the regressor by {top['vs_threshold']:+.3f} "
-                     f"[{top['vs_threshold_low']:+.3f}, {top['vs_threshold_high']:+.3f}] test macro-F1 "
-                     "(paired 95% interval, excludes zero).")
+        lines.append(f"Verdict: {name} beats thresholding the regressor by {diff(top, 'vs_threshold')} test "
+                     "macro-F1 (simultaneous 95% interval, excludes zero).")
     else:
-        finding = (f"thresholding the regressor does better than {top['strategy']}" if top["vs_threshold_high"] < 0
-                   else "no conversion is distinguishable from thresholding the regressor")
-        lines.append(f"Verdict: {finding} on {n} test rows: {top['strategy']} vs threshold "
-                     f"{top['vs_threshold']:+.3f} [{top['vs_threshold_low']:+.3f}, {top['vs_threshold_high']:+.3f}]. "
-                     "Recommended: the simplest model, threshold (the regressor cut at the class edges).")
-    ref = board[board["strategy"] == "reference_hgb"]
-    if len(ref) and ref["f1_macro"].iloc[0] == ref["f1_macro"].iloc[0]:
-        r = ref.iloc[0]
-        lines.append(f"Gradient-boosting reference: test macro-F1 {r['f1_macro']:.3f} [{r['f1_macro_ci_low']:.3f}, "
-                     f"{r['f1_macro_ci_high']:.3f}]; vs champion {r['vs_champion']:+.3f} "
-                     f"[{r['vs_champion_low']:+.3f}, {r['vs_champion_high']:+.3f}].")
+        finding = ("thresholding the regressor does better" if top["vs_threshold_high"] < 0
+                   else "it is not distinguishable from thresholding the regressor")
+        lines.append(f"Verdict: {name} was chosen on validation, but on test {finding}: "
+                     f"{diff(top, 'vs_threshold')} macro-F1 (simultaneous 95% interval).")
+    if name != PRIOR:
+        why = ("the best on validation" if top["best_val"] else
+               f"the simplest of {int(board['tied'].sum())} rows the validation rows cannot tell from the best, "
+               f"{best['strategy']} ({best[col]:.3f})")
+        lines.append(f"Champion: {name} ({top['stage']}), {why} ({metric} {top[col]:.3f}); test macro-F1 "
+                     f"{top['f1_macro']:.3f} [{top['f1_macro_ci_low']:.3f}, {top['f1_macro_ci_high']:.3f}] on {n} "
+                     f"test rows ({top['scope']}).")
+    for _, r in board[board["strategy"].astype(str).str.startswith("reference")].iterrows():
+        if r["f1_macro"] == r["f1_macro"] and r["vs_champion"] == r["vs_champion"]:
+            lines.append(f"Gradient-boosting {r['strategy']}: test macro-F1 {r['f1_macro']:.3f} "
+                         f"[{r['f1_macro_ci_low']:.3f}, {r['f1_macro_ci_high']:.3f}]; "
+                         f"vs champion {diff(r, 'vs_champion')}.")
     return lines
 
 
 def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future | None = None) -> Comparison:
     """The answer to "which conversion wins": every strategy and variant of the convert run `parent` read back
-    from the store, a scikit-learn reference on the same splits, the verdict, the report, and the champion
-    (the best of our classifiers on `compare.metric`, a validation metric) registered as a pyfunc that takes
-    the raw columns. Artifacts go on the parent run: leaderboard.csv, leaderboard.md, report.html. Always
-    runs: it only reads what the stages logged, and registers nothing twice. `reference`: the reference's fit
-    (`fit_reference`) when convert started it earlier (jobs.submit), else it is fitted here."""
+    from the store, a scikit-learn reference and the class-prior floor on the same splits, the verdict, the report,
+    and the champion (`choose`: the simplest row the validation rows cannot tell from the best) registered as a
+    pyfunc that takes the raw columns; nothing is registered when the champion is the floor. Artifacts go on the
+    parent run: leaderboard.csv, leaderboard.md, report.html. Always runs: it only reads what the stages logged,
+    and registers nothing twice. `reference`: the reference's fit (`fit_reference`) when convert started it
+    earlier (jobs.submit), else it is fitted here."""
     data = splits[0]  # the champion's own split: slim and tune refine on it, its model was trained on it
     tags = tracking.get_run(parent).data.tags
     runs = [r for k in ("head_swap_run", "slim_run") if k in tags for r in strategy_runs(tags[k])]
@@ -295,30 +370,33 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
         if c.reference:
             fitted = jobs.result(reference) if reference is not None else fit_reference(cfg, splits)
             runs.append(_reference_run(cfg, splits, fitted))
-        chosen = None  # cross-fitted: the head-swap strategy chosen on its mean over folds (see convert)
-        if int(tags.get("folds", 1)) > 1 and "head_swap_run" in tags:
-            model_run = tracking.get_run(tags["head_swap_run"]).data.tags["model_run"]
-            chosen = tracking.get_run(model_run).data.tags["strategy"]
-        board = leaderboard(runs, c.metric, seed=cfg.seed, chosen=chosen)
+        runs.append(_prior_run(cfg, splits))
+        board = leaderboard(runs, c.metric, seed=cfg.seed)
         if not board["champion"].any():
             raise UserError("no trained classifier among the runs to compare; run convert first")
         top = board[board["champion"]].iloc[0]
         champion_run = top["best_run"]
-        model = tracking.load_run_model(champion_run)
-        summary = verdict(board, c.metric)
-        summary += [f"Data: {cfg.data.source}, target {cfg.data.target}, classes {', '.join(data.class_names)}",
-                    f"Parent run {parent}; registered model {registered}, alias champion"]
-        version = registry.register_champion(
-            model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
-            _raw_example(data), registered,
-            description=version_description(summary, top, champion_run, parent, registered),
-            tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
-            run_id=champion_run, model_description=model_description(cfg, data, registered))
-        summary[-1] += f" (version {version})"
+        checks = [value for key, value in sorted(tags.items()) if key.startswith("check.")]
+        summary = verdict(board, c.metric, checks)
+        summary.append(f"Data: {cfg.data.source}, target {cfg.data.target}, classes {', '.join(data.class_names)}")
+        model, version = None, ""
+        if top["strategy"] == PRIOR:  # no model beats chance: the recommendation is to ship none
+            registered = ""
+            summary.append(f"Parent run {parent}; nothing registered")
+        else:
+            model = tracking.load_run_model(champion_run)
+            summary.append(f"Parent run {parent}; registered model {registered}, alias champion")
+            version = registry.register_champion(
+                model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
+                _raw_example(data), registered,
+                description=version_description(summary, top, champion_run, parent, registered),
+                tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
+                run_id=champion_run, model_description=model_description(cfg, data, registered))
+            summary[-1] += f" (version {version})"
+            stands_for(champion_run)
         tracking.describe_experiment(EXPERIMENT_NOTE)
         tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                            "registered_model": registered, "registered_version": version})
-        stands_for(champion_run)
         pooled = pooled_predictions([tracking.get_run(champion_run)])
         images = {"Per strategy": report.png(report.intervals_figure(board, c.metric))}
         notes = {"Per strategy": "Test macro-F1 of every row with its 95% bootstrap interval, rows in the "
@@ -372,9 +450,10 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
     # links are the MLflow UI's own routes, relative, so they work wherever the UI is served
     experiment_id = tracking.get_run(parent).info.experiment_id
     links = (f"Champion: [{top['strategy']} (run {champion_run})](#/experiments/{experiment_id}/runs/{champion_run})"
-             f" · registered: [{registered} version {version}](#/models/{registered}/versions/{version})"
-             " · figures: `report.html` in this run's artifacts")
-    tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run, "model_run": champion_run,
+             + (f" · registered: [{registered} version {version}](#/models/{registered}/versions/{version})"
+                if version else "") + " · figures: `report.html` in this run's artifacts")
+    tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
+                       **({"model_run": champion_run} if version else {}),
                        "registered_model": registered, "registered_version": version,
                        "mlflow.note.content": "\n\n".join(summary) + "\n\n" + links + "\n\n" + table},
                       run_id=parent)
@@ -383,8 +462,33 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
                           "champion/test_f1_macro_ci_high": top["f1_macro_ci_high"],
                           "champion/vs_threshold": top["vs_threshold"],
                           "champion/vs_threshold_low": top["vs_threshold_low"],
-                          "champion/vs_threshold_high": top["vs_threshold_high"]}, run_id=parent)
+                          "champion/vs_threshold_high": top["vs_threshold_high"],
+                          "champion/vs_prior": top["vs_prior"], "champion/vs_prior_low": top["vs_prior_low"],
+                          "champion/vs_prior_high": top["vs_prior_high"]}, run_id=parent)
     return Comparison(parent, run_id, board, summary, model, champion_run, registered, version)
+
+
+def _prior_run(cfg: Config, splits: list[Prepared]):
+    """The floor's run (`prior`): a classifier that ignores the features. Its probabilities are the training
+    rows' class frequencies and its classes are drawn at those frequencies (seeded), which scores macro-F1 1/K
+    in expectation whatever the class balance: chance. Scored like every row, on validation and on test."""
+    test, val, val_proba = [], [], []
+    for data in splits:
+        rng = np.random.default_rng([cfg.seed, data.fold or 0])
+        freq = np.bincount(data.train.c.numpy(), minlength=data.n_classes) / len(data.train.c)
+        test.append((data, np.tile(freq, (len(data.test.c), 1)), rng.choice(data.n_classes, len(data.test.c), p=freq)))
+        val.append((data.val.c.numpy(), rng.choice(data.n_classes, len(data.val.c), p=freq)))
+        val_proba.append(np.tile(freq, (len(data.val.c), 1)))
+    with tracking.start(PRIOR, "compare", strategy=PRIOR, tags={"split_key": splits[0].split_key, "seed": str(cfg.seed),
+                                                                 "folds": str(len(splits))}) as run_id:
+        tracking.log_params({"model": "class prior: classes drawn at their training frequencies, features ignored",
+                             "seed": cfg.seed, "folds": len(splits)})
+        values = metrics.prefixed("val", metrics.classification(np.concatenate([v[0] for v in val]),
+                                                                np.concatenate(val_proba),
+                                                                np.concatenate([v[1] for v in val])))
+        values |= log_predictions(test, cfg.seed, val)
+        tracking.log_metrics({**values, "cost/params": 0, "cost/train_seconds": 0.0})
+    return tracking.get_run(run_id)
 
 
 def validation_curves(board: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:

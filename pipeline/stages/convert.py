@@ -71,6 +71,8 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
         shipped = brought and (*portable(brought[0]), brought[1])
         bases = [stage_output(run) for run in jobs.run(_fold_baseline, [(cfg, data, shipped, force, baseline_run)
                                                                          for data in splits])]
+        r2 = np.mean([tracking.get_run(b.run_id).data.metrics.get("val/r2", np.nan) for b in bases])
+        say(f"baseline: validation R2 {r2:.3f} averaged over {len(splits)} folds")
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
         swaps = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
         runs = _strategy_runs(swaps)

@@ -18,7 +18,7 @@ from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_b
                        fit_cumulative_link_scale, fit_warm_start_scale, freeze_backbone, new_head, swap_head, unfreeze,
                        warm_start_head)
 from ..train import predict, resolve_device, seeded
-from .common import (StageResult, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
+from .common import (StageResult, detail, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
                      seeds_of, split_tags, stage_output, stands_for, where)
 
 
@@ -63,11 +63,14 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
                 child_id, values, flag = results[strategy, run_cfg.seed]
             if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
                 best_f1, best_run = values["val/f1_macro"], child_id
-            say(f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: test "
-                f"macro-F1 {values['test/f1_macro']:.3f}, accuracy {values['test/accuracy']:.3f}, "
-                f"log loss {values['test/log_loss']:.3f}")
+            detail(f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: "
+                   f"validation macro-F1 {values['val/f1_macro']:.3f}, accuracy {values['val/accuracy']:.3f}, "
+                   f"log loss {values['val/log_loss']:.3f}" + (f" ({flag})" if flag else ""))
         if best_run:
             stands_for(best_run)
+            if data.fold is None:  # cross-fitted, convert says which strategy the folds chose together
+                say(f"head_swap: best on validation {tracking.get_run(best_run).data.tags.get('strategy')} "
+                    f"(macro-F1 {best_f1:.3f})")
     return StageResult(run_id, tracking.load_run_model(best_run) if best_run else None, best_run)
 
 

@@ -17,7 +17,7 @@ from ..model import architecture, mark_start, portable
 from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
-from .common import (StageResult, classifier_values, costs, fit_classifier, flag_training, log_classifier,
+from .common import (StageResult, classifier_values, detail, costs, fit_classifier, flag_training, log_classifier,
                      log_run_inputs, run_name, say, seeds_of, split_tags, stage_output, stands_for, where)
 
 
@@ -53,8 +53,8 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
             strategy = f"{name}_distill" if distilled else name
             if not flag:  # a diverged variant is logged, never recommended
                 rows.append({"strategy": strategy, "run_id": child_id, **values})
-            say(f"{where('slim', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: "
-                f"{values['cost/params']:.0f} params, test macro-F1 {values['test/f1_macro']:.3f}")
+            detail(f"{where('slim', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: "
+                   f"{values['cost/params']:.0f} params, validation macro-F1 {values['val/f1_macro']:.3f}")
         means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
         pick = recommend(means, cfg.slim.tolerance)
         chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])

@@ -12,7 +12,7 @@ from ..data import Prepared
 from ..model import architecture
 from ..reuse import reusable
 from ..train import resolve_device
-from .common import (StageResult, flag_training, log_classifier, log_run_inputs, run_name, say, split_tags,
+from .common import (StageResult, detail, flag_training, log_classifier, log_run_inputs, run_name, say, split_tags,
                      stage_output, stands_for, where)
 
 
@@ -107,7 +107,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
             model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
             trial = tracking.get_run(best.user_attrs["mlflow_run_id"])
             trial_seconds = trial.data.metrics.get("cost/train_seconds", float("nan"))
-            values = log_classifier(model, data, device, trial_seconds, 0, cfg.seed)  # evaluated once, here
+            log_classifier(model, data, device, trial_seconds, 0, cfg.seed)  # evaluated once, here
             # side by side in the workers; each fold's chosen model travels as its recipe and starting weights
             jobs.run(_refit, [(cfg, best.params, epochs, fold_data,
                                (architecture(fold_source.model), start_weights(fold_source.model)),
@@ -117,8 +117,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
             f"{best.value:.4f}): the tune stage keeps the untuned model, no tuned row"
             + (", no refits on the other folds" if other_folds else ""))
         return StageResult(run_id, source.model, source.model_run)
-    say(f"tune: best trial {best.number} {metric} {best.value:.4f} ({best.params}), untuned {untuned_value:.4f}; "
-        f"test macro-F1 {values['test/f1_macro']:.3f}")
+    say(f"tune: best trial {best.number} {metric} {best.value:.4f} ({best.params}), untuned {untuned_value:.4f}")
     return StageResult(run_id, model, run_id)
 
 
@@ -144,7 +143,7 @@ def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, s
         flag_training([hist], random_start=False)
         values = log_classifier(model, data, resolve_device(cfg.train.device), hist.seconds, hist.epochs + 1,
                                 cfg.seed)
-    say(f"{where('tune', data)}: best configuration retrained, test macro-F1 {values['test/f1_macro']:.3f}")
+    detail(f"{where('tune', data)}: best configuration retrained, validation macro-F1 {values['val/f1_macro']:.3f}")
 
 
 def _safe_url(url: str) -> str:
