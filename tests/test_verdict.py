@@ -203,3 +203,22 @@ def test_a_run_whose_training_diverged_is_marked_and_never_champion(experiment):
     [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
     # the regressor trained at that rate learned nothing either: the floor or threshold, never the flagged run
     assert parent.data.tags["champion"] in ("threshold", "prior") and "cannot be champion" in result.output
+
+
+@pytest.mark.slow
+def test_on_features_that_carry_no_signal_the_verdict_says_chance_and_names_no_winner(experiment, tmp_path):
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(300, 4)), columns=["a", "b", "c", "d"]).assign(y=rng.normal(size=300))
+    table.to_csv(tmp_path / "noise.csv", index=False)
+    result = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,finetune,warm_start,linear_probe",
+                                          "--set", "slim.keep_ratios=none", "--set", "slim.depth=false",
+                                          "--set", "tune.n_trials=0"),
+                    "--data", str(tmp_path / "noise.csv"), "--target", "y", "--classes", "quantile:3")
+    assert result.exit_code == 0, result.output
+    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    verdict = next(line for line in result.output.splitlines() if line.startswith("Verdict:"))
+    assert "no better than chance" in verdict and "beats" not in verdict
+    m = parent.data.metrics
+    if parent.data.tags["champion"] != "prior":  # the simplest row tied with the best: it must not beat chance
+        assert m["champion/vs_prior_low"] <= 0
+    assert m["champion/test_f1_macro_ci_low"] <= 1 / 3 <= m["champion/test_f1_macro_ci_high"]
