@@ -112,14 +112,16 @@ class Bar:
         self.close()
 
 
-def write(msg: str) -> None:
-    """Print one line (a finished run, a stage's result) unless --quiet; above any live bar."""
-    if quiet():
+def write(msg: str, err: bool = False) -> None:
+    """Print one line (a stage's result; with `err`, a warning on stderr, shown even under --quiet) above any
+    live bar; other lines are silent under --quiet."""
+    if quiet() and not err:
         return
+    stream = sys.stderr if err else sys.stdout
     if live():
         from tqdm import tqdm
 
-        tqdm.write(msg, file=sys.stdout)
-        sys.stdout.flush()
+        tqdm.write(msg, file=stream)
     else:
-        print(msg, flush=True)
+        print(msg, file=stream)
+    stream.flush()

@@ -412,22 +412,21 @@ def log_files_to(run_id: str, files: dict[str, str | bytes]) -> None:
 
 
 def log_predictions(rows: np.ndarray, c: np.ndarray, proba: np.ndarray, pred: np.ndarray,
-                    val_c: np.ndarray | None = None, val_pred: np.ndarray | None = None) -> None:
+                    **more: np.ndarray) -> None:
     """A run's predictions as `predictions.npz`: the test rows' positions in the data table (n,), their
     classes (n,), the predicted probabilities (n, K) and the classes the model's decision rule picked (n,), for
-    compare's pooled metrics and bootstrap; and its validation rows' classes and the classes its rule decided
-    (`val_c`, `val_pred`, in the split's order), for compare's choice of the champion."""
+    compare's pooled metrics and bootstrap; `more` integer arrays beside them (stages.common.log_predictions:
+    the validation rows' classes and decisions, and each row's fold when a run spans several)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "predictions.npz", rows=rows.astype(np.int64), c=c.astype(np.int64),
                  proba=proba.astype(np.float32), pred=np.asarray(pred).astype(np.int64),
-                 **({} if val_c is None else {"val_c": np.asarray(val_c).astype(np.int64),
-                                              "val_pred": np.asarray(val_pred).astype(np.int64)}))
+                 **{name: np.asarray(a).astype(np.int64) for name, a in more.items()})
         mlflow.log_artifact(str(Path(tmp) / "predictions.npz"))
 
 
 def read_predictions(run_id: str) -> dict[str, np.ndarray] | None:
-    """What `log_predictions` logged on `run_id` (rows, c, proba, pred, and val_c, val_pred where logged), or
-    None; arrays only, never pickle."""
+    """What `log_predictions` logged on `run_id` (rows, c, proba, pred and what else it was given), or None;
+    arrays only, never pickle."""
     raw = read_artifact(run_id, "predictions.npz")
     if raw is None:
         return None

@@ -136,8 +136,11 @@ def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
                                                             artifact_path="leaderboard.csv")).set_index("strategy")
     # every row, slim's variants and the tuned configuration retrained on each fold included, is scored on all rows
-    for strategy in ("finetune", "reference_hgb", "width_0.5", "tuned"):
+    for strategy in ("finetune", "reference_hgb", "width_0.5", "tuned", "prior", "nested"):
         assert board.loc[strategy, "scope"] == "pooled over 3 folds" and board.loc[strategy, "test_rows"] == 240
+    # the procedure's own row: chosen on each fold's validation rows, one choice a fold
+    assert [c.split(": ")[0] for c in board.loc["nested", "choices"].split(", ")] == ["fold 0", "fold 1", "fold 2"]
+    assert "Procedure, nested" in output
     assert board["champion"].sum() == 1 and board["f1_macro_ci_low"].notna().all()
     assert "Verdict:" in output and "Champion:" in output
     assert output.index("Verdict:") < output.index("Leaderboard")  # the answer first

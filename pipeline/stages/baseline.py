@@ -132,7 +132,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         stands_for(run_id)
         line = (f"{where('baseline', data)}: validation RMSE {values['val/rmse']:.4g}, R2 {values['val/r2']:.3f}, "
                 f"thresholded macro-F1 {values['val/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")
-        say(line) if data.fold is None else detail(line)  # cross-fitted: convert says the mean over folds
+        (say if data.fold is None else detail)(line)  # cross-fitted: convert says the mean over folds
     return StageResult(run_id, model, run_id)
 
 

@@ -45,6 +45,12 @@ def say(msg: str) -> None:
     progress.write(msg)
 
 
+def warn(msg: str) -> None:
+    """A warning a person must see (a flagged run, a doubtful input): on stderr, `warning: ` first, even under
+    --quiet."""
+    progress.write(f"warning: {msg}", err=True)
+
+
 def detail(msg: str) -> None:
     """A finished run's console line (its validation scores): shown under --verbose only."""
     if progress.verbose():
@@ -138,7 +144,7 @@ def flag_training(hists: list, random_start: bool) -> str | None:
             "untrained" if random_start and not any(h.improved for h in hists) else None)
     if flag:
         tracking.set_tags({"training": flag})
-        say(f"warning: training {flag} (see the run's train/loss and val/loss); this run cannot be champion")
+        warn(f"{progress_label()}: training {flag} (see the run's train/loss and val/loss); it cannot be champion")
     return flag
 
 
@@ -186,17 +192,24 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
 
 def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int,
                     val: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
-    """Log a run's test predictions, pooled over `parts` ((split, (N, K) test probabilities, (N,) classes its
-    decision rule picked), one per fold), with its validation decisions `val` ((classes, decided classes) of each
-    fold's validation rows, in the split's order: what compare chooses the champion on; none for the
-    reference, which is never champion), and return its test/* metrics, macro-F1 and accuracy with a seeded
-    95% bootstrap interval (`_ci_low`, `_ci_high`). Test scores are computed here, once per run, and never
-    used to choose anything."""
+    """Log a run's predictions and return its test/* metrics, macro-F1 and accuracy with a seeded 95% bootstrap
+    interval (`_ci_low`, `_ci_high`). `parts`: (split, (N, K) test probabilities, (N,) classes its decision rule
+    picked), one per fold; `val`: (classes, decided classes) of each fold's validation rows, in the split's
+    order, which compare chooses the champion on (none for the reference, which is never champion). A run over
+    several folds (the reference, the floor) also logs each row's fold (`fold`, `val_fold`). Test scores are
+    computed here, once per run, and never used to choose anything."""
     rows = np.concatenate([d.test_rows for d, _, _ in parts])
     c = np.concatenate([d.test.c.numpy() for d, _, _ in parts])
     proba = np.concatenate([p for _, p, _ in parts])
     pred = np.concatenate([pred for _, _, pred in parts])
-    tracking.log_predictions(rows, c, proba, pred, *(val and [np.concatenate(v) for v in zip(*val)] or []))
+    more = {}
+    if val:
+        more["val_c"], more["val_pred"] = (np.concatenate(v) for v in zip(*val))
+    if len(parts) > 1:
+        more["fold"] = np.concatenate([np.full(len(d.test_rows), d.fold) for d, _, _ in parts])
+        if val:
+            more["val_fold"] = np.concatenate([np.full(len(v[0]), d.fold) for (d, _, _), v in zip(parts, val)])
+    tracking.log_predictions(rows, c, proba, pred, **more)
     values = metrics.prefixed("test", metrics.classification(c, proba, pred))
     boot = stats.bootstrap(c, {"run": pred}, proba.shape[1], seed=seed)
     for m in stats.METRICS:

@@ -33,6 +33,7 @@ TEST_COLUMNS = {  # metrics.classification key -> leaderboard column, from the r
 LOWER_IS_BETTER = {metric for metric, direction in COMPARE_METRICS.items() if direction == "minimize"}
 CANDIDATES = ("head_swap", "slim", "tune")  # stages whose rows are our classifiers; the reference row is not one
 PRIOR = "prior"  # the no-information floor: classes drawn at their training frequencies, the features ignored
+NESTED = "nested"  # cross-fitted: the selection procedure, chosen on each fold's own validation rows
 
 
 @dataclass
@@ -77,12 +78,12 @@ def strategy_runs(stage_run: str) -> list:
     return runs
 
 
-def pooled_predictions(group: list) -> Predictions | None:
+def pooled_predictions(group: list, read: dict[str, dict | None] | None = None) -> Predictions | None:
     """The predictions of a row's runs, concatenated over folds (in fold order) for each seed; None when a run
-    logged none."""
+    logged none. `read`: what tracking.read_predictions already returned, by run id."""
     by_seed: dict[str, list[dict]] = {}
     for run in sorted(group, key=lambda r: int(r.data.tags.get("fold", 0))):
-        logged = tracking.read_predictions(run.info.run_id)
+        logged = read[run.info.run_id] if read is not None else tracking.read_predictions(run.info.run_id)
         if logged is None:
             return None
         by_seed.setdefault(run.data.tags.get("seed", ""), []).append(logged)
@@ -124,6 +125,7 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
             tags = run.data.tags
             strategy = tags.get("strategy") or ("tuned" if tags.get("stage") == "tune" else run.info.run_name)
             groups.setdefault((tags.get("stage", ""), strategy), []).append(run)
+    read = {r.info.run_id: tracking.read_predictions(r.info.run_id) for group in groups.values() for r in group}
     rows, predictions = [], {}
     for (stage, strategy), group in groups.items():
         row: dict[str, object] = {"stage": stage, "strategy": strategy, "n": len(group)}
@@ -131,15 +133,10 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
             values = [r.data.metrics[key] for r in group if key in r.data.metrics]
             row[col] = float(np.mean(values)) if values else float("nan")
             row[f"{col}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-        pooled = pooled_predictions(group)
+        pooled = pooled_predictions(group, read)
         if pooled is not None:
             predictions[strategy, stage] = pooled
-            per_seed = [metrics.classification(pooled.c, p, d) for p, d in zip(pooled.proba, pooled.pred)]
-            for key, col in TEST_COLUMNS.items():
-                row[col] = float(np.mean([m[key] for m in per_seed]))
-                spread = np.std([m[key] for m in per_seed], ddof=1) if len(per_seed) > 1 else np.nan
-                row[f"{col}_std"] = float(spread)
-            row["test_rows"] = len(pooled.rows)
+            row |= _test_columns(pooled)
         folds = {r.data.tags.get("fold") for r in group} - {None}
         n_folds = max(len(folds), int(group[0].data.tags.get("folds", 1)))  # the reference: one run, every fold
         row["scope"] = (f"pooled over {n_folds} folds" if n_folds > 1 else f"fold {folds.pop()} only" if folds
@@ -149,6 +146,10 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
         row["runs"] = ",".join(r.info.run_id for r in group)
         row["excluded"] = next((r.data.tags["training"] for r in group if "training" in r.data.tags), "")
         rows.append(row)
+    procedure = nested(groups, read, metric, seed, n_boot)
+    if procedure is not None:
+        rows.append(procedure[0])
+        predictions[NESTED, "compare"] = procedure[1]
     frame = pd.DataFrame(rows)
     for col in (*TEST_COLUMNS.values(), "test_rows"):
         if col not in frame:
@@ -163,6 +164,75 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
     front = set(report.pareto_front(points))
     frame["pareto"] = [i in front and frame["params"].iloc[i] == frame["params"].iloc[i] for i in range(len(frame))]
     return frame
+
+
+def _test_columns(pooled: Predictions) -> dict[str, float]:
+    """A row's test columns from its pooled predictions: each metric's mean over seeds, `_std` its spread."""
+    out: dict[str, float] = {"test_rows": len(pooled.rows)}
+    per_seed = [metrics.classification(pooled.c, p, d) for p, d in zip(pooled.proba, pooled.pred)]
+    for key, col in TEST_COLUMNS.items():
+        out[col] = float(np.mean([m[key] for m in per_seed]))
+        out[f"{col}_std"] = float(np.std([m[key] for m in per_seed], ddof=1)) if len(per_seed) > 1 else float("nan")
+    return out
+
+
+def _on_fold(logged: dict | None, fold: int) -> dict | None:
+    """The part of a multi-fold run's predictions (its `fold` and `val_fold` arrays) that belongs to `fold`."""
+    if logged is None or "fold" not in logged or "val_fold" not in logged:
+        return None
+    test, val = logged["fold"] == fold, logged["val_fold"] == fold
+    return {**{k: logged[k][test] for k in ("rows", "c", "proba", "pred")},
+            **{k: logged[k][val] for k in ("val_c", "val_pred")}}
+
+
+def nested(groups: dict[tuple[str, str], list], read: dict[str, dict | None], metric: str, seed: int,
+           n_boot: int) -> tuple[dict, Predictions] | None:
+    """Under cross-fitting, the row of the selection procedure itself (`nested`): in each outer fold `choose` picks
+    among the candidate rows on that fold's own validation decisions only, and the chosen row's run on that fold
+    (its seed best on validation) predicts the fold's test rows. Pooled over folds, these test predictions score
+    the procedure honestly: no row that took part in a choice is scored by it. (The champion row is chosen on
+    every fold's validation rows, some of which are other folds' test rows.) None on one split."""
+    folds = sorted({r.data.tags["fold"] for g in groups.values() for r in g if "fold" in r.data.tags}, key=int)
+    if len(folds) < 2 or metric not in ("val/f1_macro", "val/accuracy"):
+        return None
+    score = metrics.f1_macro if metric == "val/f1_macro" else (lambda c, p, k: float(np.mean(c == p)))
+    col, chosen, parts = RUN_COLUMNS[metric], [], []
+    for fold in folds:
+        board, preds, runs = [], {}, {}
+        for (stage, strategy), group in groups.items():
+            on_fold = [r for r in group if r.data.tags.get("fold") == fold]
+            logged = [read[r.info.run_id] for r in on_fold]
+            if not on_fold and strategy == PRIOR:  # one run over every fold: its part on this fold
+                on_fold, logged = group, [_on_fold(read[r.info.run_id], int(fold)) for r in group]
+            if (stage not in CANDIDATES and strategy != PRIOR) or not on_fold or any(
+                    p is None or "val_pred" not in p for p in logged):
+                continue
+            k = logged[0]["proba"].shape[1]
+            preds[strategy, stage] = Predictions(logged[0]["rows"], logged[0]["c"],
+                                                 np.stack([p["proba"] for p in logged]),
+                                                 np.stack([p["pred"] for p in logged]), logged[0]["val_c"],
+                                                 np.stack([p["val_pred"] for p in logged]))
+            runs[strategy, stage] = max(zip(on_fold, logged), key=lambda r: score(r[1]["val_c"], r[1]["val_pred"], k))
+            board.append({"stage": stage, "strategy": strategy, col: float(np.mean(
+                [score(p["val_c"], p["val_pred"], k) for p in logged])), "params": float(np.mean(
+                [r.data.metrics.get("cost/params", np.nan) for r in on_fold])),
+                "excluded": next((r.data.tags["training"] for r in on_fold if "training" in r.data.tags), "")})
+        if not board:
+            return None
+        board = pd.DataFrame(board)
+        choose(board, preds, metric, seed, n_boot)
+        top = board[board["champion"]].iloc[0]
+        chosen.append(f"fold {fold}: {top['strategy']}")
+        parts.append(runs[top["strategy"], top["stage"]][1])
+    rows = np.concatenate([p["rows"] for p in parts])
+    order = np.argsort(rows, kind="stable")
+    pooled = Predictions(rows[order], np.concatenate([p["c"] for p in parts])[order],
+                         np.concatenate([p["proba"] for p in parts])[order][None],
+                         np.concatenate([p["pred"] for p in parts])[order][None])
+    row = {"stage": "compare", "strategy": NESTED, "n": len(folds), **{c: float("nan") for c in RUN_COLUMNS.values()},
+           **_test_columns(pooled), "scope": f"pooled over {len(folds)} folds", "best_run": "", "runs": "",
+           "excluded": "", "choices": ", ".join(chosen)}
+    return row, pooled
 
 
 # rows the evidence cannot tell apart are ranked by this, simplest first: the floor, threshold, then (among our
@@ -292,6 +362,8 @@ def role(row: pd.Series) -> str:
         return "bar"
     if name == PRIOR:
         return "floor"
+    if name == NESTED:
+        return "procedure"
     if name.startswith("reference"):
         return "reference"
     return "≈ best" if row.get("tied") else ""
@@ -339,6 +411,10 @@ def verdict(board: pd.DataFrame, metric: str, warnings: list[str] = ()) -> list[
         lines.append(f"Champion: {name} ({top['stage']}), {why} ({metric} {top[col]:.3f}); test macro-F1 "
                      f"{top['f1_macro']:.3f} [{top['f1_macro_ci_low']:.3f}, {top['f1_macro_ci_high']:.3f}] on {n} "
                      f"test rows ({top['scope']}).")
+    for _, r in board[board["strategy"] == NESTED].iterrows():
+        lines.append(f"Procedure, nested: choosing on each fold's own validation rows ({r['choices']}) scores test "
+                     f"macro-F1 {r['f1_macro']:.3f} [{r['f1_macro_ci_low']:.3f}, {r['f1_macro_ci_high']:.3f}] pooled "
+                     f"over the folds, vs threshold {diff(r, 'vs_threshold')}: the honest score of the selection.")
     for _, r in board[board["strategy"].astype(str).str.startswith("reference")].iterrows():
         if r["f1_macro"] == r["f1_macro"] and r["vs_champion"] == r["vs_champion"]:
             lines.append(f"Gradient-boosting {r['strategy']}: test macro-F1 {r['f1_macro']:.3f} "

@@ -10,7 +10,7 @@ from ..data import Prepared
 from ..model import portable
 from ..surgery import Head
 from .baseline import baseline, baseline_key, new_regressor
-from .common import StageResult, log_run_inputs, say, stage_output, stands_for
+from .common import StageResult, log_run_inputs, say, stage_output, stands_for, warn
 from .compare import Comparison, compare, fit_reference
 from .head_swap import head_swap, start_early
 from .slim import recommend, slim
@@ -63,7 +63,7 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
     Returns the chosen model of every fold (the first fold's run stands for each stage; tune searches on that
     fold) and the stage runs."""
     if brought and not cfg.user_model.retrain:
-        say("warning: the brought model is reused in every fold, so rows it was trained on may sit in a test fold "
+        warn("the brought model is reused in every fold, so rows it was trained on may sit in a test fold "
             "and flatter its scores; pass --retrain to train it on each fold's training rows")
     folds = {"folds": str(len(splits))}
     with tracking.start("baseline", "baseline", tags=folds) as baseline_run:

@@ -19,7 +19,7 @@ from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_b
                        warm_start_head)
 from ..train import predict, resolve_device, seeded
 from .common import (StageResult, detail, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
-                     seeds_of, split_tags, stage_output, stands_for, where)
+                     seeds_of, split_tags, stage_output, stands_for, warn, where)
 
 
 def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False,
@@ -37,7 +37,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     regressor = baseline.model.to(device)
     head = find_head(regressor, data.n_features, cfg.user_model.head or None)
     if head.activation:
-        say(f"head_swap: warning: output activation '{head.activation}' "
+        warn(f"head_swap: output activation '{head.activation}' "
              f"({type(regressor.get_submodule(head.activation)).__name__}) removed: the new head must emit logits")
     check_convertible(cfg, data, regressor, head)
     skipped = [s for s in cfg.head_swap.strategies if s not in strategies_for(cfg, data)]

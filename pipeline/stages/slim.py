@@ -62,8 +62,9 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
         stands_for(chosen["run_id"])
         unslimmed = tracking.get_run(source.model_run).data.tags.get("strategy", "slimming's input")
         tracking.log_figure(report.pareto_figure(means, pick, unslimmed=unslimmed), "pareto.png")
-    say(f"{where('slim', data)}: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
-        f"{chosen['val/f1_macro']:.3f}; best {max(m['val/f1_macro'] for m in means):.3f})")
+    line = (f"{where('slim', data)}: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
+            f"{chosen['val/f1_macro']:.3f}; best {max(m['val/f1_macro'] for m in means):.3f})")
+    (say if data.fold is None else detail)(line)  # cross-fitted: convert says the choice over folds
     model = teacher if chosen["run_id"] == source.model_run else tracking.load_run_model(chosen["run_id"])
     return StageResult(run_id, model, chosen["run_id"])
 

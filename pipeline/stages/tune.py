@@ -13,7 +13,7 @@ from ..model import architecture
 from ..reuse import reusable
 from ..train import resolve_device
 from .common import (StageResult, detail, flag_training, log_classifier, log_run_inputs, run_name, say, split_tags,
-                     stage_output, stands_for, where)
+                     stage_output, stands_for, warn, where)
 
 
 def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
@@ -50,7 +50,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
     made_by = tracking.get_run(source.model_run).data.tags  # the source's stage, strategy and seed
     untuned_name = made_by.get("strategy", "the untuned model")
     if getattr(source.model, "reg2cls_start", None) is None:
-        say(f"tune: warning: {untuned_name} (run {source.model_run}) records no starting weights (logged before "
+        warn(f"tune: {untuned_name} (run {source.model_run}) records no starting weights (logged before "
             "reg2cls kept them); trials retrain it from its trained weights")
     with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, **split_tags(data),
                                               "seed": str(cfg.seed), "optuna_study": name,
