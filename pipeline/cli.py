@@ -490,6 +490,8 @@ def main() -> None:
 
     # the console script owns its process: MLflow's artifact progress bars would interleave with our lines
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's INFO lines (creating tables, creating the experiment) are its business, not the user's answer
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     atexit.register(_exit_quickly)  # registered before the libraries' handlers: runs after all of them
     cli(prog_name="reg2cls")
 

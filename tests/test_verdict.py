@@ -225,3 +225,17 @@ def test_on_features_that_carry_no_signal_the_verdict_says_chance_and_names_no_w
     if parent.data.tags["champion"] != "prior":  # the simplest row tied with the best: it must not beat chance
         assert m["champion/vs_prior_low"] <= 0
     assert m["champion/test_f1_macro_ci_low"] <= 1 / 3 <= m["champion/test_f1_macro_ci_high"]
+
+
+def test_the_alias_the_tags_the_description_the_report_and_the_hint_name_one_model(cross_fitted):
+    experiment, output = cross_fitted
+    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    tags = parent.data.tags
+    champion, registered = tags["champion"], tags["registered_model"]
+    version = mlflow.MlflowClient().get_model_version_by_alias(registered, "champion")
+    assert str(version.version) == tags["registered_version"] and version.tags["strategy"] == champion
+    assert version.tags["champion_run"] == tags["champion_run"] == tags["model_run"]
+    assert version.description.startswith(f"**{champion}**") and "outer fold 0 of 3" in version.description
+    assert f"Champion: {champion} (" in output and f"models:/{registered}@champion" in output
+    report = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")
+    assert f"Champion: {champion} (" in open(report).read()

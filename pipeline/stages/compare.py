@@ -408,7 +408,7 @@ def verdict(board: pd.DataFrame, metric: str, warnings: list[str] = ()) -> list[
         why = ("the best on validation" if top["best_val"] else
                f"the simplest of {int(board['tied'].sum())} rows the validation rows cannot tell from the best, "
                f"{best['strategy']} ({best[col]:.3f})")
-        lines.append(f"Champion: {name} ({top['stage']}), {why} ({metric} {top[col]:.3f}); test macro-F1 "
+        lines.append(f"Champion: {name} ({top['stage']}; {metric} {top[col]:.3f}), {why}; test macro-F1 "
                      f"{top['f1_macro']:.3f} [{top['f1_macro_ci_low']:.3f}, {top['f1_macro_ci_high']:.3f}] on {n} "
                      f"test rows ({top['scope']}).")
     for _, r in board[board["strategy"] == NESTED].iterrows():
@@ -465,7 +465,8 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
             version = registry.register_champion(
                 model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
                 _raw_example(data), registered,
-                description=version_description(summary, top, champion_run, parent, registered),
+                description=version_description(summary, top, champion_run, parent, registered,
+                                                what_ships(top, data, len(splits))),
                 tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
                 run_id=champion_run, model_description=model_description(cfg, data, registered))
             summary[-1] += f" (version {version})"
@@ -644,10 +645,28 @@ def model_description(cfg: Config, data: Prepared, registered: str) -> str:
         *_how_to_call(registered)])
 
 
-def version_description(summary: list[str], top: pd.Series, champion_run: str, parent: str, registered: str) -> str:
-    """A registered version's description (markdown): which strategy, from which run, why it was chosen."""
+def what_ships(top: pd.Series, data: Prepared, folds: int) -> str:
+    """What the registered model is, in one sentence: which model, trained on how many rows, and which of the
+    printed numbers describe it."""
+    rows = f"{len(data.train.x)} training rows (validation: {len(data.val.x)})"
+    if top["strategy"] == "threshold":
+        rows = f"a regressor trained on {rows}"
+    if folds == 1:
+        return (f"The model is {top['strategy']}'s, on {rows}; the test figures are its own, on {int(top['test_rows'])}"
+                " held-out rows.")
+    return (f"The model is {top['strategy']}'s on outer fold {data.fold} of {folds}, on {rows}; the test figures "
+            f"describe the same recipe over all {folds} folds (each fold's own model, pooled out-of-fold), not this "
+            "one model alone, which saw fewer rows than the whole table.")
+
+
+def version_description(summary: list[str], top: pd.Series, champion_run: str, parent: str, registered: str,
+                        what: str = "") -> str:
+    """A registered version's description (markdown): which strategy, from which run, why it was chosen, and
+    `what` the model is (`what_ships`)."""
     return "\n".join([
         f"**{top['strategy']}** ({top['stage']}), logged by run `{champion_run}` of convert run `{parent}`.",
+        "",
+        what,
         "",
         "### How it was chosen",
         *[f"- {line}" for line in summary],
