@@ -246,12 +246,13 @@ def _prepare(opts: dict):
 
     splits = data.prepare_splits(cfg.data, cfg.seed)
     s = splits[0].summary
-    layout = (f"split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}" if len(splits) == 1 else
-              f"{len(splits)} outer folds, each split {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
-    text = f", {s['strings_as_missing']} of them text in numeric columns" if s.get("strings_as_missing") else ""
-    progress.write(f"data: {cfg.data.source}: {s['rows']} rows ({s['rows_dropped_missing_target']} dropped for a "
-                   f"missing target, {s['features_imputed']} feature values imputed{text}), {s['n_features']} "
-                   f"features; classes {', '.join(splits[0].class_names)}; {layout}")
+    layout = (f"train/val/test {s['train_rows']}/{s['val_rows']}/{s['test_rows']}" if len(splits) == 1 else
+              f"{len(splits)} folds of {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
+    text = f", {s['strings_as_missing']} of them text" if s.get("strings_as_missing") else ""
+    progress.write(f"data: {cfg.data.source}, {s['rows']} rows x {s['n_features']} features "
+                   f"({s['rows_dropped_missing_target']} dropped: no target; {s['features_imputed']} values imputed"
+                   f"{text}); {layout}")
+    progress.write(f"classes: {', '.join(splits[0].class_names)}")
     cfg = _resolve_batch(cfg, len(splits[0].train.x))
     tracking.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
@@ -323,11 +324,24 @@ def convert(**opts):
 
 
 def _print_comparison(cfg, compared) -> None:
-    """The answer first (the verdict), then the leaderboard within 100 columns, then how to use the champion."""
-    click.echo("\n" + "\n".join(compared.summary))
+    """The answer first (the verdict, wrapped to the terminal's usual width), then the leaderboard within 100
+    columns (under --verbose every row; else the rows the verdict names and the best few on validation), then
+    how to use the champion."""
+    import textwrap
+
+    from . import progress
+    from .stages import display
+
+    click.echo("")
+    for line in compared.summary:
+        click.echo(textwrap.fill(line, width=110, subsequent_indent="    "))
+    board = display(compared.board, cfg.compare.metric)
+    shown = board if progress.verbose() else board[~board["role"].isin(["", "≈ best"]) | (board.index < 5)]
     click.echo(f"\nLeaderboard (chosen on {cfg.compare.metric}; test macro-F1 with its 95% interval; vs threshold: "
-               "simultaneous 95% intervals):")
-    _print_board(compared.board, cfg.compare.metric)
+               "simultaneous 95%):")
+    click.echo(shown.to_string(index=False))
+    if len(shown) < len(board):
+        click.echo(f"... {len(board) - len(shown)} more rows: --verbose, or leaderboard.md on the convert run")
     if compared.registered:
         click.echo(f"Predict: reg2cls predict --model-uri models:/{compared.registered}@champion --input new.csv "
                    "--output predictions.csv")

@@ -135,7 +135,7 @@ def test_report_renders_in_chromium_with_every_image(converted, tmp_path):
         driver.quit()
     assert errors == []
     assert len(images) >= 7 and all(ok for _, ok in images), images
-    assert "Champion, chosen on validation" in verdict and "Verdict:" in verdict
+    assert "Champion: " in verdict and "Verdict:" in verdict
     for title in ("Per strategy", "Validation curves", "Confusion matrix", "Slimming: Pareto",
                   "Tuning against its untuned start", "Glossary"):
         assert title in headings
