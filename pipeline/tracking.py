@@ -27,6 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from . import liveness
 from .config import UserError, first_line
+from .memory import release_freed_memory
 
 
 
@@ -118,8 +119,6 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         raise
     _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    from .jobs import release_freed_memory
-
     release_freed_memory()  # its arrays are garbage now, in whichever process ran it
 
 
@@ -297,9 +296,9 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
 
 
 def rebuild(arch: dict, state: dict | None = None):
-    """model.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
+    """surgery.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
     (a state_dict) loaded when given."""
-    from .model import build
+    from .surgery import build
 
     model = build(arch, load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None)
     if state is not None:

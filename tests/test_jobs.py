@@ -228,15 +228,20 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, t
 
 
 def test_workers_start_with_their_tasks_imports_done(experiment, store):
-    """Forked from the fork server, a worker already holds the stages and what a first task would import on the
-    way (torch.export to log a model, torch._dynamo to make an optimizer): seconds no task waits for."""
+    """Forked from the fork server, a worker already holds the stages (named by the command: jobs imports nothing
+    above it) and what a first task would import on the way (torch.export to log a model, torch._dynamo to make
+    an optimizer): seconds no task waits for."""
+    import multiprocessing.forkserver
+
     import mlflow
 
-    from pipeline import jobs
+    from pipeline import cli, jobs
 
     mlflow.set_experiment(experiment)
-    code = "sorted(set(__import__('pipeline.jobs').jobs.PRELOAD) - set(__import__('sys').modules))"
-    with jobs.workers(2):
+    multiprocessing.forkserver._forkserver._stop()  # a server started by an earlier test preloaded other modules
+    wanted = [*jobs.PRELOAD, *cli.WORKER_IMPORTS]
+    code = f"sorted(set({wanted!r}) - set(__import__('sys').modules))"
+    with jobs.workers(2, cli.WORKER_IMPORTS):
         assert jobs.run(eval, [(code,), (code,)]) == [[], []]  # eval: a task function every worker can unpickle
 
 
@@ -280,7 +285,7 @@ def test_release_freed_memory_hands_freed_heap_pages_back():
     """glibc keeps freed MB-sized blocks in the heap (below a block still in use); every run's end releases them."""
     import numpy as np
 
-    from pipeline import jobs
+    from pipeline import memory
 
     def resident_mib() -> float:
         with open("/proc/self/statm") as f:
@@ -291,5 +296,5 @@ def test_release_freed_memory_hands_freed_heap_pages_back():
     blocks = [np.ones(2**17) for _ in range(400)]
     del blocks[:-1]  # 399 MB freed below the last block, which stays in use
     before = resident_mib()
-    jobs.release_freed_memory()
+    memory.release_freed_memory()
     assert resident_mib() < before - 300

@@ -11,8 +11,8 @@ from torch import nn
 
 from pipeline import config
 from pipeline.config import STRATEGIES, UserError
-from pipeline.model import MLP, architecture, build
-from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
+from pipeline.model import MLP, architecture
+from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
 from pipeline.tracking import load_run_model, model_uri
 
 OPTIONS = {

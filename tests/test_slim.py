@@ -8,8 +8,8 @@ from conftest import invoke, runs_of, tiny_args
 from torch import nn
 
 from pipeline.metrics import count_params
-from pipeline.model import MLP, architecture, build, track
-from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
+from pipeline.model import MLP, architecture, track
+from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
 from pipeline.tracking import load_run_model
 from pipeline.train import Distill
 

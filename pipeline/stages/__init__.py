@@ -19,7 +19,8 @@ from .baseline import baseline, bring
 from .common import StageResult, seeds_of, stage_output
 from .compare import Comparison, compare, display, leaderboard, strategy_runs
 from .convert import convert
-from .head_swap import classifier_from, head_swap
+from .head_swap import head_swap
+from .heads import classifier_from
 from .slim import slim
 from .tune import tune
 
