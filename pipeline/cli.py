@@ -516,7 +516,7 @@ def _exit_quickly() -> None:
     finalized, every database engine closed (the last connection to an SQLite store folds its write-ahead log
     back into the file and removes the -wal and -shm files beside it), and then every object left out of the
     interpreter's final garbage collections (`gc.freeze`): they walked some 800,000 objects of torch, MLflow
-    and scikit-learn, about 2 s that every command waited for, while the process's end frees them anyway."""
+    and scikit-learn, which every command waited for, while the process's end frees them anyway."""
     import contextlib
     import gc
 

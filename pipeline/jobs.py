@@ -16,7 +16,7 @@ socket, which the thread reports with a traceback of its own: `_quiet_handover` 
 already reports the death in one line (`result`).
 
 Workers are forked from a fork server: a fresh interpreter that has only imported what they need (`PRELOAD`),
-so none inherits torch, SQLite or MLflow state, and those imports (about 4 s of CPU) are paid once, not once a
+so none inherits torch, SQLite or MLflow state, and those imports (seconds of CPU) are paid once, not once a
 worker. The command starts the server first thing (`start_forkserver`), so that it imports while the command
 imports and reads its data; each worker then takes the command's directory and environment (`_start_worker`).
 The command ends the server at its own exit (`_end_forkserver`).
@@ -115,7 +115,7 @@ def start_forkserver(n: int, preload: tuple[str, ...] = ()):
 
 def _end_forkserver() -> None:
     """At the command's exit: end the fork server at once. Left to notice the exit itself, it would tear down
-    an interpreter that imported torch and MLflow (1.5 s here), holding the command's stdout and stderr open
+    an interpreter that imported torch and MLflow, holding the command's stdout and stderr open
     all along, so that whoever reads them (a pipe, CI, `mlflow run`) would wait for it. It holds no run and
     no file; its workers have exited."""
     from multiprocessing import forkserver

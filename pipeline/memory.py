@@ -7,9 +7,8 @@ _MALLOC_TRIM = None  # glibc's malloc_trim, once looked up (False where there is
 def release_freed_memory() -> None:
     """Hand the heap pages freed by the run that just ended back to the kernel (glibc's malloc_trim). glibc
     keeps freed blocks of a few MB inside the process once it has raised its mmap threshold, so each
-    process (the command, every worker) otherwise stays about 130 MB larger at 100,000 rows than at 10,000
-    after its first runs, although no data is held (bench/bench_scale.py). Does nothing where malloc_trim
-    does not exist."""
+    process (the command, every worker) otherwise grows with the data of its first runs, although it holds
+    none of it any more (bench/bench_scale.py measures it). Does nothing where malloc_trim does not exist."""
     import ctypes
     import ctypes.util
 

@@ -328,7 +328,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
             trained[0] = epoch
             value = metric_value(val_out, data, cfg.tune.metric)
             log.add(epoch, {**logs, cfg.tune.metric: value})
-            # a report is a storage round trip (~2 ms on SQLite, more across a network): made only for
+            # a report is a storage round trip (more across a network): made only for
             # a pruner to act on; the curve is in MLflow either way
             if prunable:
                 trial.report(value, epoch)

@@ -2,7 +2,7 @@
 runs. Besides serving.py (the champion as a pyfunc) and registry.py (the model registry), the only
 module that talks to MLflow.
 
-Conventions (shared/DESIGN.md): every run carries the tag `stage` (and `strategy` on strategy runs);
+Conventions (docs/design.md): every run carries the tag `stage` (and `strategy` on strategy runs);
 params are the flattened config, logged once; per-epoch metrics are buffered and sent with
 `log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM. What a run's
 model is on disk (state_dict + architecture) is model.py's; when a stage may reuse a run is reuse.py's.
@@ -171,7 +171,7 @@ def log_dataset(example: pd.DataFrame, n_rows: int, source: str, target: str, di
     splits`), or one split of a strategy run (`train`, `validation`, `test`: log_split_inputs).
 
     Recorded from `example`, the table's first rows, and its size `n_rows`: MLflow's own inference from a whole
-    table tests every value for missing in Python (10 s a run at a million rows x 11 columns). The columns'
+    table tests every value for missing in Python, slow on large tables. The columns'
     types are the example's dtypes (the whole column's), a column is required unless named in `missing`, and
     the profile counts every row, as MLflow's would. MLflow registers a data set once per experiment by a
     check-then-insert, so two commands logging the same new data set at once collide on a UNIQUE constraint;
@@ -210,9 +210,9 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
       `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back;
     - `<strategy>/` (or `<stage>/`: the run's strategy or stage tag, e.g. runs:/<id>/finetune, runs:/<id>/baseline;
       `model_uri` gives it): an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
-      example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI.
+      example and explicit pip requirements (MLflow's inference of them is slow), for serving and the UI.
       A brought model that torch.export cannot trace keeps `state/` only, with a warning; so does
-      `servable=False` (a tuning trial: ~0.5 s saved, its best is logged whole on the stage run).
+      `servable=False` (a tuning trial: its best is logged whole on the stage run).
     Returns the size of the weights file in bytes.
     """
     import torch
@@ -256,7 +256,7 @@ def model_uri(run) -> str:
 
 
 def pip_requirements(*extra: str) -> list[str]:
-    """Explicit requirements of a logged model: the versions running here (inferring costs ~5 s)."""
+    """Explicit requirements of a logged model: the versions running here (far cheaper than MLflow inferring them)."""
     import torch
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", *extra]

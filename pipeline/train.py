@@ -24,7 +24,7 @@ from .data import Split
 def use_threads(n: int) -> None:
     """Torch's intra-op threads for this process, and those of the BLAS/OpenMP pools that scikit-learn uses
     (the reference model), chosen rather than inherited: two pools spinning on the same cores wait on each
-    other (a 0.1 s HistGradientBoosting fit took 2 s after torch had run with two threads)."""
+    other (a HistGradientBoosting fit ran many times slower after torch had run with two threads)."""
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
