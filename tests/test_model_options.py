@@ -23,6 +23,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", OPTIONS, ids=list(OPTIONS))
 def test_option_converts_end_to_end_and_rebuilds(experiment, option):
     sets = [a for s in [*OPTIONS[option], "slim.keep_ratios=0.5", "tune.n_trials=1"] for a in ("--set", s)]
