@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silent (issue 12): runs of killed processes are ended, two commands share a store,
+"""Nothing lost, nothing silent: runs of killed processes are ended, two commands share a store,
 bad input is one line, and the quiet ways to a wrong result are closed. Kill and concurrency cases use
 real processes against a real SQLite store."""
 from __future__ import annotations
