@@ -233,6 +233,7 @@ def test_on_features_that_carry_no_signal_the_verdict_says_chance_and_names_no_w
     assert m["champion/test_f1_macro_ci_low"] <= 1 / 3 <= m["champion/test_f1_macro_ci_high"]
 
 
+@pytest.mark.slow
 def test_the_alias_the_tags_the_description_the_report_and_the_hint_name_one_model(cross_fitted):
     experiment, output = cross_fitted
     [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
