@@ -2,7 +2,7 @@
 
 On each data set, the pipeline's MLP is trained as the baseline regressor (val RMSE) and as a classifier from
 scratch (val macro-F1), with the default training settings (300 epochs, patience 25), under each rule:
-`fixed64` (batch 64, lr 3e-3: before issue 14), and `auto` with each lr scaling (sqrt, the default; linear;
+`fixed64` (batch 64, lr 3e-3: the rule before auto), and `auto` with each lr scaling (sqrt, the default; linear;
 none), for a few seeds. Only validation metrics are printed: a rule is never chosen on test scores. Where
 the auto rule keeps batch 64 (fewer than 6,400 training rows) it is today's training exactly and not re-run.
 

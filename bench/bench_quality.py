@@ -7,7 +7,7 @@ number is measured side by side. The champion is chosen on validation; the table
 the leaderboard's 95% bootstrap intervals, the paired differences on the same resamples. The validation
 macro-F1 of both is printed too: compare model options on it, never on the test columns.
 
-Goal (issue 11): champion - reference >= -0.005 on both, and champion - threshold with an interval above 0.
+Goal: champion - reference >= -0.005 on both, and champion - threshold with an interval above 0.
 
     python bench/bench_quality.py                       # both tables, the default convert
     python bench/bench_quality.py --only wine --set model.ensemble=8   # one table, extra convert options

@@ -5,7 +5,7 @@ MLflow store in a temporary folder. Its memory is the proportional set size (PSS
 summed over the command and every process under it (its --jobs workers, tune's), sampled every 0.1 s: pages
 the processes share (the data handed to workers in shared memory, libraries) count once, and the workers'
 memory counts too (the largest process alone would hide it). The data's float32 size is rows x 10 features
-x 4 bytes. Goals (issue 14): time
+x 4 bytes. Goals: time
 grows at most linearly with rows; peak memory at most 4x the data's float32 size plus a fixed overhead (the
 smallest size's peak stands for that overhead); 1M rows within 15 minutes on the 2-core machine.
 

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from . import config, jobs
+from . import config, stop
 from .config import UserError
 
 
@@ -24,12 +24,12 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame):
-    jobs.request_stop(Terminated)  # honoured at the next epoch should this raise be swallowed (jobs.interrupt)
+    stop.request(Terminated)  # honoured at the next epoch should this raise be swallowed (stop.py)
     raise Terminated()
 
 
 def _on_sigint(signum, frame):
-    jobs.request_stop(KeyboardInterrupt)
+    stop.request(KeyboardInterrupt)
     raise KeyboardInterrupt
 
 
@@ -180,7 +180,7 @@ def user_errors(fn):
         finally:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
-            jobs.clear_stop()  # handled: code run in this process after the command trains again
+            stop.clear()  # handled: code run in this process after the command trains again
     return wrapper
 
 
@@ -229,7 +229,7 @@ def _prepare(opts: dict):
     if command in POOLED:  # its workers' fork server imports from now on, beside this process's imports
         from . import jobs
 
-        jobs.start_forkserver(jobs.count(cfg.train.jobs))
+        jobs.start_forkserver(jobs.count(cfg.train.jobs), WORKER_IMPORTS)
     from . import data, liveness, progress, tracking
 
     progress.set_quiet(opts.get("quiet"))
@@ -275,13 +275,14 @@ def _prepare(opts: dict):
 
 
 POOLED = ("convert", "head-swap", "slim")  # the commands that train side by side in worker processes (`_workers`)
+WORKER_IMPORTS = (f"{__package__}.stages",)  # where the functions those workers run live: their fork server imports it
 
 
 def _workers(cfg):
     """The worker processes (`--jobs`) that train strategies and variants side by side for this command."""
     from . import jobs
 
-    return jobs.workers(jobs.count(cfg.train.jobs))
+    return jobs.workers(jobs.count(cfg.train.jobs), WORKER_IMPORTS)
 
 
 def _resolve_batch(cfg: config.Config, train_rows: int) -> config.Config:
@@ -515,7 +516,7 @@ def _exit_quickly() -> None:
     finalized, every database engine closed (the last connection to an SQLite store folds its write-ahead log
     back into the file and removes the -wal and -shm files beside it), and then every object left out of the
     interpreter's final garbage collections (`gc.freeze`): they walked some 800,000 objects of torch, MLflow
-    and scikit-learn, about 2 s that every command waited for, while the process's end frees them anyway."""
+    and scikit-learn, which every command waited for, while the process's end frees them anyway."""
     import contextlib
     import gc
 

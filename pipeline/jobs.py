@@ -16,7 +16,7 @@ socket, which the thread reports with a traceback of its own: `_quiet_handover` 
 already reports the death in one line (`result`).
 
 Workers are forked from a fork server: a fresh interpreter that has only imported what they need (`PRELOAD`),
-so none inherits torch, SQLite or MLflow state, and those imports (about 4 s of CPU) are paid once, not once a
+so none inherits torch, SQLite or MLflow state, and those imports (seconds of CPU) are paid once, not once a
 worker. The command starts the server first thing (`start_forkserver`), so that it imports while the command
 imports and reads its data; each worker then takes the command's directory and environment (`_start_worker`).
 The command ends the server at its own exit (`_end_forkserver`).
@@ -25,7 +25,7 @@ Where there is no fork server (Windows) each worker is spawned and imports for i
 Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
 (the fork server starts with SIGINT blocked, see `spawning`, and ignores it; so do the workers it forks):
 the command receives it and stops them (`_terminate`, SIGTERM). Inside a task a SIGTERM stops the training
-at its next epoch (`interrupt`, `check_stop`), so the task's open runs end KILLED; an idle worker simply
+at its next epoch (`interrupt`, stop.py), so the task's open runs end KILLED; an idle worker simply
 exits. No worker prints a traceback.
 """
 from __future__ import annotations
@@ -39,11 +39,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator
 
+from . import stop
+
 _POOL: ProcessPoolExecutor | None = None
 _SIZE = 0     # its number of workers
 _LOCK = None  # a lock shared by the pool's workers (the tune workers' count gate, study.work); theirs only
-_STOP: type[BaseException] | None = None  # a stop requested by a signal: what check_stop raises
-_MALLOC_TRIM = None  # glibc's malloc_trim, once looked up (False where there is none)
 
 
 def usable_cores() -> int:
@@ -57,31 +57,10 @@ def count(jobs: int) -> int:
 
 
 def interrupt(signum, frame):
-    """SIGTERM's handler in a worker: a stop request and nothing more, honoured where unwinding is safe: the
-    training loop raises KeyboardInterrupt at its next epoch (`check_stop`), so the task's open runs end
-    KILLED; a task past its training finishes first. Raising here instead could land inside a
-    garbage-collection callback, where Python prints the exception and swallows it, or cut short the
-    unwinding of a run."""
-    request_stop(KeyboardInterrupt)
-
-
-def request_stop(exc: type[BaseException]) -> None:
-    """Ask this process to stop: `check_stop` raises `exc` from now on. The command's own signal handlers
-    raise at once as well, and request it in case that raise is swallowed (cli.user_errors)."""
-    global _STOP
-    _STOP = exc
-
-
-def check_stop() -> None:
-    """Raise the stop requested, if any; the training loop calls it every epoch."""
-    if _STOP is not None:
-        raise _STOP()
-
-
-def clear_stop() -> None:
-    """Forget a stop request once it has been handled (cli.user_errors)."""
-    global _STOP
-    _STOP = None
+    """SIGTERM's handler in a worker: a stop request and nothing more (see stop.py): the training loop raises
+    KeyboardInterrupt at its next epoch, so the task's open runs end KILLED; a task past its training
+    finishes first."""
+    stop.request(KeyboardInterrupt)
 
 
 @contextlib.contextmanager
@@ -106,15 +85,17 @@ def become_worker() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is dropped: ignored
 
 
-# what a worker imports: the stages, and what its first task would otherwise import on the way (torch.export to
-# log a model, torch._dynamo to make an optimizer: over a second)
-PRELOAD = [f"{__package__}.stages", "mlflow.pytorch", "torch.export", "torch._dynamo"]
+# what a worker imports whatever it runs: what its first task would otherwise import on the way (torch.export to
+# log a model, torch._dynamo to make an optimizer: over a second). The modules of the task functions themselves
+# are named by the command (`start_forkserver`'s `preload`): this module knows nothing of what runs above it.
+PRELOAD = ["mlflow.pytorch", "torch.export", "torch._dynamo"]
 
 
-def start_forkserver(n: int):
+def start_forkserver(n: int, preload: tuple[str, ...] = ()):
     """The multiprocessing context `workers(n)` starts its processes in. For n > 1, the fork server is started
-    now, if it is not running yet; it imports `PRELOAD` in the background while this process goes on, then forks
-    each worker in milliseconds. Where there is none (Windows), the spawn context."""
+    now, if it is not running yet; it imports `PRELOAD` and `preload` (the modules of the functions the command
+    will run in its workers, by name) in the background while this process goes on, then forks each worker in
+    milliseconds. Where there is none (Windows), the spawn context, whose workers import as they unpickle."""
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -123,7 +104,7 @@ def start_forkserver(n: int):
 
     context = multiprocessing.get_context("forkserver")
     if n > 1:
-        context.set_forkserver_preload(PRELOAD)
+        context.set_forkserver_preload([*preload, *PRELOAD])
         resource_tracker.ensure_running()  # not inside `spawning`: its first start unblocks SIGINT on the way out
         with spawning():  # the server, and so every worker it forks, starts with SIGINT blocked
             forkserver.ensure_running()
@@ -134,7 +115,7 @@ def start_forkserver(n: int):
 
 def _end_forkserver() -> None:
     """At the command's exit: end the fork server at once. Left to notice the exit itself, it would tear down
-    an interpreter that imported torch and MLflow (1.5 s here), holding the command's stdout and stderr open
+    an interpreter that imported torch and MLflow, holding the command's stdout and stderr open
     all along, so that whoever reads them (a pipe, CI, `mlflow run`) would wait for it. It holds no run and
     no file; its workers have exited."""
     from multiprocessing import forkserver
@@ -148,10 +129,9 @@ def _end_forkserver() -> None:
 
 def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ: dict[str, str]) -> None:
     """A pool worker's set-up: Ctrl+C ignored, one thread, the command's directory, environment, store and
-    experiment, the stages imported (already, when it was forked from the fork server)."""
+    experiment."""
     import mlflow
 
-    from . import stages  # noqa: F401
     from .train import use_threads
 
     global _LOCK
@@ -186,7 +166,7 @@ def _in_worker(fn: Callable, args: tuple):
         _exit_at_once(143)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if _STOP is not None:  # a stop that came after the task's training: the task finished; exit all the same
+        if stop.requested():  # a stop that came after the task's training: the task finished; exit all the same
             _exit_at_once(143)
 
 
@@ -201,8 +181,9 @@ def pool_lock():
 
 
 @contextlib.contextmanager
-def workers(n: int) -> Iterator[None]:
-    """Run the block with `n` worker processes available to `run` (none when n is 1)."""
+def workers(n: int, preload: tuple[str, ...] = ()) -> Iterator[None]:
+    """Run the block with `n` worker processes available to `run` (none when n is 1); `preload`: the modules of
+    the functions they will run (`start_forkserver`)."""
     global _POOL, _SIZE
     if n <= 1:
         yield
@@ -210,7 +191,7 @@ def workers(n: int) -> Iterator[None]:
     from . import tracking
 
     tracking.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
-    context = start_forkserver(n)
+    context = start_forkserver(n, preload)
     # under `mlflow run`, MLFLOW_RUN_ID names the run MLflow made for the entry point, which this process adopts
     # when its stage opens (tracking.start), after the pool: a worker that inherited it would adopt that run for
     # its first task instead, renaming the command's run after a strategy
@@ -274,25 +255,6 @@ def _terminate(pool: ProcessPoolExecutor, grace_s: float = 30) -> None:
         from . import tracking
 
         tracking.end_orphans(status="KILLED")
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages freed by the run that just ended back to the kernel (glibc's malloc_trim). glibc
-    keeps freed blocks of a few MB inside the process once it has raised its mmap threshold, so each
-    process (the command, every worker) otherwise stays about 130 MB larger at 100,000 rows than at 10,000
-    after its first runs, although no data is held (bench/bench_scale.py). Takes milliseconds; does
-    nothing where malloc_trim does not exist."""
-    import ctypes
-    import ctypes.util
-
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
 
 
 def submit(fn: Callable, *args) -> Future:

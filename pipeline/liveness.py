@@ -131,8 +131,7 @@ def _alive(pid: int) -> bool:
 def orphan_reason(tags: dict[str, str], now: float | None = None, limit: float | None = None) -> str | None:
     """Why a RUNNING run's owner can no longer end it, or None while the owner may still be at work.
 
-    Runs without owner tags (not opened by reg2cls, or by a version before owners were recorded) are
-    never judged: nothing proves their owner gone."""
+    Runs without owner tags (not opened by reg2cls) are never judged: nothing proves their owner gone."""
     if "owner.pid" not in tags:
         return None
     me = owner_tags()

@@ -7,7 +7,7 @@ and a state_dict checkpoint, loaded with `torch.load(weights_only=True)` only.
 
 Every model in the pipeline carries its recipe (`track()` attaches it, `architecture()` reads it): how
 it was built (`base`) and the surgery applied since (`ops`, recorded by surgery.py through `record()`).
-`build()` replays both, so a saved state_dict (`save_state` / `load_state`: the one on-disk form of a
+`surgery.build()` replays both, so a saved state_dict (`save_state` / `load_state`: the one on-disk form of a
 model, no pickle) can be loaded back into the right layers.
 
 Two more things travel with a classifier, as attributes that `save_state` writes and `load_state` reads:
@@ -323,24 +323,3 @@ def relocated(arch: dict, folder: Path) -> dict:
             arch = {**arch, "base": {**base, "spec": f"{folder / Path(target).name}:{name}"}}
     return arch
 
-
-def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
-    """Recreate a model from `architecture()`: the base, then the recorded surgery, in order.
-
-    `base_model` is the freshly loaded base for kinds that live outside the package (an MLflow URI).
-    """
-    from . import surgery
-
-    base = arch["base"]
-    if base["kind"] == "mlp":
-        model = MLP(**base["kwargs"])
-    elif base["kind"] == "class":
-        model = construct(import_class(base["spec"]), base["kwargs"])
-    elif base_model is not None:
-        model = base_model
-    else:
-        raise ValueError(f"cannot build a model of kind {base['kind']!r} without its base model")
-    track(model, base)
-    for op in arch["ops"]:
-        surgery.replay(model, op)
-    return model

@@ -34,7 +34,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import decision, jobs, metrics, tracking
+from . import decision, jobs, metrics, stop, tracking
 from .config import TUNE_METRICS, Config, UserError, first_line
 from .data import Prepared
 from .model import architecture, mark_start
@@ -301,7 +301,7 @@ def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepare
                batch_size=batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[0],
                lr=params["lr"], weight_decay=params["weight_decay"],
                patience=t.patience, seed=seed, device=resolve_device(t.device), on_epoch=on_epoch,
-               class_weight=t.class_weight)
+               class_weight=t.class_weight, stop=stop.check)
 
 
 def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
@@ -328,7 +328,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
             trained[0] = epoch
             value = metric_value(val_out, data, cfg.tune.metric)
             log.add(epoch, {**logs, cfg.tune.metric: value})
-            # a report is a storage round trip (~2 ms on SQLite, more across a network): made only for
+            # a report is a storage round trip (more across a network): made only for
             # a pruner to act on; the curve is in MLflow either way
             if prunable:
                 trial.report(value, epoch)
@@ -376,7 +376,7 @@ def work(job: Job, lock=None) -> None:
         deadline = time.time() + job.timeout if job.timeout else None
         awaited: set[int] | None = None  # trials running when the count was reached
         while deadline is None or time.time() < deadline:
-            jobs.check_stop()  # told to stop between trials (jobs.interrupt): start none
+            stop.check()  # told to stop between trials (jobs.interrupt): start none
             gate.acquire()
             try:
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run ended, retried

@@ -7,7 +7,7 @@ training, its argmax equals the regressor's output cut at the class edges. The o
 (`CumulativeLinkHead`, `CornHead`) know the classes are ordered bands of the target; the cumulative
 link head starts from the regression head too, its median class exactly the cut regressor.
 
-Every change is recorded in the model's recipe (`model.record`) so `model.build` can replay it.
+Every change is recorded in the model's recipe (`model.record`) so `build` can replay it on a freshly built base.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import UserError, first_line
-from .model import recipe, record
+from .model import MLP, construct, import_class, recipe, record, track
 
 # modules that squash or clip a regressor's output; the new head must emit logits instead
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
@@ -289,7 +289,7 @@ def drop_blocks(model: nn.Module, n: int) -> nn.Module:
 
 
 def replay(model: nn.Module, op: dict) -> None:
-    """Apply one recorded surgery op to a freshly built model (see `model.build`)."""
+    """Apply one recorded surgery op to a freshly built model (see `build`)."""
     if op["op"] == "resize":
         for name, shapes in op["modules"].items():
             _resize(model.get_submodule(name), shapes)
@@ -308,6 +308,26 @@ def replay(model: nn.Module, op: dict) -> None:
         add_dropout(model, Head(op["head"], 0, None, op["hidden"]), op["p_head"], op["p_hidden"])
     else:
         raise ValueError(f"unknown surgery op {op['op']!r}")
+
+
+def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
+    """Recreate a model from its recipe (`model.architecture()`): the base, then the recorded surgery, in order.
+
+    `base_model` is the freshly loaded base for kinds that live outside the package (an MLflow URI).
+    """
+    base = arch["base"]
+    if base["kind"] == "mlp":
+        model = MLP(**base["kwargs"])
+    elif base["kind"] == "class":
+        model = construct(import_class(base["spec"]), base["kwargs"])
+    elif base_model is not None:
+        model = base_model
+    else:
+        raise ValueError(f"cannot build a model of kind {base['kind']!r} without its base model")
+    track(model, base)
+    for op in arch["ops"]:
+        replay(model, op)
+    return model
 
 
 def recorded_head(model: nn.Module) -> str | None:

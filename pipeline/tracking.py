@@ -2,7 +2,7 @@
 runs. Besides serving.py (the champion as a pyfunc) and registry.py (the model registry), the only
 module that talks to MLflow.
 
-Conventions (shared/DESIGN.md): every run carries the tag `stage` (and `strategy` on strategy runs);
+Conventions (docs/design.md): every run carries the tag `stage` (and `strategy` on strategy runs);
 params are the flattened config, logged once; per-epoch metrics are buffered and sent with
 `log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM. What a run's
 model is on disk (state_dict + architecture) is model.py's; when a stage may reuse a run is reuse.py's.
@@ -27,6 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from . import liveness
 from .config import UserError, first_line
+from .memory import release_freed_memory
 
 
 
@@ -118,8 +119,6 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         raise
     _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    from .jobs import release_freed_memory
-
     release_freed_memory()  # its arrays are garbage now, in whichever process ran it
 
 
@@ -172,7 +171,7 @@ def log_dataset(example: pd.DataFrame, n_rows: int, source: str, target: str, di
     splits`), or one split of a strategy run (`train`, `validation`, `test`: log_split_inputs).
 
     Recorded from `example`, the table's first rows, and its size `n_rows`: MLflow's own inference from a whole
-    table tests every value for missing in Python (10 s a run at a million rows x 11 columns). The columns'
+    table tests every value for missing in Python, slow on large tables. The columns'
     types are the example's dtypes (the whole column's), a column is required unless named in `missing`, and
     the profile counts every row, as MLflow's would. MLflow registers a data set once per experiment by a
     check-then-insert, so two commands logging the same new data set at once collide on a UNIQUE constraint;
@@ -211,9 +210,9 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
       `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back;
     - `<strategy>/` (or `<stage>/`: the run's strategy or stage tag, e.g. runs:/<id>/finetune, runs:/<id>/baseline;
       `model_uri` gives it): an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
-      example and explicit pip requirements (inferring them costs ~5 s a model), for serving and the UI.
+      example and explicit pip requirements (MLflow's inference of them is slow), for serving and the UI.
       A brought model that torch.export cannot trace keeps `state/` only, with a warning; so does
-      `servable=False` (a tuning trial: ~0.5 s saved, its best is logged whole on the stage run).
+      `servable=False` (a tuning trial: its best is logged whole on the stage run).
     Returns the size of the weights file in bytes.
     """
     import torch
@@ -257,7 +256,7 @@ def model_uri(run) -> str:
 
 
 def pip_requirements(*extra: str) -> list[str]:
-    """Explicit requirements of a logged model: the versions running here (inferring costs ~5 s)."""
+    """Explicit requirements of a logged model: the versions running here (far cheaper than MLflow inferring them)."""
     import torch
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", *extra]
@@ -297,9 +296,9 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
 
 
 def rebuild(arch: dict, state: dict | None = None):
-    """model.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
+    """surgery.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
     (a state_dict) loaded when given."""
-    from .model import build
+    from .surgery import build
 
     model = build(arch, load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None)
     if state is not None:

@@ -2,7 +2,8 @@
 
 Data stay as whole tensors on the device; each epoch slices them with a `randperm` index, which runs
 several times faster than a per-sample `DataLoader` for models this small (bench/bench_fit.py).
-`fit()` knows nothing of MLflow or Optuna: callers watch training through one `on_epoch` hook.
+`fit()` knows nothing of MLflow, Optuna or signals: callers watch training through one `on_epoch` hook and may
+stop it through a `stop` check.
 """
 from __future__ import annotations
 
@@ -18,13 +19,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import Split
-from .jobs import check_stop
 
 
 def use_threads(n: int) -> None:
     """Torch's intra-op threads for this process, and those of the BLAS/OpenMP pools that scikit-learn uses
     (the reference model), chosen rather than inherited: two pools spinning on the same cores wait on each
-    other (a 0.1 s HistGradientBoosting fit took 2 s after torch had run with two threads)."""
+    other (a HistGradientBoosting fit ran many times slower after torch had run with two threads)."""
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
@@ -163,7 +163,7 @@ EpochHook = Callable[[int, dict[str, float], torch.Tensor], None]
 def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 0.0, patience: int = 0, seed: int = 0, device: torch.device | str = "cpu",
         params: Iterable[nn.Parameter] | None = None, on_epoch: EpochHook | None = None,
-        distill: Distill | None = None, class_weight: str = "none") -> History:
+        distill: Distill | None = None, class_weight: str = "none", stop: Callable[[], None] | None = None) -> History:
     """Train `model` in place with AdamW; keep the weights with the lowest validation loss (the
     starting weights included).
 
@@ -171,7 +171,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     `patience` > 0 stops after that many epochs without a better validation loss; `distill` trains
     on a teacher's soft labels too (validation loss and early stopping stay on the true labels);
     `class_weight` (none | balanced, `class_weights` from the training rows) weights a classifier's loss,
-    the validation loss that picks the weights and stops early included: it watches the objective trained.
+    the validation loss that picks the weights and stops early included: it watches the objective trained;
+    `stop` is called before every epoch and raises to end the training there (stop.check: a signal's request).
     """
     device = torch.device(device)
     model.to(device)
@@ -197,7 +198,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     hist, best_state, since_best = History(), copy.deepcopy(model.state_dict()), 0
     with seeded(seed, device):  # dropout masks: reproducible, and the caller's RNG left as it was
         for epoch in range(1, epochs + 1):
-            check_stop()  # a stop requested by a signal (jobs.request_stop): the runs unwind and end KILLED
+            if stop is not None:
+                stop()  # raises on a signal's stop request: the caller's runs unwind and end KILLED
             model.train()
             perm = torch.randperm(n, generator=gen).to(device)
             losses, sizes = [], []

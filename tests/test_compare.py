@@ -50,6 +50,7 @@ def _parent(runs):
     return next(r for r in runs if r.data.tags["stage"] == "convert")
 
 
+@pytest.mark.slow
 def test_leaderboard_is_the_mean_and_std_of_the_stored_runs(converted):
     runs = runs_of(converted["experiment"])
     parent = _parent(runs)
@@ -69,6 +70,7 @@ def test_leaderboard_is_the_mean_and_std_of_the_stored_runs(converted):
     assert "Leaderboard" in converted["output"] and rows[("head_swap", "warm_start")].val_f1_macro_std >= 0
 
 
+@pytest.mark.slow
 def test_champion_is_the_best_network_and_registered_with_alias(converted):
     runs = runs_of(converted["experiment"])
     parent = _parent(runs)
@@ -87,6 +89,7 @@ def test_champion_is_the_best_network_and_registered_with_alias(converted):
     assert parent.data.tags["champion_run"] == top["best_run"]
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_page(converted):
     parent = _parent(runs_of(converted["experiment"]))
     page = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")).read_text()
@@ -96,6 +99,7 @@ def test_report_is_one_self_contained_page(converted):
     assert "reference_hgb" in page and "<table" in page and "http" not in page.split("<body>", 1)[1].split("src=")[0]
 
 
+@pytest.mark.slow
 def test_predict_takes_raw_columns_and_handles_bad_input(converted, tmp_path):
     new = houses(12, 1).drop(columns=["price"])
     new.loc[0, "district"] = "unheard-of"
@@ -123,6 +127,7 @@ def test_predict_takes_raw_columns_and_handles_bad_input(converted, tmp_path):
         assert len(bad.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_like_predict(converted, tmp_path):
     new = houses(6, 2).drop(columns=["price"])
     new.to_csv(tmp_path / "new.csv", index=False)
@@ -148,6 +153,7 @@ def test_mlflow_models_serve_answers_like_predict(converted, tmp_path):
     assert [row["label"] for row in served] == list(pd.read_csv(tmp_path / "pred.csv")["label"])
 
 
+@pytest.mark.slow
 def test_compare_alone_re_reads_the_store(converted):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", converted["store"])
@@ -165,6 +171,7 @@ def test_compare_alone_re_reads_the_store(converted):
     assert list(board["val_log_loss"]) == sorted(board["val_log_loss"])
 
 
+@pytest.mark.slow
 def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, converted_on_server):
     experiment = converted_on_server
 

@@ -27,6 +27,7 @@ def by_stage(runs, stage):
     return [r for r in runs if r.data.tags.get("stage") == stage and "strategy" not in r.data.tags]
 
 
+@pytest.mark.slow
 def test_convert_logs_every_stage_and_strategy(experiment):
     result = invoke("convert", *tiny_args(experiment))
     assert result.exit_code == 0, result.output
@@ -66,6 +67,7 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     assert tracking.load_run_model(warm.info.run_id).head.out_features == 3
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_stages_until_forced_or_code_changes(experiment, monkeypatch):
     assert invoke("convert", *tiny_args(experiment, "--strategies", "threshold,warm_start")).exit_code == 0
     again = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,warm_start"))
@@ -82,6 +84,7 @@ def test_rerun_reuses_finished_stages_until_forced_or_code_changes(experiment, m
     assert len(by_stage(runs_of(experiment), "baseline")) == 3
 
 
+@pytest.mark.slow
 def test_a_failed_stage_is_run_again(experiment):
     args = tiny_args(experiment)
     assert invoke("baseline", *args).exit_code == 0
@@ -92,6 +95,23 @@ def test_a_failed_stage_is_run_again(experiment):
     assert sorted(r.info.status for r in runs_of(experiment)) == ["FAILED", "FINISHED"]
 
 
+def test_each_stage_runs_alone_on_the_one_before(experiment):
+    """The stage commands in order, each the least work it can do: every stage module runs in the fast subset
+    (convert's own tests are slow)."""
+    args = tiny_args(experiment, "--epochs", "2")
+    assert invoke("baseline", *args).exit_code == 0
+    assert invoke("head-swap", *args, "--strategies", "threshold").exit_code == 0
+    slim = invoke("slim", *args, "--keep-ratios", "0.5", "--set", "slim.depth=false", "--set", "slim.epochs=1")
+    assert slim.exit_code == 0, slim.output
+    tune = invoke("tune", *args, "--n-trials", "1", "--set", "tune.epochs=1")
+    assert tune.exit_code == 0, tune.output
+    runs = runs_of(experiment)
+    assert {r.data.tags["stage"] for r in runs if "strategy" not in r.data.tags} == {"baseline", "head_swap", "slim",
+                                                                                     "tune"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
 def test_head_swap_alone_builds_on_the_latest_baseline(experiment):
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     out = invoke("head-swap", *tiny_args(experiment, "--strategies", "threshold,linear_probe"))
@@ -121,6 +141,7 @@ def test_bad_input_exits_with_one_line_and_leaves_no_run(experiment, args, messa
     assert runs_of(experiment) == []
 
 
+@pytest.mark.slow
 def test_user_error_in_a_real_process_has_no_traceback(store, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", "--data", str(tmp_path / "nope.csv")],
                           capture_output=True, text=True, env=process_env(store), timeout=120)
@@ -129,6 +150,7 @@ def test_user_error_in_a_real_process_has_no_traceback(store, tmp_path):
                                    "(or use builtin:diabetes / synthetic:friedman1?rows=N)")
 
 
+@pytest.mark.slow
 def test_help_and_argument_errors_import_neither_torch_nor_mlflow():
     code = ("import sys; from pipeline.cli import cli\n"
             "try: cli(['convert', '--device', 'tpu'], prog_name='reg2cls')\n"
@@ -139,6 +161,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_mlflow():
     assert "Invalid value for '--device'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_ends_every_run_killed(experiment, store):
     # enough epochs that the process is still training when the signal arrives
     args = tiny_args(experiment).copy()
@@ -160,6 +183,7 @@ def test_sigterm_ends_every_run_killed(experiment, store):
     assert statuses == {"convert": "KILLED", "baseline": "KILLED"}
 
 
+@pytest.mark.slow
 def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     experiment_file = tmp_path / "exp.yaml"
     # small work: this test is about the entry point and its parameters, not the default sizes; two jobs, as the

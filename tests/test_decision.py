@@ -13,7 +13,8 @@ from torch import nn
 
 from pipeline import config, decision, metrics, tracking
 from pipeline.data import Split
-from pipeline.model import MLP, build, load_state, save_state
+from pipeline.model import MLP, load_state, save_state
+from pipeline.surgery import build
 from pipeline.train import class_weights, fit, loss_of, predict
 
 

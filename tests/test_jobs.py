@@ -50,12 +50,14 @@ def one_and_two(request, store_uri, tmp_path_factory):
     return f"{name}-jobs-1", f"{name}-jobs-2"
 
 
+@pytest.mark.slow
 def test_two_jobs_log_the_same_runs_tags_and_metric_keys_as_one(one_and_two):
     one, two = one_and_two
     assert settled(runs_of(two))
     assert _signature(two) == _signature(one)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("one_and_two", ["one split"], indirect=True)
 def test_the_workers_take_the_longest_strategy_first_and_threshold_last(one_and_two):
     """lp_ft (a probe, then a fine-tune) taken last would leave the other worker idle at the stage's end."""
@@ -65,6 +67,7 @@ def test_the_workers_take_the_longest_strategy_first_and_threshold_last(one_and_
     assert "lp_ft" in order[:2] and order[-1] == "threshold", order  # two workers take their first runs together
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("one_and_two", ["3 folds"], indirect=True)
 def test_folds_run_their_baselines_and_tuned_refits_in_the_workers(one_and_two):
     runs = runs_of(one_and_two[1])
@@ -77,6 +80,7 @@ def test_folds_run_their_baselines_and_tuned_refits_in_the_workers(one_and_two):
     assert all(r.data.tags["owner.pid"] != convert.data.tags["owner.pid"] for r in bases + refits)
 
 
+@pytest.mark.slow
 def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     one, two = one_and_two
     key = "val/f1_macro"
@@ -118,6 +122,7 @@ def _head_swap_caught_training(experiment, store, tmp_path, strategies: str, run
     return proc
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     proc = _head_swap_caught_training(experiment, store, tmp_path, "finetune,scratch,lp_ft,linear_probe", running=1)
     workers = _workers_of(proc)
@@ -134,6 +139,7 @@ def test_a_worker_that_dies_leaves_no_run_running(experiment, store, tmp_path):
     assert any(r.info.status == "FAILED" and r.data.tags.get("strategy") for r in runs)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_leaves_no_trial_running(experiment, store, tmp_path):
     """A worker SIGKILLed while it runs one of convert's tune trials: its trial is failed at once and queued for a
     retry, as a stale one would be, not left RUNNING until a later command finds its heartbeat stale."""
@@ -187,6 +193,7 @@ def test_other_uncaught_exceptions_still_print_while_workers_run(capfd):
     assert "ValueError: a bug" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM to the command", "Ctrl+C to its process group"])
 def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, store, tmp_path):
     """Stopping the command while its workers train: every run, the workers' included, ends KILLED. A
@@ -200,6 +207,7 @@ def test_stopping_the_command_ends_the_workers_runs_killed(how, experiment, stor
     assert statuses == {"baseline": "FINISHED", "head_swap": "KILLED", "finetune": "KILLED", "scratch": "KILLED"}
 
 
+@pytest.mark.slow
 def test_stopping_convert_while_scratch_trains_beside_the_baseline_ends_every_run_killed(experiment, store,
                                                                                        tmp_path):
     """On one split, scratch starts in a worker while the baseline trains here (head_swap.start_early), nested
@@ -216,6 +224,7 @@ def test_stopping_convert_while_scratch_trains_beside_the_baseline_ends_every_ru
     assert runs["scratch"].data.tags["mlflow.parentRunId"] == runs["convert"].info.run_id
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, tmp_path):
     """Ctrl+C in the seconds the fork server spends importing for the workers: it does not die of it with a
     traceback, nor does any worker."""
@@ -227,19 +236,26 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, t
     assert statuses.pop("baseline") == "FINISHED" and set(statuses.values()) <= {"KILLED"}, statuses
 
 
+@pytest.mark.slow
 def test_workers_start_with_their_tasks_imports_done(experiment, store):
-    """Forked from the fork server, a worker already holds the stages and what a first task would import on the
-    way (torch.export to log a model, torch._dynamo to make an optimizer): seconds no task waits for."""
+    """Forked from the fork server, a worker already holds the stages (named by the command: jobs imports nothing
+    above it) and what a first task would import on the way (torch.export to log a model, torch._dynamo to make
+    an optimizer): seconds no task waits for."""
+    import multiprocessing.forkserver
+
     import mlflow
 
-    from pipeline import jobs
+    from pipeline import cli, jobs
 
     mlflow.set_experiment(experiment)
-    code = "sorted(set(__import__('pipeline.jobs').jobs.PRELOAD) - set(__import__('sys').modules))"
-    with jobs.workers(2):
+    multiprocessing.forkserver._forkserver._stop()  # a server started by an earlier test preloaded other modules
+    wanted = [*jobs.PRELOAD, *cli.WORKER_IMPORTS]
+    code = f"sorted(set({wanted!r}) - set(__import__('sys').modules))"
+    with jobs.workers(2, cli.WORKER_IMPORTS):
         assert jobs.run(eval, [(code,), (code,)]) == [[], []]  # eval: a task function every worker can unpickle
 
 
+@pytest.mark.slow
 def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers(experiment, store, tmp_path,
                                                                                   monkeypatch):
     """The fork server keeps the directory and environment it started with; each worker takes the command's, as
@@ -263,6 +279,7 @@ def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers
         assert jobs.run(os.getcwd, [(), ()]) == [str(tmp_path / "later")] * 2
 
 
+@pytest.mark.slow
 def test_the_fork_server_is_gone_when_the_command_exits(experiment, store, tmp_path):
     """Left to notice the command's exit itself, the fork server would tear down torch and MLflow for over a
     second, holding the command's stdout and stderr open: whoever reads them would wait for it."""
@@ -280,7 +297,7 @@ def test_release_freed_memory_hands_freed_heap_pages_back():
     """glibc keeps freed MB-sized blocks in the heap (below a block still in use); every run's end releases them."""
     import numpy as np
 
-    from pipeline import jobs
+    from pipeline import memory
 
     def resident_mib() -> float:
         with open("/proc/self/statm") as f:
@@ -291,5 +308,5 @@ def test_release_freed_memory_hands_freed_heap_pages_back():
     blocks = [np.ones(2**17) for _ in range(400)]
     del blocks[:-1]  # 399 MB freed below the last block, which stays in use
     before = resident_mib()
-    jobs.release_freed_memory()
+    memory.release_freed_memory()
     assert resident_mib() < before - 300

@@ -11,8 +11,8 @@ from torch import nn
 
 from pipeline import config
 from pipeline.config import STRATEGIES, UserError
-from pipeline.model import MLP, architecture, build
-from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
+from pipeline.model import MLP, architecture
+from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
 from pipeline.tracking import load_run_model, model_uri
 
 OPTIONS = {
@@ -23,6 +23,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", OPTIONS, ids=list(OPTIONS))
 def test_option_converts_end_to_end_and_rebuilds(experiment, option):
     sets = [a for s in [*OPTIONS[option], "slim.keep_ratios=0.5", "tune.n_trials=1"] for a in ("--set", s)]

@@ -141,6 +141,7 @@ def strategy_runs(experiment: str) -> dict:
             if r.data.tags["stage"] == "head_swap" and "strategy" in r.data.tags}
 
 
+@pytest.mark.slow
 def test_convert_runs_both_ordinal_strategies(experiment):
     result = invoke("convert", *tiny_args(experiment, "--strategies", "cumulative_link,corn",
                                           "--set", "slim.keep_ratios=0.5", "--set", "tune.n_trials=1"))
@@ -154,6 +155,7 @@ def test_convert_runs_both_ordinal_strategies(experiment):
         assert served.predict(np.zeros((4, 10), dtype=np.float32)).shape == (4, 3)
 
 
+@pytest.mark.slow
 def test_a_brought_model_converts_with_both_ordinal_strategies(experiment, tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "attr.pt"
@@ -169,6 +171,7 @@ def test_a_brought_model_converts_with_both_ordinal_strategies(experiment, tmp_p
     assert isinstance(model.fc3, CornHead)
 
 
+@pytest.mark.slow
 def test_slim_on_a_cumulative_link_classifier(experiment):
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     assert invoke("head-swap", *tiny_args(experiment, "--strategies", "cumulative_link")).exit_code == 0

@@ -49,6 +49,7 @@ def converted(store_uri, tmp_path_factory):
                "parent": next(r for r in runs if r.data.tags["stage"] == "convert")}
 
 
+@pytest.mark.slow
 def test_champion_is_registered_from_its_own_run(converted):
     parent = converted["parent"]
     name = parent.data.tags["registered_model"]
@@ -62,6 +63,7 @@ def test_champion_is_registered_from_its_own_run(converted):
     assert "label" in loaded.metadata.get_output_schema().input_names()
 
 
+@pytest.mark.slow
 def test_registered_model_and_version_have_markdown_descriptions(converted):
     parent = converted["parent"]
     name, client = parent.data.tags["registered_model"], MlflowClient()
@@ -75,6 +77,7 @@ def test_registered_model_and_version_have_markdown_descriptions(converted):
     assert parent.data.tags["champion_run"] in version.description
 
 
+@pytest.mark.slow
 def test_experiment_gets_a_description_once(converted):
     from pipeline import tracking
 
@@ -86,6 +89,7 @@ def test_experiment_gets_a_description_once(converted):
     assert client.get_experiment(exp.experiment_id).tags["mlflow.note.content"] == "mine"
 
 
+@pytest.mark.slow
 def test_convert_description_links_the_champion_run_and_version(converted):
     parent = converted["parent"]
     note, tags = parent.data.tags["mlflow.note.content"], parent.data.tags
@@ -93,6 +97,7 @@ def test_convert_description_links_the_champion_run_and_version(converted):
     assert f"#/models/{tags['registered_model']}/versions/{tags['registered_version']})" in note
 
 
+@pytest.mark.slow
 def test_final_metrics_add_no_extra_epoch(converted):
     client = MlflowClient()
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
@@ -104,6 +109,7 @@ def test_final_metrics_add_no_extra_epoch(converted):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/f1_macro")] == [0]  # logged once
 
 
+@pytest.mark.slow
 def test_baseline_final_rmse_is_the_returned_models_at_the_curves_end(converted):
     client = MlflowClient()
     run = next(r for r in converted["runs"] if r.data.tags["stage"] == "baseline")
@@ -114,12 +120,14 @@ def test_baseline_final_rmse_is_the_returned_models_at_the_curves_end(converted)
     assert run.data.metrics["val/rmse"] == pytest.approx(min(m.value for m in rmse), rel=1e-4)  # the restored best
 
 
+@pytest.mark.slow
 def test_strategy_runs_log_their_curves(converted):
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "linear_probe")
     names = [f.path for f in MlflowClient().list_artifacts(run.info.run_id)]
     assert "curves.png" in names
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium_with_every_image(converted, tmp_path):
     page = Path(mlflow.artifacts.download_artifacts(run_id=converted["parent"].info.run_id,
                                                     artifact_path="report.html", dst_path=str(tmp_path)))
@@ -157,6 +165,7 @@ def test_pareto_figure_names_its_unslimmed_model_and_has_a_legend():
     assert len(ax.get_legend().get_texts()) == 4
 
 
+@pytest.mark.slow
 def test_strategy_runs_record_each_split_as_an_input(converted):
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
     contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset.name
@@ -165,6 +174,7 @@ def test_strategy_runs_record_each_split_as_an_input(converted):
     assert all(name.endswith(f"[{context}]") for context, name in contexts.items())
 
 
+@pytest.mark.slow
 def test_logged_models_say_their_strategy(converted):
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
     models = MlflowClient().search_logged_models(experiment_ids=[run.info.experiment_id])

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 import torch
 import user_models as um
 from conftest import invoke, runs_of, tiny_args
 from torch import nn
 
 from pipeline.metrics import count_params
-from pipeline.model import MLP, architecture, build, track
-from pipeline.surgery import drop_blocks, find_head, new_head, slim_width, swap_head
+from pipeline.model import MLP, architecture, track
+from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
 from pipeline.tracking import load_run_model
 from pipeline.train import Distill
 
@@ -60,6 +61,7 @@ def test_distillation_loss_prefers_the_teacher():
     assert d.loss(teacher.clone(), teacher, target, "multiclass") < d.loss(-teacher, teacher, target, "multiclass")
 
 
+@pytest.mark.slow
 def test_slim_stage_logs_variants_costs_and_a_recommendation(experiment):
     result = invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=1.0,0.5",
                                           "--set", "slim.distill=true"))
@@ -88,6 +90,7 @@ def test_slim_stage_logs_variants_costs_and_a_recommendation(experiment):
     assert set(variants) <= shown, result.output  # the leaderboard shows every slim variant
 
 
+@pytest.mark.slow
 def test_slim_alone_builds_on_the_latest_head_swap(experiment):
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     assert invoke("head-swap", *tiny_args(experiment, "--strategies", "linear_probe")).exit_code == 0

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 
 from pipeline import data
 from pipeline.config import UserError
-from pipeline.model import MLP, architecture, build, track
-from pipeline.surgery import (add_dropout, edges_before_activation, find_head, fit_warm_start_scale, freeze_backbone,
-                              new_head, swap_head, warm_start_head, warm_start_logits)
+from pipeline.model import MLP, architecture, track
+from pipeline.surgery import (add_dropout, build, edges_before_activation, find_head, fit_warm_start_scale,
+                              freeze_backbone, new_head, swap_head, warm_start_head, warm_start_logits)
 
 
 def brought(model: nn.Module) -> nn.Module:

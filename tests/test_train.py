@@ -51,21 +51,22 @@ def test_seeded_runs_are_identical(tiny_data):
 
 
 def test_a_stop_request_ends_training_at_the_next_epoch(tiny_data):
-    """A signal's stop request (jobs.request_stop) is raised by the training loop at its next epoch: the
-    stop holds even where the signal handler's own raise was swallowed (inside a garbage-collection callback)."""
-    from pipeline import jobs
+    """A signal's stop request (stop.request) is raised by the training loop at its next epoch through its
+    `stop` check: the stop holds even where the signal handler's own raise was swallowed (inside a
+    garbage-collection callback)."""
+    from pipeline import stop
 
     epochs = []
 
     def stop_after_3(epoch, logs, out):
         epochs.append(epoch)
         if epoch == 3:  # as a SIGTERM's handler in a worker does (jobs.interrupt)
-            jobs.request_stop(KeyboardInterrupt)
+            stop.request(KeyboardInterrupt)
 
     try:
         with pytest.raises(KeyboardInterrupt):
             fit(MLP(tiny_data.n_features, 8, 1), tiny_data.train, tiny_data.val, "regression", epochs=50,
-                batch_size=32, lr=1e-3, on_epoch=stop_after_3)
+                batch_size=32, lr=1e-3, on_epoch=stop_after_3, stop=stop.check)
     finally:
-        jobs.clear_stop()
+        stop.clear()
     assert epochs == [1, 2, 3]

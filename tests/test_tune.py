@@ -56,6 +56,7 @@ def _trials(experiment: str, store: str) -> tuple[optuna.Study, list]:
     return optuna.load_study(study_name=stage.data.tags["optuna_study"], storage=storage), runs_of(experiment)
 
 
+@pytest.mark.slow
 def test_trials_map_to_runs_pruned_killed_and_resume_adds_exactly_n(experiment, store):
     # the untuned models train 2 epochs, the trials 30: a trial beats them, so the tune run logs the tuned model
     args = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5", "--set", "slim.epochs=2",
@@ -106,6 +107,7 @@ def _tune_runs(experiment: str) -> tuple[object, object, list]:
     return stage, source, trials
 
 
+@pytest.mark.slow
 def test_trial_scores_differ_across_a_search_space_that_matters(experiment, store):
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=4", "--set", "tune.pruner=none",
                      "--set", "tune.lr_min=1e-5", "--set", "tune.lr_max=1")
@@ -115,6 +117,7 @@ def test_trial_scores_differ_across_a_search_space_that_matters(experiment, stor
     assert len(values) == 4 and len(set(values)) >= 3
 
 
+@pytest.mark.slow
 def test_trial_0_is_the_untuned_configuration(experiment, store):
     # auto batch for ~170 training rows at one step an epoch: batch 256, lr scaled by sqrt(256 / 64) = 2
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=2", "--set", "train.batch_size=auto",
@@ -128,6 +131,7 @@ def test_trial_0_is_the_untuned_configuration(experiment, store):
     assert study.trials[0].user_attrs["untuned"] is True and "untuned" not in study.trials[1].user_attrs
 
 
+@pytest.mark.slow
 def test_trial_0_retrains_the_untuned_run_exactly(experiment, store):
     # tune.epochs 0: trials get the untuned run's budget (train.epochs 12, same batch, lr, seed)
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=0",
@@ -138,6 +142,7 @@ def test_trial_0_retrains_the_untuned_run_exactly(experiment, store):
     assert trial_0.data.metrics["val/f1_macro"] == stage.data.metrics["untuned/val/f1_macro"]
 
 
+@pytest.mark.slow
 def test_a_trial_starts_from_the_start_weights_not_the_trained_ones(experiment, store, tiny_data):
     # a learning rate of ~1e-9 for one epoch leaves a trial's model where it started
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=1",
@@ -153,6 +158,7 @@ def test_a_trial_starts_from_the_start_weights_not_the_trained_ones(experiment, 
     assert not torch.allclose(tried, predict(trained, x), atol=1e-2)
 
 
+@pytest.mark.slow
 def test_when_no_trial_beats_the_untuned_model_there_is_no_tuned_row(experiment, store):
     # every trial's learning rate is ~1e-9: none can improve on the trained model it competes with
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=2", "--set", "tune.pruner=none",
@@ -176,6 +182,7 @@ def test_a_search_range_with_min_not_below_max_is_refused(name):
         config.load(None, {f"tune.{name}_min": 0.1, f"tune.{name}_max": 0.01})
 
 
+@pytest.mark.slow
 def test_a_study_with_another_objective_is_refused(experiment, store):
     base = tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
                      "--set", "tune.n_trials=2", "--set", "tune.epochs=3", "--set", "tune.study_name=shared")
@@ -188,6 +195,7 @@ def test_a_study_with_another_objective_is_refused(experiment, store):
     assert len(runs_of(experiment)) == n_runs
 
 
+@pytest.mark.slow
 def test_two_local_workers_finish_n_trials_between_them(experiment, store):
     assert invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
                                         "--set", "tune.n_trials=0")).exit_code == 0
@@ -201,6 +209,7 @@ def test_two_local_workers_finish_n_trials_between_them(experiment, store):
     assert len(trial_runs) == 6 and all(r.info.status == "FINISHED" for r in trial_runs)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
     """A terminal's Ctrl+C reaches the spawned worker too: both trials end FAIL, their runs KILLED, and no
     process prints a traceback."""
@@ -225,6 +234,7 @@ def test_ctrl_c_stops_two_local_workers_cleanly(experiment, store, tmp_path):
 POSTGRES = os.environ.get("REG2CLS_TEST_POSTGRES")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSTGRES, reason="needs PostgreSQL: .ci/run starts it and sets REG2CLS_TEST_POSTGRES")
 def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_path):
     """Three workers (this process and two spawned) on one PostgreSQL study and one MLflow tracking
@@ -274,6 +284,7 @@ def test_postgres_study_survives_a_worker_killed_mid_trial(mlflow_server, tmp_pa
     assert killed_run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_timeout_stops_starting_trials(experiment, store):
     assert invoke("convert", *tiny_args(experiment, "--strategies", "finetune", "--set", "slim.keep_ratios=0.5",
                                         "--set", "tune.n_trials=0")).exit_code == 0

@@ -14,6 +14,7 @@ def _api(server: str, path: str) -> dict:
     return json.loads(urllib.request.urlopen(f"{server}/api/2.0/mlflow/{path}", timeout=30).read())
 
 
+@pytest.mark.slow
 def test_ui_shows_the_verdict_and_links_the_champion(mlflow_server, converted_on_server, tmp_path):
     pytest.importorskip("selenium")
     from selenium.webdriver.common.by import By

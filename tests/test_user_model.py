@@ -36,6 +36,7 @@ def unit_csv(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["AttrNet", "SeqNet", "DictNet", "FunctionalNet", "BNNet", "SigmoidNet"])
 def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, unit_csv, name):
     cls = getattr(um, name)
@@ -64,6 +65,7 @@ def test_convert_runs_every_strategy_on_a_brought_model(experiment, tmp_path, un
     assert loaded.predict(np.zeros((3, 10), dtype=np.float32)).shape == (3, 3)
 
 
+@pytest.mark.slow
 def test_retrain_trains_a_model_without_checkpoint(experiment):
     result = invoke("convert", *tiny_args(experiment, "--model", f"{MODELS_FILE}:SeqNet", "--model-kwargs",
                                           '{"input_dim": 10, "hidden_dim": 8}', "--retrain",
@@ -74,6 +76,7 @@ def test_retrain_trains_a_model_without_checkpoint(experiment):
     assert len(history) > 1 and history[-1].value < history[0].value
 
 
+@pytest.mark.slow
 def test_model_uri_from_mlflow_and_from_a_reg2cls_run(experiment, store, tmp_path):
     model = um.BNNet(10)
     mlflow.set_experiment("user-registry")
@@ -160,6 +163,7 @@ def test_a_checkpoint_that_needs_pickle_is_refused_without_running_it(experiment
     assert runs_of(experiment) == []
 
 
+@pytest.mark.slow
 def test_the_shipped_example_converts_its_user_model(store, tmp_path):
     """README: `python experiments/user_regressor.py user_regressor.pt` then convert with its experiment file."""
     import subprocess

@@ -106,6 +106,7 @@ def cross_fitted(store_uri, tmp_path_factory):
     return experiment, result.output
 
 
+@pytest.mark.slow
 def test_cross_fitting_tests_every_row_exactly_once(cross_fitted):
     experiment, _ = cross_fitted
     runs = runs_of(experiment)
@@ -117,6 +118,7 @@ def test_cross_fitting_tests_every_row_exactly_once(cross_fitted):
         assert sorted(rows.tolist()) == list(range(240))  # each of the 240 rows tested exactly once
 
 
+@pytest.mark.slow
 def test_cross_fitted_runs_nest_convert_stage_fold_strategy(cross_fitted):
     experiment, _ = cross_fitted
     runs = runs_of(experiment)
@@ -130,6 +132,7 @@ def test_cross_fitted_runs_nest_convert_stage_fold_strategy(cross_fitted):
     assert convert.data.tags["stage"] == "convert" and convert.data.tags["folds"] == "3"
 
 
+@pytest.mark.slow
 def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
     experiment, output = cross_fitted
     [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
@@ -150,6 +153,7 @@ def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
     assert "champion/vs_threshold_low" in parent.data.metrics
 
 
+@pytest.mark.slow
 def test_each_run_carries_its_test_interval(cross_fitted):
     experiment, _ = cross_fitted
     strategy_runs_ = [r for r in runs_of(experiment) if r.data.tags.get("strategy") in ("finetune", "reference_hgb")]
@@ -159,6 +163,7 @@ def test_each_run_carries_its_test_interval(cross_fitted):
         assert m["test/accuracy_ci_low"] <= m["test/accuracy"] <= m["test/accuracy_ci_high"]
 
 
+@pytest.mark.slow
 def test_threshold_registered_as_champion_serves_the_regressor_cut_at_the_edges(experiment, tmp_path):
     from pipeline import config, data
     from pipeline.stages.common import regressor_outputs
@@ -195,6 +200,7 @@ def test_folds_auto_cross_fits_small_tables_only(folds, rows, expected):
     assert data.n_folds(folds, rows) == expected
 
 
+@pytest.mark.slow
 def test_a_run_whose_training_diverged_is_marked_and_never_champion(experiment):
     result = invoke("convert", *tiny_args(experiment, "--strategies", "threshold,finetune", "--lr", "1e12",
                                           "--set", "slim.keep_ratios=none", "--set", "slim.depth=false",
@@ -227,6 +233,7 @@ def test_on_features_that_carry_no_signal_the_verdict_says_chance_and_names_no_w
     assert m["champion/test_f1_macro_ci_low"] <= 1 / 3 <= m["champion/test_f1_macro_ci_high"]
 
 
+@pytest.mark.slow
 def test_the_alias_the_tags_the_description_the_report_and_the_hint_name_one_model(cross_fitted):
     experiment, output = cross_fitted
     [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]

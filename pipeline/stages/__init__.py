@@ -8,18 +8,21 @@ next builds on:
     tune(cfg, data, source_result)          -> StageResult (the best trial's model)
     compare(cfg, splits, parent_run_id)     -> Comparison  (leaderboard, verdict, registered champion)
 
-convert runs them in order on one split, or cross-fitted on several outer folds (baseline and head_swap
-on every fold, slim and tune on the first).
+convert runs them in order on one split, or cross-fitted on several outer folds (baseline, head_swap and
+slim on every fold, choosing on the mean over folds; tune searches on the first fold and retrains its best
+configuration on the others).
 
 Stages compose model, surgery, train, metrics and tracking; batch loops live in train.py only. A stage
 whose stage key (reuse.py) matches a FINISHED run is reused instead of trained again. One module per
-stage; common.py holds what they share.
+stage; common.py and heads.py hold what they share (no stage imports another but convert, which runs
+them all).
 """
 from .baseline import baseline, bring
 from .common import StageResult, seeds_of, stage_output
 from .compare import Comparison, compare, display, leaderboard, strategy_runs
 from .convert import convert
-from .head_swap import classifier_from, head_swap
+from .head_swap import head_swap
+from .heads import classifier_from
 from .slim import slim
 from .tune import tune
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import metrics, progress, tracking
+from .. import metrics, progress, stop, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import MLP, load_user_model, mlp_width
@@ -19,7 +19,7 @@ from ..surgery import Head, find_head
 from ..train import batch_and_lr, fit, resolve_device, seeded
 from .common import (StageResult, classifier_metrics, detail, costs, log_run_inputs, regressor_outputs, run_name, say,
                      split_tags, stage_output, stands_for, threshold_proba, where)
-from .head_swap import check_convertible
+from .heads import check_convertible
 
 
 def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
@@ -117,7 +117,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
             with bar:
                 hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=batch, lr=lr,
                            weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
-                           on_epoch=on_epoch)
+                           on_epoch=on_epoch, stop=stop.check)
             log.flush()
             values.update({"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds})
         for name, split in (("val", data.val), ("test", data.test)):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import decision, metrics, progress, stats, tracking
+from .. import decision, metrics, progress, stats, stop, tracking
 from ..config import Config
 from ..data import Prepared, to_classes
 from ..train import Distill, batch_and_lr, classification_task, fit, predict
@@ -133,7 +133,7 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
 
         return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=batch,
                    weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
-                   on_epoch=on_epoch, distill=distill, class_weight=t.class_weight)
+                   on_epoch=on_epoch, distill=distill, class_weight=t.class_weight, stop=stop.check)
 
 
 def flag_training(hists: list, random_start: bool) -> str | None:

@@ -1,25 +1,22 @@
 """head_swap: one nested run per conversion strategy, all on the same splits."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from concurrent.futures import Future
 from dataclasses import asdict
 
-import numpy as np
 from torch import nn
 
 from .. import jobs, tracking
-from ..config import Config, UserError
+from ..config import Config
 from ..data import Prepared
 from ..model import mark_start, portable
 from ..reuse import reusable
-from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_before_activation, find_head,
-                       fit_cumulative_link_scale, fit_warm_start_scale, freeze_backbone, new_head, swap_head, unfreeze,
-                       warm_start_head)
-from ..train import predict, resolve_device, seeded
+from ..surgery import Head, find_head, freeze_backbone, unfreeze
+from ..train import resolve_device, seeded
 from .common import (StageResult, detail, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
                      seeds_of, split_tags, stage_output, stands_for, warn, where)
+from .heads import check_convertible, classifier_from, strategies_for
 
 
 def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False,
@@ -106,66 +103,6 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
         tracking.log_params({**cfg.flat(), "strategy": strategy})
         _, values, flag = _run_strategy(strategy, cfg, data, regressor.to(device), head, device)
     return child_id, values, flag
-
-
-ORDINAL = ("cumulative_link", "corn")
-
-
-def strategies_for(cfg: Config, data: Prepared) -> list[str]:
-    """The strategies to run: `head_swap.strategies`, without the ordinal ones on two classes, where they are
-    others reparametrised (cumulative_link's one logit (r - c)/s is warm_start's s(r - e); corn's one
-    conditional head is finetune's new head): running them would only add ties under other names."""
-    if data.n_classes > 2:
-        return list(cfg.head_swap.strategies)
-    return [s for s in cfg.head_swap.strategies if s not in ORDINAL]
-
-
-def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
-    """Fail before any run opens if the swapped model's output has the wrong shape, or warm_start (or
-    cumulative_link) could not reproduce threshold through the model's output activation."""
-    skipped = [s for s in cfg.head_swap.strategies if s not in strategies_for(cfg, data)]
-    if skipped and not strategies_for(cfg, data):
-        raise UserError(f"with two classes the ordinal strategies ({', '.join(skipped)}) are warm_start and finetune "
-                        "under other names; pass --strategies warm_start,finetune (or more classes)")
-    classifier_from(regressor, head, data, "cpu")
-    if {"threshold", "warm_start", "cumulative_link"} & set(cfg.head_swap.strategies):
-        warm_start_edges(regressor, head, data)
-
-
-def warm_start_edges(regressor: nn.Module, head: Head, data: Prepared) -> np.ndarray:
-    """Class edges in the units of the regression head's own output (before any output activation)."""
-    edges = (data.edges - data.y_mean) / data.y_std  # in the regressor's output units
-    activation = regressor.get_submodule(head.activation) if head.activation else None
-    return edges_before_activation(activation, edges)
-
-
-def classifier_from(regressor: nn.Module, head: Head, data: Prepared, device,
-                    kind: str = "new") -> tuple[nn.Module, float | None]:
-    """A copy of the regressor with a classification head of `kind`: `new` (random), `corn` (random
-    CornHead), or computed from the regression head: `warm_start` or `cumulative_link` (whose scale,
-    fitted on validation, is returned too); output activation removed; output shape and untouched
-    backbone checked."""
-    model = copy.deepcopy(regressor)
-    if head.activation:  # logits, not squashed outputs
-        swap_head(model, head.activation, nn.Identity())
-    backbone = {name: v.clone() for name, v in model.state_dict().items()}
-    scale = None
-    if kind in ("warm_start", "cumulative_link"):
-        # the model without its output activation outputs the head's own r
-        edges = warm_start_edges(regressor, head, data)
-        r = predict(model, data.val.x, device).reshape(-1)
-        if kind == "warm_start":
-            scale = fit_warm_start_scale(r, data.val.c, edges)
-            swap_head(model, head.name, warm_start_head(model.get_submodule(head.name), edges, scale))
-        else:
-            scale = fit_cumulative_link_scale(r, data.val.c, edges)
-            swap_head(model, head.name, cumulative_link_head(model.get_submodule(head.name), edges, scale))
-    elif kind == "corn":
-        swap_head(model, head.name, CornHead(head.in_features, data.n_classes))
-    else:
-        swap_head(model, head.name, new_head(head.in_features, data.n_classes))
-    check_swap(model, backbone, head.name, data.n_features, data.n_classes)
-    return model, scale
 
 
 def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,

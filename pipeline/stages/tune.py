@@ -13,7 +13,7 @@ from ..model import architecture
 from ..reuse import reusable
 from ..train import resolve_device
 from .common import (StageResult, detail, flag_training, log_classifier, log_run_inputs, run_name, say, split_tags,
-                     stage_output, stands_for, warn, where)
+                     stage_output, stands_for, where)
 
 
 def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
@@ -44,14 +44,14 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
     if reuse:
         say(f"tune: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
         return stage_output(reuse)
-    study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
-    device = resolve_device(cfg.train.device)
-    metric = cfg.tune.metric
     made_by = tracking.get_run(source.model_run).data.tags  # the source's stage, strategy and seed
     untuned_name = made_by.get("strategy", "the untuned model")
     if getattr(source.model, "reg2cls_start", None) is None:
-        warn(f"tune: {untuned_name} (run {source.model_run}) records no starting weights (logged before "
-            "reg2cls kept them); trials retrain it from its trained weights")
+        raise UserError(f"{untuned_name} (run {source.model_run}) records no starting weights to retrain from; tune "
+                        "a classifier that head_swap, slim or tune logged (--from-run)")
+    study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
+    device = resolve_device(cfg.train.device)
+    metric = cfg.tune.metric
     with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, **split_tags(data),
                                               "seed": str(cfg.seed), "optuna_study": name,
                                               "optuna_storage": _safe_url(url)}) as run_id:
@@ -122,10 +122,9 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
 
 
 def start_weights(model: nn.Module) -> dict:
-    """The weights a trial of `model` retrains from: its start (model.mark_start), else (a model logged
-    before starts were kept) its own weights; on the CPU, as a spawned worker receives them."""
-    start = getattr(model, "reg2cls_start", None)
-    return {k: v.detach().cpu().clone() for k, v in (start if start is not None else model.state_dict()).items()}
+    """The weights a trial of `model` retrains from: its start (model.mark_start), on the CPU, as a spawned
+    worker receives them."""
+    return {k: v.detach().cpu().clone() for k, v in model.reg2cls_start.items()}
 
 
 def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, source: tuple[dict, dict],

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silent (issue 12): runs of killed processes are ended, two commands share a store,
+"""Nothing lost, nothing silent: runs of killed processes are ended, two commands share a store,
 bad input is one line, and the quiet ways to a wrong result are closed. Kill and concurrency cases use
 real processes against a real SQLite store."""
 from __future__ import annotations
@@ -115,6 +115,7 @@ with tracking.start("held", "tune", strategy="trial_0") as run_id:
 """
 
 
+@pytest.mark.slow
 def test_sweep_spares_a_live_owner_and_ends_a_dead_ones_runs(experiment, store):
     proc = subprocess.Popen([sys.executable, "-c", HOLD_RUN, experiment], env=process_env(store),
                             stdout=subprocess.PIPE, text=True)
@@ -142,6 +143,7 @@ KILL_POINTS = {  # where to kill: (override that keeps the process there, the ru
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_then_rerun_leaves_no_run_running_and_a_sound_store(point, tmp_path):
     db = tmp_path / "mlflow.db"
@@ -173,6 +175,7 @@ def test_sigkill_then_rerun_leaves_no_run_running_and_a_sound_store(point, tmp_p
     assert integrity(db) == "ok"
 
 
+@pytest.mark.slow
 def test_two_converts_started_together_on_a_fresh_store_both_finish_and_leave_it_whole(tmp_path):
     """One of them with --jobs 2, which puts the store in WAL mode (as Optuna's file always is). The commands skip
     the interpreter's final garbage collections at exit (cli._exit_quickly) after closing every database
@@ -344,6 +347,7 @@ def raw_rows(n: int = 20) -> pd.DataFrame:
     return data.load(TINY["data.source"]).drop(columns=["target"]).head(n)
 
 
+@pytest.mark.slow
 def test_the_champion_of_a_relative_model_file_predicts_from_another_folder(champion, tmp_path):
     uri, model, _, _, _ = champion
     raw_rows().to_csv(tmp_path / "in.csv", index=False)
@@ -355,6 +359,7 @@ def test_the_champion_of_a_relative_model_file_predicts_from_another_folder(cham
     assert len(out) == 20 and out.filter(like="proba_").sum(axis=1).round(4).eq(1).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["text-and-inf-become-missing", "text-only-column", "output-folder-missing",
                                   "not-a-champion"])
 def test_predict_input_problems(case, champion, monkeypatch):
@@ -386,6 +391,7 @@ def test_predict_input_problems(case, champion, monkeypatch):
     assert result.exit_code == 1 and len(lines_of(result.output)) == 1 and message in result.output, result.output
 
 
+@pytest.mark.slow
 def test_the_champion_alias_never_moves_to_other_classes(champion):
     uri, _, root, experiment, _ = champion
     mlflow.set_tracking_uri(uri)
