@@ -248,11 +248,12 @@ def _prepare(opts: dict):
     s = splits[0].summary
     layout = (f"train/val/test {s['train_rows']}/{s['val_rows']}/{s['test_rows']}" if len(splits) == 1 else
               f"{len(splits)} folds of {s['train_rows']}/{s['val_rows']}/{s['test_rows']}")
-    text = f", {s['strings_as_missing']} of them text" if s.get("strings_as_missing") else ""
-    progress.write(f"data: {cfg.data.source}, {s['rows']} rows x {s['n_features']} features "
-                   f"({s['rows_dropped_missing_target']} dropped: no target; {s['features_imputed']} values imputed"
-                   f"{text}); {layout}")
-    progress.write(f"classes: {', '.join(splits[0].class_names)}")
+    text = f" ({s['strings_as_missing']} of them text)" if s.get("strings_as_missing") else ""
+    done = [f"{s['rows_dropped_missing_target']} rows dropped (no target)" if s["rows_dropped_missing_target"] else "",
+            f"{s['features_imputed']} values imputed{text}" if s["features_imputed"] else ""]
+    progress.write(f"data: {cfg.data.source}, {s['rows']} rows x {s['n_features']} features"
+                   + "".join(f"; {d}" for d in done if d)
+                   + f"; classes {', '.join(splits[0].class_names)}; {layout}")
     cfg = _resolve_batch(cfg, len(splits[0].train.x))
     tracking.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages

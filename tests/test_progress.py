@@ -45,7 +45,7 @@ def test_quiet_silences_the_bar_and_the_lines(terminal, capsys):
     progress.set_quiet(True)
     with progress.Bar("baseline", 10, "val/rmse", higher=False) as bar:
         bar.update(1, 3.0)
-    progress.write("baseline: test RMSE 1")
+    progress.write("baseline: validation RMSE 1")
     assert terminal.getvalue() == "" and capsys.readouterr().out == ""
 
 
@@ -60,14 +60,14 @@ def test_baseline_prints_its_line_without_a_bar_and_nothing_under_quiet(store, e
     args = ["baseline", *tiny_args(experiment), "--force"]
     plain = CliRunner().invoke(cli, args)
     assert plain.exit_code == 0, plain.output
-    assert "baseline: test RMSE" in plain.output and "data:" in plain.output
+    assert "baseline: validation RMSE" in plain.output and "data:" in plain.output
     assert "\r" not in plain.output and "epoch 1/" not in plain.output and "█" not in plain.output
     try:
         quiet = CliRunner().invoke(cli, [*args, "--quiet"])
     finally:
         progress.set_quiet(False)
     assert quiet.exit_code == 0, quiet.output
-    assert "baseline: test RMSE" not in quiet.output and "data:" not in quiet.output
+    assert "baseline: validation RMSE" not in quiet.output and "data:" not in quiet.output
     assert "epoch" not in quiet.output and "baseline run:" in quiet.output  # the result is still printed
 
 

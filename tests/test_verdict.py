@@ -19,7 +19,7 @@ def _strategy_run(name: str, val_f1: float, c: np.ndarray, pred: np.ndarray, val
     with mlflow.start_run(run_name=name, nested=True, tags={"stage": "head_swap", "strategy": name, "seed": "0"}):
         mlflow.log_metrics({"val/f1_macro": val_f1, "cost/params": params})
         tracking.log_predictions(np.arange(len(c)), c, np.eye(3)[pred], pred,
-                                 *([val_c, val_pred] if val_c is not None else []))
+                                 **({"val_c": val_c, "val_pred": val_pred} if val_c is not None else {}))
 
 
 def _right_on(rng, c: np.ndarray, share: float) -> np.ndarray:
