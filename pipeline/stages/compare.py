@@ -160,9 +160,11 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
     choose(frame, predictions, metric, seed, n_boot)
     _intervals(frame, predictions, seed, n_boot)
     sign = 1 if metric in LOWER_IS_BETTER else -1  # pareto_front wants (cost, score): lower cost, higher score
-    points = [(p if p == p else float("inf"), -sign * v) for p, v in zip(frame["params"], frame[col])]
+    # a row flagged by its training (diverged, untrained, collapsed) is never offered as a trade-off
+    points = [(p if p == p and not why else float("inf"), -sign * v)
+              for p, v, why in zip(frame["params"], frame[col], frame["excluded"])]
     front = set(report.pareto_front(points))
-    frame["pareto"] = [i in front and frame["params"].iloc[i] == frame["params"].iloc[i] for i in range(len(frame))]
+    frame["pareto"] = [i in front and points[i][0] != float("inf") for i in range(len(frame))]
     return frame
 
 
