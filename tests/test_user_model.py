@@ -10,11 +10,10 @@ import pandas as pd
 import pytest
 import torch
 import user_models as um
-from conftest import REPO, invoke, process_env, runs_of, settled, tiny_args
+from conftest import REPO, TINY, invoke, process_env, runs_of, settled, tiny_args
 
 MODELS_FILE = um.__file__
 STRATEGIES = "threshold,linear_probe,lp_ft,warm_start,scratch"
-
 
 
 def checkpoint(tmp_path: Path, cls, **kwargs) -> str:
@@ -254,3 +253,88 @@ def test_sequence_models_swap_heads_and_slim_or_refuse_to(name):
     rebuilt = build(architecture(model))
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+# ------------------------------------------------------------------ the brought model checked before anything trains
+def least_squares_checkpoint(tmp_path: Path, data) -> str:
+    """A LinearNet checkpoint fitted (least squares) on `data`'s training split, in its units."""
+    x = torch.cat([data.train.x.double(), torch.ones(len(data.train.x), 1, dtype=torch.float64)], 1)
+    w = torch.linalg.lstsq(x, data.train.y.double().reshape(-1, 1)).solution.reshape(-1)
+    path = tmp_path / "linear.pt"
+    torch.save({"fc.weight": w[:-1].float().reshape(1, -1), "fc.bias": w[-1:].float()}, path)
+    return str(path)
+
+
+def check_tags(experiment: str) -> tuple[dict, dict]:
+    """The `check.*` tags of the convert run and of the baseline run."""
+    runs = runs_of(experiment)
+    pick = lambda stage: {k: v for k, v in next(r for r in runs if r.data.tags.get("stage") == stage  # noqa: E731
+                                                 ).data.tags.items() if k.startswith("check.")}
+    return pick("convert"), pick("baseline")
+
+
+BRIEF = ("--strategies", "threshold", "--set", "slim.keep_ratios=none", "--set", "slim.depth=false",
+         "--set", "tune.n_trials=0", "--set", "compare.reference=false")
+
+
+@pytest.mark.slow
+def test_a_constant_checkpoint_is_named_so_and_the_warning_reaches_the_convert_run(experiment, tmp_path):
+    result = invoke("convert", *tiny_args(experiment, "--model", f"{MODELS_FILE}:Constant", "--model-kwargs", KW,
+                                          "--checkpoint", checkpoint(tmp_path, um.Constant, input_dim=10), *BRIEF))
+    assert result.exit_code == 0, result.output
+    assert "a constant predictor" in result.stderr
+    parent, base = check_tags(experiment)
+    assert parent == base and "constant predictor" in parent["check.no_signal"]
+
+
+def test_a_scaling_mismatch_shows_what_each_scaling_would_give(tiny_data, tmp_path):
+    from pipeline import checks
+    from pipeline.config import Data
+    from pipeline.data import prepare
+    from pipeline.model import load_user_model
+
+    model = load_user_model(f"{MODELS_FILE}:LinearNet", KW, least_squares_checkpoint(tmp_path, tiny_data))
+    assert checks.no_signal(model, tiny_data, "cpu", ("standard", "standard")) is None  # trained so: fine
+    raw = prepare(Data(source=TINY["data.source"], folds="1", scaling="none"), 0)  # the same rows, unscaled
+    line = checks.no_signal(model, raw, "cpu", ("none", "standard"))
+    assert "its scaling does not match" in line and line.endswith(
+        "pass --scaling standard --target-scaling standard, or the scaling it was trained with")
+
+
+def test_a_column_that_is_the_target_in_disguise_is_called_a_leak(tmp_path):
+    from pipeline import checks
+    from pipeline.config import Data
+    from pipeline.data import prepare
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
+    frame["log_price"] = frame["a"] + 0.3 * rng.normal(size=200)
+    frame["price"] = np.exp(frame["log_price"])  # monotone in the target: its ranks are the target's
+    frame.to_csv(tmp_path / "cars.csv", index=False)
+    data = prepare(Data(source=str(tmp_path / "cars.csv"), target="log_price", folds="1"), 0)
+    assert "feature 'price' alone determines the target" in checks.leak(data)
+    assert checks.leak(prepare(Data(source=str(tmp_path / "cars.csv"), target="log_price", folds="1",
+                                    features=("a", "b", "c")), 0)) is None
+
+
+def test_a_model_that_mixes_the_rows_of_its_batch_is_caught(tiny_data):
+    from pipeline import checks
+    from pipeline.model import load_user_model
+
+    mixing = load_user_model(f"{MODELS_FILE}:BatchMixingLSTM", KW, "")
+    assert "depends on the other rows of its batch" in checks.batch_mixing(mixing, tiny_data, "cpu")
+    assert checks.batch_mixing(load_user_model(f"{MODELS_FILE}:LSTMNet", KW, ""), tiny_data, "cpu") is None
+
+
+def test_a_saved_row_index_is_named_when_the_columns_do_not_fit(experiment, tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(120, 10)), columns=[f"x{i}" for i in range(10)])
+    frame["target"] = frame["x0"] + rng.normal(size=120)
+    frame.to_csv(tmp_path / "indexed.csv")  # pandas writes its index as the unnamed first column
+    args = tiny_args(experiment, "--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", KW, "--retrain")
+    args[args.index("--data") + 1] = str(tmp_path / "indexed.csv")
+    result = invoke("convert", *args)
+    assert result.exit_code == 1
+    assert "does not accept 11 input features" in result.output and "'Unnamed: 0' looks like a row index" in \
+        result.output
+    assert runs_of(experiment) == []

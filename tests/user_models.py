@@ -211,3 +211,14 @@ class ConfiguredNet(nn.Module):
 def make_configured(input_dim: int, hidden_dim: int = 16) -> nn.Module:
     """The factory a user writes for a constructor taking a config object: --model file.py:make_configured."""
     return ConfiguredNet(Sizes(input_dim, hidden_dim))
+
+
+class LinearNet(nn.Module):
+    """One nn.Linear: its least-squares weights make a checkpoint that fits without training."""
+
+    def __init__(self, input_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(input_dim, 1)
+
+    def forward(self, x):
+        return self.fc(x)

@@ -173,8 +173,8 @@ def flag_collapsed(model: nn.Module, data: Prepared, device) -> str | None:
     if float(proba.std(axis=0).max()) > 1e-6:
         return None
     tracking.set_tags({"training": "collapsed"})
-    warn("the model collapsed to one output for every row (no spread in its probabilities); "
-         "this run cannot be champion")
+    warn(f"{progress_label()}: the model collapsed to one output for every row (no spread in its probabilities); "
+         "it cannot be champion")
     return "collapsed"
 
 

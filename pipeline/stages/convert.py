@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from .. import jobs, tracking
+from .. import checks, jobs, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import portable
@@ -39,6 +39,7 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
             if jobs.pool_size() > 1 and not brought and not baseline_key(cfg, data, force)[1]:
                 early = start_early(cfg, data, new_regressor(cfg, data), run_id)
             base = baseline(cfg, data, brought, force=force)
+            tracking.set_tags(checks.of_runs([tracking.get_run(base.run_id)]))  # the verdict repeats them first
             chosen = [head_swap(cfg, data, base, force=force, started=early)]
             stage_runs = {"baseline_run": base.run_id, "head_swap_run": chosen[0].run_id}
             if slimming:
@@ -72,6 +73,10 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
                                                                          for data in splits])]
         r2 = np.mean([tracking.get_run(b.run_id).data.metrics.get("val/r2", np.nan) for b in bases])
         say(f"baseline: validation R2 {r2:.3f} averaged over {len(splits)} folds")
+        found = checks.of_runs([tracking.get_run(b.run_id) for b in bases])
+        tracking.set_tags(found)
+        checks.warn(found)
+    tracking.set_tags(found)  # on the convert run too: the verdict repeats them first
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
         chosen = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
         stands_for(chosen[0].model_run)
