@@ -125,6 +125,7 @@ class Compare:
     metric: str = "val/f1_macro"   # sorts the leaderboard and picks the champion (its mean over seeds and folds)
     reference: bool = True         # a HistGradientBoostingClassifier row on the same splits
     register: str = ""             # registered model name; "" = reg2cls-<MLflow experiment of the parent run>
+    check_load: bool = True        # load the registered champion and predict in a clean process elsewhere first
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ and `reg2cls_rule`, its decision rule fitted on validation (decision.py), a plai
 """
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import importlib
@@ -312,6 +313,44 @@ def model_file(model: nn.Module) -> Path | None:
     source = inspect.getsourcefile(type(model)) if type(model).__module__.startswith("reg2cls_user_") else None
     path = Path(source or target)
     return path.resolve() if path.is_file() else None
+
+
+def local_imports(path: Path) -> list[Path]:
+    """The user's own code that the model file `path` imports, directly or through each other: the modules and
+    packages in its folder (where `import_class` lets it import from), as paths relative to that folder, every
+    `.py` file of an imported package included. Found by reading the files (`ast`), not by running them, so a
+    champion carries what its model file needs to import wherever it loads."""
+    root = path.parent
+    found: set[Path] = set()
+    todo, read = [path], set()
+    while todo:
+        current = todo.pop()
+        if current in read:
+            continue
+        read.add(current)
+        try:
+            tree = ast.parse(current.read_text())
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue  # relative imports stay inside a package, which travels whole
+            for top in {name.split(".")[0] for name in names}:
+                if (root / f"{top}.py").is_file():
+                    files = [root / f"{top}.py"]
+                elif (root / top).is_dir():
+                    files = sorted((root / top).rglob("*.py"))
+                else:
+                    continue  # an installed package (torch, numpy) or the standard library
+                for f in files:
+                    if f != path and f.resolve() not in found:
+                        found.add(f.resolve())
+                        todo.append(f)
+    return sorted(f.relative_to(root.resolve()) for f in found)
 
 
 def relocated(arch: dict, folder: Path) -> dict:

@@ -338,3 +338,49 @@ def test_a_saved_row_index_is_named_when_the_columns_do_not_fit(experiment, tmp_
     assert "does not accept 11 input features" in result.output and "'Unnamed: 0' looks like a row index" in \
         result.output
     assert runs_of(experiment) == []
+
+
+# ------------------------------------------------------------------ a champion that loads anywhere
+def user_project(folder: Path) -> str:
+    """A model file as a repository holds it: importing a sibling module, which imports a package beside them."""
+    (folder / "settings").mkdir(parents=True)
+    (folder / "settings" / "__init__.py").write_text("from .sizes import HIDDEN\n")
+    (folder / "settings" / "sizes.py").write_text("HIDDEN = 8\n")
+    (folder / "blocks.py").write_text("from torch import nn\nfrom settings import HIDDEN\n\n\n"
+                                      "def block(i):\n    return nn.Sequential(nn.Linear(i, HIDDEN), nn.ReLU())\n")
+    (folder / "notes.py").write_text("raise SystemExit('never imported by the model')\n")
+    (folder / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\nimport settings\nfrom blocks import block\n\n\n"
+        "class Net(nn.Module):\n    def __init__(self, input_dim: int):\n        super().__init__()\n"
+        "        self.body, self.out = block(input_dim), nn.Linear(settings.HIDDEN, 1)\n\n"
+        "    def forward(self, x):\n        return self.out(self.body(x))\n")
+    return str(folder / "net.py")
+
+
+def test_the_modules_a_model_file_imports_are_found_without_running_it(tmp_path):
+    from pipeline.model import local_imports
+
+    net = user_project(tmp_path / "repo")
+    assert [str(p) for p in local_imports(Path(net))] == ["blocks.py", "settings/__init__.py", "settings/sizes.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("home", ["beside", "elsewhere_on_the_path"])
+def test_the_champion_loads_in_a_clean_process_outside_the_working_directory(experiment, tmp_path, monkeypatch, home):
+    """Beside the model file, its modules travel with the champion, which then loads and predicts in a clean
+    process in another folder; a module found only through this process's path cannot travel, and convert
+    says so in one line instead of registering a champion that fails elsewhere."""
+    net = user_project(tmp_path / "repo")
+    if home == "elsewhere_on_the_path":
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "repo" / "blocks.py").rename(tmp_path / "lib" / "blocks.py")
+        monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    result = invoke("convert", *tiny_args(experiment, "--model", f"{net}:Net", "--model-kwargs", KW, "--retrain",
+                                          *BRIEF, "--set", "compare.check_load=true"))
+    if home == "beside":
+        assert result.exit_code == 0, result.output
+        code = Path(mlflow.artifacts.download_artifacts(f"models:/reg2cls-{experiment}@champion")) / "code"
+        assert {"net.py", "blocks.py", "settings", "pipeline"} <= {p.name for p in code.iterdir()}
+    else:
+        assert result.exit_code == 1
+        assert "does not load in a clean process" in result.output and "blocks" in result.output

@@ -472,6 +472,8 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
                 tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
                 run_id=champion_run, model_description=model_description(cfg, data, registered))
             summary[-1] += f" (version {version})"
+            if c.check_load:  # before it says done: it loads and predicts elsewhere
+                registry.check_loads(f"models:/{registered}/{version}")
             stands_for(champion_run)
         tracking.describe_experiment(EXPERIMENT_NOTE)
         tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
