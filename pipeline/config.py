@@ -195,7 +195,8 @@ OPTIONS = (
            mlproject=_RUNS, note="quantile:K | thresholds:a,b | label:COL"),
     Option("features", "data.features",
            "Feature columns in the model's order, comma-separated (default: all but the target).", mlproject=_RUNS),
-    Option("model", "user_model.spec", "Bring your regressor: path/to/file.py:ClassName or package.module:ClassName.",
+    Option("model", "user_model.spec", "Bring your regressor: path/to/file.py:Name or package.module:Name, Name an "
+                                       "nn.Module class or a function returning one.",
            mlproject=_BRING, note="bring a regressor: path/file.py:Class"),
     Option("model_kwargs", "user_model.kwargs",
            "JSON keyword arguments for --model's class, e.g. '{\"hidden_dim\": 50}'.", mlproject=_BRING),

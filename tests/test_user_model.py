@@ -384,3 +384,26 @@ def test_the_champion_loads_in_a_clean_process_outside_the_working_directory(exp
     else:
         assert result.exit_code == 1
         assert "does not load in a clean process" in result.output and "blocks" in result.output
+
+
+# ------------------------------------------------------------------ a function that builds the model
+def test_a_function_builds_a_model_whose_constructor_takes_a_config_object(tmp_path):
+    from pipeline.model import architecture, load_user_model
+    from pipeline.surgery import build
+
+    spec = f"{MODELS_FILE}:make_configured"
+    model = load_user_model(spec, '{"input_dim": 10, "hidden_dim": 4}', "")
+    assert type(model).__name__ == "ConfiguredNet" and model.net.net[0].out_features == 4
+    rebuilt = build(architecture(model))  # the recipe calls the function again, as the champion does elsewhere
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(3, 10)
+    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_a_function_that_returns_no_model_is_refused_in_one_line(tmp_path):
+    from pipeline.config import UserError
+    from pipeline.model import load_user_model
+
+    (tmp_path / "factory.py").write_text("def make(input_dim):\n    return {'layers': input_dim}\n")
+    with pytest.raises(UserError, match="make.* returned dict, not an nn.Module"):
+        load_user_model(f"{tmp_path / 'factory.py'}:make", KW, "")
