@@ -279,7 +279,7 @@ OPTIONS = (
     Option("no_reference", "compare.reference", "Leave out the HistGradientBoosting reference row.", flag=False,
            commands=("compare",), mlproject=("compare",), note="false: leave out the HistGradientBoosting row"),
     Option("register", "compare.register", "Registered model name for the champion (default reg2cls-<experiment>).",
-           commands=("compare",), mlproject=("compare",), note="default: reg2cls-<experiment>"),
+           commands=("convert", "compare"), mlproject=("convert", "compare"), note="default: reg2cls-<experiment>"),
 )
 
 
@@ -474,7 +474,7 @@ def validate(cfg: Config) -> Config:
     if problem:
         source = "--register" if cfg.compare.register else f"the experiment name ({cfg.experiment!r}) gives"
         raise UserError(f"{source} registered model name {registered!r}, which MLflow refuses: {problem}; "
-                        "choose an experiment name without '/' or ':' or pass --set compare.register=NAME")
+                        "choose an experiment name without '/' or ':' or pass --register NAME")
     # weights, gradients, AdamW's two moments and the best-weights copy: 5 float32 copies of every weight
     m = cfg.model
     width = m.width or 256  # auto: at most 256

@@ -107,7 +107,7 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
             client.set_model_version_tag(registered_name, version, key, value)
     except MlflowException as e:  # the registry refused (name, permissions, a server error): one line
         raise UserError(f"cannot register the champion as '{registered_name}': {first_line(e)}; pass another name "
-                        "with --set compare.register=NAME, or check the registry") from None
+                        "with --register NAME, or check the registry") from None
     return version
 
 
@@ -202,7 +202,7 @@ def champion_conflict(registered_name: str, signature) -> str | None:
         what.append(f"classes ({', '.join(c[6:] for c in held_out[1:])} -> {', '.join(c[6:] for c in new_out[1:])})")
     return (f"registered model '{registered_name}' has a champion (version {current.version}) with other "
             f"{' and '.join(what)}; moving its alias would break whoever serves it: register this one under another "
-            "name with --set compare.register=NAME (or --register NAME on compare)")
+            "name with --register NAME")
 
 
 def load_champion(uri: str):
