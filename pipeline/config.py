@@ -16,6 +16,7 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 EMBEDDINGS = ("none", "periodic", "piecewise")
 DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
+TRANSFORMS = ("none", "log1p")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
 PRUNERS = ("median", "hyperband", "none")
 # the champion and the leaderboard's order are chosen on validation; test metrics are only reported
@@ -43,6 +44,7 @@ class Data:
     features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
     scaling: str = "standard"        # standard | none: whether the model sees standardised features
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
+    target_transform: str = "none"   # none | log1p: the regressor learns log(1 + target); classes stay in target units
     folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 10,000 rows
 
 
@@ -212,6 +214,8 @@ OPTIONS = (
            choices=SCALINGS, mlproject=_RUNS, note="standard | none"),
     Option("target_scaling", "data.target_scaling",
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
+    Option("target_transform", "data.target_transform", "none (default) or log1p: the regressor learns log(1 + "
+           "target); classes, edges and class names stay in the target's units.", choices=TRANSFORMS, mlproject=_RUNS),
     Option("folds", "data.folds", "Outer folds for cross-fitting: K, 1 (one split) or auto (default: 5 below "
                                   "10,000 rows, else 1). Stage commands other than convert work on the first fold.",
            mlproject=_RUNS, note="auto | 1 | K"),
@@ -413,6 +417,9 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{metric}'")
     if cfg.data.folds != "auto" and not (cfg.data.folds.isdigit() and int(cfg.data.folds) >= 1):
         raise UserError(f"data.folds must be auto or a whole number >= 1 (1 = one split), got '{cfg.data.folds}'")
+    if cfg.data.target_transform not in TRANSFORMS:
+        raise UserError(f"data.target_transform must be one of {', '.join(TRANSFORMS)}, got "
+                        f"'{cfg.data.target_transform}'")
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")

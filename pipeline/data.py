@@ -219,6 +219,18 @@ def fit_classes(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None,
     return edges, class_names(edges), to_classes(y, edges)
 
 
+def to_model_units(y: np.ndarray, cfg: Data) -> np.ndarray:
+    """The target (or class edges) as the regressor learns it: `--target-transform log1p` takes log(1 + y), for a
+    skewed positive target such as a price; the classes stay cut in the target's own units (log1p is increasing,
+    so every row keeps its class)."""
+    if cfg.target_transform == "none":
+        return y
+    if np.min(y) <= -1:
+        raise UserError(f"--target-transform log1p needs a target above -1, but '{cfg.target}' reaches {np.min(y):g}; "
+                        "drop the transform or shift the target")
+    return np.log1p(y)
+
+
 # ---------------------------------------------------------------------------------- preprocessing
 @dataclass
 class Preprocessor:
@@ -299,6 +311,11 @@ class Prepared:
     summary: dict[str, object]
     fold: int | None = None    # which cross-fitting fold (prepare_folds); None for the single split
     test_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the table's rows in `test`
+    target_transform: str = "none"  # none | log1p: what the regressor's target is (`edges` are in its units)
+
+    def original_units(self, values: np.ndarray) -> np.ndarray:
+        """Values in the regressor's target units (`edges`, its outputs) back in the target's own units."""
+        return np.expm1(values) if self.target_transform == "log1p" else np.asarray(values)
 
     @property
     def n_classes(self) -> int:
@@ -483,8 +500,9 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     Owns everything fitted on the training rows only: the preprocessor (imputation, standardisation, one-hot)
     and the target's mean and std. Checks that every split has every class, and writes the summary.
     """
-    edges, names, classes_all = classes
+    edges, names, classes_all = classes  # classes and their names in the target's own units
     train_idx, val_idx, test_idx = rows
+    y, edges = to_model_units(y, cfg), to_model_units(np.asarray(edges, dtype=np.float64), cfg)
     _check_features(features, len(train_idx))
     with np.errstate(over="ignore", invalid="ignore"):  # a huge column's std overflows: refused below, quietly
         pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
@@ -538,7 +556,8 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         summary.update({"fold": fold, "folds": folds})
     missing = tuple(str(c) for c in frame.columns[frame.isna().any().to_numpy()])
     return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
-                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx)
+                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx,
+                    target_transform=cfg.target_transform)
 
 
 # ---------------------------------------------------------------------------------------- entries

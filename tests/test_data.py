@@ -1,9 +1,12 @@
 """Data contracts: classes and preprocessing fitted on train only, human-readable classes, input kinds."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline import data
 from pipeline.config import Data, UserError
@@ -253,3 +256,26 @@ def test_folds_refuse_too_little_data(k, val_fraction, message):
     with pytest.raises(UserError, match=message) as err:
         data.prepare_folds(Data(source="synthetic:friedman1?rows=45", val_fraction=val_fraction), seed=0, k=k)
     assert "\n" not in str(err.value)
+
+
+def test_a_log1p_target_keeps_classes_and_names_in_the_targets_units(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    frame["price"] = np.exp(10 + frame["a"] + 0.3 * rng.normal(size=300))
+    frame.to_csv(tmp_path / "prices.csv", index=False)
+    cfg = Data(source=str(tmp_path / "prices.csv"), target="price", folds="1", classes="thresholds:20000,40000")
+    plain, logged = data.prepare(cfg, 0), data.prepare(dataclasses.replace(cfg, target_transform="log1p"), 0)
+    assert logged.class_names == plain.class_names == ["<=20000.0", "20000.0-40000.0", ">40000.0"]
+    assert torch.equal(logged.train.c, plain.train.c)
+    np.testing.assert_allclose(logged.edges, np.log1p([20000, 40000]))  # where the regressor's output is cut
+    np.testing.assert_allclose(logged.original_units(logged.edges), [20000, 40000])
+    y = logged.train.y.double().numpy() * logged.y_std + logged.y_mean  # the regressor learns log(1 + price)
+    price = frame["price"].to_numpy()
+    assert all(np.abs(price - p).min() < 1e-3 * p for p in np.expm1(y))
+
+
+def test_a_log1p_target_must_stay_above_minus_one(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(40.0), "y": np.linspace(-3, 3, 40)})
+    frame.to_csv(tmp_path / "neg.csv", index=False)
+    with pytest.raises(UserError, match="log1p needs a target above -1"):
+        data.prepare(Data(source=str(tmp_path / "neg.csv"), target="y", folds="1", target_transform="log1p"), 0)

@@ -101,7 +101,7 @@ def log_run_inputs(cfg: Config, data: Prepared) -> None:
     tracking.log_params({**cfg.flat(), **{f"split.{k}": v for k, v in data.summary.items()},
                          "data.digest": data.digest, "data.split_key": data.split_key,
                          "data.class_names": " | ".join(data.class_names),
-                         "data.edges": ",".join(repr(float(e)) for e in data.edges)})
+                         "data.edges": ",".join(repr(float(e)) for e in data.original_units(data.edges))})
     tracking.log_dataset(data.example, data.summary["rows"], cfg.data.source, cfg.data.target, data.digest,
                          missing=data.missing)
 

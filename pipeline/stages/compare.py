@@ -643,7 +643,8 @@ def model_description(cfg: Config, data: Prepared, registered: str) -> str:
         "- **Input**: the raw table's columns " + ", ".join(columns) + " (preprocessing travels inside the model).",
         "- **Output**: `label` (the class name) and one `proba_<class>` column per class.",
         "- **Classes**: " + ", ".join(f"`{c}`" for c in data.class_names)
-        + f" ({cfg.data.target} cut at the class edges " + ", ".join(f"{e:.4g}" for e in data.edges) + ").",
+        + f" ({cfg.data.target} cut at the class edges "
+        + ", ".join(f"{e:.4g}" for e in data.original_units(data.edges)) + ").",
         "",
         "### How to call it",
         *_how_to_call(registered)])
