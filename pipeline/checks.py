@@ -26,7 +26,7 @@ def regressor_findings(model: nn.Module, data: Prepared, device, given: tuple[st
     --target-scaling) of a user's model evaluated without retraining, which may not be how it was trained;
     None for a model trained here."""
     found = {"no_signal": no_signal(model, data, device, given), "leak": leak(data),
-             "batch_mixing": batch_mixing(model, data, device)}
+             "batch_mixing": batch_mixing(model, data, device), "overlapping_windows": overlapping(data)}
     return {TAG + name: line for name, line in found.items() if line}
 
 
@@ -134,6 +134,16 @@ def batch_mixing(model: nn.Module, data: Prepared, device, n: int = 8) -> str | 
     return (f"a row's output depends on the other rows of its batch (moves by up to {moved:.3g} in target units "
             "with other neighbours): the model mixes rows, e.g. a sequence layer reading the batch as one sequence; "
             "make each row one sample (batch_first, one window a row), or predictions will change with the batch")
+
+
+def overlapping(data: Prepared) -> str | None:
+    """Rows that look like overlapping lag windows of one series (data.overlapping_windows), split at random."""
+    share = data.summary.get("overlapping_windows")
+    if not share:
+        return None
+    return (f"{share:.0%} of the rows are the previous row's features shifted by one (overlapping windows of one "
+            "series): a random split puts near-copies of each test row in training and flatters every score; pass "
+            "--split ordered (or --split time:COL)")
 
 
 def index_like(columns: list[str]) -> list[str]:

@@ -46,6 +46,7 @@ class Data:
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
     target_transform: str = "none"   # none | log1p: the regressor learns log(1 + target); classes stay in target units
     folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 10,000 rows
+    split: str = "random"             # random (stratified) | ordered (file order) | time:COL: earliest rows train
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,9 @@ OPTIONS = (
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
     Option("target_transform", "data.target_transform", "none (default) or log1p: the regressor learns log(1 + "
            "target); classes, edges and class names stay in the target's units.", choices=TRANSFORMS, mlproject=_RUNS),
+    Option("split", "data.split", "random (default, stratified), ordered (the file's row order) or time:COL: "
+                                  "the earliest rows train, the next validate, the latest test.", mlproject=_RUNS,
+           note="random | ordered | time:COL"),
     Option("folds", "data.folds", "Outer folds for cross-fitting: K, 1 (one split) or auto (default: 5 below "
                                   "10,000 rows, else 1). Stage commands other than convert work on the first fold.",
            mlproject=_RUNS, note="auto | 1 | K"),
@@ -417,6 +421,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{metric}'")
     if cfg.data.folds != "auto" and not (cfg.data.folds.isdigit() and int(cfg.data.folds) >= 1):
         raise UserError(f"data.folds must be auto or a whole number >= 1 (1 = one split), got '{cfg.data.folds}'")
+    if cfg.data.split not in ("random", "ordered") and not (cfg.data.split.startswith("time:") and cfg.data.split[5:]):
+        raise UserError(f"data.split must be random, ordered or time:COL, got '{cfg.data.split}'")
     if cfg.data.target_transform not in TRANSFORMS:
         raise UserError(f"data.target_transform must be one of {', '.join(TRANSFORMS)}, got "
                         f"'{cfg.data.target_transform}'")

@@ -438,9 +438,19 @@ def strata(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None) -> tuple[n
     return to_classes(y, edges), class_names(edges)
 
 
-def split_rows(strata: np.ndarray, cfg: Data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row positions of (train, val, test): two seeded splits, both stratified on `strata`."""
+def split_rows(strata: np.ndarray, cfg: Data, seed: int,
+               frame: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions of (train, val, test): two seeded splits, both stratified on `strata`; or with `data.split`
+    ordered (the file's row order) or time:COL (ordered by COL), the earliest rows train, the next validate and
+    the latest test, so no model is chosen or scored on rows older than those it learned from."""
     from sklearn.model_selection import train_test_split
+
+    if cfg.split != "random":
+        order = np.arange(len(strata)) if cfg.split == "ordered" else \
+            np.argsort(frame[cfg.split[5:]].to_numpy(), kind="stable")
+        n_val, n_test = round(cfg.val_fraction * len(order)), round(cfg.test_fraction * len(order))
+        n_train = len(order) - n_val - n_test
+        return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
     holdout = cfg.val_fraction + cfg.test_fraction
     train, rest = train_test_split(np.arange(len(strata)), test_size=holdout, stratify=strata, random_state=seed)
@@ -474,8 +484,9 @@ def select_features(frame: pd.DataFrame, cfg: Data, label_col: str | None) -> pd
             raise UserError(f"feature column(s) {', '.join(missing)} not in the data; columns: "
                             f"{', '.join(map(str, frame.columns))}")
         features = frame[list(cfg.features)]
-    else:
-        features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
+    else:  # nor the column a time-ordered split sorts on
+        time_col = cfg.split[5:] if cfg.split.startswith("time:") else None
+        features = frame.drop(columns=[c for c in (cfg.target, label_col, time_col) if c is not None])
     if features.shape[1] == 0:
         raise UserError(f"no feature columns left besides the target '{cfg.target}'")
     leaks = [c for c in (cfg.target, label_col) if c is not None and c in features.columns]
@@ -569,7 +580,7 @@ def prepare(cfg: Data, seed: int, loaded: tuple | None = None) -> Prepared:
     labels = class_labels(spec, frame)
     provisional, names = strata(spec, y, labels)
     _check_class_sizes(provisional, names, cfg)
-    rows = split_rows(provisional, cfg, seed)
+    rows = split_rows(provisional, cfg, seed, frame)
     classes = fit_classes(spec, y, labels, rows[0])  # on train only: val and test must not shape the classes
     features = select_features(frame, cfg, spec.label_column)
     table = digest(frame)
@@ -611,6 +622,32 @@ def prepare_splits(cfg: Data, seed: int) -> list[Prepared]:
     """One `Prepared` per outer fold (`data.folds`), or the single split; the table is read once."""
     parse_classes(cfg.classes)  # a bad --classes is refused before the data loads
     loaded = load_target(cfg)
+    if cfg.split != "random":
+        if cfg.split.startswith("time:") and cfg.split[5:] not in loaded[0].columns:
+            raise UserError(f"--split {cfg.split}: no column '{cfg.split[5:]}' in the data; columns: "
+                            f"{', '.join(map(str, loaded[0].columns))}")
+        if cfg.folds not in ("auto", "1"):
+            raise UserError(f"--split {cfg.split} tests on the latest rows once; cross-fitting would train on rows "
+                            f"later than those it tests; pass --folds 1 (or auto) instead of --folds {cfg.folds}")
+        return [prepare(cfg, seed, loaded)]
     k = n_folds(cfg.folds, len(loaded[1]))
-    return [prepare(cfg, seed, loaded)] if k == 1 else prepare_folds(cfg, seed, k, loaded)
+    splits = [prepare(cfg, seed, loaded)] if k == 1 else prepare_folds(cfg, seed, k, loaded)
+    share = overlapping_windows(select_features(loaded[0], cfg, parse_classes(cfg.classes).label_column))
+    if share > 0.5:  # checks.py turns it into a warning on every run that builds on this split
+        for s in splits:
+            s.summary["overlapping_windows"] = round(share, 3)
+    return splits
 
+
+def overlapping_windows(features: pd.DataFrame) -> float:
+    """The share of consecutive rows where at least two of the previous row's values reappear one column over
+    (lag windows over one series: row t holds y[t-1], y[t-2], ... and row t+1 y[t], y[t-1], ...). Only columns of
+    mostly distinct numbers count: small codes and one-hot columns repeat by chance."""
+    numeric = features.select_dtypes("number")
+    x = numeric.loc[:, numeric.nunique() > len(numeric) // 2].to_numpy(dtype=np.float64)
+    if x.shape[1] < 3 or len(x) < 10:
+        return 0.0
+    a, b = x[:-1], x[1:]
+    later = np.isclose(b[:, 1:], a[:, :-1]).sum(1) >= 2    # lag1, lag2, ...: values move right
+    earlier = np.isclose(b[:, :-1], a[:, 1:]).sum(1) >= 2  # ..., lag2, lag1: values move left
+    return float((later | earlier).mean())

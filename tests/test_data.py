@@ -279,3 +279,40 @@ def test_a_log1p_target_must_stay_above_minus_one(tmp_path):
     frame.to_csv(tmp_path / "neg.csv", index=False)
     with pytest.raises(UserError, match="log1p needs a target above -1"):
         data.prepare(Data(source=str(tmp_path / "neg.csv"), target="y", folds="1", target_transform="log1p"), 0)
+
+
+def lag_windows(path, n: int = 200, shuffled: bool = False) -> str:
+    """One series as overlapping lag windows, the way time-series repositories feed a regressor: row t holds
+    y[t-1], ..., y[t-5] and the target y[t]; a `day` column dates each row (rows in file order unless shuffled)."""
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.normal(size=n + 5))
+    frame = pd.DataFrame({f"lag{k}": y[5 - k:n + 5 - k] for k in range(1, 6)})
+    frame["target"], frame["day"] = y[5:], np.arange(n)
+    if shuffled:
+        frame = frame.sample(frac=1.0, random_state=0)
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_lag_windows_under_a_random_split_are_named(tmp_path):
+    from pipeline import checks
+
+    [split] = data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), folds="1"), 0)
+    assert split.summary["overlapping_windows"] > 0.9
+    assert "--split ordered" in checks.overlapping(split)
+    [ordered] = data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), folds="1", split="ordered"), 0)
+    assert checks.overlapping(ordered) is None
+
+
+@pytest.mark.parametrize("split", ["ordered", "time:day"])
+def test_a_time_ordered_split_tests_on_the_latest_rows(tmp_path, split):
+    source = lag_windows(tmp_path / "series.csv", shuffled=split == "time:day")
+    [prepared] = data.prepare_splits(Data(source=source, split=split), 0)  # folds auto: one split
+    day = pd.read_csv(source)["day"].to_numpy()
+    assert day[prepared.test_rows].min() >= 170 and len(prepared.test_rows) == 30  # the latest 15%
+    assert "day" not in prepared.preprocessor.columns or split == "ordered"
+
+
+def test_a_time_ordered_split_refuses_cross_fitting(tmp_path):
+    with pytest.raises(UserError, match="pass --folds 1"):
+        data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), split="ordered", folds="5"), 0)
