@@ -317,8 +317,11 @@ def cli():
 def convert(**opts):
     """Run every stage under one parent run and print the leaderboard."""
     cfg, splits, brought = _prepare(opts)
-    from . import stages, tracking
+    from . import progress, stages, tracking
 
+    guess = stages.estimate(cfg, splits, brought)
+    if guess:
+        progress.write(guess)
     with _workers(cfg):
         result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)

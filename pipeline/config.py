@@ -16,6 +16,7 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 EMBEDDINGS = ("none", "periodic", "piecewise")
 DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
+TRANSFORMS = ("none", "log1p")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
 PRUNERS = ("median", "hyperband", "none")
 # the champion and the leaderboard's order are chosen on validation; test metrics are only reported
@@ -43,7 +44,9 @@ class Data:
     features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
     scaling: str = "standard"        # standard | none: whether the model sees standardised features
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
+    target_transform: str = "none"   # none | log1p: the regressor learns log(1 + target); classes stay in target units
     folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 10,000 rows
+    split: str = "random"             # random (stratified) | ordered (file order) | time:COL: earliest rows train
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Compare:
     metric: str = "val/f1_macro"   # sorts the leaderboard and picks the champion (its mean over seeds and folds)
     reference: bool = True         # a HistGradientBoostingClassifier row on the same splits
     register: str = ""             # registered model name; "" = reg2cls-<MLflow experiment of the parent run>
+    check_load: bool = True        # load the registered champion and predict in a clean process elsewhere first
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ OPTIONS = (
            mlproject=_RUNS, note="quantile:K | thresholds:a,b | label:COL"),
     Option("features", "data.features",
            "Feature columns in the model's order, comma-separated (default: all but the target).", mlproject=_RUNS),
-    Option("model", "user_model.spec", "Bring your regressor: path/to/file.py:ClassName or package.module:ClassName.",
+    Option("model", "user_model.spec", "Bring your regressor: path/to/file.py:Name or package.module:Name, Name an "
+                                       "nn.Module class or a function returning one.",
            mlproject=_BRING, note="bring a regressor: path/file.py:Class"),
     Option("model_kwargs", "user_model.kwargs",
            "JSON keyword arguments for --model's class, e.g. '{\"hidden_dim\": 50}'.", mlproject=_BRING),
@@ -210,6 +215,11 @@ OPTIONS = (
            choices=SCALINGS, mlproject=_RUNS, note="standard | none"),
     Option("target_scaling", "data.target_scaling",
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
+    Option("target_transform", "data.target_transform", "none (default) or log1p: the regressor learns log(1 + "
+           "target); classes, edges and class names stay in the target's units.", choices=TRANSFORMS, mlproject=_RUNS),
+    Option("split", "data.split", "random (default, stratified), ordered (the file's row order) or time:COL: "
+                                  "the earliest rows train, the next validate, the latest test.", mlproject=_RUNS,
+           note="random | ordered | time:COL"),
     Option("folds", "data.folds", "Outer folds for cross-fitting: K, 1 (one split) or auto (default: 5 below "
                                   "10,000 rows, else 1). Stage commands other than convert work on the first fold.",
            mlproject=_RUNS, note="auto | 1 | K"),
@@ -277,7 +287,7 @@ OPTIONS = (
     Option("no_reference", "compare.reference", "Leave out the HistGradientBoosting reference row.", flag=False,
            commands=("compare",), mlproject=("compare",), note="false: leave out the HistGradientBoosting row"),
     Option("register", "compare.register", "Registered model name for the champion (default reg2cls-<experiment>).",
-           commands=("compare",), mlproject=("compare",), note="default: reg2cls-<experiment>"),
+           commands=("convert", "compare"), mlproject=("convert", "compare"), note="default: reg2cls-<experiment>"),
 )
 
 
@@ -411,6 +421,11 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{metric}'")
     if cfg.data.folds != "auto" and not (cfg.data.folds.isdigit() and int(cfg.data.folds) >= 1):
         raise UserError(f"data.folds must be auto or a whole number >= 1 (1 = one split), got '{cfg.data.folds}'")
+    if cfg.data.split not in ("random", "ordered") and not (cfg.data.split.startswith("time:") and cfg.data.split[5:]):
+        raise UserError(f"data.split must be random, ordered or time:COL, got '{cfg.data.split}'")
+    if cfg.data.target_transform not in TRANSFORMS:
+        raise UserError(f"data.target_transform must be one of {', '.join(TRANSFORMS)}, got "
+                        f"'{cfg.data.target_transform}'")
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")
@@ -472,7 +487,7 @@ def validate(cfg: Config) -> Config:
     if problem:
         source = "--register" if cfg.compare.register else f"the experiment name ({cfg.experiment!r}) gives"
         raise UserError(f"{source} registered model name {registered!r}, which MLflow refuses: {problem}; "
-                        "choose an experiment name without '/' or ':' or pass --set compare.register=NAME")
+                        "choose an experiment name without '/' or ':' or pass --register NAME")
     # weights, gradients, AdamW's two moments and the best-weights copy: 5 float32 copies of every weight
     m = cfg.model
     width = m.width or 256  # auto: at most 256

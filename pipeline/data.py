@@ -219,6 +219,18 @@ def fit_classes(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None,
     return edges, class_names(edges), to_classes(y, edges)
 
 
+def to_model_units(y: np.ndarray, cfg: Data) -> np.ndarray:
+    """The target (or class edges) as the regressor learns it: `--target-transform log1p` takes log(1 + y), for a
+    skewed positive target such as a price; the classes stay cut in the target's own units (log1p is increasing,
+    so every row keeps its class)."""
+    if cfg.target_transform == "none":
+        return y
+    if np.min(y) <= -1:
+        raise UserError(f"--target-transform log1p needs a target above -1, but '{cfg.target}' reaches {np.min(y):g}; "
+                        "drop the transform or shift the target")
+    return np.log1p(y)
+
+
 # ---------------------------------------------------------------------------------- preprocessing
 @dataclass
 class Preprocessor:
@@ -299,6 +311,11 @@ class Prepared:
     summary: dict[str, object]
     fold: int | None = None    # which cross-fitting fold (prepare_folds); None for the single split
     test_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the table's rows in `test`
+    target_transform: str = "none"  # none | log1p: what the regressor's target is (`edges` are in its units)
+
+    def original_units(self, values: np.ndarray) -> np.ndarray:
+        """Values in the regressor's target units (`edges`, its outputs) back in the target's own units."""
+        return np.expm1(values) if self.target_transform == "log1p" else np.asarray(values)
 
     @property
     def n_classes(self) -> int:
@@ -421,9 +438,19 @@ def strata(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None) -> tuple[n
     return to_classes(y, edges), class_names(edges)
 
 
-def split_rows(strata: np.ndarray, cfg: Data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row positions of (train, val, test): two seeded splits, both stratified on `strata`."""
+def split_rows(strata: np.ndarray, cfg: Data, seed: int,
+               frame: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions of (train, val, test): two seeded splits, both stratified on `strata`; or with `data.split`
+    ordered (the file's row order) or time:COL (ordered by COL), the earliest rows train, the next validate and
+    the latest test, so no model is chosen or scored on rows older than those it learned from."""
     from sklearn.model_selection import train_test_split
+
+    if cfg.split != "random":
+        order = np.arange(len(strata)) if cfg.split == "ordered" else \
+            np.argsort(frame[cfg.split[5:]].to_numpy(), kind="stable")
+        n_val, n_test = round(cfg.val_fraction * len(order)), round(cfg.test_fraction * len(order))
+        n_train = len(order) - n_val - n_test
+        return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
     holdout = cfg.val_fraction + cfg.test_fraction
     train, rest = train_test_split(np.arange(len(strata)), test_size=holdout, stratify=strata, random_state=seed)
@@ -457,8 +484,9 @@ def select_features(frame: pd.DataFrame, cfg: Data, label_col: str | None) -> pd
             raise UserError(f"feature column(s) {', '.join(missing)} not in the data; columns: "
                             f"{', '.join(map(str, frame.columns))}")
         features = frame[list(cfg.features)]
-    else:
-        features = frame.drop(columns=[c for c in (cfg.target, label_col) if c is not None])
+    else:  # nor the column a time-ordered split sorts on
+        time_col = cfg.split[5:] if cfg.split.startswith("time:") else None
+        features = frame.drop(columns=[c for c in (cfg.target, label_col, time_col) if c is not None])
     if features.shape[1] == 0:
         raise UserError(f"no feature columns left besides the target '{cfg.target}'")
     leaks = [c for c in (cfg.target, label_col) if c is not None and c in features.columns]
@@ -483,8 +511,9 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     Owns everything fitted on the training rows only: the preprocessor (imputation, standardisation, one-hot)
     and the target's mean and std. Checks that every split has every class, and writes the summary.
     """
-    edges, names, classes_all = classes
+    edges, names, classes_all = classes  # classes and their names in the target's own units
     train_idx, val_idx, test_idx = rows
+    y, edges = to_model_units(y, cfg), to_model_units(np.asarray(edges, dtype=np.float64), cfg)
     _check_features(features, len(train_idx))
     with np.errstate(over="ignore", invalid="ignore"):  # a huge column's std overflows: refused below, quietly
         pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
@@ -538,7 +567,8 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         summary.update({"fold": fold, "folds": folds})
     missing = tuple(str(c) for c in frame.columns[frame.isna().any().to_numpy()])
     return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
-                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx)
+                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx,
+                    target_transform=cfg.target_transform)
 
 
 # ---------------------------------------------------------------------------------------- entries
@@ -550,7 +580,7 @@ def prepare(cfg: Data, seed: int, loaded: tuple | None = None) -> Prepared:
     labels = class_labels(spec, frame)
     provisional, names = strata(spec, y, labels)
     _check_class_sizes(provisional, names, cfg)
-    rows = split_rows(provisional, cfg, seed)
+    rows = split_rows(provisional, cfg, seed, frame)
     classes = fit_classes(spec, y, labels, rows[0])  # on train only: val and test must not shape the classes
     features = select_features(frame, cfg, spec.label_column)
     table = digest(frame)
@@ -592,6 +622,32 @@ def prepare_splits(cfg: Data, seed: int) -> list[Prepared]:
     """One `Prepared` per outer fold (`data.folds`), or the single split; the table is read once."""
     parse_classes(cfg.classes)  # a bad --classes is refused before the data loads
     loaded = load_target(cfg)
+    if cfg.split != "random":
+        if cfg.split.startswith("time:") and cfg.split[5:] not in loaded[0].columns:
+            raise UserError(f"--split {cfg.split}: no column '{cfg.split[5:]}' in the data; columns: "
+                            f"{', '.join(map(str, loaded[0].columns))}")
+        if cfg.folds not in ("auto", "1"):
+            raise UserError(f"--split {cfg.split} tests on the latest rows once; cross-fitting would train on rows "
+                            f"later than those it tests; pass --folds 1 (or auto) instead of --folds {cfg.folds}")
+        return [prepare(cfg, seed, loaded)]
     k = n_folds(cfg.folds, len(loaded[1]))
-    return [prepare(cfg, seed, loaded)] if k == 1 else prepare_folds(cfg, seed, k, loaded)
+    splits = [prepare(cfg, seed, loaded)] if k == 1 else prepare_folds(cfg, seed, k, loaded)
+    share = overlapping_windows(select_features(loaded[0], cfg, parse_classes(cfg.classes).label_column))
+    if share > 0.5:  # checks.py turns it into a warning on every run that builds on this split
+        for s in splits:
+            s.summary["overlapping_windows"] = round(share, 3)
+    return splits
 
+
+def overlapping_windows(features: pd.DataFrame) -> float:
+    """The share of consecutive rows where at least two of the previous row's values reappear one column over
+    (lag windows over one series: row t holds y[t-1], y[t-2], ... and row t+1 y[t], y[t-1], ...). Only columns of
+    mostly distinct numbers count: small codes and one-hot columns repeat by chance."""
+    numeric = features.select_dtypes("number")
+    x = numeric.loc[:, numeric.nunique() > len(numeric) // 2].to_numpy(dtype=np.float64)
+    if x.shape[1] < 3 or len(x) < 10:
+        return 0.0
+    a, b = x[:-1], x[1:]
+    later = np.isclose(b[:, 1:], a[:, :-1]).sum(1) >= 2    # lag1, lag2, ...: values move right
+    earlier = np.isclose(b[:, :-1], a[:, 1:]).sum(1) >= 2  # ..., lag2, lag1: values move left
+    return float((later | earlier).mean())

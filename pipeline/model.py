@@ -16,6 +16,7 @@ and `reg2cls_rule`, its decision rule fitted on validation (decision.py), a plai
 """
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import importlib
@@ -120,8 +121,10 @@ def mlp_width(width: int, train_rows: int) -> int:
 
 
 # ------------------------------------------------------------------------------ the user's model
-def import_class(spec: str) -> type[nn.Module]:
-    """`path/to/file.py:ClassName` or `package.module:ClassName` -> the class."""
+def import_class(spec: str):
+    """`path/to/file.py:Name` or `package.module:Name` -> what builds the model: an nn.Module class, or a
+    function that returns an nn.Module (for a model whose constructor takes what JSON cannot spell, such as a
+    config object: the function builds that from plain keyword arguments)."""
     target, _, name = spec.rpartition(":")
     if target.endswith(".py") or "/" in target:
         path = Path(target)
@@ -152,14 +155,17 @@ def import_class(spec: str) -> type[nn.Module]:
         except Exception as e:
             raise UserError(f"cannot import module '{target}': {type(e).__name__}: {first_line(e)}") from None
     cls = getattr(module, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        found = sorted(n for n, v in vars(module).items()
-                       if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__)
-        raise UserError(f"class '{name}' not found in {target} (nn.Module classes there: {', '.join(found) or 'none'})")
+    if not ((isinstance(cls, type) and issubclass(cls, nn.Module)) or inspect.isfunction(cls)):
+        found = sorted(n for n, v in vars(module).items() if getattr(v, "__module__", None) == module.__name__
+                       and ((isinstance(v, type) and issubclass(v, nn.Module)) or inspect.isfunction(v)))
+        raise UserError(f"class '{name}' not found in {target} (nn.Module classes and functions there: "
+                        f"{', '.join(found) or 'none'})")
     return cls
 
 
-def construct(cls: type[nn.Module], kwargs_json: str) -> nn.Module:
+def construct(cls, kwargs_json: str) -> nn.Module:
+    """`cls(**kwargs)`: an nn.Module class, or a function returning one (import_class), called with the JSON
+    object `kwargs_json`."""
     try:
         kwargs = json.loads(kwargs_json or "{}")
     except json.JSONDecodeError as e:
@@ -167,12 +173,16 @@ def construct(cls: type[nn.Module], kwargs_json: str) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise UserError(f"--model-kwargs must be a JSON object like '{{\"hidden_dim\": 50}}', got {kwargs_json}")
     try:
-        return cls(**kwargs)
+        model = cls(**kwargs)
     except TypeError as e:
         raise UserError(f"{cls.__name__}{inspect.signature(cls)} rejected --model-kwargs {kwargs_json}: {e}") from None
     except Exception as e:  # the user's own __init__ failed: name it, with its message, not our traceback
         raise UserError(f"{cls.__name__}(**{kwargs_json}) raised {type(e).__name__}: {first_line(e)}; "
                         "fix the model's __init__ or --model-kwargs") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{cls.__name__}(**{kwargs_json}) returned {type(model).__name__}, not an nn.Module; "
+                        "a --model function must return the model")
+    return model
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
@@ -312,6 +322,44 @@ def model_file(model: nn.Module) -> Path | None:
     source = inspect.getsourcefile(type(model)) if type(model).__module__.startswith("reg2cls_user_") else None
     path = Path(source or target)
     return path.resolve() if path.is_file() else None
+
+
+def local_imports(path: Path) -> list[Path]:
+    """The user's own code that the model file `path` imports, directly or through each other: the modules and
+    packages in its folder (where `import_class` lets it import from), as paths relative to that folder, every
+    `.py` file of an imported package included. Found by reading the files (`ast`), not by running them, so a
+    champion carries what its model file needs to import wherever it loads."""
+    root = path.parent
+    found: set[Path] = set()
+    todo, read = [path], set()
+    while todo:
+        current = todo.pop()
+        if current in read:
+            continue
+        read.add(current)
+        try:
+            tree = ast.parse(current.read_text())
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue  # relative imports stay inside a package, which travels whole
+            for top in {name.split(".")[0] for name in names}:
+                if (root / f"{top}.py").is_file():
+                    files = [root / f"{top}.py"]
+                elif (root / top).is_dir():
+                    files = sorted((root / top).rglob("*.py"))
+                else:
+                    continue  # an installed package (torch, numpy) or the standard library
+                for f in files:
+                    if f != path and f.resolve() not in found:
+                        found.add(f.resolve())
+                        todo.append(f)
+    return sorted(f.relative_to(root.resolve()) for f in found)
 
 
 def relocated(arch: dict, folder: Path) -> dict:

@@ -3,7 +3,8 @@
 loaded back for `reg2cls predict`. The output's shape is spelled once, in `output_frame`.
 
 The champion carries everything it needs to load anywhere: the package and, for a model brought as
-`file.py:Class`, that file (code_paths). The alias never moves silently to a model that takes other
+`file.py:Class`, that file and the user's modules it imports (code_paths); `check_loads` proves it, in a
+clean process outside the working directory. The alias never moves silently to a model that takes other
 columns or gives other classes: `champion_conflict` says why, and registering is refused.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
                       tags: dict[str, str]) -> str:
     from mlflow.exceptions import MlflowException
 
-    from .model import model_file, requirements, save_state
+    from .model import requirements, save_state
 
     client = MlflowClient()
     if next(model.parameters()).device.type != "cpu":
@@ -87,12 +88,9 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
     conflict = champion_conflict(registered_name, signature)
     if conflict:
         raise UserError(conflict)
-    code_paths = [str(PACKAGE_DIR)]
-    brought = model_file(model)
-    if brought is not None:  # serving.py imports it from the model's code/ folder, wherever the model loads
-        code_paths.append(str(brought))
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            code_paths = [str(PACKAGE_DIR), *_brought_code(model, Path(tmp) / "local")]
             save_state(model, Path(tmp) / "state")
             (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
             info = mlflow.pyfunc.log_model(
@@ -109,8 +107,58 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
             client.set_model_version_tag(registered_name, version, key, value)
     except MlflowException as e:  # the registry refused (name, permissions, a server error): one line
         raise UserError(f"cannot register the champion as '{registered_name}': {first_line(e)}; pass another name "
-                        "with --set compare.register=NAME, or check the registry") from None
+                        "with --register NAME, or check the registry") from None
     return version
+
+
+def _brought_code(model, stage: Path) -> list[str]:
+    """The code_paths of a model brought as `file.py:Class`: that file, and the user's modules and packages it
+    imports from its folder (model.local_imports), copied into `stage` as they lie there (only their .py
+    files), each top-level one a code path. MLflow puts them all in the model's code/ folder, on the path
+    when it loads: serving.py imports the model file from there, and it imports its neighbours as at home."""
+    import shutil
+
+    from .model import local_imports, model_file
+
+    brought = model_file(model)
+    if brought is None:
+        return []
+    for rel in local_imports(brought):
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(brought.parent / rel, stage / rel)
+    return [str(brought)] + ([str(p) for p in sorted(stage.iterdir())] if stage.is_dir() else [])
+
+
+# run in the clean process: the champion loaded from its folder and given the input example it carries
+_LOAD_AND_PREDICT = """import sys
+import mlflow.pyfunc
+from mlflow.models import Model
+path = sys.argv[1]
+example = Model.load(path).load_input_example(path)
+out = mlflow.pyfunc.load_model(path).predict(example)
+assert "label" in out.columns and len(out) == len(example), "the champion returned no label for each row"
+"""
+
+
+def check_loads(uri: str) -> None:
+    """Load the champion at `uri` and predict its own input example in a fresh Python process, in an empty
+    folder, isolated from PYTHONPATH and the user's site (`python -I`): what `reg2cls predict` meets on another
+    machine or in another folder. A one-line UserError when it fails (the champion is registered; it is not
+    deliverable as it stands)."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / "model"))
+        elsewhere = Path(tmp) / "elsewhere"
+        elsewhere.mkdir()
+        proc = subprocess.run([sys.executable, "-I", "-c", _LOAD_AND_PREDICT, local], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        raise UserError(f"the champion {uri} does not load in a clean process outside this folder "
+                        f"({lines[-1].strip() if lines else f'exit code {proc.returncode}'}); a model file's own "
+                        "imports must be modules beside it or installed packages")
 
 
 def signature_for(preprocessor, class_names: list[str]):
@@ -154,7 +202,7 @@ def champion_conflict(registered_name: str, signature) -> str | None:
         what.append(f"classes ({', '.join(c[6:] for c in held_out[1:])} -> {', '.join(c[6:] for c in new_out[1:])})")
     return (f"registered model '{registered_name}' has a champion (version {current.version}) with other "
             f"{' and '.join(what)}; moving its alias would break whoever serves it: register this one under another "
-            "name with --set compare.register=NAME (or --register NAME on compare)")
+            "name with --register NAME")
 
 
 def load_champion(uri: str):

@@ -11,6 +11,8 @@ Every change is recorded in the model's recipe (`model.record`) so `build` can r
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass, field
 
@@ -210,12 +212,14 @@ def slim_width(model: nn.Module, head: Head, keep: float, n_features: int) -> nn
         # outputs (concatenations, cumulative sums) holds no hidden unit and breaks its shape inference
         _set_module(model, head.name, linear)
         try:
-            with warnings.catch_warnings():  # it warns of the embeddings' own parameters, which it leaves as ignored
-                warnings.filterwarnings("ignore", "Unwrapped parameters detected")
+            # quiet: it warns of parameters it leaves alone (the embeddings', a recurrent layer's) and prints
+            # what it traced; whether the model could be slimmed is said once, by the slim stage
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
                 pruner = tp.pruner.MetaPruner(
                     model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                     pruning_ratio=1.0 - keep, ignored_layers=ignored)
-            pruner.step()
+                pruner.step()
         finally:
             _set_module(model, head.name, head_module)
     changed = {name: _shapes(m) for name, m in model.named_modules() if _shapes(m) != before.get(name)}

@@ -14,6 +14,7 @@ import copy
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -233,10 +234,12 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
     # runs:/<id>/<name> by that name: model_uri spells it)
     run_tags = mlflow.active_run().data.tags
     try:
-        mlflow.pytorch.log_model(
-            model, name=model_name(run_tags), serialization_format="pt2", input_example=x_example,
-            signature=infer_signature(x_example, out), pip_requirements=pip_requirements(),
-            tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
+        with warnings.catch_warnings():  # a recurrent layer's `_flat_weights`, once per export: nothing to act on
+            warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
+            mlflow.pytorch.log_model(
+                model, name=model_name(run_tags), serialization_format="pt2", input_example=x_example,
+                signature=infer_signature(x_example, out), pip_requirements=pip_requirements(),
+                tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
     except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
         print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
         mlflow.set_tag("model_format", "state_only")

@@ -106,7 +106,8 @@ def tiny_args(experiment: str, *extra: str) -> list[str]:
     return ["--data", TINY["data.source"], "--epochs", str(TINY["train.epochs"]), "--device", "cpu", "--folds", "1",
             "--set", "model.width=16", "--set", "train.patience=0", "--set", "train.batch_size=32",
             "--set", "tune.n_trials=3", "--set", "tune.epochs=6", "--set", "train.jobs=1",
-            "--experiment", experiment, *extra]
+            # the champion's load in a clean process costs seconds a convert; tests/test_user_model.py runs it
+            "--set", "compare.check_load=false", "--experiment", experiment, *extra]
 
 
 def free_port() -> int:

@@ -153,7 +153,7 @@ def test_help_lists_the_commands_options(command):
     ("--strategies", {"convert", "head-swap"}), ("--baseline-run", {"head-swap"}), ("--from-run", {"slim", "tune"}),
     ("--keep-ratios", {"slim"}), ("--distill", {"slim"}), ("--n-trials", {"tune"}), ("--workers", {"tune"}),
     ("--metric", {"tune", "compare"}), ("--no-reference", {"compare"}), ("--run-id", {"compare"}),
-    ("--register", {"compare"}), ("--lr", set(config.COMMANDS)),
+    ("--register", {"convert", "compare"}), ("--lr", set(config.COMMANDS)),
 ])
 def test_command_specific_options_appear_only_on_their_commands(option, commands):
     shown = {c for c in cli.commands if any(option in p.opts for p in cli.commands[c].params)}
@@ -198,6 +198,7 @@ ROUND_TRIPS = [
     ("convert", ["--folds", "3"], "data.folds", "3"),
     ("compare", ["--no-reference"], "compare.reference", False),
     ("compare", ["--register", "champ"], "compare.register", "champ"),
+    ("convert", ["--register", "champ"], "compare.register", "champ"),
 ]
 
 

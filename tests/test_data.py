@@ -1,9 +1,12 @@
 """Data contracts: classes and preprocessing fitted on train only, human-readable classes, input kinds."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline import data
 from pipeline.config import Data, UserError
@@ -253,3 +256,63 @@ def test_folds_refuse_too_little_data(k, val_fraction, message):
     with pytest.raises(UserError, match=message) as err:
         data.prepare_folds(Data(source="synthetic:friedman1?rows=45", val_fraction=val_fraction), seed=0, k=k)
     assert "\n" not in str(err.value)
+
+
+def test_a_log1p_target_keeps_classes_and_names_in_the_targets_units(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    frame["price"] = np.exp(10 + frame["a"] + 0.3 * rng.normal(size=300))
+    frame.to_csv(tmp_path / "prices.csv", index=False)
+    cfg = Data(source=str(tmp_path / "prices.csv"), target="price", folds="1", classes="thresholds:20000,40000")
+    plain, logged = data.prepare(cfg, 0), data.prepare(dataclasses.replace(cfg, target_transform="log1p"), 0)
+    assert logged.class_names == plain.class_names == ["<=20000.0", "20000.0-40000.0", ">40000.0"]
+    assert torch.equal(logged.train.c, plain.train.c)
+    np.testing.assert_allclose(logged.edges, np.log1p([20000, 40000]))  # where the regressor's output is cut
+    np.testing.assert_allclose(logged.original_units(logged.edges), [20000, 40000])
+    y = logged.train.y.double().numpy() * logged.y_std + logged.y_mean  # the regressor learns log(1 + price)
+    price = frame["price"].to_numpy()
+    assert all(np.abs(price - p).min() < 1e-3 * p for p in np.expm1(y))
+
+
+def test_a_log1p_target_must_stay_above_minus_one(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(40.0), "y": np.linspace(-3, 3, 40)})
+    frame.to_csv(tmp_path / "neg.csv", index=False)
+    with pytest.raises(UserError, match="log1p needs a target above -1"):
+        data.prepare(Data(source=str(tmp_path / "neg.csv"), target="y", folds="1", target_transform="log1p"), 0)
+
+
+def lag_windows(path, n: int = 200, shuffled: bool = False) -> str:
+    """One series as overlapping lag windows, the way time-series repositories feed a regressor: row t holds
+    y[t-1], ..., y[t-5] and the target y[t]; a `day` column dates each row (rows in file order unless shuffled)."""
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.normal(size=n + 5))
+    frame = pd.DataFrame({f"lag{k}": y[5 - k:n + 5 - k] for k in range(1, 6)})
+    frame["target"], frame["day"] = y[5:], np.arange(n)
+    if shuffled:
+        frame = frame.sample(frac=1.0, random_state=0)
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_lag_windows_under_a_random_split_are_named(tmp_path):
+    from pipeline import checks
+
+    [split] = data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), folds="1"), 0)
+    assert split.summary["overlapping_windows"] > 0.9
+    assert "--split ordered" in checks.overlapping(split)
+    [ordered] = data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), folds="1", split="ordered"), 0)
+    assert checks.overlapping(ordered) is None
+
+
+@pytest.mark.parametrize("split", ["ordered", "time:day"])
+def test_a_time_ordered_split_tests_on_the_latest_rows(tmp_path, split):
+    source = lag_windows(tmp_path / "series.csv", shuffled=split == "time:day")
+    [prepared] = data.prepare_splits(Data(source=source, split=split), 0)  # folds auto: one split
+    day = pd.read_csv(source)["day"].to_numpy()
+    assert day[prepared.test_rows].min() >= 170 and len(prepared.test_rows) == 30  # the latest 15%
+    assert "day" not in prepared.preprocessor.columns or split == "ordered"
+
+
+def test_a_time_ordered_split_refuses_cross_fitting(tmp_path):
+    with pytest.raises(UserError, match="pass --folds 1"):
+        data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), split="ordered", folds="5"), 0)

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # lowest first; module names relative to the package ("stages" is stages/__init__.py)
 LAYERS = [
     {"__init__", "config", "stop", "memory", "progress"},                                # foundation
-    {"data", "model", "surgery", "train", "metrics", "stats", "decision"},               # models and numbers
+    {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
     {"tracking", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},  # store, processes
     {"stages.common", "stages.heads"},                                                   # what stages share
     {"stages.baseline", "stages.head_swap", "stages.slim", "stages.tune", "stages.compare"},  # one stage each

@@ -139,3 +139,24 @@ def test_a_tuned_model_tuned_again_gets_new_rates_not_more_dropout():
     assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 3
     assert model.head[0].p == 0.1 and model.body[1][1].p == 0.05
     build(architecture(model)).load_state_dict(model.state_dict())
+
+
+def test_a_variant_that_collapsed_to_one_output_is_flagged_and_never_on_the_front(experiment, tiny_data):
+    from pipeline.stages.common import flag_collapsed
+    from pipeline.stages.compare import leaderboard, strategy_runs
+
+    constant = classifier()
+    with torch.no_grad():
+        constant.head.weight.zero_()  # every row gets the same logits: the probabilities have no spread
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as parent:
+        with mlflow.start_run(nested=True, tags={"stage": "slim", "strategy": "width_0.25"}) as run:
+            assert flag_collapsed(constant, tiny_data, "cpu") == "collapsed"
+            mlflow.log_metrics({"val/f1_macro": 0.9, "cost/params": 10})
+        with mlflow.start_run(nested=True, tags={"stage": "slim", "strategy": "width_0.5"}):
+            assert flag_collapsed(classifier(), tiny_data, "cpu") is None
+            mlflow.log_metrics({"val/f1_macro": 0.5, "cost/params": 100})
+    assert mlflow.get_run(run.info.run_id).data.tags["training"] == "collapsed"
+    board = leaderboard(strategy_runs(parent.info.run_id)).set_index("strategy")
+    assert board.loc["width_0.25", "excluded"] == "collapsed"
+    assert not board.loc["width_0.25", "pareto"] and board.loc["width_0.5", "pareto"]

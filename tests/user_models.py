@@ -117,3 +117,108 @@ class Flattening(nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x))).view(-1)
+
+
+# sequence models over a row's features (each feature one time step), as the time-series repositories write them
+class LSTMNet(nn.Module):
+    def __init__(self, input_dim: int, hidden_dim: int = 8):
+        super().__init__()
+        self.lstm = nn.LSTM(1, hidden_dim, batch_first=True)
+        self.fc = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.unsqueeze(-1))  # (N, F, 1) -> (N, F, hidden)
+        return self.fc(out[:, -1])
+
+
+class GRUNet(nn.Module):
+    def __init__(self, input_dim: int, hidden_dim: int = 8):
+        super().__init__()
+        self.gru = nn.GRU(1, hidden_dim, batch_first=True)
+        self.fc = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x):
+        _, h = self.gru(x.unsqueeze(-1))  # h: (1, N, hidden)
+        return self.fc(h[-1])
+
+
+class ConvNet(nn.Module):
+    """A small TCN-like stack: Conv1d over the features as a sequence, pooled, then a Linear."""
+
+    def __init__(self, input_dim: int, hidden_dim: int = 8):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(1, hidden_dim, 3, padding=1), nn.ReLU(),
+                                  nn.Conv1d(hidden_dim, hidden_dim, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x):
+        return self.fc(self.conv(x.unsqueeze(1)).mean(-1))  # (N, 1, F) -> (N, hidden, F) -> (N, hidden)
+
+
+class TransformerNet(nn.Module):
+    def __init__(self, input_dim: int, hidden_dim: int = 8):
+        super().__init__()
+        self.embed = nn.Linear(1, hidden_dim)
+        layer = nn.TransformerEncoderLayer(hidden_dim, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=1)
+        self.fc = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x):
+        return self.fc(self.encoder(self.embed(x.unsqueeze(-1))).mean(1))
+
+
+class BatchMixingLSTM(nn.Module):
+    """Reads the batch as one sequence (rows are time steps): a row's output depends on the rows beside it."""
+
+    def __init__(self, input_dim: int, hidden_dim: int = 8):
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden_dim)
+        self.fc = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)  # unbatched: (L=N, input_dim) -> (N, hidden)
+        return self.fc(out)
+
+
+class Constant(nn.Module):
+    """A checkpoint that learned nothing: the same output for every row."""
+
+    def __init__(self, input_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(input_dim, 1)
+        nn.init.zeros_(self.fc.weight)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Sizes:
+    """A config object (pydantic-like) that JSON cannot build: a factory builds the model from it."""
+
+    def __init__(self, input_dim: int, hidden_dim: int = 16):
+        self.input_dim, self.hidden_dim = input_dim, hidden_dim
+
+
+class ConfiguredNet(nn.Module):
+    def __init__(self, config: Sizes):
+        super().__init__()
+        self.net = SeqNet(config.input_dim, config.hidden_dim)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make_configured(input_dim: int, hidden_dim: int = 16) -> nn.Module:
+    """The factory a user writes for a constructor taking a config object: --model file.py:make_configured."""
+    return ConfiguredNet(Sizes(input_dim, hidden_dim))
+
+
+class LinearNet(nn.Module):
+    """One nn.Linear: its least-squares weights make a checkpoint that fits without training."""
+
+    def __init__(self, input_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(input_dim, 1)
+
+    def forward(self, x):
+        return self.fc(x)

@@ -20,11 +20,11 @@ them all).
 from .baseline import baseline, bring
 from .common import StageResult, seeds_of, stage_output
 from .compare import Comparison, compare, display, leaderboard, strategy_runs
-from .convert import convert
+from .convert import convert, estimate
 from .head_swap import head_swap
 from .heads import classifier_from
 from .slim import slim
 from .tune import tune
 
 __all__ = ["Comparison", "StageResult", "baseline", "bring", "classifier_from", "compare", "convert", "display",
-           "head_swap", "leaderboard", "seeds_of", "slim", "stage_output", "strategy_runs", "tune"]
+           "estimate", "head_swap", "leaderboard", "seeds_of", "slim", "stage_output", "strategy_runs", "tune"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import metrics, progress, stop, tracking
+from .. import checks, metrics, progress, stop, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import MLP, load_user_model, mlp_width
@@ -34,7 +34,17 @@ def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
         raise UserError(f"--model {um.spec} without --checkpoint has random weights: pass --checkpoint weights.pt, "
                         "or --retrain to train it on the data first")
     model = tracking.load_model_uri(um.uri) if um.uri else load_user_model(um.spec, um.kwargs, um.checkpoint)
-    head = find_head(model, data.n_features, um.head or None)
+    try:
+        head = find_head(model, data.n_features, um.head or None)
+    except UserError as e:  # the columns do not fit: name them, and any that looks like a saved row index
+        if "input features" not in str(e):
+            raise
+        columns = [str(c) for c in data.preprocessor.columns]
+        suspects = checks.index_like(columns)
+        named = ", ".join(columns[:20]) + (f" and {len(columns) - 20} more" if len(columns) > 20 else "")
+        hint = (f"; {', '.join(repr(c) for c in suspects)} looks like a row index saved into the file (pandas "
+                "to_csv without index=False): leave it out" if suspects else "")
+        raise UserError(f"{e} (the columns read: {named}){hint}") from None
     check_convertible(cfg, data, model, head)
     return model, head
 
@@ -89,6 +99,8 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
     key, reuse = baseline_key(cfg, data, force)
     if reuse:
         say(f"baseline: reusing finished run {reuse} (same config, data and code; --force re-runs)")
+        if data.fold is None:  # what was found then still holds: said again (cross-fitting says it for all folds)
+            checks.warn(checks.of_runs([tracking.get_run(reuse)]))
         return stage_output(reuse)
     device = resolve_device(cfg.train.device)
     with tracking.start(run_name("baseline", data), "baseline", tags={"stage_key": key, **split_tags(data)},
@@ -128,6 +140,12 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
         values.update(costs(model, data))
         tracking.log_final_metrics(values)  # val/rmse: the returned model's, at its curve's last step
+        # before any strategy trains: what would make every number after this one mean little
+        given = (cfg.data.scaling, cfg.data.target_scaling) if brought and not um.retrain else None
+        findings = checks.regressor_findings(model, data, device, given)
+        tracking.set_tags(findings)
+        if data.fold is None:  # cross-fitting says it once for all folds
+            checks.warn(findings)
         tracking.log_model(model, data.val.x[:5].numpy())
         stands_for(run_id)
         line = (f"{where('baseline', data)}: validation RMSE {values['val/rmse']:.4g}, R2 {values['val/r2']:.3f}, "

@@ -2,6 +2,7 @@
 decision.py, fitted on validation when it is logged)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import decision, metrics, progress, stats, stop, tracking
-from ..config import Config
+from ..config import Config, first_line
 from ..data import Prepared, to_classes
 from ..train import Distill, batch_and_lr, classification_task, fit, predict
 
@@ -100,7 +101,7 @@ def log_run_inputs(cfg: Config, data: Prepared) -> None:
     tracking.log_params({**cfg.flat(), **{f"split.{k}": v for k, v in data.summary.items()},
                          "data.digest": data.digest, "data.split_key": data.split_key,
                          "data.class_names": " | ".join(data.class_names),
-                         "data.edges": ",".join(repr(float(e)) for e in data.edges)})
+                         "data.edges": ",".join(repr(float(e)) for e in data.original_units(data.edges))})
     tracking.log_dataset(data.example, data.summary["rows"], cfg.data.source, cfg.data.target, data.digest,
                          missing=data.missing)
 
@@ -146,6 +147,35 @@ def flag_training(hists: list, random_start: bool) -> str | None:
         tracking.set_tags({"training": flag})
         warn(f"{progress_label()}: training {flag} (see the run's train/loss and val/loss); it cannot be champion")
     return flag
+
+
+@contextlib.contextmanager
+def contained():
+    """Around one strategy's or variant's run, which the block opens and names in the yielded dict (`run_id`): an
+    exception raised in it (a layer type that surgery or training cannot handle; the run has ended FAILED) is
+    not raised further but recorded, as the run's tag `failure` and the dict's `failure` (one line), so that the
+    stage's other runs go on. An exception before the run opened is raised as usual."""
+    outcome: dict[str, str] = {}
+    try:
+        yield outcome
+    except Exception as e:
+        if "run_id" not in outcome:
+            raise
+        outcome["failure"] = f"{type(e).__name__}: {first_line(e)[:300]}"
+        tracking.set_tags({"failure": outcome["failure"]}, outcome["run_id"])
+
+
+def flag_collapsed(model: nn.Module, data: Prepared, device) -> str | None:
+    """Mark the active run `training: collapsed` when the classifier gives every validation row the same
+    probabilities (a slimmed model that lost what separated the rows: roc_auc 0.5); like `flag_training`, such a
+    run is reported but never champion nor recommended. Returns the flag."""
+    proba, _ = decision.outputs(model, data.val.x, device, data.n_classes)
+    if float(proba.std(axis=0).max()) > 1e-6:
+        return None
+    tracking.set_tags({"training": "collapsed"})
+    warn(f"{progress_label()}: the model collapsed to one output for every row (no spread in its probabilities); "
+         "it cannot be champion")
+    return "collapsed"
 
 
 def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, final_step: int,

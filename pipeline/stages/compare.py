@@ -160,9 +160,11 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
     choose(frame, predictions, metric, seed, n_boot)
     _intervals(frame, predictions, seed, n_boot)
     sign = 1 if metric in LOWER_IS_BETTER else -1  # pareto_front wants (cost, score): lower cost, higher score
-    points = [(p if p == p else float("inf"), -sign * v) for p, v in zip(frame["params"], frame[col])]
+    # a row flagged by its training (diverged, untrained, collapsed) is never offered as a trade-off
+    points = [(p if p == p and not why else float("inf"), -sign * v)
+              for p, v, why in zip(frame["params"], frame[col], frame["excluded"])]
     front = set(report.pareto_front(points))
-    frame["pareto"] = [i in front and frame["params"].iloc[i] == frame["params"].iloc[i] for i in range(len(frame))]
+    frame["pareto"] = [i in front and points[i][0] != float("inf") for i in range(len(frame))]
     return frame
 
 
@@ -470,6 +472,8 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
                 tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
                 run_id=champion_run, model_description=model_description(cfg, data, registered))
             summary[-1] += f" (version {version})"
+            if c.check_load:  # before it says done: it loads and predicts elsewhere
+                registry.check_loads(f"models:/{registered}/{version}")
             stands_for(champion_run)
         tracking.describe_experiment(EXPERIMENT_NOTE)
         tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
@@ -639,7 +643,8 @@ def model_description(cfg: Config, data: Prepared, registered: str) -> str:
         "- **Input**: the raw table's columns " + ", ".join(columns) + " (preprocessing travels inside the model).",
         "- **Output**: `label` (the class name) and one `proba_<class>` column per class.",
         "- **Classes**: " + ", ".join(f"`{c}`" for c in data.class_names)
-        + f" ({cfg.data.target} cut at the class edges " + ", ".join(f"{e:.4g}" for e in data.edges) + ").",
+        + f" ({cfg.data.target} cut at the class edges "
+        + ", ".join(f"{e:.4g}" for e in data.original_units(data.edges)) + ").",
         "",
         "### How to call it",
         *_how_to_call(registered)])

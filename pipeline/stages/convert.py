@@ -1,13 +1,16 @@
 """convert: every stage in order under one parent run; on small data, cross-fitted over outer folds."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from torch import nn
 
-from .. import jobs, tracking
+from .. import checks, jobs, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import portable
+from ..train import batch_and_lr, resolve_device, seeded
 from ..surgery import Head
 from .baseline import baseline, baseline_key, new_regressor
 from .common import StageResult, log_run_inputs, say, stage_output, stands_for, warn
@@ -39,6 +42,7 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
             if jobs.pool_size() > 1 and not brought and not baseline_key(cfg, data, force)[1]:
                 early = start_early(cfg, data, new_regressor(cfg, data), run_id)
             base = baseline(cfg, data, brought, force=force)
+            tracking.set_tags(checks.of_runs([tracking.get_run(base.run_id)]))  # the verdict repeats them first
             chosen = [head_swap(cfg, data, base, force=force, started=early)]
             stage_runs = {"baseline_run": base.run_id, "head_swap_run": chosen[0].run_id}
             if slimming:
@@ -72,6 +76,10 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
                                                                          for data in splits])]
         r2 = np.mean([tracking.get_run(b.run_id).data.metrics.get("val/r2", np.nan) for b in bases])
         say(f"baseline: validation R2 {r2:.3f} averaged over {len(splits)} folds")
+        found = checks.of_runs([tracking.get_run(b.run_id) for b in bases])
+        tracking.set_tags(found)
+        checks.warn(found)
+    tracking.set_tags(found)  # on the convert run too: the verdict repeats them first
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
         chosen = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
         stands_for(chosen[0].model_run)
@@ -101,3 +109,62 @@ def _fold_baseline(cfg: Config, data: Prepared, brought: tuple[dict, dict, Head]
         arch, state, head = brought
         model = tracking.rebuild(arch, state)
     return baseline(cfg, data, brought and (model, head), force=force, parent=parent).run_id
+
+
+RUN_OVERHEAD_S = 2.0  # logging a run: params, metrics, predictions, its model exported twice
+
+
+def estimate(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head] | None) -> str | None:
+    """A rough estimate of the convert's duration, said up front: the training runs it will start (strategies,
+    slim variants, trials, seeds, folds) at the time one epoch of the regressor takes here (measured on part of
+    the training rows), spread over the worker processes, plus the logging of each run. Each run is counted to
+    twice its patience (where early stopping often ends a run that converged) and, for the upper figure, to
+    its last epoch. The reference, compare and start-up are left out. None when the model cannot be timed."""
+    data, t = splits[0], cfg.train
+    model = brought[0] if brought else new_regressor(cfg, data)
+    batch, _ = batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)
+    try:
+        with seeded(cfg.seed):  # the global RNG (dropout masks) as if nothing had been timed
+            epoch = _epoch_seconds(model, data, batch, resolve_device(t.device))
+    except Exception:  # a model that cannot train says so in its own run, where its failure is recorded
+        return None
+    trained = [s for s in cfg.head_swap.strategies if s != "threshold"]
+    slim_variants = len(cfg.slim.keep_ratios) + (cfg.model.depth - 1 if cfg.slim.depth and not brought else 0)
+    runs_and_epochs = [  # (runs, their epochs): per fold, then tune's trials and its retraining on other folds
+        (len(splits), t.epochs if (not brought or cfg.user_model.retrain) else 0),
+        (len(splits) * len(trained) * cfg.seeds, t.epochs * (1.5 if "lp_ft" in trained else 1)),
+        (len(splits) * slim_variants * cfg.seeds * (2 if cfg.slim.distill else 1), cfg.slim.epochs),
+        (cfg.tune.n_trials + len(splits) - 1, cfg.tune.epochs or t.epochs)]
+    runs = sum(n for n, _ in runs_and_epochs)
+    workers = max(1, min(jobs.count(t.jobs), 1 + len(trained)))
+
+    def seconds(cap: float) -> float:
+        epochs = sum(n * min(e, cap) for n, e in runs_and_epochs)
+        return (epochs * epoch + runs * RUN_OVERHEAD_S) / workers
+
+    likely, most = seconds(2 * t.patience + 10 if t.patience else float("inf")), seconds(float("inf"))
+    return (f"estimate: about {_duration(likely)} (up to {_duration(most)} if no run stops early) for {runs} "
+            f"training runs over {len(splits)} split(s) on {workers} process(es); a rough guess from the time "
+            "one training epoch takes here")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _epoch_seconds(model: nn.Module, data: Prepared, batch: int, device) -> float:
+    """Seconds one training epoch of `model` takes here, validation included: two epochs of `train.fit` on a copy,
+    on at most 20 batches of training rows, the second timed and scaled to the whole training split."""
+    import copy
+
+    from ..data import Split
+    from ..train import fit
+
+    rows = min(len(data.train.x), 20 * batch)
+    part = Split(data.train.x[:rows], data.train.y[:rows], data.train.c[:rows])
+    val = Split(data.val.x[:rows // 3 + 1], data.val.y[:rows // 3 + 1], data.val.c[:rows // 3 + 1])
+    probe = copy.deepcopy(model)
+    fit(probe, part, val, "regression", epochs=1, batch_size=batch, lr=1e-6, device=device)  # warm-up
+    start = time.perf_counter()
+    fit(probe, part, val, "regression", epochs=1, batch_size=batch, lr=1e-6, device=device)
+    return (time.perf_counter() - start) * len(data.train.x) / rows

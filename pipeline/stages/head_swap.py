@@ -8,14 +8,14 @@ from dataclasses import asdict
 from torch import nn
 
 from .. import jobs, tracking
-from ..config import Config
+from ..config import Config, UserError
 from ..data import Prepared
 from ..model import mark_start, portable
 from ..reuse import reusable
 from ..surgery import Head, find_head, freeze_backbone, unfreeze
 from ..train import resolve_device, seeded
-from .common import (StageResult, detail, fit_classifier, flag_training, log_classifier, log_run_inputs, run_name, say,
-                     seeds_of, split_tags, stage_output, stands_for, warn, where)
+from .common import (StageResult, contained, detail, fit_classifier, flag_training, log_classifier, log_run_inputs,
+                     run_name, say, seeds_of, split_tags, stage_output, stands_for, warn, where)
 from .heads import check_convertible, classifier_from, strategies_for
 
 
@@ -58,16 +58,22 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
                 tracking.adopt(child_id, run_id, {"baseline_run": baseline.run_id})
             else:
                 child_id, values, flag = results[strategy, run_cfg.seed]
+            label = f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}"
+            if values is None:  # this strategy cannot handle the model: the others go on
+                warn(f"{label} FAILED ({flag}); run {child_id}")
+                continue
             if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
                 best_f1, best_run = values["val/f1_macro"], child_id
-            detail(f"{where('head_swap', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: "
-                   f"validation macro-F1 {values['val/f1_macro']:.3f}, accuracy {values['val/accuracy']:.3f}, "
+            detail(f"{label}: validation macro-F1 {values['val/f1_macro']:.3f}, accuracy {values['val/accuracy']:.3f}, "
                    f"log loss {values['val/log_loss']:.3f}" + (f" ({flag})" if flag else ""))
         if best_run:
             stands_for(best_run)
             if data.fold is None:  # cross-fitted, convert says which strategy the folds chose together
                 say(f"head_swap: best on validation {tracking.get_run(best_run).data.tags.get('strategy')} "
                     f"(macro-F1 {best_f1:.3f})")
+    if best_run is None:
+        raise UserError(f"{where('head_swap', data)}: no strategy gave a classifier that can be trusted (each failed, "
+                        "diverged or stayed untrained; see the lines above); try other --strategies or more epochs")
     return StageResult(run_id, tracking.load_run_model(best_run) if best_run else None, best_run)
 
 
@@ -94,14 +100,17 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
                   parent: str, baseline_run: str | None = None) -> tuple[str, dict, str | None]:
     """One strategy (and seed) as a run nested under the head_swap run `parent` (or convert's, for `start_early`,
     which knows no baseline run yet): here, or in a worker process (jobs.run). Returns the run's id, its metrics
-    and its training flag."""
+    and its training flag; when it failed (`contained`), the id, None and the failure's one line."""
     regressor = tracking.rebuild(*regressor_state)
     device = resolve_device(cfg.train.device)
-    with tracking.start(strategy, "head_swap", strategy=strategy, parent=parent, tags={
+    with contained() as outcome, tracking.start(strategy, "head_swap", strategy=strategy, parent=parent, tags={
             **({"baseline_run": baseline_run} if baseline_run else {}), **split_tags(data),
             "seed": str(cfg.seed)}) as child_id:
+        outcome["run_id"] = child_id
         tracking.log_params({**cfg.flat(), "strategy": strategy})
         _, values, flag = _run_strategy(strategy, cfg, data, regressor.to(device), head, device)
+    if "failure" in outcome:
+        return outcome["run_id"], None, outcome["failure"]
     return child_id, values, flag
 
 

@@ -17,8 +17,9 @@ from ..model import architecture, mark_start, portable
 from ..reuse import reusable
 from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
-from .common import (StageResult, classifier_values, detail, costs, fit_classifier, flag_training, log_classifier,
-                     log_run_inputs, run_name, say, seeds_of, split_tags, stage_output, stands_for, where)
+from .common import (StageResult, classifier_values, contained, costs, detail, fit_classifier, flag_collapsed,
+                     flag_training, log_classifier, log_run_inputs, run_name, say, seeds_of, split_tags, stage_output,
+                     stands_for, warn, where)
 
 
 def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
@@ -51,10 +52,13 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
                                                           seeds_of(cfg))]
         for (name, _, distilled, run_cfg, *_), (child_id, values, flag) in zip(tasks, jobs.run(_variant_run, tasks)):
             strategy = f"{name}_distill" if distilled else name
-            if not flag:  # a diverged variant is logged, never recommended
+            label = f"{where('slim', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}"
+            if values is None:  # this model's layers could not be slimmed so: the other variants go on
+                warn(f"{label} FAILED ({flag}); run {child_id}")
+                continue
+            if not flag:  # a diverged or collapsed variant is logged, never recommended
                 rows.append({"strategy": strategy, "run_id": child_id, **values})
-            detail(f"{where('slim', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}: "
-                   f"{values['cost/params']:.0f} params, validation macro-F1 {values['val/f1_macro']:.3f}")
+            detail(f"{label}: {values['cost/params']:.0f} params, validation macro-F1 {values['val/f1_macro']:.3f}")
         means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
         pick = recommend(means, cfg.slim.tolerance)
         chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
@@ -73,13 +77,15 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
                  head, parent: str, source_run: str) -> tuple[str, dict, str | None]:
     """One variant (and seed) as a run nested under the slim run `parent`: cut from the teacher, checked to
     rebuild, fine-tuned (on the teacher's soft labels too when `distilled`). Here, or in a worker process
-    (jobs.run). Returns the run's id, its metrics and its training flag."""
+    (jobs.run). Returns the run's id, its metrics and its training flag; when it failed (`contained`), the id,
+    None and the failure's one line."""
     teacher = tracking.rebuild(*teacher_state)
     device = resolve_device(cfg.train.device)
     teacher = teacher.to(device).eval()
     strategy = f"{name}_distill" if distilled else name
-    with tracking.start(strategy, "slim", strategy=strategy, parent=parent, tags={
+    with contained() as outcome, tracking.start(strategy, "slim", strategy=strategy, parent=parent, tags={
             "source_run": source_run, **split_tags(data), "seed": str(cfg.seed)}) as child_id:
+        outcome["run_id"] = child_id
         tracking.log_params({**cfg.flat(), "strategy": strategy})
         student = copy.deepcopy(teacher)
         if name.startswith("width_"):
@@ -94,8 +100,10 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
         log = tracking.EpochLog()
         hist = fit_classifier(student, cfg, data, device, log, epochs=cfg.slim.epochs, lr=cfg.train.lr, distill=distill)
         log.flush()
-        flag = flag_training([hist], random_start=False)
+        flag = flag_training([hist], random_start=False) or flag_collapsed(student, data, device)
         values = log_classifier(student, data, device, hist.seconds, hist.epochs + 1, cfg.seed)
+    if "failure" in outcome:
+        return outcome["run_id"], None, outcome["failure"]
     return child_id, values, flag
 
 
