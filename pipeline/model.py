@@ -236,6 +236,35 @@ def _few(items: list[str], n: int = 6) -> str:
 
 
 # ----------------------------------------------------------------------------- architecture
+class FoldEnsemble(nn.Module):
+    """What ships after cross-fitting: the champion row's model of every outer fold, averaged. Each member's
+    raw output becomes its tempered class probabilities (its own rule's temperature, kept as a buffer); the
+    ensemble outputs the log of their mean, which its own decision rule (stages.compare fits it) decides on.
+    Together the members saw every row; each alone saw its fold's training rows only."""
+
+    def __init__(self, members: list[nn.Module], n_classes: int, temperatures: list[float] | None = None):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.n_classes = n_classes
+        self.register_buffer("temperatures", torch.tensor(temperatures or [1.0] * len(members)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_p = []
+        for member, t in zip(self.members, self.temperatures):
+            out = member(x).reshape(len(x), -1)
+            if self.n_classes == 2 and out.shape[1] == 1:  # one binary logit z: the scores [0, z]
+                out = torch.cat([torch.zeros_like(out), out], dim=1)
+            log_p.append(torch.log_softmax(out / t, dim=1))
+        return torch.logsumexp(torch.stack(log_p), dim=0) - torch.log(torch.tensor(float(len(log_p))))
+
+
+def fold_ensemble(members: list[nn.Module], n_classes: int, temperatures: list[float]) -> FoldEnsemble:
+    """The members averaged, with a recipe that rebuilds it (each member's recipe inside its own)."""
+    ensemble = FoldEnsemble(members, n_classes, temperatures)
+    return track(ensemble, {"kind": "ensemble", "n_classes": n_classes,
+                            "members": [architecture(m) for m in members]})
+
+
 def track(model: nn.Module, base: dict) -> nn.Module:
     """Start `model`'s recipe: how its base was built, no surgery yet. Every way a model enters the
     pipeline (the MLP, a user's class, an MLflow URI, `build`) goes through here."""
@@ -304,6 +333,8 @@ def requirements(model: nn.Module) -> list[str]:
     from importlib.metadata import version
 
     base = recipe(model)["base"]
+    if base["kind"] == "ensemble":
+        return sorted({r for member in model.members for r in requirements(member)})
     kwargs = base.get("kwargs", {}) if base["kind"] == "mlp" else {}
     packages = (["rtdl_num_embeddings"] if kwargs.get("embedding", "none") != "none" else []) + (
         ["tabm"] if kwargs.get("ensemble", 1) != 1 else [])
@@ -314,6 +345,8 @@ def model_file(model: nn.Module) -> Path | None:
     """The file a model brought as `path/to/file.py:Class` was imported from (what a champion must carry to
     load elsewhere), or None for the pipeline's MLP, a `package.module:Class` or an MLflow URI base."""
     base = recipe(model)["base"]
+    if base["kind"] == "ensemble":  # every member is the same brought class
+        return model_file(model.members[0])
     if base["kind"] != "class":
         return None
     target = base["spec"].rpartition(":")[0]
@@ -365,6 +398,8 @@ def local_imports(path: Path) -> list[Path]:
 def relocated(arch: dict, folder: Path) -> dict:
     """`arch` with its model file looked for in `folder` (where a champion's copy of it was unpacked)."""
     base = arch["base"]
+    if base["kind"] == "ensemble":
+        return {**arch, "base": {**base, "members": [relocated(m, folder) for m in base["members"]]}}
     if base["kind"] == "class":
         target, _, name = base["spec"].rpartition(":")
         if (folder / Path(target).name).is_file():

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import UserError, first_line
-from .model import MLP, construct, import_class, recipe, record, track
+from .model import MLP, construct, fold_ensemble, import_class, recipe, record, track
 
 # modules that squash or clip a regressor's output; the new head must emit logits instead
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
@@ -320,6 +320,8 @@ def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
     `base_model` is the freshly loaded base for kinds that live outside the package (an MLflow URI).
     """
     base = arch["base"]
+    if base["kind"] == "ensemble":  # the members, each by its own recipe (tracking.rebuild fetches URI bases)
+        return fold_ensemble([build(member) for member in base["members"]], base["n_classes"], [])
     if base["kind"] == "mlp":
         model = MLP(**base["kwargs"])
     elif base["kind"] == "class":

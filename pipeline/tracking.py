@@ -301,9 +301,14 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
 def rebuild(arch: dict, state: dict | None = None):
     """surgery.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
     (a state_dict) loaded when given."""
+    from .model import fold_ensemble
     from .surgery import build
 
-    model = build(arch, load_model_uri(arch["base"]["uri"]) if arch["base"]["kind"] == "uri" else None)
+    base = arch["base"]
+    if base["kind"] == "ensemble":  # each member fetches its own base
+        model = fold_ensemble([rebuild(member) for member in base["members"]], base["n_classes"], [])
+    else:
+        model = build(arch, load_model_uri(base["uri"]) if base["kind"] == "uri" else None)
     if state is not None:
         model.load_state_dict(state)
     return model

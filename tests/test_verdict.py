@@ -242,7 +242,30 @@ def test_the_alias_the_tags_the_description_the_report_and_the_hint_name_one_mod
     version = mlflow.MlflowClient().get_model_version_by_alias(registered, "champion")
     assert str(version.version) == tags["registered_version"] and version.tags["strategy"] == champion
     assert version.tags["champion_run"] == tags["champion_run"] == tags["model_run"]
-    assert version.description.startswith(f"**{champion}**") and "outer fold 0 of 3" in version.description
+    assert version.description.startswith(f"**{champion}**") and "each of the 3 outer folds" in version.description
     assert f"Champion: {champion} (" in output and f"models:/{registered}@champion" in output
     report = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")
     assert f"Champion: {champion} (" in open(report).read()
+
+
+def test_a_cross_fitted_champion_ships_the_average_of_its_fold_models(cross_fitted):
+    """What ships after cross-fitting is every fold's model of the champion row, averaged (a cross-fit ensemble):
+    the served probabilities are the mean of the members' tempered probabilities."""
+    import torch
+
+    from pipeline import decision, registry
+    from pipeline.model import FoldEnsemble
+
+    experiment, _ = cross_fitted
+    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    if parent.data.tags["champion"] == "prior":
+        pytest.skip("nothing registered: the floor won on this tiny table")
+    pyfunc, columns, _ = registry.load_champion(f"models:/{parent.data.tags['registered_model']}@champion")
+    model = pyfunc.unwrap_python_model().model
+    assert isinstance(model, FoldEnsemble) and len(model.members) == 3
+    x = torch.randn(16, 10)  # friedman1: 10 features
+    with torch.no_grad():
+        mean = torch.stack([torch.exp(torch.tensor(decision.tempered(decision.scores_of(m(x), 3), float(t))))
+                            for m, t in zip(model.members, model.temperatures)]).mean(0)
+        np.testing.assert_allclose(torch.exp(model(x)).numpy(), mean.numpy(), rtol=1e-4, atol=1e-6)
+    assert set(model.reg2cls_rule) == {"temperature", "offsets", "ordinal"}

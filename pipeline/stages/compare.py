@@ -462,7 +462,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
             registered = ""
             summary.append(f"Parent run {parent}; nothing registered")
         else:
-            model = tracking.load_run_model(champion_run)
+            model = shipped_model(top, splits)
             summary.append(f"Parent run {parent}; registered model {registered}, alias champion")
             version = registry.register_champion(
                 model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
@@ -650,18 +650,45 @@ def model_description(cfg: Config, data: Prepared, registered: str) -> str:
         *_how_to_call(registered)])
 
 
+def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
+    """The model the registry gets. On one split, the champion row's model (its seed best on validation).
+    Cross-fitted, the average of the champion row's model on every fold (each its seed best on that fold's
+    validation rows): a cross-fit ensemble (model.FoldEnsemble), whose decision rule is fitted on every fold's
+    validation rows, each scored by its own fold's member, which never trained on them."""
+    if len(splits) == 1:
+        return tracking.load_run_model(top["best_run"])
+    from ..model import fold_ensemble
+    from ..train import predict
+
+    runs = [tracking.get_run(run_id) for run_id in str(top["runs"]).split(",")]
+    k = splits[0].n_classes
+    members, temperatures, scores, classes = [], [], [], []
+    for data in splits:
+        on_fold = [r for r in runs if r.data.tags.get("fold", "0") == str(data.fold)]
+        best = max(on_fold, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf")))
+        member = tracking.load_run_model(best.info.run_id).cpu()
+        temperatures.append(decision.rule_of(member, k)["temperature"])
+        members.append(member)
+        scores.append(decision.tempered(decision.scores_of(predict(member, data.val.x, "cpu"), k), temperatures[-1]))
+        classes.append(data.val.c.numpy())
+    ensemble = fold_ensemble(members, k, temperatures)
+    ensemble.reg2cls_rule = decision.fit_scores(np.concatenate(scores), np.concatenate(classes),
+                                                decision.is_ordinal(ensemble, k))
+    return ensemble.eval()
+
+
 def what_ships(top: pd.Series, data: Prepared, folds: int) -> str:
     """What the registered model is, in one sentence: which model, trained on how many rows, and which of the
     printed numbers describe it."""
     rows = f"{len(data.train.x)} training rows (validation: {len(data.val.x)})"
-    if top["strategy"] == "threshold":
-        rows = f"a regressor trained on {rows}"
+    what = "a regressor cut at the class edges" if top["strategy"] == "threshold" else f"{top['strategy']}'s model"
     if folds == 1:
-        return (f"The model is {top['strategy']}'s, on {rows}; the test figures are its own, on {int(top['test_rows'])}"
-                " held-out rows.")
-    return (f"The model is {top['strategy']}'s on outer fold {data.fold} of {folds}, on {rows}; the test figures "
-            f"describe the same recipe over all {folds} folds (each fold's own model, pooled out-of-fold), not this "
-            "one model alone, which saw fewer rows than the whole table.")
+        return (f"The model is {what}, trained on {rows}; the test figures are its own, on "
+                f"{int(top['test_rows'])} held-out rows.")
+    return (f"The model is the average of {what} on each of the {folds} outer folds (a cross-fit ensemble: each "
+            f"member trained on its fold's {rows}; together they saw every row), with one decision rule fitted on "
+            f"every fold's validation rows. The test figures are the members' own, each on its fold's held-out rows "
+            f"and pooled: they describe one fold's model on rows it never saw, and understate the average.")
 
 
 def version_description(summary: list[str], top: pd.Series, champion_run: str, parent: str, registered: str,
