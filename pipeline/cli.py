@@ -16,7 +16,7 @@ import sys
 import click
 
 from . import config, stop
-from .config import UserError
+from .config import UserError, registered_name
 
 
 class Terminated(KeyboardInterrupt):
@@ -267,7 +267,7 @@ def _prepare(opts: dict):
     if command in ("convert", "compare"):  # refuse now what compare would refuse after every stage ran
         from . import registry
 
-        name = cfg.compare.register or f"reg2cls-{tracking.current_experiment_name()}"
+        name = registered_name(cfg, tracking.current_experiment_name())
         conflict = registry.champion_conflict(name, registry.signature_for(splits[0].preprocessor,
                                                                            splits[0].class_names))
         if conflict:
@@ -325,7 +325,7 @@ def convert(**opts):
     with _workers(cfg):
         result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)
-    click.echo(f"Parent run: {result.parent}\nBrowse the runs: {tracking.ui_command(tracking.setup(None))}")
+    click.echo(tracking.run_link(tracking.setup(None), result.parent))
 
 
 def _print_comparison(cfg, compared) -> None:
@@ -433,7 +433,7 @@ def compare(**opts):
 
 
 @cli.command()
-@click.option("--model-uri", required=True, help="e.g. models:/reg2cls-reg2cls@champion or runs:/<id>/champion")
+@click.option("--model-uri", required=True, help="e.g. models:/reg2cls-diabetes@champion or runs:/<id>/champion")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="CSV or Parquet with the raw columns.")
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="CSV to write.")

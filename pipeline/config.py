@@ -114,7 +114,7 @@ class Tune:
     metric: str = "val/f1_macro"  # or val/log_loss (minimised)
     pruner: str = "median"        # median | hyperband | none
     storage: str = ""             # Optuna storage URL; "" = sqlite optuna.db next to the MLflow store
-    study_name: str = ""          # "" = <experiment>-<architecture hash>-<split key>
+    study_name: str = ""          # "" = <data name>-<model tuned>-<hash>
     workers: int = 0              # local worker processes, one torch thread each; 0 = as many as train.jobs
     max_dropout: float = 0.5      # upper bound of the head and hidden dropout searched
     lr_min: float = 1e-4          # learning rate searched, log scale
@@ -127,7 +127,7 @@ class Tune:
 class Compare:
     metric: str = "val/f1_macro"   # sorts the leaderboard and picks the champion (its mean over seeds and folds)
     reference: bool = True         # a HistGradientBoostingClassifier row on the same splits
-    register: str = ""             # registered model name; "" = reg2cls-<MLflow experiment of the parent run>
+    register: str = ""             # registered model name; "" = <MLflow experiment of the parent run>-<data name>
     check_load: bool = True        # load the registered champion and predict in a clean process elsewhere first
 
 
@@ -273,7 +273,7 @@ OPTIONS = (
            commands=("tune",), mlproject=("tune",), note="median | hyperband | none"),
     Option("storage", "tune.storage", "Optuna storage URL (default: sqlite optuna.db next to the MLflow store).",
            commands=("tune",), mlproject=("tune",), note="Optuna RDB URL, e.g. postgresql://user:pw@host/db"),
-    Option("study_name", "tune.study_name", "Default: <experiment>-<architecture hash>-<split key>.",
+    Option("study_name", "tune.study_name", "Default: <data name>-<model tuned>-<hash of the settings>.",
            commands=("tune",), mlproject=("tune",)),
     Option("workers", "tune.workers", "Local worker processes, one torch thread each (default 0: as many as "
                                       "--jobs, every usable core).", type=int, min=0,
@@ -286,8 +286,8 @@ OPTIONS = (
            commands=("compare",), mlproject=("compare",), note="val/f1_macro (default), val/log_loss, ..."),
     Option("no_reference", "compare.reference", "Leave out the HistGradientBoosting reference row.", flag=False,
            commands=("compare",), mlproject=("compare",), note="false: leave out the HistGradientBoosting row"),
-    Option("register", "compare.register", "Registered model name for the champion (default reg2cls-<experiment>).",
-           commands=("convert", "compare"), mlproject=("convert", "compare"), note="default: reg2cls-<experiment>"),
+    Option("register", "compare.register", "Registered model name for the champion (default <experiment>-<data name>).",
+           commands=("convert", "compare"), mlproject=("convert", "compare"), note="default: <experiment>-<data name>"),
 )
 
 
@@ -351,6 +351,24 @@ def _flatten_yaml(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[name] = value
     return out
+
+
+def data_name(source: str) -> str:
+    """A short name for a data source, for the names people read (the registered model, the convert run, the
+    Optuna study): a file's stem, a built-in set's or a synthetic generator's name; letters, digits, _ and -."""
+    import re
+
+    if source.startswith(("builtin:", "synthetic:")):
+        name = source.split(":", 1)[1].split("?", 1)[0]
+    else:
+        name = Path(source).stem
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "data"
+
+
+def registered_name(cfg: Config, experiment: str | None = None) -> str:
+    """`compare.register`, else `<experiment>-<data name>` (`experiment`: the parent run's, default
+    `cfg.experiment`): a second data set gets its own registered model, not a refusal to move the first's alias."""
+    return cfg.compare.register or f"{experiment or cfg.experiment}-{data_name(cfg.data.source)}"
 
 
 def registered_name_problem(name: str) -> str | None:
@@ -482,7 +500,7 @@ def validate(cfg: Config) -> Config:
                         f"{cfg.slim.tolerance:g}")
     if not cfg.experiment.strip() or len(cfg.experiment) > 500:
         raise UserError(f"experiment name must be 1 to 500 characters, got {cfg.experiment!r}")
-    registered = cfg.compare.register or f"reg2cls-{cfg.experiment}"
+    registered = registered_name(cfg)
     problem = registered_name_problem(registered)
     if problem:
         source = "--register" if cfg.compare.register else f"the experiment name ({cfg.experiment!r}) gives"

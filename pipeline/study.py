@@ -35,7 +35,7 @@ import torch
 from optuna.trial import TrialState
 
 from . import decision, jobs, metrics, stop, tracking
-from .config import TUNE_METRICS, Config, UserError, first_line
+from .config import TUNE_METRICS, Config, UserError, data_name, first_line
 from .data import Prepared
 from .model import architecture, mark_start
 from .surgery import find_head, recorded_head, set_dropout
@@ -148,6 +148,9 @@ def open_study(url: str, name: str, metric: str) -> optuna.Study:
         study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
     if "metric" not in study.user_attrs and not study.trials:
         study.set_user_attr("metric", metric)
+        with warnings.catch_warnings():  # "set_metric_names is experimental"
+            warnings.simplefilter("ignore")
+            study.set_metric_names([metric])  # optuna-dashboard's axis then reads the metric, not "Objective 0"
     held = study.user_attrs.get("metric")
     if held != metric or study.direction.name.lower() != direction:
         raise UserError(f"study '{name}' optimises {held or 'another objective'} ({study.direction.name.lower()}), "
@@ -155,18 +158,30 @@ def open_study(url: str, name: str, metric: str) -> optuna.Study:
     return study
 
 
-def study_name(cfg: Config, architecture: dict, split_key: str) -> str:
-    """`tune.study_name`, else `<experiment>-<hash>-<split key>`. The hash covers all that makes trials
-    comparable: the architecture, the objective (one metric, one direction), the search space and how a trial
-    trains (loss weighting, epochs, batch, the untuned lr and weight decay of trial 0); a call with other
-    settings starts its own study instead of ranking its trials beside trials trained otherwise."""
+def study_name(cfg: Config, architecture: dict, split_key: str, model: str = "model") -> str:
+    """`tune.study_name`, else `<data name>-<model>-<hash>` (`model`: the strategy or variant tuned), so
+    optuna-dashboard says what each study tuned. The hash covers the experiment, the split (data, classes,
+    seed, fold) and all that makes trials comparable: the architecture, the objective (one metric, one
+    direction), the search space and how a trial trains (loss weighting, epochs, batch, the untuned lr and
+    weight decay of trial 0); a call with other settings starts its own study instead of ranking its trials
+    beside trials trained otherwise."""
     t = cfg.train
     trains = {"class_weight": t.class_weight, "epochs": [t.epochs, cfg.slim.epochs, cfg.tune.epochs],
               "patience": t.patience, "batch": [t.batch_size, t.max_steps_per_epoch, t.lr_scaling],
               "lr": t.lr, "weight_decay": t.weight_decay}
-    identity = [architecture, cfg.tune.metric, search_space(cfg), trains]
+    identity = [architecture, cfg.tune.metric, search_space(cfg), trains, cfg.experiment, split_key]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return cfg.tune.study_name or f"{cfg.experiment}-{digest}-{split_key[:8]}"
+    return cfg.tune.study_name or f"{data_name(cfg.data.source)}-{model}-{digest}"
+
+
+def label(study: optuna.Study, cfg: Config, model: str, convert_run: str | None) -> None:
+    """User attributes that say, in optuna-dashboard, what the study tunes and where its runs are: the data,
+    the model tuned, the MLflow experiment and the convert run (the latest that added trials)."""
+    attrs = {"data": cfg.data.source, "target": cfg.data.target, "model": model, "mlflow_experiment": cfg.experiment,
+             **({"mlflow_convert_run": convert_run} if convert_run else {})}
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def counted(study: optuna.Study) -> tuple[int, bool]:
@@ -482,7 +497,7 @@ def figures(study: optuna.Study) -> dict[str, object]:
             break
         with contextlib.suppress(Exception), warnings.catch_warnings():  # too few values for a plot: skip it
             warnings.simplefilter("ignore")  # "experimental" and "importances will be equal" notes
-            ax = plot(study)
+            ax = plot(study, target_name=(study.metric_names or ["Objective Value"])[0])  # the metric, named
             ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
             out[name] = ax.figure
     return out

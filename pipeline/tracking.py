@@ -88,6 +88,23 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
+def ui_page(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's route (relative: it works wherever the UI is served) to an experiment or a run, in the UI's
+    model-training mode: MLflow 3's UI opens in its GenAI mode (traces, evaluations) unless the link says so."""
+    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + "?workflowType=machine_learning"
+
+
+def run_link(tracking_uri: str, run_id: str) -> str:
+    """Where to see a run in the MLflow UI, as MLflow's own "View run ... at:" line: its page on the tracking
+    server, or, for a local store, the `mlflow ui` command to start and the page it will then serve."""
+    run = get_run(run_id)
+    page = ui_page(run.info.experiment_id, run_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"View run {run.info.run_name} at: {tracking_uri.rstrip('/')}/{page}"
+    return (f"View run {run.info.run_name}: start {ui_command(tracking_uri)}\n"
+            f"  then open http://127.0.0.1:5000/{page}")
+
+
 @contextlib.contextmanager
 def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, str] | None = None,
           parent: str | None = None, killed_on: tuple[type[BaseException], ...] = ()) -> Iterator[str]:
@@ -107,6 +124,8 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         mlflow.set_tag("mlflow.runName", name)
     else:
         run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
+    if MLFLOW_PARENT_RUN_ID not in run.data.tags:  # a top-level run: its experiment opens as model training
+        mark_experiment(run.info.experiment_id)
     _HEARTBEAT.hold(run.info.run_id, mlflow.get_tracking_uri())
     try:
         yield run.info.run_id
@@ -148,15 +167,22 @@ def log_metrics(values: dict[str, float], step: int | None = None, run_id: str |
         mlflow.log_metrics(clean, step=step, run_id=run_id)
 
 
+def epoch_key(key: str) -> str:
+    """The name a metric's per-epoch curve is logged under: `epoch/val_loss` for `val/loss`. Kept apart from the
+    key itself, which holds the returned (restored best) model's value, so no curve ends on a drop to that value."""
+    return "epoch/" + key.replace("/", "_")
+
+
 class EpochLog:
-    """Buffers per-epoch metrics and sends them with one `log_batch` call per 1,000 points."""
+    """Buffers per-epoch metrics (each under its `epoch_key`) and sends them with one `log_batch` call per
+    1,000 points."""
 
     def __init__(self) -> None:
         self.points: list[Metric] = []
 
     def add(self, step: int, values: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
-        self.points += [Metric(k, float(v), ts, step) for k, v in values.items() if np.isfinite(v)]
+        self.points += [Metric(epoch_key(k), float(v), ts, step) for k, v in values.items() if np.isfinite(v)]
 
     def flush(self) -> None:
         run_id = mlflow.active_run().info.run_id
@@ -358,6 +384,11 @@ def latest_run(stage: str, split_key: str) -> str | None:
     """The newest FINISHED stage run (not a strategy run) of `stage` on the same data, split and
     classes, in the current experiment."""
     return newest_finished(f"tags.stage = '{stage}' and tags.split_key = '{split_key}' and tags.strategy IS NULL")
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
 
 
 def current_experiment_id() -> str:
@@ -618,6 +649,18 @@ def current_experiment_name() -> str:
 NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (markdown), on runs and experiments
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it may guess GenAI (a Traces page); these
+# runs are training runs ("Machine learning" in the UI's experiment settings)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model training (EXPERIMENT_KIND), unless it already has a kind."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND[0] not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+
+
 def describe_experiment(text: str, experiment_id: str | None = None) -> None:
     """Give the experiment (the current one by default) the description `text`, once: one it has is kept."""
     client = MlflowClient()
@@ -627,37 +670,21 @@ def describe_experiment(text: str, experiment_id: str | None = None) -> None:
 
 
 def log_final_metrics(values: dict[str, float]) -> None:
-    """A run's final metrics, logged once, without pretending to be an epoch: a key the run already holds as a
-    per-epoch curve (`val/f1_macro`, `val/loss`, ...) gets its final value at the curve's last step, one
-    millisecond after its last point, so the run's value is the final one and the curve gains no extra epoch;
-    every other key is logged once at step 0. NaN values are skipped."""
-    run_id = mlflow.active_run().info.run_id
-    client = MlflowClient()
-    clean = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
-    held = client.get_run(run_id).data.metrics  # only keys the run already holds can be curves
-    now = int(time.time() * 1000)
-    points = []
-    for key, value in clean.items():
-        history = client.get_metric_history(run_id, key) if key in held else []
-        if history:
-            last = max(history, key=lambda m: (m.step, m.timestamp))
-            points.append(Metric(key, value, max(now, last.timestamp + 1), last.step))
-        else:
-            points.append(Metric(key, value, now, 0))
-    for i in range(0, len(points), 1000):
-        client.log_batch(run_id, metrics=points[i:i + 1000])
+    """A run's final metrics (the returned model's), logged once at step 0. Their per-epoch curves live under
+    `epoch_key` names (EpochLog), so the final value adds no point, and no cliff, to any curve. NaN is skipped."""
+    log_metrics(values, step=0)
 
 
 def epoch_curves(keys: list[str], run_id: str | None = None) -> dict[str, list[tuple[int, float]]]:
-    """The per-epoch curves of `keys` on `run_id` (the active run by default) as (step, value) sorted by step,
-    each step's first point only (not the final value `log_final_metrics` adds at the last step); keys the
-    run has no curve of (fewer than two steps) are left out."""
+    """The per-epoch curves of `keys` (`val/loss`, ...: read from their `epoch_key` names) on `run_id` (the active
+    run by default) as (step, value) sorted by step, each step's first point only; keys the run has no curve of
+    (fewer than two steps) are left out."""
     client = MlflowClient()
     run_id = run_id or mlflow.active_run().info.run_id
     curves = {}
     for key in keys:
         first: dict[int, tuple[int, float]] = {}
-        for m in client.get_metric_history(run_id, key):
+        for m in client.get_metric_history(run_id, epoch_key(key)):
             if m.step not in first or m.timestamp < first[m.step][0]:
                 first[m.step] = (m.timestamp, m.value)
         if len(first) > 1:

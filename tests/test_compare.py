@@ -43,7 +43,7 @@ def converted(store_uri, tmp_path_factory):
         result = invoke("convert", *args, "--target", "price")
         assert result.exit_code == 0, result.output
         yield {"experiment": experiment, "tmp": tmp, "output": result.output, "store": store_uri,
-               "model": f"models:/reg2cls-{experiment}@champion"}
+               "model": f"models:/{experiment}-houses@champion"}
 
 
 def _parent(runs):
@@ -82,7 +82,7 @@ def test_champion_is_the_best_network_and_registered_with_alias(converted):
     # the champion is the best, or the simplest row validation cannot tell from it
     assert top["strategy"] == best["strategy"] or (top["tied"] and top["strategy"] in ("threshold", "prior")
                                                    or top["params"] <= best["params"])
-    name = f"reg2cls-{converted['experiment']}"
+    name = f"{converted['experiment']}-houses"
     version = MlflowClient().get_model_version_by_alias(name, "champion")
     assert version.tags["champion_run"] == top["best_run"] and version.tags["strategy"] == top["strategy"]
     assert top["strategy"] in version.description and parent.info.run_id in version.description

@@ -47,7 +47,7 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     client = MlflowClient()
     for run in strategies:
         if run.data.tags["strategy"] != "threshold":
-            curve = client.get_metric_history(run.info.run_id, "train/loss")
+            curve = client.get_metric_history(run.info.run_id, "epoch/train_loss")
             assert len(curve) >= TINY["train.epochs"] and curve[-1].value < curve[0].value
     assert {"val/rmse", "test/rmse", "test/mae", "test/r2", "test/f1_macro"} <= set(base.data.metrics)
     assert base.inputs.dataset_inputs and base.inputs.dataset_inputs[0].dataset.digest
@@ -199,7 +199,7 @@ def test_real_mlflow_run_of_the_convert_entry_point(store, tmp_path):
     runs = runs_of("mlflow-run")
     assert settled(runs)
     [parent] = by_stage(runs, "convert")
-    assert parent.info.run_name == "convert"
+    assert parent.info.run_name == f"friedman1 → {parent.data.tags['champion']}"  # data and outcome
     # parameters left empty keep the experiment file's values; `seed` as typed and as resolved
     params = parent.data.params
     assert params["data.classes"] == "quantile:2" and params["train.epochs"] == "3"

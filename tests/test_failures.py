@@ -340,7 +340,7 @@ def champion(tmp_path_factory):
                                               '{"input_dim": 10}', "--retrain", "--set", "tune.n_trials=0"))
         assert result.exit_code == 0, result.output
         strategy = next(r for r in runs_of("champ") if r.data.tags.get("strategy") == "warm_start").info.run_id
-    return uri, "models:/reg2cls-champ@champion", root, "champ", strategy
+    return uri, "models:/champ-friedman1@champion", root, "champ", strategy
 
 
 def raw_rows(n: int = 20) -> pd.DataFrame:

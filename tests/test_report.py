@@ -8,11 +8,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import TUNED_ROW, invoke, runs_of, tiny_args, use_store
+from conftest import TINY, TUNED_ROW, invoke, runs_of, tiny_args, use_store
 from mlflow.tracking import MlflowClient
 
-from pipeline import report
+from pipeline import data, report
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -98,26 +99,25 @@ def test_convert_description_links_the_champion_run_and_version(converted):
 
 
 @pytest.mark.slow
-def test_final_metrics_add_no_extra_epoch(converted):
+def test_final_metrics_leave_the_curves_without_a_cliff(converted):
     client = MlflowClient()
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
-    f1 = client.get_metric_history(run.info.run_id, "val/f1_macro")
-    loss = client.get_metric_history(run.info.run_id, "train/loss")
-    assert max(m.step for m in f1) == max(m.step for m in loss)  # the curve ends where training ended
-    last = max(f1, key=lambda m: (m.step, m.timestamp))
-    assert run.data.metrics["val/f1_macro"] == last.value  # the run's value: the returned model's
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/f1_macro")] == [0]  # logged once
+    curve = client.get_metric_history(run.info.run_id, "epoch/val_f1_macro")
+    loss = client.get_metric_history(run.info.run_id, "epoch/train_loss")
+    assert sorted(m.step for m in curve) == sorted(m.step for m in loss)  # one point an epoch, none added after
+    final = client.get_metric_history(run.info.run_id, "val/f1_macro")
+    assert [m.step for m in final] == [0]  # the returned model's value, logged once, off the curve
+    assert 0 <= run.data.metrics["best_epoch"] <= max(m.step for m in loss)  # the restored epoch, marked
 
 
 @pytest.mark.slow
-def test_baseline_final_rmse_is_the_returned_models_at_the_curves_end(converted):
+def test_baseline_final_rmse_is_the_restored_best_epochs(converted):
     client = MlflowClient()
     run = next(r for r in converted["runs"] if r.data.tags["stage"] == "baseline")
-    rmse = client.get_metric_history(run.info.run_id, "val/rmse")
-    loss = client.get_metric_history(run.info.run_id, "train/loss")
-    last = max(rmse, key=lambda m: (m.step, m.timestamp))
-    assert last.step == max(m.step for m in loss) and run.data.metrics["val/rmse"] == last.value
-    assert run.data.metrics["val/rmse"] == pytest.approx(min(m.value for m in rmse), rel=1e-4)  # the restored best
+    rmse = client.get_metric_history(run.info.run_id, "epoch/val_rmse")
+    best = int(run.data.metrics["best_epoch"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/rmse")] == [0]
+    assert run.data.metrics["val/rmse"] == pytest.approx(next(m.value for m in rmse if m.step == best), rel=1e-4)
 
 
 @pytest.mark.slow
@@ -149,6 +149,71 @@ def test_report_renders_in_chromium_with_every_image(converted, tmp_path):
         assert title in headings
 
 
+@pytest.mark.slow
+def test_report_confusion_matrix_adds_up_to_the_test_rows_it_states(converted, tmp_path):
+    import re
+
+    from pipeline.stages.compare import pooled_predictions
+
+    parent = converted["parent"]
+    page = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html",
+                                                    dst_path=str(tmp_path)))
+    driver = chromium(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        verdict = driver.find_element("id", "verdict").text
+        note = driver.execute_script("const h = [...document.querySelectorAll('h2')].find(h => h.textContent === "
+                                     "'Confusion matrix'); return h.nextElementSibling.textContent")
+    finally:
+        driver.quit()
+    stated = int(re.search(r"on (\d+) test rows", verdict).group(1))
+    assert f"add up to {stated}." in note, note
+    # the figure is drawn from the champion row's pooled predictions: as many rows as the verdict states
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    top = board[board["champion"]].iloc[0]
+    pooled = pooled_predictions([MlflowClient().get_run(r) for r in top["runs"].split(",")])
+    assert len(pooled.c) == len(pooled.pred[0]) == stated == int(top["test_rows"])
+
+
+@pytest.mark.slow
+def test_a_second_data_set_converts_with_the_default_names(converted, tmp_path):
+    frame = data.load(TINY["data.source"]).head(200)
+    frame.columns = [f"a{i}" for i in range(frame.shape[1] - 1)] + ["y"]  # other columns than the first convert's
+    frame.to_csv(tmp_path / "second_set.csv", index=False)
+    args = tiny_args(converted["experiment"], "--strategies", "threshold,warm_start", "--target", "y",
+                     "--set", "slim.keep_ratios=none", "--set", "slim.depth=false", "--set", "tune.n_trials=0")
+    args[args.index("--data") + 1] = str(tmp_path / "second_set.csv")
+    result = invoke("convert", *args)
+    assert result.exit_code == 0, result.output
+    second = next(r for r in runs_of(converted["experiment"]) if r.data.tags["stage"] == "convert"
+                  and r.info.run_id != converted["parent"].info.run_id)
+    assert second.data.tags["registered_model"] == f"{converted['experiment']}-second_set"
+    assert second.info.run_name == f"second_set → {second.data.tags['champion']}"
+    first = converted["parent"].data.tags["registered_model"]
+    assert MlflowClient().get_model_version_by_alias(first, "champion").run_id == converted["parent"].data.tags[
+        "champion_run"]  # the first data set's champion stays where it was
+
+
+def test_same_data_with_other_columns_is_refused_under_the_default_name(converted):
+    before = len(runs_of(converted["experiment"]))
+    result = invoke("convert", *tiny_args(converted["experiment"], "--features", "x0,x1,x2"))
+    assert result.exit_code == 1 and "with other input columns" in result.output, result.output
+    said = [ln for ln in result.output.strip().splitlines() if not ln.startswith("data: ")]  # after the summary
+    assert len(said) == 1 and len(runs_of(converted["experiment"])) == before
+
+
+def test_optuna_study_says_its_data_model_metric_and_convert_run(converted):
+    import optuna
+
+    tune = next(r for r in converted["runs"] if r.data.tags["stage"] == "tune" and "strategy" not in r.data.tags)
+    study = optuna.load_study(study_name=tune.data.tags["optuna_study"], storage=tune.data.tags["optuna_storage"])
+    source = MlflowClient().get_run(tune.data.tags["source_run"]).data.tags["strategy"]
+    assert study.study_name.startswith(f"friedman1-{source}-")
+    assert study.metric_names == ["val/f1_macro"]
+    assert study.user_attrs["mlflow_convert_run"] == converted["parent"].info.run_id
+    assert study.user_attrs["model"] == source and study.user_attrs["data"] == TINY["data.source"]
+
+
 def test_confusion_matrix_has_counts_row_shares_and_contrasting_text():
     c_true = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     pred = np.array([0, 0, 0, 1, 1, 0, 0, 0])
@@ -158,8 +223,8 @@ def test_confusion_matrix_has_counts_row_shares_and_contrasting_text():
 
 
 def test_pareto_figure_names_its_unslimmed_model_and_has_a_legend():
-    rows = [{"strategy": "unslimmed", "cost/params": 1000, "test/f1_macro": 0.8},
-            {"strategy": "width_0.5", "cost/params": 500, "test/f1_macro": 0.79}]
+    rows = [{"strategy": "unslimmed", "cost/params": 1000, "val/f1_macro": 0.8},
+            {"strategy": "width_0.5", "cost/params": 500, "val/f1_macro": 0.79}]
     ax = report.pareto_figure(rows, "width_0.5", unslimmed="warm_start").axes[0]
     assert "unslimmed (warm_start)" in [t.get_text() for t in ax.texts]
     assert len(ax.get_legend().get_texts()) == 4

@@ -71,7 +71,7 @@ def test_retrain_trains_a_model_without_checkpoint(experiment):
                                           "--strategies", "threshold,finetune"))
     assert result.exit_code == 0, result.output
     base = next(r for r in runs_of(experiment) if r.data.tags["stage"] == "baseline")
-    history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "train/loss")
+    history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "epoch/train_loss")
     assert len(history) > 1 and history[-1].value < history[0].value
 
 

@@ -139,7 +139,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
         values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
         values.update(costs(model, data))
-        tracking.log_final_metrics(values)  # val/rmse: the returned model's, at its curve's last step
+        tracking.log_final_metrics(values)  # val/rmse: the returned model's; its curve is epoch/val_rmse
         # before any strategy trains: what would make every number after this one mean little
         given = (cfg.data.scaling, cfg.data.target_scaling) if brought and not um.retrain else None
         findings = checks.regressor_findings(model, data, device, given)

@@ -132,9 +132,11 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
             log.add(step + epoch, {**logs, "val/accuracy": float((pred == c).mean()), "val/f1_macro": f1})
             bar.update(epoch, f1)
 
-        return fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=batch,
+        hist = fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=batch,
                    weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
                    on_epoch=on_epoch, distill=distill, class_weight=t.class_weight, stop=stop.check)
+    tracking.log_metrics({"best_epoch": step + hist.best_epoch})  # the restored epoch, on the curves' steps
+    return hist
 
 
 def flag_training(hists: list, random_start: bool) -> str | None:
@@ -201,9 +203,9 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
                                                             val_pred))
     # the loop's validation loss (CE/BCE, unweighted) of the returned model, before temperature scaling
     values["val/loss"] = metrics.log_loss(val_c, metrics.probabilities(val_out, k))
-    # logged once: a key that is also a per-epoch curve (val/f1_macro, val/loss, ...) gets the returned model's
-    # value at the curve's last step, so the run's value is the returned model's and no extra epoch appears
-    # (`final_step` is kept for the callers; the curves, with the restored epoch marked, are in curves.png)
+    # logged once, apart from the per-epoch curves (epoch/val_f1_macro, ...): the run's value is the returned
+    # model's; the restored epoch is the metric best_epoch, and marked in curves.png
+    # (`final_step` is kept for the callers)
     tracking.log_final_metrics(values)
     curves = tracking.epoch_curves(["train/loss", "val/loss", "val/f1_macro"])
     if curves:
@@ -251,6 +253,12 @@ def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: 
 def run_name(stage: str, data: Prepared) -> str:
     """A stage run's name: the stage, or `fold_<i>` for one fold of a cross-fitted stage (nested under it)."""
     return stage if data.fold is None else f"fold_{data.fold}"
+
+
+def strategy_run_name(strategy: str, data: Prepared) -> str:
+    """A strategy or variant run's name: the strategy, with its fold when cross-fitted (`lp_ft · fold 0/5`), so
+    the runs table tells a fold's run from the row it is part of."""
+    return strategy if data.fold is None else f"{strategy} · fold {data.fold}/{data.summary.get('folds', '?')}"
 
 
 def where(stage: str, data: Prepared) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 from torch import nn
 
 from .. import decision, jobs, metrics, registry, report, stats, tracking
-from ..config import COMPARE_METRICS, Config, UserError
+from ..config import COMPARE_METRICS, Config, UserError, registered_name
 from ..data import Prepared
 from .common import log_predictions, stands_for
 
@@ -443,7 +443,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
         runs += [tune_run]
         runs += [r for r in tracking.children(tags["tune_run"]) if r.data.tags.get("strategy") == "tuned"]
     c = cfg.compare
-    registered = c.register or f"reg2cls-{tracking.experiment_name(parent)}"
+    registered = registered_name(cfg, tracking.experiment_name(parent))
     with tracking.start("compare", "compare", parent=parent, tags={"split_key": data.split_key}) as run_id:
         if c.reference:
             fitted = jobs.result(reference) if reference is not None else fit_reference(cfg, splits)
@@ -478,50 +478,15 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
         tracking.describe_experiment(EXPERIMENT_NOTE)
         tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                            "registered_model": registered, "registered_version": version})
-        pooled = pooled_predictions([tracking.get_run(champion_run)])
-        images = {"Per strategy": report.png(report.intervals_figure(board, c.metric))}
-        notes = {"Per strategy": "Test macro-F1 of every row with its 95% bootstrap interval, rows in the "
-                                 f"leaderboard's order ({c.metric}). Red: the champion; green: the gradient-boosting "
-                                 "reference; blue: the other rows. Overlapping intervals: the data cannot tell "
-                                 "them apart."}
-        curves = validation_curves(board)
-        if curves:
-            images["Validation curves"] = report.png(report.validation_curves_figure(curves))
-            notes["Validation curves"] = ("Validation macro-F1 per epoch of each head-swap strategy (its best run); "
-                                          "training restores the epoch with the lowest validation loss.")
-        if pooled is not None:
-            proba = pooled.proba[0]
-            images |= {
-                "Confusion matrix": report.png(report.confusion_figure(pooled.c, pooled.pred[0], data.class_names)),
-                "ROC": report.png(report.roc_figure(pooled.c, proba, data.class_names)),
-                "Reliability": report.png(report.reliability_figure(pooled.c, proba))}
-            notes["Confusion matrix"] = "Each cell: test rows and their share of the true class (row)."
-            notes["Reliability"] = "Accuracy against confidence; the dashed diagonal is perfect calibration."
-        for title, run, path in (("Slimming: Pareto", tags.get("slim_run"), "pareto.png"),
-                                 ("Optuna: optimisation history", tags.get("tune_run"), "optuna_history.png")):
-            image = tracking.read_artifact(run, path) if run else None
-            if image:
-                images[title] = image
-        if "Slimming: Pareto" in images:
-            notes["Slimming: Pareto"] = _unslimmed_note(tags["slim_run"], str(top["strategy"]))
-        tuning = _tuning(tags.get("tune_run"), c.metric)
-        if tuning is not None:
-            (start, before), after = tuning
-            images["Tuning against its untuned start"] = report.png(report.tuning_figure((start, before), after,
-                                                                                         c.metric))
-            change = after - before
-            notes["Tuning against its untuned start"] = (
-                f"Tuned {c.metric} {after:.4f} vs {before:.4f} for its untuned start ({start}): {change:+.4f}."
-                + (" Tuning changed little: the untuned model was already as good as the search could make it."
-                   if abs(change) < 0.005 else ""))
-        elif tune_run is not None and tune_run.data.tags.get("tuned") == "no_better":
+        pooled = pooled_predictions([tracking.get_run(run) for run in str(top["runs"]).split(",")])
+        images, notes = report.figures(board, pooled, c.metric, data.class_names, tags)
+        report.describe_runs(board, c.metric, tags)
+        if tune_run is not None and tune_run.data.tags.get("tuned") == "no_better":
             m, logged = tune_run.data.params.get("tune.metric", "val/f1_macro"), tune_run.data.metrics
             start = tracking.get_run(tune_run.data.tags["source_run"]).data.tags.get("strategy", "model")
             summary.append(f"Tuning: the Optuna study found nothing better than the untuned {start} ({m} "
                            f"{logged.get(f'untuned/{m}', float('nan')):.4f}, best trial "
                            f"{logged.get(f'best/{m}', float('nan')):.4f}), so there is no tuned row.")
-        if "Optuna: optimisation history" in images:
-            images["Optuna: optimisation history"] = images.pop("Optuna: optimisation history")  # after tuning
         shown = display(board, c.metric)
         table = report.markdown(shown)
         tracking.log_files_to(parent, {
@@ -570,46 +535,6 @@ def _prior_run(cfg: Config, splits: list[Prepared]):
         values |= log_predictions(test, cfg.seed, val)
         tracking.log_metrics({**values, "cost/params": 0, "cost/train_seconds": 0.0})
     return tracking.get_run(run_id)
-
-
-def validation_curves(board: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
-    """Each head-swap row's validation macro-F1 per epoch, from its best run; a row that did not train
-    (threshold) as its single value."""
-    curves = {}
-    for _, row in board[board["stage"] == "head_swap"].iterrows():
-        run = row["best_run"]
-        if not isinstance(run, str) or not run:
-            continue
-        curve = tracking.epoch_curves(["val/f1_macro"], run).get("val/f1_macro")
-        if curve:
-            curves[str(row["strategy"])] = curve
-        elif row["val_f1_macro"] == row["val_f1_macro"]:
-            curves[str(row["strategy"])] = [(0, float(row["val_f1_macro"]))]
-    return curves
-
-
-def _unslimmed_note(slim_run: str, champion: str) -> str:
-    """What the Pareto plot's `unslimmed` point is: the model slimming started from, which is not necessarily
-    the champion."""
-    source = tracking.get_run(slim_run).data.tags.get("source_run", "")
-    name = tracking.get_run(source).data.tags.get("strategy", "?") if source else "?"
-    same = "it is the champion" if name == champion else f"the champion is {champion}"
-    return (f"'unslimmed' is {name} (run {source}), the model slimming started from; {same}. Red star: the "
-            "recommended variant; blue line: the Pareto front; gray: dominated variants.")
-
-
-def _tuning(tune_run: str | None, metric: str) -> tuple[tuple[str, float], float] | None:
-    """(the untuned start's strategy and `metric`, the tuned `metric`) of a tune run, or None."""
-    if not tune_run:
-        return None
-    run = tracking.get_run(tune_run)
-    source = run.data.tags.get("source_run")
-    if not source or metric not in run.data.metrics:
-        return None
-    start = tracking.get_run(source)
-    if metric not in start.data.metrics:
-        return None
-    return (start.data.tags.get("strategy", "untuned"), start.data.metrics[metric]), run.data.metrics[metric]
 
 
 EXPERIMENT_NOTE = """reg2cls: a PyTorch regressor turned into a classifier.
@@ -693,10 +618,16 @@ def what_ships(top: pd.Series, data: Prepared, folds: int) -> str:
 
 def version_description(summary: list[str], top: pd.Series, champion_run: str, parent: str, registered: str,
                         what: str = "") -> str:
-    """A registered version's description (markdown): which strategy, from which run, why it was chosen, and
-    `what` the model is (`what_ships`)."""
+    """A registered version's description (markdown): which strategy, from which run (links to the runs' pages),
+    why it was chosen, and `what` the model is (`what_ships`). Its first line is plain text: the registered
+    model's versions table shows it unrendered."""
+    experiment = tracking.get_run(parent).info.experiment_id
     return "\n".join([
-        f"**{top['strategy']}** ({top['stage']}), logged by run `{champion_run}` of convert run `{parent}`.",
+        f"{top['strategy']} ({top['stage']}), test macro-F1 {top['f1_macro']:.3f} [{top['f1_macro_ci_low']:.3f}, "
+        f"{top['f1_macro_ci_high']:.3f}] ({top['scope']})",
+        "",
+        f"Logged by [run {champion_run}]({tracking.ui_page(experiment, champion_run)}) of "
+        f"[convert run {parent}]({tracking.ui_page(experiment, parent)}).",
         "",
         what,
         "",

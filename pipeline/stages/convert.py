@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 
 from .. import checks, jobs, tracking
-from ..config import Config
+from ..config import Config, data_name
 from ..data import Prepared
 from ..model import portable
 from ..train import batch_and_lr, resolve_device, seeded
@@ -56,7 +56,11 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
             tuned = tune(cfg, data, chosen[0], force=force, other_folds=list(zip(splits[1:], chosen[1:])))
             stage_runs["tune_run"] = tuned.run_id
         tracking.set_tags(stage_runs)
-        return compare(cfg, splits, run_id, reference)
+        compared = compare(cfg, splits, run_id, reference)
+        # renamed now that the outcome is known: the runs table then says which data and what won
+        shipped = tracking.get_run(run_id).data.tags.get("champion", "?")
+        tracking.set_tags({"mlflow.runName": f"{data_name(cfg.data.source)} → {shipped}"})
+        return compared
 
 
 def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,

@@ -15,7 +15,8 @@ from ..reuse import reusable
 from ..surgery import Head, find_head, freeze_backbone, unfreeze
 from ..train import resolve_device, seeded
 from .common import (StageResult, contained, detail, fit_classifier, flag_training, log_classifier, log_run_inputs,
-                     run_name, say, seeds_of, split_tags, stage_output, stands_for, warn, where)
+                     run_name, say, seeds_of, split_tags, stage_output, stands_for, strategy_run_name, warn,
+                     where)
 from .heads import check_convertible, classifier_from, strategies_for
 
 
@@ -103,7 +104,8 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
     and its training flag; when it failed (`contained`), the id, None and the failure's one line."""
     regressor = tracking.rebuild(*regressor_state)
     device = resolve_device(cfg.train.device)
-    with contained() as outcome, tracking.start(strategy, "head_swap", strategy=strategy, parent=parent, tags={
+    with contained() as outcome, tracking.start(strategy_run_name(strategy, data), "head_swap", strategy=strategy,
+                                                parent=parent, tags={
             **({"baseline_run": baseline_run} if baseline_run else {}), **split_tags(data),
             "seed": str(cfg.seed)}) as child_id:
         outcome["run_id"] = child_id

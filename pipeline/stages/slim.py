@@ -19,7 +19,7 @@ from ..surgery import drop_blocks, find_head, recorded_head, slim_width
 from ..train import Distill, predict, resolve_device
 from .common import (StageResult, classifier_values, contained, costs, detail, fit_classifier, flag_collapsed,
                      flag_training, log_classifier, log_run_inputs, run_name, say, seeds_of, split_tags, stage_output,
-                     stands_for, warn, where)
+                     stands_for, strategy_run_name, warn, where)
 
 
 def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
@@ -83,7 +83,8 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
     device = resolve_device(cfg.train.device)
     teacher = teacher.to(device).eval()
     strategy = f"{name}_distill" if distilled else name
-    with contained() as outcome, tracking.start(strategy, "slim", strategy=strategy, parent=parent, tags={
+    with contained() as outcome, tracking.start(strategy_run_name(strategy, data), "slim", strategy=strategy,
+                                                parent=parent, tags={
             "source_run": source_run, **split_tags(data), "seed": str(cfg.seed)}) as child_id:
         outcome["run_id"] = child_id
         tracking.log_params({**cfg.flat(), "strategy": strategy})

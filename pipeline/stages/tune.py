@@ -12,8 +12,8 @@ from ..data import Prepared
 from ..model import architecture
 from ..reuse import reusable
 from ..train import resolve_device
-from .common import (StageResult, detail, flag_training, log_classifier, log_run_inputs, run_name, say, split_tags,
-                     stage_output, stands_for, where)
+from .common import (StageResult, detail, flag_training, log_classifier, log_run_inputs, say, split_tags,
+                     stage_output, stands_for, strategy_run_name, where)
 
 
 def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
@@ -36,7 +36,9 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
     from .. import study as optuna_study
 
     arch = architecture(source.model)
-    name = optuna_study.study_name(cfg, arch, data.split_key)
+    made_by = tracking.get_run(source.model_run).data.tags  # the source's stage, strategy and seed
+    tuned = made_by.get("strategy") or made_by.get("stage", "model")
+    name = optuna_study.study_name(cfg, arch, data.split_key, model=tuned)
     url = optuna_study.storage_url(cfg.tune.storage, tracking.setup(None))
     sections = {"train": asdict(cfg.train), "tune": asdict(cfg.tune), "study": name}
     upstream = [source.model_run, *(other.model_run for _, other in other_folds)]
@@ -44,12 +46,12 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
     if reuse:
         say(f"tune: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
         return stage_output(reuse)
-    made_by = tracking.get_run(source.model_run).data.tags  # the source's stage, strategy and seed
     untuned_name = made_by.get("strategy", "the untuned model")
     if getattr(source.model, "reg2cls_start", None) is None:
         raise UserError(f"{untuned_name} (run {source.model_run}) records no starting weights to retrain from; tune "
                         "a classifier that head_swap, slim or tune logged (--from-run)")
     study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
+    optuna_study.label(study, cfg, tuned, tracking.active_run_id())  # the convert run, when under one
     device = resolve_device(cfg.train.device)
     metric = cfg.tune.metric
     with tracking.start("tune", "tune", tags={"stage_key": key, "source_run": source.model_run, **split_tags(data),
@@ -134,7 +136,7 @@ def _refit(cfg: Config, params: dict[str, float], epochs: int, data: Prepared, s
     `parent`: here, or in a worker process (jobs.run)."""
     from ..study import train_config
 
-    with tracking.start(run_name("tune", data), "tune", strategy="tuned", parent=parent,
+    with tracking.start(strategy_run_name("tuned", data), "tune", strategy="tuned", parent=parent,
                         tags={**split_tags(data), "seed": str(cfg.seed), "source_run": source_run}):
         tracking.log_params({**cfg.flat(), **{f"best.{k}": v for k, v in params.items()}})
         model = tracking.rebuild(*source)
