@@ -649,8 +649,9 @@ def current_experiment_name() -> str:
 NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (markdown), on runs and experiments
 
 
-# MLflow 3's UI opens an experiment by its kind: without this tag it may guess GenAI (a Traces page); these
-# runs are training runs ("Machine learning" in the UI's experiment settings)
+# the experiment's declared kind, "Machine learning" in MLflow 3's UI: UIs that open an experiment by its kind
+# then show its runs, not an empty Traces page. MLflow 3.17's UI opens by a global GenAI / Model training switch
+# instead, which the links reg2cls writes set (`ui_page`)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
