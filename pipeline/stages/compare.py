@@ -495,7 +495,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
     # the verdict where people look first: the convert run's description and columns of the runs table;
     # links are the MLflow UI's own routes, relative, so they work wherever the UI is served
     experiment_id = tracking.get_run(parent).info.experiment_id
-    links = (f"Champion: [{top['strategy']} (run {champion_run})](#/experiments/{experiment_id}/runs/{champion_run})"
+    links = (f"Champion: [{top['strategy']} (run {champion_run})]({tracking.ui_page(experiment_id, champion_run)})"
              + (f" · registered: [{registered} version {version}](#/models/{registered}/versions/{version})"
                 if version else "") + " · figures: `report.html` in this run's artifacts")
     tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
