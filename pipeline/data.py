@@ -204,7 +204,8 @@ def fit_classes(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None,
                 rows: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
     """The classes: (edges (K-1,) in target units, class names, class index of every row).
 
-    Fitted on `rows`: the training rows for a single split, every row for cross-fitting folds. Quantile edges
+    Fitted on `rows`: the training rows for a single split, every row for cross-fitting folds (where label
+    classes' edges are then refitted on each fold's training rows: `_fold_classes`). Quantile edges
     are quantiles of y[rows]; thresholds are as given; label classes are ordered by their median target on
     `rows`, and their edges are the cuts that best separate neighbouring classes on `rows`.
     """
@@ -598,14 +599,28 @@ def prepare_folds(cfg: Data, seed: int, k: int, loaded: tuple | None = None) -> 
     provisional, names = strata(spec, y, labels)
     _check_fold_sizes(provisional, names, cfg, k)
     # The classes are the task definition, not a fitted model: pooled out-of-fold predictions are only comparable
-    # if class i means the same target range in every fold, so the edges are fitted once, on every row. Only the
-    # class cut points see the test rows; preprocessing and target scaling stay fitted on each fold's train rows.
+    # if class i means the same thing in every fold, so quantile edges are fitted once, on every row (they define
+    # the classes), and label classes keep one order (by median target on every row). Label classes' edges are
+    # no definition but threshold's cut points, a fitted model: each fold's come from its own training rows.
+    # Preprocessing and target scaling stay fitted on each fold's train rows.
     classes = fit_classes(spec, y, labels, np.arange(len(y)))
     features = select_features(frame, cfg, spec.label_column)
     table = digest(frame)
-    return [build(cfg, frame, features, y, classes, rows, n_dropped=n_dropped, table=table,
-                  key=split_key(table, cfg, seed, fold=i, folds=k), fold=i, folds=k)
-            for i, rows in enumerate(fold_rows(provisional, cfg, seed, k))]
+    folds = fold_rows(provisional, cfg, seed, k)
+    return [build(cfg, frame, features, y, _fold_classes(spec, y, labels, classes, rows[0]), rows,
+                  n_dropped=n_dropped, table=table, key=split_key(table, cfg, seed, fold=i, folds=k), fold=i, folds=k)
+            for i, rows in enumerate(folds)]
+
+
+def _fold_classes(spec: ClassSpec, y: np.ndarray, labels: np.ndarray | None,
+                  classes: tuple[np.ndarray, list[str], np.ndarray],
+                  train: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """One fold's classes: those of every row (`classes`), with label classes' edges (threshold's cut points)
+    refitted on the fold's training rows `train`."""
+    if spec.kind != "label":
+        return classes
+    _, names, codes = classes
+    return _label_edges(y[train], labels[train], names), names, codes
 
 
 def n_folds(folds: str, n_rows: int) -> int:

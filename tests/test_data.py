@@ -316,3 +316,22 @@ def test_a_time_ordered_split_tests_on_the_latest_rows(tmp_path, split):
 def test_a_time_ordered_split_refuses_cross_fitting(tmp_path):
     with pytest.raises(UserError, match="pass --folds 1"):
         data.prepare_splits(Data(source=lag_windows(tmp_path / "series.csv"), split="ordered", folds="5"), 0)
+
+
+def test_label_edges_of_each_fold_come_from_its_own_training_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    price = rng.normal(size=300)
+    # overlapping classes: where they separate best depends on which rows are looked at
+    band = np.where(price + rng.normal(scale=0.5, size=300) > 0, "high", "low")
+    path = tmp_path / "prices.csv"
+    pd.DataFrame({"a": price + rng.normal(scale=0.3, size=300), "price": price, "band": band}).to_csv(path, index=False)
+    cfg = Data(source=str(path), target="price", classes="label:band", folds="3")
+    folds = data.prepare_folds(cfg, seed=0, k=3)
+    frame, y, _ = data.load_target(cfg)
+    labels = data.class_labels(data.parse_classes(cfg.classes), frame)
+    provisional, _ = data.strata(data.parse_classes(cfg.classes), y, labels)
+    for fold, (train, _, test) in zip(folds, data.fold_rows(provisional, cfg, 0, 3)):
+        np.testing.assert_array_equal(fold.test_rows, test)
+        np.testing.assert_array_equal(fold.edges, data._label_edges(y[train], labels[train], fold.class_names))
+    assert {tuple(f.class_names) for f in folds} == {("low", "high")}  # one class order in every fold
+    assert len({tuple(f.edges) for f in folds}) == 3
