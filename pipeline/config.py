@@ -110,7 +110,7 @@ class Tune:
     n_trials: int = 8             # new trials this run adds to the study (shared by its workers)
     timeout: float = 0.0          # seconds; 0 = no limit
     epochs: int = 0               # per trial (the pruner watches every epoch); 0 = as the untuned model trained:
-                                  # train.epochs, or slim.epochs for a slim variant (study.trial_epochs)
+                                  # train.epochs, or slim.epochs for a slim variant (study.recipe)
     metric: str = "val/f1_macro"  # or val/log_loss (minimised)
     pruner: str = "median"        # median | hyperband | none
     storage: str = ""             # Optuna storage URL; "" = sqlite optuna.db next to the MLflow store

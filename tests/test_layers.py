@@ -18,7 +18,7 @@ LAYERS = [
     {"__init__", "config", "stop", "memory", "progress"},                                # foundation
     {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
     {"tracking", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},  # store, processes
-    {"stages.common", "stages.heads"},                                                   # what stages share
+    {"stages.common", "stages.heads", "stages.reference"},                               # what stages share
     {"stages.baseline", "stages.head_swap", "stages.slim", "stages.tune", "stages.compare"},  # one stage each
     {"stages.convert"},                                                                  # all stages in order
     {"stages"},                                                                          # the stages' front

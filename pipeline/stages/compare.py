@@ -19,6 +19,7 @@ from .. import decision, jobs, metrics, registry, report, stats, tracking
 from ..config import COMPARE_METRICS, Config, UserError, registered_name
 from ..data import Prepared
 from .common import log_predictions, stands_for
+from .reference import fit_reference, reference_runs
 
 RUN_COLUMNS = {  # metric key -> leaderboard column, averaged over a row's runs (seeds and folds)
     "val/f1_macro": "val_f1_macro", "val/accuracy": "val_accuracy", "val/balanced_accuracy": "val_balanced_acc",
@@ -447,7 +448,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
     with tracking.start("compare", "compare", parent=parent, tags={"split_key": data.split_key}) as run_id:
         if c.reference:
             fitted = jobs.result(reference) if reference is not None else fit_reference(cfg, splits)
-            runs.append(_reference_run(cfg, splits, fitted))
+            runs += reference_runs(cfg, splits, fitted)
         runs.append(_prior_run(cfg, splits))
         board = leaderboard(runs, c.metric, seed=cfg.seed)
         if not board["champion"].any():
@@ -646,54 +647,3 @@ def _raw_example(data: Prepared) -> pd.DataFrame:
     for col in data.preprocessor.categories:
         frame[col] = frame[col].astype(str)
     return frame
-
-
-@dataclass
-class Reference:
-    """The gradient-boosting reference fitted on every split (`fit_reference`), ready to log as its run."""
-    seconds: float                            # fitting, over every split
-    val: list[dict[str, float]]               # validation metrics of each split, under its rule
-    rules: list[dict]                         # the decision rule of each split
-    test: list[tuple[np.ndarray, np.ndarray]]  # each split's test (probabilities, classes its rule picked)
-    latency_ms_per_1k: float
-
-
-def fit_reference(cfg: Config, splits: list[Prepared]) -> Reference:
-    """scikit-learn's HistGradientBoostingClassifier on the same splits (each fold's, when cross-fitted): is
-    the network as good as the data allows? It gets the same decision freedom as the networks, for a fair
-    comparison: a decision rule (temperature, offsets) fitted on its own validation probabilities
-    (decision.fit_scores). No MLflow here: convert starts it in a worker process (jobs.submit) while the
-    baseline trains, and compare logs it (`_reference_run`)."""
-    import time
-
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    seconds, val, rules, test = 0.0, [], [], []
-    for data in splits:
-        t = time.perf_counter()
-        clf = HistGradientBoostingClassifier(random_state=cfg.seed).fit(data.train.x.numpy(), data.train.c.numpy())
-        seconds += time.perf_counter() - t
-        val_scores = decision.scores_of_proba(clf.predict_proba(data.val.x.numpy()))
-        rules.append(decision.fit_scores(val_scores, data.val.c.numpy()))
-        val.append(metrics.classification(data.val.c.numpy(), *decision.apply(rules[-1], val_scores)))
-        test.append(decision.apply(rules[-1], decision.scores_of_proba(clf.predict_proba(data.test.x.numpy()))))
-    x = np.random.default_rng(0).normal(size=(1000, splits[0].n_features)).astype(np.float32)
-    return Reference(seconds, val, rules, test, metrics.median_ms(lambda: clf.predict_proba(x), repeats=5))
-
-
-def _reference_run(cfg: Config, splits: list[Prepared], fitted: Reference):
-    """The reference's run: its rules as params (per fold `fold_<i>.rule.*`), its validation metrics (the mean
-    over folds), its test predictions logged like every strategy's."""
-    with tracking.start("reference_hgb", "compare", strategy="reference_hgb",
-                        tags={"split_key": splits[0].split_key, "seed": str(cfg.seed),
-                              "folds": str(len(splits))}) as run_id:
-        for data, rule in zip(splits, fitted.rules):
-            prefix = "" if len(splits) == 1 else f"fold_{data.fold}."
-            tracking.log_params({prefix + k: v for k, v in decision.as_params(rule).items()})
-        tracking.log_params({"model": "sklearn.ensemble.HistGradientBoostingClassifier", "seed": cfg.seed,
-                             "folds": len(splits)})
-        values = {f"val/{k}": float(np.mean([v[k] for v in fitted.val])) for k in fitted.val[0]}
-        values |= log_predictions([(data, *test) for data, test in zip(splits, fitted.test)], seed=cfg.seed)
-        tracking.log_metrics({**values, "cost/train_seconds": fitted.seconds,
-                              "cost/latency_ms_per_1k": fitted.latency_ms_per_1k})
-    return tracking.get_run(run_id)

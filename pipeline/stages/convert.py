@@ -14,8 +14,9 @@ from ..train import batch_and_lr, resolve_device, seeded
 from ..surgery import Head
 from .baseline import baseline, baseline_key, new_regressor
 from .common import StageResult, log_run_inputs, say, stage_output, stands_for, warn
-from .compare import Comparison, compare, fit_reference
+from .compare import Comparison, compare
 from .head_swap import head_swap, start_early
+from .reference import fit_reference
 from .slim import slim
 from .tune import tune
 
