@@ -5,8 +5,14 @@
   MLflow run ended FAILED, and the trial retried (`RetryHeartbeatStaleTrialCallback`).
 - A study remembers its objective (`metric` user attribute); reopening it with another is refused.
 - Every trial retrains the source model from its start (the weights its own training started from), never
-  from its converged weights; a new study's trial 0 is the untuned configuration (`untuned_params`), so
-  the search starts from what the source model already does.
+  from its converged weights, by the source's own recipe (`recipe`: its phases, epochs, distillation) and
+  with the source's own seed: trials differ in their configuration only, not in seed noise. A new study's
+  trial 0 is the untuned configuration (`untuned_params`, inside the search space widened to hold it:
+  `holding`), so trial 0 trains the untuned model again, exactly, and the search starts from it.
+- Trials are judged by the model's own decision (`own_outputs`: no rule fitted on the selection rows), the
+  pruner each epoch and the objective at the end alike; a tuned model is kept only when its gain over the
+  untuned one exceeds the paired bootstrap standard error of that gain on the selection rows (`improvement`,
+  `keeps`): the best of n trials beats its start by noise alone.
 - Each trial is an MLflow run nested under the tune stage run (strategy=trial_<n>) holding its params,
   per-epoch validation curves and model; PRUNED ends it KILLED, FAIL ends it FAILED; the trial keeps
   the run id as user attribute `mlflow_run_id`, so optuna-dashboard and MLflow point at each other.
@@ -34,12 +40,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import decision, jobs, metrics, stop, tracking
+from . import decision, jobs, metrics, stats, stop, tracking
 from .config import TUNE_METRICS, Config, UserError, data_name, first_line
 from .data import Prepared
 from .model import architecture, mark_start
-from .surgery import find_head, recorded_head, set_dropout
-from .train import batch_and_lr, classification_task, fit, resolve_device, use_threads
+from .surgery import find_head, freeze_backbone, recorded_head, set_dropout, unfreeze
+from .train import Distill, batch_and_lr, classification_task, fit, predict, resolve_device, use_threads
 
 HEARTBEAT_S, GRACE_S = 2, 8  # a trial without a heartbeat for 8 s belongs to a dead worker
 
@@ -204,6 +210,14 @@ def make_pruner(cfg: Config, epochs: int) -> optuna.pruners.BasePruner:
 
 
 @dataclass
+class Recipe:
+    """How the source model was trained, which every trial repeats with its own configuration: its `phases`,
+    each (epochs, learning-rate factor, head only), and for a distilled slim variant its teacher's soft labels."""
+    phases: tuple[tuple[int, float, bool], ...]
+    distill: Distill | None = None
+
+
+@dataclass
 class Job:
     """All a worker needs, picklable for a spawned process."""
     cfg: Config
@@ -217,8 +231,14 @@ class Job:
     target: int
     timeout: float | None  # seconds, counted from the worker's start (after its imports and set-up)
     seed: int          # the sampler's
-    epochs: int        # each trial's budget (trial_epochs)
-    train_seed: int    # trial n trains with train_seed + n: trial 0 with the untuned run's own seed
+    recipe: Recipe     # how each trial trains (`recipe`)
+    train_seed: int    # every trial trains with it, the untuned run's own: trials differ in their configuration only
+    space: dict | None = None  # what a trial searches (`holding`); None: search_space(cfg)
+
+    @property
+    def epochs(self) -> int:
+        """A trial's epochs at most, over its phases: what the pruner counts in."""
+        return sum(epochs for epochs, _, _ in self.recipe.phases)
 
 
 def search_space(cfg: Config) -> dict[str, tuple[float, float, bool]]:
@@ -228,39 +248,68 @@ def search_space(cfg: Config) -> dict[str, tuple[float, float, bool]]:
             "lr": (t.lr_min, t.lr_max, True), "weight_decay": (t.weight_decay_min, t.weight_decay_max, True)}
 
 
-def trial_epochs(cfg: Config, source_stage: str | None) -> int:
-    """A trial's epoch budget: `tune.epochs`, or when that is 0 (the default) the budget the source model's
-    own training had (slim.epochs for a slim variant, train.epochs for a head-swap model), with early
-    stopping at train.patience as there. So trial 0, the untuned configuration, retrains the source model as
-    its own run did (same start, batch, lr, weight decay, seed and epochs: the same model, checked by
-    tests/test_tune.py), and a trial differs from it only in its hyperparameters. That holds for finetune,
-    warm_start, scratch and threshold (no training: trial 0 fine-tunes it) and for slim variants fine-tuned
-    without distillation; linear_probe (frozen backbone), lp_ft (a probe, then a fine-tune at a lower lr) and
-    distilled variants trained otherwise, so their trial 0 is the plain fine-tune closest to them. Either way
-    the source model itself competes with the trials (stages/tune.py)."""
+def holding(space: dict[str, tuple[float, float, bool]],
+            untuned: dict[str, float]) -> tuple[dict[str, tuple[float, float, bool]], list[str]]:
+    """`space` widened to hold the untuned configuration, so that trial 0 is exactly the untuned model's training
+    (a value moved to a bound would train another model), and each widening said as text. A log range cannot
+    hold 0 (a weight decay of 0): that one becomes a linear range from 0."""
+    out, said = dict(space), []
+    for name, (low, high, log) in space.items():
+        value = untuned[name]
+        if low <= value <= high:
+            continue
+        if log and value <= 0:
+            out[name] = (0.0, high, False)
+            said.append(f"{name} from 0 (a linear range: a log range cannot hold 0)")
+        else:
+            out[name] = (min(low, value), max(high, value), log)
+            said.append(f"{name} {'down' if value < low else 'up'} to {value:g}")
+    return out, said
+
+
+def recipe(cfg: Config, made_by: dict[str, str], data: Prepared, device) -> Recipe:
+    """How the source model's own run trained it (`made_by`: that run's tags, stage and strategy), which every
+    trial repeats from the same start with its own configuration; so trial 0, the untuned configuration, trains
+    the same model again (same start, phases, batch, lr, weight decay, seed and epochs: checked by
+    tests/test_tune.py). linear_probe trains the head only; lp_ft the head, then everything at lr *
+    head_swap.lp_ft_lr_factor; a slim variant fine-tunes for slim.epochs, a distilled one on its teacher's soft
+    labels too; threshold trains nothing (no phases: nothing to tune); the rest (finetune, warm_start, scratch,
+    the ordinal heads, a tuned model) train everything. `tune.epochs`, when set, replaces each phase's epochs."""
+    stage, strategy = made_by.get("stage"), made_by.get("strategy", "")
+    t = cfg.train
+    if stage == "head_swap" and strategy == "threshold":
+        return Recipe(())
+    if stage == "slim":
+        phases = ((cfg.slim.epochs, 1.0, False),)
+    elif stage == "head_swap" and strategy == "linear_probe":
+        phases = ((t.epochs, 1.0, True),)
+    elif stage == "head_swap" and strategy == "lp_ft":
+        phases = ((t.epochs, 1.0, True), (t.epochs, cfg.head_swap.lp_ft_lr_factor, False))
+    else:
+        phases = ((t.epochs, 1.0, False),)
     if cfg.tune.epochs:
-        return cfg.tune.epochs
-    return cfg.slim.epochs if source_stage == "slim" else cfg.train.epochs
+        phases = tuple((cfg.tune.epochs, factor, probe) for _, factor, probe in phases)
+    distill = None
+    if stage == "slim" and strategy.endswith("_distill"):  # the teacher: the model slim cut the variant from
+        teacher = tracking.load_run_model(made_by["source_run"]).to(device).eval()
+        distill = Distill(predict(teacher, data.train.x, device), cfg.slim.temperature, cfg.slim.alpha)
+    return Recipe(phases, distill)
 
 
-def untuned_params(model: torch.nn.Module, cfg: Config, data: Prepared) -> tuple[dict[str, float], list[str]]:
-    """The configuration `model` was trained with, as a trial's params, and the values that had to move.
+def untuned_params(model: torch.nn.Module, cfg: Config, data: Prepared) -> dict[str, float]:
+    """The configuration `model` was trained with, as a trial's params.
 
     Dropout: what the model has now (the rates of its recorded dropout op when that wraps its head, which
     set_dropout would set again; else 0: the model's own layers, an MLP's model.dropout included, stay in
     every trial). Learning rate: train.lr as its fit used it (train.batch_and_lr: an auto batch scales it).
-    Weight decay: train.weight_decay. A value outside the search space moves to its nearest bound (a log
-    range cannot hold a weight decay of 0); each such move is returned as "name old -> new"."""
+    Weight decay: train.weight_decay. The search space is widened to hold them (`holding`)."""
     done = [op for op in architecture(model)["ops"] if op["op"] == "dropout"]
     p_head, p_hidden = ((done[-1]["p_head"], done[-1]["p_hidden"])
                         if done and recorded_head(model) == f"{done[-1]['head']}.1" else (0.0, 0.0))
     t = cfg.train
-    wanted = {"head_dropout": p_head, "hidden_dropout": p_hidden,
-              "lr": batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[1],
-              "weight_decay": t.weight_decay}
-    params = {name: min(max(wanted[name], low), high) for name, (low, high, _) in search_space(cfg).items()}
-    moved = [f"{name} {wanted[name]:g} -> {params[name]:g}" for name in params if params[name] != wanted[name]]
-    return params, moved
+    return {"head_dropout": p_head, "hidden_dropout": p_hidden,
+            "lr": batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[1],
+            "weight_decay": t.weight_decay}
 
 
 def enqueue_untuned(study: optuna.Study, params: dict[str, float]) -> bool:
@@ -273,66 +322,99 @@ def enqueue_untuned(study: optuna.Study, params: dict[str, float]) -> bool:
     return True
 
 
-def val_values(model: torch.nn.Module, data: Prepared, device, fit_rule: bool = True) -> dict[str, float]:
-    """val/* classification metrics of `model` under its decision rule: what a trial returns its objective
-    from (`fit_rule`: its rule is fitted on validation first, as log_classifier does for every classifier),
-    and what the tune stage scores the untuned source model with (`fit_rule=False`: the rule it was logged
-    with), so the two compare like for like."""
-    if fit_rule:
-        decision.fit_rule(model, data, device)
-    proba, pred = decision.outputs(model, data.val.x, device, data.n_classes)
+def own_outputs(model: torch.nn.Module, x: torch.Tensor, device, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's probabilities and classes by its own decision (decision.identity: T = 1, argmax, an ordinal
+    head's median), whatever rule it carries: what tuning selects on. A rule fitted on the selection rows
+    raises their macro-F1 by an amount that varies from model to model (its offsets fit those rows' noise), and
+    fitting one every epoch for the pruner would cost more than the epoch; so the pruner, the objective and
+    the keep decision all judge the model's own decision, and the chosen model's rule is fitted once, after."""
+    k = n_classes
+    scores = decision.scores_of(predict(model, x, device), k)
+    return decision.apply(decision.identity(k, decision.is_ordinal(model, k)), scores)
+
+
+def val_values(model: torch.nn.Module, data: Prepared, device) -> dict[str, float]:
+    """val/* classification metrics of `model` by its own decision (`own_outputs`): what a trial returns its
+    objective from, and what the tune stage scores the untuned model with, like for like."""
+    proba, pred = own_outputs(model, data.val.x, device, data.n_classes)
     return metrics.prefixed("val", metrics.classification(data.val.c.numpy(), proba, pred))
 
 
-def beats(value: float, untuned: float, metric: str) -> bool:
-    """Whether a trial's objective `value` is better than the untuned model's; a difference below 1e-6 is
-    float noise between two runs of the same training (trial 0 against its source), not an improvement."""
-    gain = value - untuned if TUNE_METRICS[metric] == "maximize" else untuned - value
-    return gain > 1e-6
-
-
-def metric_value(out: torch.Tensor, data: Prepared, metric: str) -> float:
-    """The objective on the validation split from raw outputs (N, out)."""
-    proba = metrics.probabilities(out.cpu(), data.n_classes)
+def metric_value(out: torch.Tensor, data: Prepared, metric: str, ordinal: bool) -> float:
+    """The objective on the validation split from raw outputs (N, out), by the model's own decision, as
+    `val_values` scores the trained model: what the pruner watches each epoch."""
+    proba, pred = decision.apply(decision.identity(data.n_classes, ordinal), decision.scores_of(out, data.n_classes))
     c = data.val.c.numpy()
+    return metrics.log_loss(c, proba) if metric == "val/log_loss" else metrics.f1_macro(c, pred, data.n_classes)
+
+
+def improvement(c: np.ndarray, tuned: tuple[np.ndarray, np.ndarray], untuned: tuple[np.ndarray, np.ndarray],
+                metric: str, seed: int = 0, n_boot: int = 1000) -> tuple[float, float]:
+    """(gain, noise) of the tuned model over the untuned one on the selection rows: `gain` the objective's
+    change (positive: better; log loss falls), `noise` its paired bootstrap standard error, both models scored on
+    the same resamples of the rows (classes `c`; `tuned` and `untuned` each (probabilities, classes))."""
+    k = tuned[0].shape[1]
     if metric == "val/log_loss":
-        return metrics.log_loss(c, proba)
-    return metrics.f1_macro(c, proba.argmax(axis=1), data.n_classes)
+        def row_loss(proba: np.ndarray) -> np.ndarray:
+            return -np.log(np.clip(proba[np.arange(len(c)), c], 1e-15, 1.0))
+
+        d = row_loss(untuned[0]) - row_loss(tuned[0])
+        samples = np.concatenate([counts @ d / len(c) for counts in stats.count_blocks(len(c), n_boot, seed)])
+        return float(d.mean()), float(samples.std(ddof=1))
+    boot = stats.bootstrap(c, {"tuned": tuned[1], "untuned": untuned[1]}, k, n_boot=n_boot, seed=seed)
+    gain = boot.estimates["tuned"]["f1_macro"] - boot.estimates["untuned"]["f1_macro"]
+    return gain, float(np.std(boot.samples["tuned"]["f1_macro"] - boot.samples["untuned"]["f1_macro"], ddof=1))
+
+
+def keeps(gain: float, noise: float) -> bool:
+    """Whether a tuned model is kept over the untuned one: its gain on the selection rows must exceed the noise
+    of those rows (`improvement`), else the search maximum is the winner's curse: the best of n draws."""
+    return gain > noise
 
 
 def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepared, cfg: Config, seed: int,
-                 epochs: int, on_epoch=None):
+                 recipe: Recipe, on_epoch=None) -> list:
     """Train `model` in place as a trial does: from the weights it holds (the caller loads the source model's
-    start), its head and hidden dropout set to the configuration's, then fit for `epochs` with the
-    configuration's learning rate and weight decay, and the untuned run's batch and early stopping. The one
-    home of what a configuration trains, so the best one refitted on another fold (convert, cross-fitted)
-    trains exactly the same way."""
+    start), its head and hidden dropout set to the configuration's, then each phase of `recipe` with the
+    configuration's learning rate (times the phase's factor) and weight decay, and the untuned run's batch and
+    early stopping. The one home of what a configuration trains, so the best one refitted on another fold
+    (convert, cross-fitted) trains exactly the same way. Returns each phase's History."""
     k = data.n_classes
     head = find_head(model, data.n_features, recorded_head(model), n_out=1 if k == 2 else k)
-    set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
+    head_name, _ = set_dropout(model, head, params["head_dropout"], params["hidden_dropout"])
     mark_start(model)  # a tuned model tuned again retrains from here
     t = cfg.train
-    return fit(model, data.train, data.val, classification_task(k), epochs=epochs,
-               batch_size=batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[0],
-               lr=params["lr"], weight_decay=params["weight_decay"],
-               patience=t.patience, seed=seed, device=resolve_device(t.device), on_epoch=on_epoch,
-               class_weight=t.class_weight, stop=stop.check)
+    batch = batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)[0]
+    hists, done = [], 0
+    for epochs, factor, head_only in recipe.phases:
+        def phase_epoch(epoch, logs, val_out, done=done):  # one epoch count over the phases, as the pruner needs
+            on_epoch(done + epoch, logs, val_out)
+
+        hists.append(fit(model, data.train, data.val, classification_task(k), epochs=epochs, batch_size=batch,
+                         lr=params["lr"] * factor, weight_decay=params["weight_decay"], patience=t.patience,
+                         seed=seed, device=resolve_device(t.device), on_epoch=on_epoch and phase_epoch,
+                         params=freeze_backbone(model, head_name) if head_only else None,
+                         distill=recipe.distill, class_weight=t.class_weight, stop=stop.check))
+        unfreeze(model)
+        done += hists[-1].epochs
+    return hists
 
 
 def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
     cfg, data = job.cfg, job.data
     gate.release()  # the trial exists now: other local workers may count it
     params = {name: trial.suggest_float(name, low, high, log=log)
-              for name, (low, high, log) in search_space(cfg).items()}
+              for name, (low, high, log) in (job.space or search_space(cfg)).items()}
     name = f"trial_{trial.number}"
     untuned = {"untuned": "true"} if trial.user_attrs.get("untuned") else {}
     with tracking.start(name, "tune", strategy=name, parent=job.stage_run, killed_on=(optuna.TrialPruned,),
                         tags={"split_key": data.split_key, "optuna_study": job.study_name,
-                              "optuna_trial": str(trial.number), **untuned}) as run_id:
+                              "optuna_trial": str(trial.number), "seed": str(job.train_seed), **untuned}) as run_id:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
                              "optuna.trial": trial.number, **job.cfg.flat()})
         model = tracking.rebuild(job.architecture, job.state)  # the source model's start, never its converged weights
+        ordinal = decision.is_ordinal(model, data.n_classes)
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
 
@@ -341,7 +423,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
 
         def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
             trained[0] = epoch
-            value = metric_value(val_out, data, cfg.tune.metric)
+            value = metric_value(val_out, data, cfg.tune.metric, ordinal)
             log.add(epoch, {**logs, cfg.tune.metric: value})
             # a report is a storage round trip (more across a network): made only for
             # a pruner to act on; the curve is in MLflow either way
@@ -351,12 +433,12 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            hist = train_config(model, params, data, cfg, job.train_seed + trial.number, job.epochs, on_epoch)
+            hists = train_config(model, params, data, cfg, job.train_seed, job.recipe, on_epoch)
         finally:
             log.flush()  # a pruned trial keeps its curve up to the epoch it was stopped
             trial.set_user_attr("epochs", trained[0])
         values = val_values(model, data, device)
-        tracking.log_final_metrics({**values, "cost/train_seconds": hist.seconds})
+        tracking.log_final_metrics({**values, "cost/train_seconds": sum(h.seconds for h in hists)})
         tracking.log_model(model, data.val.x[:5].numpy(), servable=False)
         return values[cfg.tune.metric]
 

@@ -9,18 +9,21 @@ import time
 import uuid
 
 import mlflow
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import torch
 from conftest import (invoke, process_env, runs_of, start_in_own_group, stderr_after, tiny_args, tiny_config,
-                      wait_until_training)
+                      use_store, wait_until_training)
 from optuna.trial import TrialState
 
 from pipeline import config, tracking
 from pipeline import study as optuna_study
 from pipeline.config import UserError
 from pipeline.model import MLP, architecture
+from pipeline.stages.common import StageResult
+from pipeline.stages.tune import start_weights
 from pipeline.surgery import new_head, swap_head
 from pipeline.train import predict
 
@@ -33,7 +36,7 @@ def test_objective_with_a_fixed_trial(experiment, tiny_data):
     with tracking.start("tune", "tune") as stage_run:
         job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), tracking.setup(None),
                                stage_run, "unused", "fixed", target=1, timeout=None, seed=0,
-                               epochs=optuna_study.trial_epochs(cfg, "head_swap"), train_seed=0)
+                               recipe=optuna_study.Recipe(((5, 1.0, False),)), train_seed=0)
         trial = optuna.trial.FixedTrial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
         value = optuna_study.objective(trial, job, optuna_study._Gate(None))
     assert 0.0 <= value <= 1.0
@@ -133,48 +136,160 @@ def test_trial_0_is_the_untuned_configuration(experiment, store):
 
 
 @pytest.mark.slow
-def test_trial_0_retrains_the_untuned_run_exactly(experiment, store):
-    # tune.epochs 0: trials get the untuned run's budget (train.epochs 12, same batch, lr, seed)
-    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=0",
-                     "--set", "tune.pruner=none")
-    assert invoke("convert", *args).exit_code == 0
-    stage, _, [trial_0] = _tune_runs(experiment)
-    assert trial_0.data.tags["untuned"] == "true"
+def test_trial_0_retrains_the_untuned_run_exactly_and_is_no_tuned_row(experiment, store):
+    # tune.epochs 0: trials get the untuned run's recipe (lp_ft: a probe, then a fine-tune at lr * 0.1; train.epochs
+    # 12, same batch, lr, seed). Its lr and weight decay of 0 lie outside the searched ranges, which widen to hold them
+    args = tiny_args(experiment, *NO_SLIM, "--strategies", "lp_ft", "--set", "tune.n_trials=1",
+                     "--set", "tune.epochs=0", "--set", "tune.pruner=none", "--set", "train.weight_decay=0",
+                     "--set", "tune.lr_min=1e-9", "--set", "tune.lr_max=2e-9")
+    result = invoke("convert", *args)
+    assert result.exit_code == 0, result.output
+    assert "the search space widened to hold it: lr up to 0.003, weight_decay from 0" in result.output
+    stage, source, [trial_0] = _tune_runs(experiment)
+    assert trial_0.data.tags["untuned"] == "true" and source.data.tags["strategy"] == "lp_ft"
+    assert (trial_0.data.params["trial.lr"], trial_0.data.params["trial.weight_decay"]) == ("0.003", "0.0")
     assert trial_0.data.metrics["val/f1_macro"] == stage.data.metrics["untuned/val/f1_macro"]
+    # the same model again is no improvement: the untuned model stays, and there is no tuned row
+    assert stage.data.metrics["best/gain"] == 0 and "tune: no trial beat the untuned lp_ft" in result.output
+    assert stage.data.tags["tuned"] == "no_better" and stage.data.tags["model_run"] == source.info.run_id
+    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    assert "tuned" not in set(board["strategy"])
 
 
 @pytest.mark.slow
 def test_a_trial_starts_from_the_start_weights_not_the_trained_ones(experiment, store, tiny_data):
-    # a learning rate of ~1e-9 for one epoch leaves a trial's model where it started
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=1",
-                     "--set", "tune.pruner=none", "--set", "tune.lr_min=1e-9", "--set", "tune.lr_max=2e-9")
+                     "--set", "tune.pruner=none")
     assert invoke("convert", *args).exit_code == 0
     _, source, [trial] = _tune_runs(experiment)
     trained = tracking.load_run_model(source.info.run_id)
-    start = tracking.rebuild(architecture(trained))
-    start.load_state_dict(trained.reg2cls_start)
+    # one epoch of the untuned configuration from the start: the trial's model, and far from the trained one
+    again = tracking.rebuild(architecture(trained), start_weights(trained))
+    cfg = tiny_config(**{"tune.epochs": 1})
+    optuna_study.train_config(again, optuna_study.untuned_params(trained, cfg, tiny_data), tiny_data, cfg,
+                              int(source.data.tags["seed"]), optuna_study.Recipe(((1, 1.0, False),)))
     x = tiny_data.val.x
     tried = predict(tracking.load_run_model(trial.info.run_id), x)
-    assert torch.allclose(tried, predict(start, x), atol=1e-4)
+    assert torch.allclose(tried, predict(again, x), atol=1e-6)
     assert not torch.allclose(tried, predict(trained, x), atol=1e-2)
 
 
+@pytest.fixture(scope="module")
+def trained_kinds(store_uri, tmp_path_factory):
+    """The stages run directly (no convert, no tune): a baseline, head_swap with threshold and the strategies that
+    train otherwise than a plain fine-tune (linear_probe, lp_ft), and slim with a distilled variant; weight decay
+    0, outside the searched range. Yields (config, data, head_swap strategy runs and slim runs by strategy)."""
+    from pipeline import data, stages
+    from pipeline.train import use_threads
+
+    use_threads(1)  # as the CLI runs them (train.threads): a second thread on a busy machine costs many times over
+    cfg = tiny_config(**{"head_swap.strategies": ("threshold", "linear_probe", "lp_ft"), "train.weight_decay": 0.0,
+                         "slim.keep_ratios": ("0.5",), "slim.depth": False, "slim.distill": True, "slim.epochs": 4,
+                         "tune.epochs": 0, "tune.n_trials": 1, "tune.pruner": "none"})
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, store_uri, tmp_path_factory.mktemp("kinds"))
+        tracking.use_experiment(f"kinds-{uuid.uuid4().hex[:6]}")
+        prepared = data.prepare(cfg.data, cfg.seed)
+        swapped = stages.head_swap(cfg, prepared, stages.baseline(cfg, prepared, None))
+        slimmed = stages.slim(cfg, prepared, swapped)
+        runs = {r.data.tags["strategy"]: r for stage in (swapped, slimmed) for r in tracking.children(stage.run_id)}
+        yield cfg, prepared, runs
+
+
 @pytest.mark.slow
-def test_when_no_trial_beats_the_untuned_model_there_is_no_tuned_row(experiment, store):
-    # every trial's learning rate is ~1e-9: none can improve on the trained model it competes with
-    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=2", "--set", "tune.pruner=none",
-                     "--set", "tune.lr_min=1e-9", "--set", "tune.lr_max=2e-9")
-    result = invoke("convert", *args)
-    assert result.exit_code == 0, result.output
-    assert "trial 0 is the untuned configuration, moved into the search space: lr 0.003 -> 2e-09" in result.output
-    assert "tune: no trial beat the untuned finetune" in result.output
-    stage, source, _ = _tune_runs(experiment)
-    assert stage.data.tags["tuned"] == "no_better" and stage.data.tags["model_run"] == source.info.run_id
-    [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
-    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
-    assert list(board["strategy"]) == ["finetune"]
-    assert "Tuning: the Optuna study found nothing better than the untuned finetune" in \
-        parent.data.tags["mlflow.note.content"]
+@pytest.mark.parametrize("strategy", ["linear_probe", "lp_ft", "width_0.5_distill"])
+def test_trial_0_trains_each_kind_of_source_again_exactly(trained_kinds, strategy):
+    cfg, prepared, runs = trained_kinds
+    run = runs[strategy]
+    trained = tracking.load_run_model(run.info.run_id)
+    untuned = optuna_study.untuned_params(trained, cfg, prepared)
+    space, _ = optuna_study.holding(optuna_study.search_space(cfg), untuned)
+    assert untuned["weight_decay"] == 0 and all(low <= untuned[k] <= high for k, (low, high, _) in space.items())
+    again = tracking.rebuild(architecture(trained), start_weights(trained))
+    recipe = optuna_study.recipe(cfg, run.data.tags, prepared, "cpu")
+    optuna_study.train_config(again, untuned, prepared, cfg, int(run.data.tags["seed"]), recipe)
+    x = prepared.val.x
+    assert torch.allclose(predict(again, x), predict(trained, x), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_source_that_trains_nothing_is_kept_without_a_study(trained_kinds):
+    from pipeline.stages import tune
+
+    cfg, prepared, runs = trained_kinds
+    source = runs["threshold"]
+    result = tune(cfg, prepared, StageResult(source.info.run_id, tracking.load_run_model(source.info.run_id),
+                                             source.info.run_id))
+    stage = tracking.get_run(result.run_id)
+    assert result.model_run == source.info.run_id and stage.data.tags["tuned"] == "no_better"
+    assert "optuna_study" not in stage.data.tags and not tracking.children(result.run_id)
+
+
+def test_every_trial_trains_with_the_same_seed(experiment, tiny_data):
+    # two trials of one configuration are one model: trials differ in their configuration, never in seed noise
+    cfg = tiny_config(**{"tune.pruner": "none"})
+    tracking.use_experiment(experiment)
+    torch.manual_seed(0)
+    model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        study.enqueue_trial({"head_dropout": 0.1, "hidden_dropout": 0.1, "lr": 3e-3, "weight_decay": 1e-4})
+    with tracking.start("tune", "tune") as stage_run:
+        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), tracking.setup(None),
+                               stage_run, "unused", "same-seed", target=2, timeout=None, seed=0,
+                               recipe=optuna_study.Recipe(((4, 1.0, False),)), train_seed=5)
+        study.optimize(lambda t: optuna_study.objective(t, job, optuna_study._Gate(None)), n_trials=2)
+    first, second = (tracking.load_run_model(t.user_attrs["mlflow_run_id"]) for t in study.trials)
+    assert torch.equal(predict(first, tiny_data.val.x), predict(second, tiny_data.val.x))
+
+
+def _log_loss_pair(mean_gain: float, n: int = 400, k: int = 3) -> tuple:
+    """Classes and (untuned, tuned) (probabilities, classes) on n rows whose log losses differ row by row by
+    noise of 0.05 around `mean_gain` (the tuned model's true-class probability times exp(difference))."""
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, k, n)
+    p = rng.dirichlet(np.ones(k), n) * 0.4 + np.eye(k)[c] * 0.3 + 0.3 / k  # true class at most 0.8
+    d = rng.normal(0, 0.05, n)
+    d = d - d.mean() + mean_gain
+    q = p.copy()
+    q[np.arange(n), c] = p[np.arange(n), c] * np.exp(d)
+    others = np.ones_like(q, dtype=bool)
+    others[np.arange(n), c] = False
+    q[others] *= np.repeat((1 - q[np.arange(n), c]) / (1 - p[np.arange(n), c]), k - 1)
+    return c, (p, p.argmax(1)), (q, q.argmax(1))
+
+
+def test_the_keep_rule_refuses_a_gain_within_the_noise_of_the_selection_rows():
+    c, untuned, tuned = _log_loss_pair(1e-6)
+    gain, noise = optuna_study.improvement(c, tuned, untuned, "val/log_loss")
+    assert gain == pytest.approx(1e-6, abs=1e-9) and noise > 1e-3
+    assert not optuna_study.keeps(gain, noise)
+
+
+def test_the_keep_rule_keeps_a_gain_well_beyond_the_noise():
+    c, untuned, tuned = _log_loss_pair(0.02)
+    assert optuna_study.keeps(*optuna_study.improvement(c, tuned, untuned, "val/log_loss"))
+
+
+def test_the_same_classes_again_are_no_macro_f1_improvement():
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 3, 300)
+    pred = np.where(rng.random(300) < 0.7, c, (c + 1) % 3)
+    proba = np.eye(3)[pred]
+    gain, noise = optuna_study.improvement(c, (proba, pred), (proba, pred.copy()), "val/f1_macro")
+    assert gain == 0 and not optuna_study.keeps(gain, noise)
+
+
+def test_a_macro_f1_gain_beyond_the_noise_is_kept():
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 3, 300)
+    wrong = rng.random(300) < 0.4
+    untuned = np.where(wrong, (c + 1) % 3, c)
+    tuned = np.where(wrong & (rng.random(300) < 0.5), c, untuned)  # half the mistakes fixed
+    gain, noise = optuna_study.improvement(c, (np.eye(3)[tuned], tuned), (np.eye(3)[untuned], untuned),
+                                           "val/f1_macro")
+    assert gain > 0.1 and optuna_study.keeps(gain, noise)
 
 
 @pytest.mark.parametrize("name", ["lr", "weight_decay"])
