@@ -97,7 +97,7 @@ def intervals_figure(board: pd.DataFrame, metric: str):
     y = np.arange(len(shown))
     low, high = shown["f1_macro_ci_low"].to_numpy(), shown["f1_macro_ci_high"].to_numpy()
     mid = shown["f1_macro"].to_numpy()
-    colors = ["tab:red" if i == champion else "tab:green" if s == "reference_hgb" else "tab:blue"
+    colors = ["tab:red" if i == champion else "tab:green" if str(s).startswith("reference") else "tab:blue"
               for i, s in enumerate(shown["strategy"])]
     ax.hlines(y, low, high, colors=colors, lw=2)
     ax.scatter(mid, y, c=colors, zorder=3)
@@ -270,6 +270,12 @@ GLOSSARY = {
              "model's starting weights; absent when no trial beat the untuned model",
     "reference_hgb": "scikit-learn's gradient boosting on the same splits: how good the data allows, not a "
                      "candidate",
+    "reference_hgb_regressor": "scikit-learn's gradient-boosting regressor cut at the class edges: the reference's "
+                               "own threshold, not a candidate",
+    "prior": "the no-information floor: classes drawn at their training frequencies, the features ignored; "
+             "macro-F1 about 1/K",
+    "nested": "cross-fitted only: each fold's own champion, chosen on that fold's validation rows, predicting that "
+              "fold's test rows: the honest score of the selection procedure",
 }
 
 

@@ -94,7 +94,7 @@ def test_experiment_gets_a_description_once(converted):
 def test_convert_description_links_the_champion_run_and_version(converted):
     parent = converted["parent"]
     note, tags = parent.data.tags["mlflow.note.content"], parent.data.tags
-    assert f"runs/{tags['champion_run']})" in note
+    assert f"runs/{tags['champion_run']}?workflowType=machine_learning)" in note
     assert f"#/models/{tags['registered_model']}/versions/{tags['registered_version']})" in note
 
 

@@ -482,12 +482,14 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
         pooled = pooled_predictions([tracking.get_run(run) for run in str(top["runs"]).split(",")])
         images, notes = report.figures(board, pooled, c.metric, data.class_names, tags)
         report.describe_runs(board, c.metric, tags)
-        if tune_run is not None and tune_run.data.tags.get("tuned") == "no_better":
+        if tune_run is not None and "tune_skipped" in tune_run.data.tags:
+            summary.append(f"Tuning: skipped ({tune_run.data.tags['tune_skipped']}), so there is no tuned row.")
+        elif tune_run is not None and tune_run.data.tags.get("tuned") == "no_better":
             m, logged = tune_run.data.params.get("tune.metric", "val/f1_macro"), tune_run.data.metrics
             start = tracking.get_run(tune_run.data.tags["source_run"]).data.tags.get("strategy", "model")
-            summary.append(f"Tuning: the Optuna study found nothing better than the untuned {start} ({m} "
-                           f"{logged.get(f'untuned/{m}', float('nan')):.4f}, best trial "
-                           f"{logged.get(f'best/{m}', float('nan')):.4f}), so there is no tuned row.")
+            summary.append(f"Tuning: the Optuna study found nothing better than the untuned {start} by more than "
+                           f"the noise of the validation rows ({m} {logged.get(f'untuned/{m}', float('nan')):.4f}, "
+                           f"best trial {logged.get(f'best/{m}', float('nan')):.4f}), so there is no tuned row.")
         shown = display(board, c.metric)
         table = report.markdown(shown)
         tracking.log_files_to(parent, {
