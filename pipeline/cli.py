@@ -332,6 +332,7 @@ def _print_comparison(cfg, compared) -> None:
     """The answer first (the verdict, wrapped to the terminal's usual width), then the leaderboard within 100
     columns (under --verbose every row; else the rows the verdict names and the best few on validation), then
     how to use the champion."""
+    import shlex
     import textwrap
 
     from . import progress
@@ -348,8 +349,8 @@ def _print_comparison(cfg, compared) -> None:
     if len(shown) < len(board):
         click.echo(f"... {len(board) - len(shown)} more rows: --verbose, or leaderboard.md on the convert run")
     if compared.registered:
-        click.echo(f"Predict: reg2cls predict --model-uri models:/{compared.registered}@champion --input new.csv "
-                   "--output predictions.csv")
+        uri = shlex.quote(f"models:/{compared.registered}@champion")  # a name with a space stays one argument
+        click.echo(f"Predict: reg2cls predict --model-uri {uri} --input new.csv --output predictions.csv")
 
 
 @cli.command()

@@ -371,14 +371,39 @@ def registered_name(cfg: Config, experiment: str | None = None) -> str:
     return cfg.compare.register or f"{experiment or cfg.experiment}-{data_name(cfg.data.source)}"
 
 
-def registered_name_problem(name: str) -> str | None:
-    """Why MLflow would refuse `name` as a registered model name (its own rules), or None."""
-    import posixpath
+MAX_NAME = 200  # characters of an experiment, registered model or study name; a study's default name adds ~30
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` (an experiment, registered model or study) would not survive the trip through MLflow, Optuna,
+    a models:/ URI and a shell command that prints it, or None: empty, too long, spaces at either end, or a
+    control character (a newline vanishes from a models:/ URI, so the printed `predict` command fails)."""
+    import unicodedata
 
     if not name.strip():
         return "it is empty"
-    if "/" in name or ":" in name:
-        return "it contains '/' or ':'"
+    if len(name) > MAX_NAME:
+        return f"it is {len(name)} characters long (at most {MAX_NAME})"
+    if name != name.strip():
+        return "it starts or ends with a space"
+    control = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if control is not None:
+        return f"it holds the control character {control!r}"
+    return None
+
+
+def registered_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a registered model name that `models:/<name>@champion` finds again (MLflow's own
+    rules: no '/' or ':', no path tricks; and no '@', '#', '?', '%' or '\\', which a models:/ URI reads as
+    its own syntax), or None."""
+    import posixpath
+
+    problem = name_problem(name)
+    if problem:
+        return problem
+    odd = [c for c in "/:@#?%\\" if c in name]
+    if odd:
+        return f"it contains {' and '.join(repr(c) for c in odd)}"
     norm = posixpath.normpath(name)
     if norm != name or norm == "." or norm.startswith(".."):
         return "it would resolve to another path name"
@@ -455,6 +480,10 @@ def validate(cfg: Config) -> Config:
                         "add --model FILE.py:Class or --model-uri URI")
     if um.spec and ":" not in um.spec:
         raise UserError(f"--model '{um.spec}' must name a class: path/to/file.py:ClassName or package.module:ClassName")
+    repeated = sorted({c for c in cfg.data.features if cfg.data.features.count(c) > 1})
+    if repeated:
+        raise UserError(f"--features names {', '.join(repr(c) for c in repeated)} more than once; "
+                        "name each column once")
     for name in ("val_fraction", "test_fraction"):
         if not 0 < getattr(cfg.data, name) < 0.5:
             raise UserError(f"data.{name} must be between 0 and 0.5, got {getattr(cfg.data, name)}")
@@ -498,14 +527,16 @@ def validate(cfg: Config) -> Config:
     if cfg.slim.epochs < 1 or not 0 <= cfg.slim.tolerance < 1:
         raise UserError(f"slim.epochs must be at least 1 and slim.tolerance in [0, 1), got {cfg.slim.epochs}, "
                         f"{cfg.slim.tolerance:g}")
-    if not cfg.experiment.strip() or len(cfg.experiment) > 500:
-        raise UserError(f"experiment name must be 1 to 500 characters, got {cfg.experiment!r}")
+    for option, name in (("--experiment", cfg.experiment), ("tune.study_name", cfg.tune.study_name)):
+        problem = name_problem(name) if name or option == "--experiment" else None
+        if problem:
+            raise UserError(f"{option} {name[:80]!r} cannot be used as a name: {problem}; choose a plain name")
     registered = registered_name(cfg)
     problem = registered_name_problem(registered)
     if problem:
         source = "--register" if cfg.compare.register else f"the experiment name ({cfg.experiment!r}) gives"
         raise UserError(f"{source} registered model name {registered!r}, which MLflow refuses: {problem}; "
-                        "choose an experiment name without '/' or ':' or pass --register NAME")
+                        "choose another experiment name or pass --register NAME")
     # weights, gradients, AdamW's two moments and the best-weights copy: 5 float32 copies of every weight
     m = cfg.model
     width = m.width or 256  # auto: at most 256

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -46,15 +48,72 @@ def load(source: str) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"data file {path} not found (or use builtin:diabetes / synthetic:friedman1?rows=N)")
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".txt", ".tsv"):
+        raise UserError(f"data file {path}: unsupported extension '{suffix}'; use .csv or .parquet")
+    sep = "\t" if suffix == ".tsv" else ","
     try:
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".txt", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            frame = pd.read_parquet(path)
+            header = [str(c) for c in frame.columns]
+        else:
+            header = _csv_header(path, sep)
+            frame = pd.read_csv(path, sep=sep)
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot read {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") \
+            from None
     except Exception as e:  # pandas and pyarrow raise many types for one cause: a file they cannot parse
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot read {path}: {first}") from None
-    raise UserError(f"data file {path}: unsupported extension '{suffix}'; use .csv or .parquet")
+    _check_header(path, header)
+    _check_nested(path, frame)
+    return _drop_saved_index(path, frame, header)
+
+
+def _csv_header(path: Path, sep: str) -> list[str]:
+    """The header row as written: pandas renames a repeated name (`a`, `a.1`), which hides the repeat."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f, delimiter=sep), [])
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Refuse repeated column names: pandas would keep both under new names, and a second copy of the target
+    would silently become a feature (a perfect, meaningless score)."""
+    seen, repeated = set(), []
+    for name in header:
+        if name.strip() and name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    if repeated:
+        raise UserError(f"{path} has repeated column name(s) {', '.join(repr(c) for c in repeated)}; give every "
+                        "column its own name (or drop the copies) and run again")
+
+
+def _check_nested(path: Path, frame: pd.DataFrame) -> None:
+    """Refuse list, array and struct values (Parquet's nested types): no feature can be made of them."""
+    for col in frame.columns:
+        column = frame[col]
+        if column.dtype == object and column.map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).any():
+            raise UserError(f"{path}: column '{col}' holds lists or structs (nested values), which reg2cls cannot use; "
+                            "flatten it into plain columns or drop it")
+
+
+def _drop_saved_index(path: Path, frame: pd.DataFrame, header: list[str]) -> pd.DataFrame:
+    """Drop a column without a header name that holds distinct whole numbers: a row index saved with the table
+    (pandas' to_csv without index=False, R's row names). Kept, it would be a feature, and it leaks the target
+    when the table was sorted by it before saving."""
+    for position, name in enumerate(header):
+        if name.strip() or position >= frame.shape[1]:
+            continue
+        col = frame.columns[position]
+        values = frame[col]
+        if (pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values)
+                and values.is_unique and len(values) > 1):
+            sys.stderr.write(f"data: {path}: dropped the unnamed column {position + 1} ('{col}'): it holds distinct "
+                             "row numbers, a saved index, not a feature (save with index=False)\n")
+            return frame.drop(columns=[col])
+    return frame
 
 
 def _synthetic(spec: str) -> pd.DataFrame:
@@ -93,17 +152,48 @@ def read_numbers(frame: pd.DataFrame, skip: tuple[str, ...] = ()) -> tuple[pd.Da
                 or pd.api.types.is_datetime64_any_dtype(column) or isinstance(column.dtype, pd.CategoricalDtype):
             continue
         present = column.dropna()
-        parsed = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
+        try:
+            written = without_separators(present.astype(str).str.strip())
+        except ValueError as e:
+            raise UserError(f"column '{col}': {e}") from None
+        parsed = pd.to_numeric(written, errors="coerce")
         bad = present[parsed.isna().to_numpy()]
         if len(present) == 0 or len(bad) * 2 >= len(present) or bad.astype(str).nunique() > 3:
             continue
         if out is frame:
             out = frame.copy()
-        text = column.astype(str).str.strip().where(column.notna())
-        out[col] = pd.to_numeric(text, errors="coerce").astype("float64")
+        out[col] = parsed.reindex(column.index).astype("float64")
         if len(bad):
             strays[str(col)] = len(bad)
     return out, strays
+
+
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")    # 32,000 and 1,234.5
+_DOT_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?")  # 32.000 and 1.234,5
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")                         # 3,14
+
+
+def without_separators(text: pd.Series) -> pd.Series:
+    """Numbers written with thousands separators (`32,000`, `1,234.5`) or decimal commas (`3,14`, `1.234,5`)
+    as plain numbers, when the column says unambiguously which it is; other text is returned as it is. A column
+    of mostly numbers where every such number could be either (`1,234` alone: 1234 or 1.234) raises ValueError
+    with the fix."""
+    has_comma = text.str.contains(",", regex=False)
+    if not has_comma.any():
+        return text
+    commas, plain = text[has_comma], text[~has_comma]
+    thousands = commas.str.fullmatch(_THOUSANDS)
+    decimal = commas.str.fullmatch(_DECIMAL_COMMA) | commas.str.fullmatch(_DOT_THOUSANDS)
+    plain_numbers = pd.to_numeric(plain, errors="coerce").notna()
+    if not (thousands | decimal).all() or (len(commas) + plain_numbers.sum()) * 2 <= len(text):
+        return text  # text that holds commas, not numbers
+    dots = commas.str.contains(".", regex=False).any() or plain[plain_numbers].str.contains(".", regex=False).any()
+    if thousands.all() and (not decimal.all() or dots):
+        return text.str.replace(",", "", regex=False)
+    if decimal.all() and not thousands.all() and not plain[plain_numbers].str.contains(".", regex=False).any():
+        return text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    raise ValueError(f"numbers such as {commas.iloc[0]!r} could use ',' as a thousands separator or as a decimal "
+                     "point; write them without thousands separators and with '.' for decimals (e.g. 1234.5)")
 
 
 def digest(frame: pd.DataFrame) -> str:
@@ -341,6 +431,23 @@ def _check_features(features: pd.DataFrame, n_train: int) -> None:
             raise UserError(f"feature column '{col}' looks like an identifier ({values.nunique()} distinct values in "
                             f"{len(values)} rows): one-hot encoding it would only memorise rows; "
                             "leave it out with --features")
+
+
+WIDE_ONE_HOT = 50  # distinct values of one text column above which its one-hot encoding is worth a warning
+
+
+def _warn_wide_one_hot(features: pd.DataFrame) -> None:
+    """Say which text columns one-hot encoding will turn into many features: usually numbers that did not
+    parse, or an identifier-like column, and either way a model that is mostly one column."""
+    for col in features.columns:
+        values = features[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+            continue
+        n = values.nunique()
+        if WIDE_ONE_HOT < n < 0.9 * len(values):  # above: refused as an identifier (_check_features)
+            sys.stderr.write(f"warning: text column '{col}' has {n} distinct values, so one-hot encoding adds up "
+                             f"to {n} features (e.g. {values.dropna().iloc[0]!r}); if it holds numbers, write them "
+                             "plainly, else leave it out with --features\n")
 
 
 def _check_class_sizes(strata: np.ndarray, names: list[str], cfg: Data) -> None:
@@ -637,6 +744,7 @@ def prepare_splits(cfg: Data, seed: int) -> list[Prepared]:
     """One `Prepared` per outer fold (`data.folds`), or the single split; the table is read once."""
     parse_classes(cfg.classes)  # a bad --classes is refused before the data loads
     loaded = load_target(cfg)
+    _warn_wide_one_hot(select_features(loaded[0], cfg, parse_classes(cfg.classes).label_column))
     if cfg.split != "random":
         if cfg.split.startswith("time:") and cfg.split[5:] not in loaded[0].columns:
             raise UserError(f"--split {cfg.split}: no column '{cfg.split[5:]}' in the data; columns: "

@@ -335,3 +335,60 @@ def test_label_edges_of_each_fold_come_from_its_own_training_rows(tmp_path):
         np.testing.assert_array_equal(fold.edges, data._label_edges(y[train], labels[train], fold.class_names))
     assert {tuple(f.class_names) for f in folds} == {("low", "high")}  # one class order in every fold
     assert len({tuple(f.edges) for f in folds}) == 3
+
+
+# ---------------------------------------------------------------------------- odd files, read defensively
+def _write(tmp_path, kind: str) -> str:
+    """A 40-row table (a, b, y) written the odd way `kind` names."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    frame["y"] = frame["a"] + rng.normal(size=40) * 0.1
+    path = tmp_path / "t.csv"
+    if kind == "repeated":
+        path.write_text("a,a,b,y,y\n" + "".join(f"{r.a},{r.a},{r.b},{r.y},{r.y}\n" for r in frame.itertuples()))
+    elif kind == "index":
+        frame.sort_values("y").to_csv(path)  # pandas' index, in target order: a perfect leak if kept
+    elif kind in ("thousands", "decimal_comma", "ambiguous"):
+        values = {"thousands": [f"{v:,}" for v in rng.integers(900, 2_000_000, 40)],
+                  "decimal_comma": [f"{v:.2f}".replace(".", ",") for v in rng.normal(size=40)],
+                  "ambiguous": [f"{v:,}" for v in rng.integers(1000, 9999, 40)]}[kind]
+        frame.assign(c=values).to_csv(path, index=False)
+    elif kind == "nested":
+        path = tmp_path / "t.parquet"
+        frame.assign(c=[[1.0, 2.0]] * 40).to_parquet(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("repeated", "repeated column name(s) 'a', 'y'; give every column its own name"),
+    ("ambiguous", "could use ',' as a thousands separator or as a decimal point"),
+    ("nested", "column 'c' holds lists or structs"),
+])
+def test_odd_tables_are_refused_in_one_line(tmp_path, kind, message):
+    with pytest.raises(UserError) as err:
+        data.load_target(Data(source=_write(tmp_path, kind), target="y"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_saved_index_column_is_dropped_and_said(tmp_path, capsys):
+    frame, _, _ = data.load_target(Data(source=_write(tmp_path, "index"), target="y"))
+    assert list(frame.columns) == ["a", "b", "y"]
+    assert "dropped the unnamed column 1 ('Unnamed: 0')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["thousands", "decimal_comma"])
+def test_numbers_with_separators_are_read_as_numbers(tmp_path, kind):
+    path = _write(tmp_path, kind)
+    frame, _, _ = data.load_target(Data(source=path, target="y"))
+    written = pd.read_csv(path)["c"].iloc[0]
+    expected = float(written.replace(",", "") if kind == "thousands" else written.replace(",", "."))
+    assert frame["c"].dtype == np.float64 and frame["c"].iloc[0] == expected
+
+
+def test_a_wide_one_hot_column_is_warned_about(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=200), "code": [f"k{v}" for v in rng.integers(0, 80, 200)]})
+    frame["y"] = frame["a"]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    data.prepare_splits(Data(source=str(tmp_path / "t.csv"), target="y", folds="1"), seed=0)
+    assert "text column 'code' has" in capsys.readouterr().err

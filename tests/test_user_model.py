@@ -331,12 +331,13 @@ def test_a_saved_row_index_is_named_when_the_columns_do_not_fit(experiment, tmp_
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(120, 10)), columns=[f"x{i}" for i in range(10)])
     frame["target"] = frame["x0"] + rng.normal(size=120)
-    frame.to_csv(tmp_path / "indexed.csv")  # pandas writes its index as the unnamed first column
+    # a named index column (an unnamed one is dropped as a saved index when the table is read: data.load)
+    frame.to_csv(tmp_path / "indexed.csv", index_label="index")
     args = tiny_args(experiment, "--model", f"{MODELS_FILE}:AttrNet", "--model-kwargs", KW, "--retrain")
     args[args.index("--data") + 1] = str(tmp_path / "indexed.csv")
     result = invoke("convert", *args)
     assert result.exit_code == 1
-    assert "does not accept 11 input features" in result.output and "'Unnamed: 0' looks like a row index" in \
+    assert "does not accept 11 input features" in result.output and "'index' looks like a row index" in \
         result.output
     assert runs_of(experiment) == []
 
