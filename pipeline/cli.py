@@ -437,22 +437,63 @@ def compare(**opts):
 @click.option("--model-uri", required=True, help="e.g. models:/reg2cls-diabetes@champion or runs:/<id>/champion")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="CSV or Parquet with the raw columns.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="CSV to write (default: standard output). Never the --input file.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @user_errors
 def predict(model_uri, input_path, output_path, tracking_uri):
-    """Classify a table with a champion: adds `label` (the class its decision rule picks) and one `proba_<class>`
-    column per class."""
+    """Classify a table with a champion: `label` (the class its decision rule picks) and one `proba_<class>`
+    column per class, as CSV on standard output or in --output; what was done is said on standard error."""
     from pathlib import Path
 
-    from . import data, registry, serving, tracking
+    from . import data, registry, tracking
 
-    folder = Path(output_path).resolve().parent
-    if not folder.is_dir():
-        raise UserError(f"the folder of --output {output_path} does not exist; create it or write elsewhere")
+    if output_path:
+        _check_output(Path(input_path), Path(output_path))
     tracking.setup(tracking_uri)
     frame = data.load(input_path)
     model, columns, numeric = registry.load_champion(model_uri)
+    predictions = _predictions(model, frame, columns, numeric, input_path)
+    if output_path:
+        try:
+            predictions.to_csv(output_path, index=False)
+        except OSError as e:
+            raise UserError(f"cannot write {output_path}: {e.strerror}") from None
+    else:
+        predictions.to_csv(sys.stdout, index=False)
+    counts = predictions["label"].value_counts()
+    click.echo(f"wrote {len(predictions)} predictions to {output_path or 'standard output'}"
+               + (": " if len(counts) else "") + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
+    proba = predictions.filter(like="proba_").to_numpy()
+    if len(proba):
+        names = [c[len("proba_"):] for c in predictions.columns if c.startswith("proba_")]
+        moved = int((predictions["label"].to_numpy() != [names[i] for i in proba.argmax(axis=1)]).sum())
+        if moved:
+            click.echo(f"note: for {moved} of {len(proba)} rows the label is not the most probable class: the "
+                       "champion's decision rule (offsets fitted on validation to raise macro-F1) chose it", err=True)
+
+
+def _check_output(input_path, output_path) -> None:
+    """--output may not be the input (it would replace the table with its predictions) and needs its folder."""
+    folder = output_path.resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"the folder of --output {output_path} does not exist; create it or write elsewhere")
+    same = output_path.resolve() == input_path.resolve() or (
+        output_path.exists() and input_path.exists() and os.path.samefile(output_path, input_path))
+    if same:
+        raise UserError(f"--output {output_path} is the --input file, which writing would replace; "
+                        "write the predictions to another file (or leave out --output for standard output)")
+
+
+def _predictions(model, frame, columns: list[str], numeric: list[str], input_path: str):
+    """The champion's answer for `frame`: its columns checked and cleaned as in training (serving.clean), any
+    row it cannot score refused in one line."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from . import serving
+
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(f"{input_path} is missing column(s) {', '.join(missing)} that the model needs")
@@ -466,14 +507,17 @@ def predict(model_uri, input_path, output_path, tracking_uri):
     if n_text or n_inf:
         click.echo(f"warning: {n_text} text value(s) in numeric columns and {n_inf} infinite value(s) treated as "
                    "missing (imputed with the training medians)", err=True)
-    predictions = model.predict(frame)
+    if len(frame) == 0:  # header only: an empty answer in the champion's output columns
+        return pd.DataFrame(columns=model.metadata.get_output_schema().input_names())
     try:
-        predictions.to_csv(output_path, index=False)
-    except OSError as e:
-        raise UserError(f"cannot write {output_path}: {e.strerror}") from None
-    counts = predictions["label"].value_counts()
-    click.echo(f"wrote {len(predictions)} predictions to {output_path}: "
-               + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        predictions = model.predict(frame)
+    except MlflowException as e:  # the champion's one line (serving.Champion.predict), or MLflow's schema check
+        raise UserError(f"{input_path}: {config.first_line(e)}") from None
+    unscored = np.flatnonzero(predictions.filter(like="proba_").isna().any(axis=1).to_numpy())
+    if len(unscored):  # a champion registered before serving.check_range: its NaN answers are refused here
+        raise UserError(f"{input_path}: the champion could not score row(s) {', '.join(map(str, unscored[:5]))} "
+                        "(values too large once scaled as in training); rescale or drop those rows")
+    return predictions
 
 
 def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, option: str = "--from-run",

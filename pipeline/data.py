@@ -358,18 +358,19 @@ class Preprocessor:
         return self.numeric + [f"{c}={v}" for c, vals in self.categories.items() for v in vals]
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """(N, n_features) float32 array."""
+        """(N, n_features) float32 array; a value too large for float32 once scaled is inf (callers refuse it)."""
         values = frame[self.numeric].astype("float64").to_numpy()
         values = np.where(np.isnan(values), np.asarray(self.medians), values)
-        parts = [(values - np.asarray(self.means)) / np.asarray(self.stds)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            parts = [((values - np.asarray(self.means)) / np.asarray(self.stds)).astype(np.float32)]
         for col, vals in self.categories.items():
             column = frame[col]
             codes = pd.Index(vals).get_indexer(column.astype(str).where(column.notna(), None))  # -1: unseen/missing
-            onehot = np.zeros((len(frame), len(vals)))
+            onehot = np.zeros((len(frame), len(vals)), dtype=np.float32)
             rows = np.flatnonzero(codes >= 0)
             onehot[rows, codes[rows]] = 1.0
             parts.append(onehot)
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        return np.concatenate(parts, axis=1)
 
 
 # ------------------------------------------------------------------------------------------ split

@@ -73,13 +73,41 @@ def use_experiment(name: str) -> None:
 
     There MLFLOW_RUN_ID names the run MLflow created for the entry point, in the experiment
     `mlflow run` was given: that run becomes the parent, and the experiment is left alone
-    (set_experiment with another name would fail).
+    (set_experiment with another name would fail). A new experiment in a SQLite store keeps its artifacts
+    beside the store (`artifact_location`), not in ./mlruns of whatever folder the command ran in. An
+    experiment of that name in the store's trash is refused with the fix (MLflow would raise).
     """
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        experiment = mlflow.set_experiment(name)
-        # when two commands create the experiment at once, the loser's set_experiment returns it without
-        # making it active (MLflow 3.x), and its runs would land in the Default experiment: select it by id
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    from mlflow.exceptions import MlflowException
+
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_location(mlflow.get_tracking_uri(), name))
+        except MlflowException as e:  # another command created it a moment ago: use theirs
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise UserError(f"experiment '{name}' was deleted (it is in the store's trash); restore it with "
+                        f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another "
+                        "--experiment")
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: `mlruns/<name>-<hash>` in the store's own
+    folder; None (the store's default) for any other store."""
+    import hashlib
+    import re
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)[:60]
+    return (folder / f"{slug}-{hashlib.sha256(experiment.encode()).hexdigest()[:8]}").as_uri()
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -317,11 +345,12 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
     if split_key and run.data.tags.get("split_key") != split_key:
         raise UserError(f"run {run_id} was trained on other data, target, classes, features or seed than given now; "
                         "pass the options it ran with, or leave out --baseline-run to take the newest matching one")
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state"))
-    except (MlflowException, OSError):
-        raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
-    return load_state(local, rebuild)
+    with tempfile.TemporaryDirectory() as tmp:  # the copy goes with the block (else each load leaves one in /tmp)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state", dst_path=tmp))
+        except (MlflowException, OSError):
+            raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
+        return load_state(local, rebuild)
 
 
 def rebuild(arch: dict, state: dict | None = None):
@@ -477,10 +506,12 @@ def read_predictions(run_id: str) -> dict[str, np.ndarray] | None:
 
 def read_artifact(run_id: str, path: str) -> bytes | None:
     """An artifact's bytes, or None when the run has no such artifact."""
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_bytes()
-    except Exception:
-        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+            return Path(local).read_bytes()
+        except Exception:
+            return None
 
 
 def latest_parent(experiment: str | None) -> str | None:

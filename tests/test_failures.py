@@ -3,6 +3,7 @@ bad input is one line, and the quiet ways to a wrong result are closed. Kill and
 real processes against a real SQLite store."""
 from __future__ import annotations
 
+import io
 import math
 import signal
 import sqlite3
@@ -363,9 +364,16 @@ def test_the_champion_of_a_relative_model_file_predicts_from_another_folder(cham
     assert len(out) == 20 and out.filter(like="proba_").sum(axis=1).round(4).eq(1).all()
 
 
+PREDICT_REFUSED = {  # case -> a piece of predict's one line
+    "text-only-column": "column 'x0' should hold numbers", "output-folder-missing": "does not exist",
+    "not-a-champion": "is not a reg2cls champion", "output-is-input": "is the --input file",
+    "beyond-float32": "row(s) 2 hold values too large for the model",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["text-and-inf-become-missing", "text-only-column", "output-folder-missing",
-                                  "not-a-champion"])
+@pytest.mark.parametrize("case", ["text-and-inf-become-missing", "header-only", "to-standard-output",
+                                  *PREDICT_REFUSED])
 def test_predict_input_problems(case, champion, monkeypatch):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as the console script sets it
     uri, model, root, _, strategy_run = champion
@@ -378,21 +386,49 @@ def test_predict_input_problems(case, champion, monkeypatch):
         frame["x0"] = "abc"
     elif case == "output-folder-missing":
         output = root / "nowhere" / "out.csv"
-    else:
+    elif case == "not-a-champion":
         model = f"runs:/{strategy_run}/warm_start"  # a head_swap strategy's PyTorch model, not a champion
+    elif case == "output-is-input":
+        output = root / "in.csv"
+    elif case == "beyond-float32":
+        frame.loc[2, "x0"] = 1e308  # finite in float64, beyond float32 once scaled: convert refuses it too
+    elif case == "header-only":
+        frame = frame.head(0)
     frame.to_csv(root / "in.csv", index=False)
-    result = invoke("predict", "--model-uri", model, "--input", str(root / "in.csv"), "--output", str(output),
+    output_args = [] if case == "to-standard-output" else ["--output", str(output)]
+    result = invoke("predict", "--model-uri", model, "--input", str(root / "in.csv"), *output_args,
                     "--tracking-uri", uri)
     assert "Traceback" not in result.output
-    if case == "text-and-inf-become-missing":
-        assert result.exit_code == 0, result.output
-        assert "2 text value(s) in numeric columns and 1 infinite value(s) treated as missing" in result.output
-        out = pd.read_csv(champion[2] / "out.csv")
-        assert np.isfinite(out.filter(like="proba_").to_numpy()).all()
+    if case in PREDICT_REFUSED:
+        assert result.exit_code == 1 and len(lines_of(result.output)) == 1, result.output
+        assert PREDICT_REFUSED[case] in result.output
+        assert pd.read_csv(root / "in.csv").shape == frame.shape  # the input is never touched
         return
-    message = {"text-only-column": "column 'x0' should hold numbers", "output-folder-missing": "does not exist",
-               "not-a-champion": "is not a reg2cls champion"}[case]
-    assert result.exit_code == 1 and len(lines_of(result.output)) == 1 and message in result.output, result.output
+    assert result.exit_code == 0, result.output
+    if case == "to-standard-output":
+        out = pd.read_csv(io.StringIO(result.stdout))
+        assert "wrote 20 predictions to standard output" in result.stderr
+    else:
+        out = pd.read_csv(output)
+    assert len(out) == len(frame) and out.columns[0] == "label"
+    assert np.isfinite(out.filter(like="proba_").to_numpy(dtype=float)).all()
+    if case == "text-and-inf-become-missing":
+        assert "2 text value(s) in numeric columns and 1 infinite value(s) treated as missing" in result.output
+
+
+@pytest.mark.slow
+def test_the_served_champion_answers_empty_and_out_of_range_input_without_a_stack_trace(champion):
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(champion[0])
+    model = mlflow.pyfunc.load_model(champion[1])  # what `mlflow models serve` calls for each request
+    assert model.predict(raw_rows().head(0)).shape == (0, 4)
+    frame = raw_rows()
+    frame.loc[1, "x3"] = 3.5e38
+    with pytest.raises(MlflowException) as err:
+        model.predict(frame)
+    assert "row(s) 1 hold values too large" in err.value.message
+    assert "stack_trace" not in err.value.serialize_as_json()  # the HTTP answer's body
 
 
 @pytest.mark.slow
@@ -427,6 +463,13 @@ def test_the_target_or_label_column_is_never_a_feature(features, classes, tmp_pa
                           folds="1"), 0)
 
 
+def test_predict_reads_booleans_and_separators_as_training_did():
+    frame = pd.DataFrame({"flag": [True, None, False], "n": ["1,200.5", "3", None]})  # a CSV's boolean with a gap
+    out, n_text, _ = serving.clean(frame, ["flag", "n"])
+    assert n_text == 0 and out["flag"].tolist()[::2] == [1.0, 0.0] and np.isnan(out["flag"][1])
+    assert out["n"].tolist()[:2] == [1200.5, 3.0]
+
+
 def test_predict_cleaning_counts_text_and_infinities():
     frame = pd.DataFrame({"a": [1.0, np.inf, -np.inf, 2.0], "b": ["1", "?", "3", None], "c": ["x", "y", "z", "x"]})
     out, n_text, n_inf = serving.clean(frame, ["a", "b"])
@@ -451,3 +494,42 @@ def test_liveness_settings_are_checked(monkeypatch):
     assert "at most a third" in liveness.check_env()
     monkeypatch.setenv("REG2CLS_HEARTBEAT_S", "5")
     assert liveness.check_env() is None
+
+
+# ------------------------------------------------------------------------------ the store and its files
+def test_a_sqlite_store_keeps_new_experiments_artifacts_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "work").mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    use_store(monkeypatch, uri, tmp_path / "work")
+    tracking.setup(uri)
+    tracking.use_experiment("beside")
+    with mlflow.start_run():
+        mlflow.log_text("x", "x.txt")
+    assert (tmp_path / "store" / "mlruns").is_dir() and not (tmp_path / "work" / "mlruns").exists()
+    location = MlflowClient().get_experiment_by_name("beside").artifact_location
+    assert location.startswith((tmp_path / "store" / "mlruns").as_uri())
+
+
+def test_a_deleted_experiment_of_the_same_name_is_one_line_with_the_fix(experiment):
+    MlflowClient().delete_experiment(MlflowClient().create_experiment(experiment))
+    result = invoke("convert", *fast_args(experiment))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [line] = lines_of(result.output)
+    assert f"experiment '{experiment}' was deleted" in line and "mlflow experiments restore" in line
+
+
+def test_loading_a_run_model_leaves_no_temporary_copy(tiny_data, experiment, tmp_path, monkeypatch):
+    import tempfile
+
+    from pipeline.model import MLP
+
+    tracking.use_experiment(experiment)
+    model = MLP(tiny_data.n_features, width=8, out_dim=1)
+    with tracking.start("baseline", "baseline") as run_id:
+        tracking.log_model(model, tiny_data.train.x[:2].numpy(), servable=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tracking.load_run_model(run_id)
+    tracking.read_artifact(run_id, "state/architecture.json")
+    assert list((tmp_path / "tmp").iterdir()) == []
