@@ -162,10 +162,16 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
+        process_exit = os._exit
+        os._exit = _exit_guard(process_exit)
         try:
             return fn(*args, **kwargs)
         except UserError as e:
             raise click.ClickException(str(e)) from None
+        except SystemExit as e:  # the user's code ended the process: its runs have ended FAILED on the way out
+            if os.environ.get("REG2CLS_TRACEBACK"):
+                raise
+            raise click.ClickException(exit_error(e)) from None
         except Terminated:
             click.echo("terminated: open runs were ended as KILLED", err=True)
             sys.exit(143)
@@ -178,10 +184,38 @@ def user_errors(fn):
                 raise
             raise click.ClickException(message) from None
         finally:
+            os._exit = process_exit
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
             stop.clear()  # handled: code run in this process after the command trains again
     return wrapper
+
+
+def _user_files() -> set[str]:
+    """The model files the user brought (--model file.py:Class), as imported (model.import_class)."""
+    return {getattr(m, "__file__", None) for name, m in list(sys.modules.items()) if name.startswith("reg2cls_user_")}
+
+
+def _exit_guard(process_exit):
+    """os._exit for the duration of a command: called from the user's model file, it raises SystemExit instead,
+    so the command's runs end FAILED and it says where (`exit_error`); anyone else's call ends the process."""
+    def guarded(code):
+        caller = sys._getframe(1)
+        if caller.f_code.co_filename in _user_files():
+            e = SystemExit(code)
+            e.reg2cls_where = f"os._exit({code}) at {caller.f_code.co_filename}, line {caller.f_lineno}, in " \
+                              f"{caller.f_code.co_name}"
+            raise e
+        process_exit(code)
+    return guarded
+
+
+def exit_error(e: SystemExit) -> str:
+    """One line for a SystemExit that reached a command: code it ran (the user's model, in this process or a
+    worker) asked the process to end."""
+    where = getattr(e, "reg2cls_where", None) or f"sys.exit({e.code!r}) at {config.raised_at(e) or 'an unknown line'}"
+    return (f"the model code ended the process with {where}; every open run was ended FAILED; raise an exception "
+            "instead of exiting, or fix the model")
 
 
 def boundary_error(e: Exception) -> str | None:
@@ -190,8 +224,7 @@ def boundary_error(e: Exception) -> str | None:
     import errno
     import traceback
 
-    user_files = {getattr(m, "__file__", None) for name, m in list(sys.modules.items())
-                  if name.startswith("reg2cls_user_")}
+    user_files = _user_files()
     user = [f for f in traceback.extract_tb(e.__traceback__) if f.filename in user_files]
     if user:  # raised inside the model file the user brought (--model file.py:Class)
         f = user[-1]

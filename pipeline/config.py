@@ -34,6 +34,21 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def raised_at(e: BaseException) -> str | None:
+    """Where `e` was raised, as `file, line N, in function`: its innermost frame, or for an exception sent back
+    by a worker process (concurrent.futures), the last frame of the traceback text it carries; None if unknown."""
+    import re
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__) if e.__traceback__ else []
+    remote = getattr(e.__cause__, "tb", None)
+    if isinstance(remote, str):
+        found = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', remote)
+        if found:
+            return "{}, line {}, in {}".format(*found[-1])
+    return f"{frames[-1].filename}, line {frames[-1].lineno}, in {frames[-1].name}" if frames else None
+
+
 @dataclass(frozen=True)
 class Data:
     source: str = "builtin:diabetes"  # csv/parquet path, builtin:NAME or synthetic:NAME?rows=N

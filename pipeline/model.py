@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import UserError, first_line
+from .config import UserError, first_line, raised_at
 
 ACTIVATION = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -144,9 +144,10 @@ def import_class(spec: str):
             sys.path.insert(0, folder)
             try:
                 loader_spec.loader.exec_module(module)
-            except Exception as e:  # the user's code: any error means "cannot import"
+            except (Exception, SystemExit) as e:  # the user's code: any error, or an exit, means "cannot import"
                 del sys.modules[module_name]
-                raise UserError(f"cannot import {path}: {type(e).__name__}: {first_line(e)}") from None
+                raise UserError(f"cannot import {path}: {type(e).__name__}: {first_line(e)} ({raised_at(e)})") \
+                    from None
             finally:
                 sys.path.remove(folder)
     else:
