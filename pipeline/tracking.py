@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import tempfile
 import time
@@ -40,6 +41,10 @@ def setup(tracking_uri: str | None) -> str:
     together never race on its tables. A store that cannot be opened is a one-line UserError."""
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    if not os.environ.get("REG2CLS_TRACEBACK"):
+        # MLflow logs a failing store's traceback (a full disk: one per write) before raising the error, which
+        # the command then says in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = mlflow.get_tracking_uri()
     if uri not in _OPENED:
         _open_store(uri)
@@ -295,9 +300,22 @@ def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
                 signature=infer_signature(x_example, out), pip_requirements=pip_requirements(),
                 tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
     except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
+        if store_failure(e):  # a full disk or a failing store is no tracing problem: say it as what it is
+            raise
         print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
         mlflow.set_tag("model_format", "state_only")
     return n_bytes
+
+
+def store_failure(e: BaseException) -> bool:
+    """Whether `e`, or an exception it was raised from, is the file system or the store's database failing."""
+    for _ in range(6):
+        if e is None:
+            return False
+        if isinstance(e, OSError) or type(e).__module__.startswith(("sqlalchemy", "sqlite3")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def model_name(tags: dict[str, str]) -> str:
