@@ -190,6 +190,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     """Load a state_dict saved with torch.save into `model`, strictly: every key, every shape."""
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path} not found")
+    _check_inflated_size(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -220,6 +221,24 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: shapes (checkpoint vs model) "
                         f"{_few(wrong)}; check --model-kwargs")
     model.load_state_dict(state)
+
+
+def _check_inflated_size(path: str) -> None:
+    """Refuse a checkpoint whose zip archive declares far more content than the file holds, before torch.load
+    inflates it (a zip bomb: 4 MB on disk, gigabytes in memory). torch.save stores its records uncompressed,
+    so a real checkpoint declares about its own size."""
+    import zipfile
+
+    size = Path(path).stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # the legacy format, or no archive: torch.load judges it
+        return
+    if declared > 2 * size + 2**26:
+        raise UserError(f"checkpoint {path} declares {declared / 2**20:,.0f} MB of content in a {size / 2**20:,.1f} MB "
+                        "file (compressed, which torch.save never does): refused unread; save the weights with "
+                        "torch.save(model.state_dict(), path)")
 
 
 def load_user_model(spec: str, kwargs_json: str, checkpoint: str) -> nn.Module:

@@ -5,7 +5,8 @@ loaded back for `reg2cls predict`. The output's shape is spelled once, in `outpu
 The champion carries everything it needs to load anywhere: the package and, for a model brought as
 `file.py:Class`, that file and the user's modules it imports (code_paths); `check_loads` proves it, in a
 clean process outside the working directory. The alias never moves silently to a model that takes other
-columns or gives other classes: `champion_conflict` says why, and registering is refused.
+columns or gives other classes, nor when it holds a model reg2cls did not register: `champion_conflict` says
+why, and registering is refused.
 """
 from __future__ import annotations
 
@@ -184,8 +185,15 @@ def champion_conflict(registered_name: str, signature) -> str | None:
     its users get (other input columns or types, other classes), or None (no champion yet, or the same)."""
     try:
         current = MlflowClient().get_model_version_by_alias(registered_name, "champion")
+    except Exception:  # no such model or alias: nothing that could break
+        return None
+    if "champion_run" not in current.tags:  # every champion reg2cls registers carries it (register_champion)
+        return (f"registered model '{registered_name}' has a champion (version {current.version}) that reg2cls did not "
+                "register; moving its alias would silently replace someone else's model: register this one under "
+                "another name with --register NAME, or delete that alias first if it may go")
+    try:
         held = mlflow.models.get_model_info(f"models:/{registered_name}@champion").signature
-    except Exception:  # no such model or alias, or no readable MLmodel: nothing that could break
+    except Exception:  # no readable MLmodel: nothing that could break
         return None
     if held is None or held.inputs is None or held.outputs is None:
         return None

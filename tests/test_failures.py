@@ -591,3 +591,28 @@ def test_loading_a_run_model_leaves_no_temporary_copy(tiny_data, experiment, tmp
     tracking.load_run_model(run_id)
     tracking.read_artifact(run_id, "state/architecture.json")
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_champion_alias_reg2cls_did_not_set_is_never_moved(experiment, store):
+    client = MlflowClient()
+    name = f"foreign-{experiment}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source="file:///nowhere/model")  # a plain model: no reg2cls tags
+    client.set_registered_model_alias(name, "champion", version.version)
+    result = invoke("convert", *fast_args(experiment, "--set", f"compare.register={name}"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [line] = lines_of(result.output)
+    assert "that reg2cls did not register" in line and "--register NAME" in line
+    assert client.get_model_version_by_alias(name, "champion").version == version.version
+    assert runs_of(experiment) == []
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_inflated(tmp_path):
+    import zipfile
+
+    from pipeline.model import load_checkpoint
+
+    with zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * 2**27)  # 128 MB inflated, 0.1 MB on disk
+    with pytest.raises(UserError, match="declares 128 MB of content in a 0.1 MB file"):
+        load_checkpoint(torch.nn.Linear(3, 1), str(tmp_path / "bomb.pt"))
