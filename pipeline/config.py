@@ -572,19 +572,52 @@ def recovered(params: dict[str, str]) -> dict[str, str]:
     return out
 
 
+MAX_CONFIG_BYTES = 1_000_000  # an experiment file holds overrides: a few hundred bytes
+MAX_CONFIG_NODES = 10_000     # values in the document with every alias expanded
+
+
+def _read_yaml(path: Path):
+    """The experiment file's YAML, bounded before it is built: its size, and the number of values it holds once
+    every alias is expanded (a "billion laughs" file is a few lines that expand to billions), its nesting (a
+    recursion error otherwise). One-line UserError for each."""
+    import yaml  # only when a file is given: keeps --help fast
+
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"experiment file {path} is {size:,} bytes; an experiment file holds a few overrides (at most "
+                        f"{MAX_CONFIG_BYTES:,} bytes)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # the node graph: an alias is a reference, not a copy
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise UserError(f"experiment file {path} expands to more than {MAX_CONFIG_NODES:,} values (aliases "
+                            "repeating aliases); write the overrides out plainly")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"experiment file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"experiment file {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise UserError(f"experiment file {path} is nested too deeply to be a config") from None
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """How many values `node` holds with its aliases expanded; each shared node is counted once and reused."""
+    if id(node) not in sizes:
+        value = node.value if isinstance(node.value, list) else []
+        children = [n for pair in value for n in (pair if isinstance(pair, tuple) else (pair,))]
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
 def load(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
     """Defaults, then the experiment file at `path` (if any), then `overrides` (dotted keys)."""
     cfg = Config()
     if path is not None:
-        import yaml  # only when a file is given: keeps --help fast
-
         path = Path(path)
         if not path.is_file():
             raise UserError(f"experiment file {path} not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"experiment file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        tree = _read_yaml(path) or {}
         if not isinstance(tree, dict):
             raise UserError(f"experiment file {path} must be a mapping of config keys")
         cfg = _apply(cfg, _flatten_yaml(tree))

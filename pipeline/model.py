@@ -171,6 +171,8 @@ def construct(cls, kwargs_json: str) -> nn.Module:
         kwargs = json.loads(kwargs_json or "{}")
     except json.JSONDecodeError as e:
         raise UserError(f"--model-kwargs is not valid JSON ({e.msg} at character {e.pos}): {kwargs_json}") from None
+    except RecursionError:
+        raise UserError("--model-kwargs is nested too deeply; pass a flat JSON object") from None
     if not isinstance(kwargs, dict):
         raise UserError(f"--model-kwargs must be a JSON object like '{{\"hidden_dim\": 50}}', got {kwargs_json}")
     try:

@@ -616,3 +616,23 @@ def test_a_zip_bomb_checkpoint_is_refused_before_it_is_inflated(tmp_path):
         archive.writestr("archive/data.pkl", b"\0" * 2**27)  # 128 MB inflated, 0.1 MB on disk
     with pytest.raises(UserError, match="declares 128 MB of content in a 0.1 MB file"):
         load_checkpoint(torch.nn.Linear(3, 1), str(tmp_path / "bomb.pt"))
+
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh")) + \
+    "head_swap:\n  strategies: [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n"  # 9**9 strings once expanded
+
+
+@pytest.mark.parametrize("case, text, message", [
+    ("alias-bomb", LAUGHS, "expands to more than 10,000 values"),
+    ("deeply-nested", "a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("too-large", "# " + "x" * 1_100_000 + "\n", "bytes; an experiment file holds a few overrides"),
+])
+def test_a_hostile_config_fails_fast_in_one_line(case, text, message, tmp_path):
+    from pipeline import config
+
+    (tmp_path / "c.yaml").write_text(text)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=message) as err:
+        config.load(tmp_path / "c.yaml")
+    assert time.monotonic() - started < 10 and "\n" not in str(err.value)
