@@ -19,7 +19,8 @@ Workers are forked from a fork server: a fresh interpreter that has only importe
 so none inherits torch, SQLite or MLflow state, and those imports (seconds of CPU) are paid once, not once a
 worker. The command starts the server first thing (`start_forkserver`), so that it imports while the command
 imports and reads its data; each worker then takes the command's directory and environment (`_start_worker`).
-The command ends the server at its own exit (`_end_forkserver`).
+The command ends the server at its own exit (`_end_forkserver`). A command killed outright (SIGKILL) ends
+nothing itself: each worker watches it and, once it is gone, stops and ends the fork server (`watch_owner`).
 Where there is no fork server (Windows) each worker is spawned and imports for itself.
 
 Stopping: a terminal's Ctrl+C goes to the whole process group, workers included. Workers never act on it
@@ -127,15 +128,18 @@ def _end_forkserver() -> None:
             server._stop()  # reaps it and forgets it: a later start in this process is a fresh server
 
 
-def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ: dict[str, str]) -> None:
+def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ: dict[str, str],
+                  owner: tuple[int, str]) -> None:
     """A pool worker's set-up: Ctrl+C ignored, one thread, the command's directory, environment, store and
-    experiment."""
+    experiment, and a watch on the command (`owner`: its pid and start time) that ends this worker if the
+    command dies (`watch_owner`)."""
     import mlflow
 
     from .train import use_threads
 
     global _LOCK
     become_worker()
+    watch_owner(*owner)
     os.chdir(cwd)  # the fork server's are those of the moment it started
     os.environ.clear()
     os.environ.update(environ)
@@ -145,6 +149,34 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ
     mlflow.set_experiment(experiment_id=experiment_id)
     # atexit runs the last registered first: handlers that tasks register later still run before this one
     atexit.register(_exit_at_once)
+
+
+def watch_owner(pid: int, start: str = "") -> None:
+    """In a worker process: end it once the command `pid` (started at `start`) is gone (`_watch_owner`)."""
+    import threading
+
+    threading.Thread(target=_watch_owner, args=(pid, start), name="reg2cls-owner-watch", daemon=True).start()
+
+
+def _watch_owner(pid: int, start: str, every_s: float = 1.0, grace_s: float = 30.0) -> None:
+    """A worker's watch on the command that owns it. A command killed outright (SIGKILL, the OOM killer, a CI
+    timeout) runs no handler and never stops its workers, which would sleep on for hours holding their memory;
+    so once the command is gone the worker stops itself as the command would (SIGTERM: a task's open runs end
+    KILLED, an idle worker exits), ends the fork server it was forked from on the way, and exits outright if
+    its task has not stopped within `grace_s`."""
+    import time
+
+    from .liveness import alive
+
+    while alive(pid, start):
+        time.sleep(every_s)
+    parent = os.getppid()
+    if parent not in (1, pid):  # the fork server (none on Windows: there a worker's parent is the command)
+        with contextlib.suppress(OSError):
+            os.kill(parent, signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    _exit_at_once(137)
 
 
 def _exit_at_once(code: int = 0) -> None:
@@ -197,9 +229,11 @@ def workers(n: int, preload: tuple[str, ...] = ()) -> Iterator[None]:
     # its first task instead, renaming the command's run after a strategy
     environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     # the lock travels in the initializer's arguments: a multiprocessing lock passes only at a process's start
+    from .liveness import process_start
+
     _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
                                 initargs=(tracking.setup(None), tracking.current_experiment_id(), context.Lock(),
-                                          os.getcwd(), environ))
+                                          os.getcwd(), environ, (os.getpid(), process_start(os.getpid()))))
     _SIZE = n
     with _quiet_handover():
         try:

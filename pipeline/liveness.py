@@ -128,6 +128,11 @@ def _alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def alive(pid: int, start: str = "") -> bool:
+    """Whether process `pid` still runs here, and is the one that started at `start` (process_start) when given."""
+    return _alive(pid) and (not start or process_start(pid) in ("", start))
+
+
 def orphan_reason(tags: dict[str, str], now: float | None = None, limit: float | None = None) -> str | None:
     """Why a RUNNING run's owner can no longer end it, or None while the owner may still be at work.
 

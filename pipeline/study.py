@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -495,8 +496,9 @@ def work(job: Job, lock=None) -> None:
 
 def _spawned_worker(job: Job, lock) -> None:
     """A worker process of run_workers: one torch thread, deaf to Ctrl+C (the command stops it); a SIGTERM
-    ends its trial FAIL and its run KILLED, and it exits without a traceback."""
+    ends its trial FAIL and its run KILLED, and it exits without a traceback; so does the command's death."""
     jobs.become_worker()
+    jobs.watch_owner(os.getppid())  # its parent is the command (spawned, not forked from a server)
     use_threads(1)  # torch's and scikit-learn's pools, as in the command's pool workers (train.use_threads)
     signal.signal(signal.SIGTERM, jobs.interrupt)
     try:

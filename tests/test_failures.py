@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import signal
 import sqlite3
 import subprocess
@@ -636,3 +637,47 @@ def test_a_hostile_config_fails_fast_in_one_line(case, text, message, tmp_path):
     with pytest.raises(UserError, match=message) as err:
         config.load(tmp_path / "c.yaml")
     assert time.monotonic() - started < 10 and "\n" not in str(err.value)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, theirs, ...), read from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if liveness.alive(p)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_sigkill_of_a_command_leaves_no_worker_or_fork_server_behind(tmp_path):
+    """SIGKILL (an OOM killer, a CI timeout) runs no handler: the workers notice the command is gone."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = start_convert(uri, fast_args("orphans", "--epochs", "100000", "--set", "train.jobs=2"), tmp_path)
+    children: set[int] = set()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and len(descendants(proc.pid)) < 4:
+            time.sleep(0.5)  # the resource tracker, the fork server and its two workers
+        children = descendants(proc.pid)
+        assert proc.poll() is None and len(children) >= 4, children
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 15
+        while alive(children) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not alive(children)
+    finally:
+        for pid in alive(descendants(proc.pid) | children):
+            os.kill(pid, signal.SIGKILL)
