@@ -411,7 +411,9 @@ def load_model_uri(uri: str):
         if has_state:
             return load_run_model(parts[1])
     try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        from mlflow import pytorch as mlflow_pytorch
+
+        model = mlflow_pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # MlflowException, OSError, unpickling errors: all mean "cannot load"
         raise UserError(f"cannot load {uri}: {first_line(e)}") from None
     if not isinstance(model, nn.Module) or not any(isinstance(m, nn.Linear) for m in model.modules()):
