@@ -166,6 +166,8 @@ def log_servable(model, meta: dict, example: pd.DataFrame, name: str, registered
     conflict = champion_conflict(registered_name, signature) if registered_name else None
     if conflict:
         raise UserError(conflict)
+    run = mlflow.active_run()
+    run_tags = run.data.tags if run else {}  # the model says what it is in the UI's list of logged models
     with tempfile.TemporaryDirectory() as tmp:
         code_paths = [str(PACKAGE_DIR), *_brought_code(model, Path(tmp) / "local")]
         save_state(model, Path(tmp) / "state")
@@ -176,7 +178,8 @@ def log_servable(model, meta: dict, example: pd.DataFrame, name: str, registered
             code_paths=code_paths, signature=signature, input_example=example,
             pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
                                                *requirements(model)),
-            registered_model_name=registered_name)
+            registered_model_name=registered_name,
+            tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
 
 
 def export(run_id: str, name: str | None = None) -> str:

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY, TUNED_ROW, invoke, runs_of, tiny_args, use_store
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, report
+from pipeline import data, registry, report
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -243,8 +243,9 @@ def test_strategy_runs_record_each_split_as_an_input(converted):
 
 
 @pytest.mark.slow
-def test_logged_models_say_their_strategy(converted):
+def test_exported_models_say_their_strategy(converted):
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "warm_start")
+    registry.export(run.info.run_id)
     models = MlflowClient().search_logged_models(experiment_ids=[run.info.experiment_id])
     [model] = [m for m in models if m.source_run_id == run.info.run_id and m.name == "warm_start"]  # its name
     assert model.tags["strategy"] == "warm_start" and model.tags["stage"] == "head_swap"
