@@ -1,6 +1,8 @@
-"""The champion in the MLflow model registry: logged as a pyfunc (serving.py: the raw table in, a
-`label` and one `proba_<class>` column per class out), registered with the alias `champion`, and
-loaded back for `reg2cls predict`. The output's shape is spelled once, in `output_frame`.
+"""Servable models: the champion in the MLflow model registry, logged as a pyfunc (serving.py: the raw table
+in, a `label` and one `proba_<class>` column per class out), registered with the alias `champion`, and
+loaded back for `reg2cls predict`; and the same kind of model made on request from any run's state
+(`export`, `reg2cls export`). Only these get a full MLflow model (`log_servable`): every run keeps its state
+(tracking.log_state). The output's shape is spelled once, in `output_frame`.
 
 The champion carries everything it needs to load anywhere: the package and, for a model brought as
 `file.py:Class`, that file and the user's modules it imports (code_paths); `check_loads` proves it, in a
