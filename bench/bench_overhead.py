@@ -10,7 +10,7 @@ from this checkout, each in a fresh folder with a new SQLite store. From each st
 - wall s: the command's wall time; MB, files: what the folder holds besides the stores (the artifacts);
 - peak MiB: the peak proportional set size summed over the command and its workers (bench_scale's measure).
 
-    python bench/bench_overhead.py [--before REF] [--cases default wine]
+    python bench/bench_overhead.py [--before REF] [--cases default wine] [--data-dir ../shared/data]
 
 REF defaults to the merge base of HEAD and main. Goals: overhead <= 0.15 s, train/run >= 0.5 on the default
 convert, default wall <= 20 s on 2 cores, default artifacts <= 5 MB, peak <= 1.2 GiB.
@@ -29,9 +29,9 @@ from pathlib import Path
 from bench_scale import _pss, _tree
 
 REPO = Path(__file__).resolve().parents[1]
-WINE = REPO.parent / "shared" / "data" / "wine_white.csv"
 CASES = {"default": [],
-         "wine": ["--data", str(WINE), "--target", "quality", "--classes", "thresholds:6.5", "--folds", "5"]}
+         "wine": ["--data", "{data}/wine_white.csv", "--target", "quality", "--classes", "thresholds:6.5",
+                  "--folds", "5"]}
 STORES = ("mlflow.db", "optuna.db")  # and their -wal, -shm, .lock files
 
 
@@ -92,7 +92,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", help="the commit to compare with (default: merge base of HEAD and main)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
+                    help="the folder holding wine_white.csv (default: ../shared/data from the repository root)")
     args = ap.parse_args()
+    if "wine" in args.cases and not (args.data_dir / "wine_white.csv").is_file():
+        sys.exit(f"{args.data_dir / 'wine_white.csv'} not found; pass --data-dir")
     git = ["git", "-C", str(REPO)]
     before = args.before or subprocess.check_output([*git, "merge-base", "HEAD", "main"], text=True).strip()
     after = subprocess.check_output([*git, "rev-parse", "--short", "HEAD"], text=True).strip()
@@ -105,7 +109,7 @@ def main() -> None:
             print(f"{'case':8} {'code':6} " + " ".join(f"{h:>9}" for h in header), flush=True)
             for case in args.cases:
                 for label, code in (("before", old), ("after", REPO)):
-                    row = measure(code, CASES[case])
+                    row = measure(code, [a.format(data=args.data_dir.resolve()) for a in CASES[case]])
                     print(f"{case:8} {label:6} " + " ".join(
                         f"{row[h]:9d}" if isinstance(row[h], int) else f"{row[h]:9.2f}" for h in header), flush=True)
         finally:
