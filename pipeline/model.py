@@ -351,16 +351,13 @@ def save_state(model: nn.Module, folder: Path) -> int:
 
 def load_state(folder: Path, build_model) -> nn.Module:
     """The model `save_state` wrote: `build_model(architecture)` makes the layers (tracking.rebuild,
-    which can fetch a base model from MLflow), the weights load with `weights_only=True`. A folder written
-    before the start shared the weights file keeps it in `start.pt`."""
+    which can fetch a base model from MLflow), the weights load with `weights_only=True`."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
     saved = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     start = None
     if isinstance(saved.get("weights"), dict):  # weights and start in one file (a state_dict holds tensors)
         saved, moved = saved["weights"], saved["start"]
         start = {k: moved.get(k, v) for k, v in saved.items()}
-    elif (folder / "start.pt").is_file():
-        start = torch.load(folder / "start.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(saved)
     if start is not None:
         model.reg2cls_start = start
