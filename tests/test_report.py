@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY, TUNED_ROW, invoke, runs_of, tiny_args, use_store
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, registry, report
+from pipeline import data, registry, report, tracking
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -126,7 +126,7 @@ def test_strategy_runs_log_their_curves_as_metrics_not_figures(converted):
     client = MlflowClient()
     run = next(r for r in converted["runs"] if r.data.tags.get("strategy") == "linear_probe")
     for key in ("train/loss", "val/loss", "val/f1_macro"):
-        assert len({m.step for m in client.get_metric_history(run.info.run_id, key)}) > 1, key
+        assert len({m.step for m in client.get_metric_history(run.info.run_id, tracking.epoch_key(key))}) > 1, key
     assert {f.path for f in client.list_artifacts(run.info.run_id)} == {"state", "predictions.npz"}
 
 
