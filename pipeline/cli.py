@@ -553,6 +553,23 @@ def _predictions(model, frame, columns: list[str], numeric: list[str], input_pat
     return predictions
 
 
+@cli.command()
+@click.option("--run-id", required=True, help="A strategy, variant, trial or tuned run (head_swap, slim, tune).")
+@click.option("--name", help="The model's name in the run (default: its strategy, e.g. finetune, width_0_5).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@user_errors
+def export(run_id, name, tracking_uri):
+    """Make a full servable MLflow model of any run from the state it kept: the raw table in, `label` and
+    `proba_<class>` out, as the champion; for `reg2cls predict`, `mlflow models serve` or the registry."""
+    from . import registry, tracking
+
+    tracking.setup(tracking_uri)
+    uri = registry.export(run_id, name)
+    click.echo(f"exported run {run_id} as {uri}\n"
+               f"predict: reg2cls predict --model-uri {uri} --input new.csv --output predictions.csv\n"
+               f"serve:   mlflow models serve -m {uri} --env-manager local --host 127.0.0.1 --port 5001")
+
+
 def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, option: str = "--from-run",
                  exact: bool = False):
     """The model a stage builds on: `from_run`, else the newest finished run of the first of

@@ -86,10 +86,12 @@ def become_worker() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is dropped: ignored
 
 
-# what a worker imports whatever it runs: what its first task would otherwise import on the way (torch.export to
-# log a model, torch._dynamo to make an optimizer: over a second). The modules of the task functions themselves
-# are named by the command (`start_forkserver`'s `preload`): this module knows nothing of what runs above it.
-PRELOAD = ["mlflow.pytorch", "torch.export", "torch._dynamo"]
+# what a worker imports whatever it runs: what its first task would otherwise import on the way (torch._dynamo, to
+# make an optimizer: over a second). The modules of the task functions themselves are named by the command
+# (`start_forkserver`'s `preload`): this module knows nothing of what runs above it. Imported in the fork server,
+# these pages are shared by every worker; what a worker does not need (matplotlib, MLflow's model flavors) is
+# imported neither here nor by the stages' modules.
+PRELOAD = ["torch._dynamo"]
 
 
 def start_forkserver(n: int, preload: tuple[str, ...] = ()):

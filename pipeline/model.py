@@ -325,25 +325,42 @@ def mark_start(model: nn.Module) -> None:
 
 
 def save_state(model: nn.Module, folder: Path) -> int:
-    """Write `weights.pt` (the state_dict, on the CPU) and `architecture.json` into `folder`, with `start.pt`
-    and `rule.json` when the model has a starting point and a decision rule; returns the weights' size in bytes."""
+    """Write `weights.pt` and `architecture.json` into `folder`, with `rule.json` when the model has a decision
+    rule; returns the size in bytes of the model's weights alone (its state_dict as torch.save writes it).
+
+    `weights.pt` is the one weights file: the state_dict on the CPU, and when the model has a starting point
+    (`mark_start`) the file holds {"weights": state_dict, "start": the start's tensors that differ from the
+    weights} instead: a frozen backbone, or a head that never moved, is not stored twice."""
+    import io
+
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.pt")
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    start = getattr(model, "reg2cls_start", None)
+    if start is None:
+        (folder / "weights.pt").write_bytes(buffer.getvalue())
+    else:
+        moved = {k: v for k, v in start.items() if k not in weights or not torch.equal(v, weights[k])}
+        torch.save({"weights": weights, "start": moved}, folder / "weights.pt")
     (folder / "architecture.json").write_text(json.dumps(architecture(model), indent=1))
-    if getattr(model, "reg2cls_start", None) is not None:
-        torch.save(model.reg2cls_start, folder / "start.pt")
     if getattr(model, "reg2cls_rule", None) is not None:
         (folder / "rule.json").write_text(json.dumps(model.reg2cls_rule, indent=1))
-    return (folder / "weights.pt").stat().st_size
+    return buffer.getbuffer().nbytes
 
 
 def load_state(folder: Path, build_model) -> nn.Module:
     """The model `save_state` wrote: `build_model(architecture)` makes the layers (tracking.rebuild,
     which can fetch a base model from MLflow), the weights load with `weights_only=True`."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
-    model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-    if (folder / "start.pt").is_file():
-        model.reg2cls_start = torch.load(folder / "start.pt", map_location="cpu", weights_only=True)
+    saved = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+    start = None
+    if isinstance(saved.get("weights"), dict):  # weights and start in one file (a state_dict holds tensors)
+        saved, moved = saved["weights"], saved["start"]
+        start = {k: moved.get(k, v) for k, v in saved.items()}
+    model.load_state_dict(saved)
+    if start is not None:
+        model.reg2cls_start = start
     if (folder / "rule.json").is_file():
         model.reg2cls_rule = json.loads((folder / "rule.json").read_text())
     return model.eval()

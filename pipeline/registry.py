@@ -1,6 +1,8 @@
-"""The champion in the MLflow model registry: logged as a pyfunc (serving.py: the raw table in, a
-`label` and one `proba_<class>` column per class out), registered with the alias `champion`, and
-loaded back for `reg2cls predict`. The output's shape is spelled once, in `output_frame`.
+"""Servable models: the champion in the MLflow model registry, logged as a pyfunc (serving.py: the raw table
+in, a `label` and one `proba_<class>` column per class out), registered with the alias `champion`, and
+loaded back for `reg2cls predict`; and the same kind of model made on request from any run's state
+(`export`, `reg2cls export`). Only these get a full MLflow model (`log_servable`): every run keeps its state
+(tracking.log_state). The output's shape is spelled once, in `output_frame`.
 
 The champion carries everything it needs to load anywhere: the package and, for a model brought as
 `file.py:Class`, that file and the user's modules it imports (code_paths); `check_loads` proves it, in a
@@ -35,6 +37,14 @@ def output_frame(class_names: list[str], proba: np.ndarray, pred: np.ndarray) ->
     for i, name in enumerate(class_names):
         out[f"proba_{name}"] = proba[:, i]
     return out
+
+
+def serving_meta(data) -> dict:
+    """What a served model needs around its network (serving.py's `meta` artifact), for a data.Prepared split:
+    the preprocessor fitted on its training rows, and the class names."""
+    from dataclasses import asdict
+
+    return {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names}
 
 
 def register_champion(model, meta: dict, example: pd.DataFrame, registered_name: str, description: str,
@@ -78,29 +88,9 @@ def _log_and_register(model, meta: dict, example: pd.DataFrame, registered_name:
                       tags: dict[str, str]) -> str:
     from mlflow.exceptions import MlflowException
 
-    from .model import requirements, save_state
-
     client = MlflowClient()
-    if next(model.parameters()).device.type != "cpu":
-        model = copy.deepcopy(model).cpu()
-    k = len(meta["class_names"])
-    output = output_frame(meta["class_names"], np.full((len(example), k), 1.0 / k), np.zeros(len(example), int))
-    signature = infer_signature(example, output)
-    conflict = champion_conflict(registered_name, signature)
-    if conflict:
-        raise UserError(conflict)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            code_paths = [str(PACKAGE_DIR), *_brought_code(model, Path(tmp) / "local")]
-            save_state(model, Path(tmp) / "state")
-            (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
-            info = mlflow.pyfunc.log_model(
-                name="champion", python_model=str(PACKAGE_DIR / "serving.py"),
-                artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(Path(tmp) / "state")},
-                code_paths=code_paths, signature=signature, input_example=example,
-                pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
-                                                   *requirements(model)),
-                registered_model_name=registered_name)
+        info = log_servable(model, meta, example, "champion", registered_name)
         version = str(info.registered_model_version)
         client.set_registered_model_alias(registered_name, "champion", version)
         client.update_model_version(registered_name, version, description=description)
@@ -160,6 +150,69 @@ def check_loads(uri: str) -> None:
         raise UserError(f"the champion {uri} does not load in a clean process outside this folder "
                         f"({lines[-1].strip() if lines else f'exit code {proc.returncode}'}); a model file's own "
                         "imports must be modules beside it or installed packages")
+
+
+def log_servable(model, meta: dict, example: pd.DataFrame, name: str, registered_name: str | None = None):
+    """`model` on the active run as a full MLflow model named `name`, a pyfunc (serving.py) that `mlflow models
+    serve` and `reg2cls predict` load: its state, `meta` (`serving_meta`), the package (and a brought model's
+    file) as code, signature, input example and pinned requirements; registered as `registered_name` when given
+    (refused with a one-line UserError if that name's champion takes other columns or gives other classes).
+    Only served models get one (the champion, `export`); every run keeps its state (tracking.log_state)."""
+    from .model import requirements, save_state
+
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    k = len(meta["class_names"])
+    output = output_frame(meta["class_names"], np.full((len(example), k), 1.0 / k), np.zeros(len(example), int))
+    signature = infer_signature(example, output)
+    conflict = champion_conflict(registered_name, signature) if registered_name else None
+    if conflict:
+        raise UserError(conflict)
+    run = mlflow.active_run()
+    run_tags = run.data.tags if run else {}  # the model says what it is in the UI's list of logged models
+    with tempfile.TemporaryDirectory() as tmp:
+        code_paths = [str(PACKAGE_DIR), *_brought_code(model, Path(tmp) / "local")]
+        save_state(model, Path(tmp) / "state")
+        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=str(PACKAGE_DIR / "serving.py"),
+            artifacts={"meta": str(Path(tmp) / "meta.json"), "state": str(Path(tmp) / "state")},
+            code_paths=code_paths, signature=signature, input_example=example,
+            pip_requirements=pip_requirements(f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
+                                               *requirements(model)),
+            registered_model_name=registered_name,
+            tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
+
+
+def export(run_id: str, name: str | None = None) -> str:
+    """Make a full servable MLflow model (`log_servable`) of any run that kept a classifier's state (a strategy,
+    variant, trial or tuned run), on that run, named `name` (default: its strategy, `tracking.model_name`);
+    returns its URI, runs:/<run>/<name>. The run's end time and status stay as they were. One-line UserError
+    for a run that keeps no classifier (a regressor's baseline, a run logged before runs kept `state/meta.json`)."""
+    from . import tracking
+
+    model = tracking.load_run_model(run_id)  # a missing or unfinished run, or one without state/: one line
+    raw = tracking.read_artifact(run_id, "state/meta.json")
+    if raw is None:
+        raise UserError(f"run {run_id} keeps no classifier to serve (state/meta.json missing: a baseline regressor, "
+                        "or a run logged before runs kept it); export a head_swap, slim or tune run")
+    meta = json.loads(raw)
+    if name is None:
+        name = tracking.model_name(tracking.get_run(run_id).data.tags)
+    elif tracking.model_name({"stage": name}) != name:
+        raise UserError(f"--name {name!r}: a model name cannot hold / : . % \" or '; e.g. "
+                        f"{tracking.model_name({'stage': name})}")
+    with reopened(run_id):
+        log_servable(model, meta, example_input(meta["preprocessor"]), name)
+    return f"runs:/{run_id}/{name}"
+
+
+def example_input(preprocessor: dict) -> pd.DataFrame:
+    """One row of raw input a served model takes, from its preprocessor (`serving_meta`): each numeric column's
+    training median (as float64, like the champion's example), each category column's first category."""
+    row = {c: [float(m)] for c, m in zip(preprocessor["numeric"], preprocessor["medians"])}
+    row |= {c: [str(values[0]) if values else ""] for c, values in preprocessor.get("categories", {}).items()}
+    return pd.DataFrame(row)
 
 
 def signature_for(preprocessor, class_names: list[str]):

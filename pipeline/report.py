@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-
 from .metrics import calibration_bins
+
+
+def _figure(**kwargs):
+    """A new matplotlib Figure; matplotlib is imported here, on the first figure, so that importing the stages
+    (a worker process does) does not load it."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def _plain(draw):
@@ -43,7 +49,7 @@ def pareto_figure(rows: list[dict], recommended: str, unslimmed: str = "slimming
     model (`unslimmed` names it: slimming's input, not necessarily the champion); a legend for every mark."""
     from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(6.8, 4.4), dpi=110)
+    fig = _figure(figsize=(6.8, 4.4), dpi=110)
     ax = fig.subplots()
     points = [(r["cost/params"], r["val/f1_macro"]) for r in rows]
     front = set(pareto_front(points))
@@ -92,7 +98,7 @@ def intervals_figure(board: pd.DataFrame, metric: str):
     shown = board[board["f1_macro"] == board["f1_macro"]]
     labels = [f"{s} ({st})" for s, st in zip(shown["strategy"], shown["stage"])]
     champion = next((i for i, top in enumerate(shown["champion"]) if top), None) if "champion" in shown else None
-    fig = Figure(figsize=(7.0, 0.32 * len(shown) + 1.4), dpi=110)
+    fig = _figure(figsize=(7.0, 0.32 * len(shown) + 1.4), dpi=110)
     ax = fig.subplots()
     y = np.arange(len(shown))
     low, high = shown["f1_macro_ci_low"].to_numpy(), shown["f1_macro_ci_high"].to_numpy()
@@ -118,7 +124,7 @@ def confusion_figure(c_true, pred, class_names: list[str], scope: str = ""):
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (c_true, pred), 1)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(1.3 * k + 3.0, 1.0 * k + 2), dpi=110)
+    fig = _figure(figsize=(1.3 * k + 3.0, 1.0 * k + 2), dpi=110)
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -137,37 +143,10 @@ def confusion_figure(c_true, pred, class_names: list[str], scope: str = ""):
 
 
 @_plain
-def curves_figure(curves: dict[str, list[tuple[int, float]]]):
-    """One run's per-epoch curves: train/loss and val/loss overlaid (left), val/f1_macro (right); the
-    epoch with the lowest validation loss, whose weights training restores, is marked."""
-    fig = Figure(figsize=(8.0, 3.4), dpi=110)
-    left, right = fig.subplots(1, 2)
-    for key, color in (("train/loss", "tab:blue"), ("val/loss", "tab:orange")):
-        if key in curves:
-            left.plot(*zip(*curves[key]), color=color, label=key)
-    if "val/loss" in curves:
-        step, value = min(curves["val/loss"], key=lambda p: p[1])
-        left.scatter([step], [value], color="tab:red", zorder=3, label="lowest val/loss (restored)")
-        right.axvline(step, color="tab:red", ls=":", lw=1, label="restored epoch")
-    left.set_xlabel("epoch")
-    left.set_title("loss", fontsize=10)
-    if "val/f1_macro" in curves:
-        right.plot(*zip(*curves["val/f1_macro"]), color="tab:green", label="val/f1_macro")
-    right.set_xlabel("epoch")
-    right.set_title("validation macro-F1", fontsize=10)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a diverged run may have no finite curve to show
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-@_plain
 def validation_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: str = "val/f1_macro"):
     """One per-epoch validation curve per head-swap strategy, overlaid (a strategy that does not train, such as
     threshold, is a dashed level line at its value when given as a single point)."""
-    fig = Figure(figsize=(7.0, 3.8), dpi=110)
+    fig = _figure(figsize=(7.0, 3.8), dpi=110)
     ax = fig.subplots()
     for name, points in curves.items():
         if len(points) > 1:
@@ -188,7 +167,7 @@ def tuning_figure(untuned: tuple[str, float], tuned: float, metric: str):
     """The tuned model's validation score beside its untuned start, with the difference written out."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(6.4, 2.4), dpi=110)
+    fig = _figure(figsize=(6.4, 2.4), dpi=110)
     ax = fig.subplots()
     labels, values = [f"untuned start: {untuned[0]}", "tuned"], [untuned[1], tuned]
     ax.scatter(values, [0, 1], color=["tab:gray", "tab:purple"], s=60, zorder=3)
@@ -210,7 +189,7 @@ def roc_figure(c_true, proba, class_names: list[str], scope: str = ""):
     """ROC curve of the positive class (binary) or one-vs-rest per class."""
     from sklearn.metrics import auc, roc_curve
 
-    fig = Figure(figsize=(5.0, 4.2), dpi=110)
+    fig = _figure(figsize=(5.0, 4.2), dpi=110)
     ax = fig.subplots()
     classes = [1] if len(class_names) == 2 else range(len(class_names))
     for k in classes:
@@ -230,7 +209,7 @@ def roc_figure(c_true, proba, class_names: list[str], scope: str = ""):
 def reliability_figure(c_true, proba, bins: int = 10, scope: str = ""):
     """Accuracy against confidence in equal-width bins: the diagonal is perfect calibration."""
     xs, ys, ns = zip(*calibration_bins(c_true, proba, bins))
-    fig = Figure(figsize=(5.0, 4.2), dpi=110)
+    fig = _figure(figsize=(5.0, 4.2), dpi=110)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
     ax.plot(xs, ys, marker="o")
@@ -348,8 +327,8 @@ def figures(board: pd.DataFrame, pooled, metric: str, class_names: list[str],
         notes["Validation curves"] = (
             "Validation macro-F1 (argmax) per epoch of each head-swap strategy, all on the first split (fold 0 when "
             "cross-fitted), each from its run best on validation there; threshold, which does not train, is its "
-            "value on that same split. Training restores the epoch with the lowest validation loss (marked on each "
-            "run's curves.png and logged as its metric best_epoch).")
+            "value on that same split. Training restores the epoch with the lowest validation loss (logged as each "
+            "run's metric best_epoch; the MLflow UI draws each run's curves).")
     top = board[board["champion"]]
     if pooled is not None and len(top):
         champion_figures(top.iloc[0], pooled, class_names, images, notes)

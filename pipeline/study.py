@@ -41,7 +41,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import decision, jobs, metrics, stats, stop, tracking
+from . import decision, jobs, metrics, registry, stats, stop, tracking
 from .config import TUNE_METRICS, Config, UserError, data_name, first_line
 from .data import Prepared
 from .model import architecture, mark_start
@@ -440,7 +440,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
             trial.set_user_attr("epochs", trained[0])
         values = val_values(model, data, device)
         tracking.log_final_metrics({**values, "cost/train_seconds": sum(h.seconds for h in hists)})
-        tracking.log_model(model, data.val.x[:5].numpy(), servable=False)
+        tracking.log_state(model, registry.serving_meta(data))
         return values[cfg.tune.metric]
 
 

@@ -10,12 +10,10 @@ model is on disk (state_dict + architecture) is model.py's; when a stage may reu
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +21,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, RunStatus
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -157,31 +154,45 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         mlflow.set_tag("mlflow.runName", name)
     else:
         run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
+        _FRESH[run.info.run_id] = Logged()
     if MLFLOW_PARENT_RUN_ID not in run.data.tags:  # a top-level run: its experiment opens as model training
         mark_experiment(run.info.experiment_id)
     _HEARTBEAT.hold(run.info.run_id, mlflow.get_tracking_uri())
     try:
         yield run.info.run_id
     except (KeyboardInterrupt, *killed_on):
+        _FRESH.pop(run.info.run_id, None)
         _HEARTBEAT.release(run.info.run_id)
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:
+        _FRESH.pop(run.info.run_id, None)
         _HEARTBEAT.release(run.info.run_id)
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
+    _FRESH.pop(run.info.run_id, None)
     _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     release_freed_memory()  # its arrays are garbage now, in whichever process ran it
 
 
 
-def log_params(params: dict[str, object]) -> None:
-    """Log params once. A key the run already holds with another value (an `mlflow run` entry-point
-    parameter such as `seed`, as typed or left empty) is logged as `resolved.<key>` instead, since
-    MLflow forbids changing a param."""
-    run = mlflow.active_run()
-    held = MlflowClient().get_run(run.info.run_id).data.params
+class Logged:
+    """What this process has logged on a run it created itself (`start`), the only writer of its params: so
+    that logging more needs no read from the store."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+
+
+_FRESH: dict[str, Logged] = {}  # the runs this process created and still holds open
+
+
+def _new_params(run_id: str, params: dict[str, object]) -> dict[str, str]:
+    """The params to log on `run_id`: those it does not hold yet; a key it holds with another value (an
+    `mlflow run` entry-point parameter such as `seed`, as typed or left empty) as `resolved.<key>` instead,
+    since MLflow forbids changing a param. Read from the store only for a run another process created."""
+    held = _FRESH[run_id].params if run_id in _FRESH else MlflowClient().get_run(run_id).data.params
     out = {}
     for k, v in params.items():
         v = "" if v is None else str(v)
@@ -189,8 +200,17 @@ def log_params(params: dict[str, object]) -> None:
             out[k] = v
         elif held[k] != v:
             out[f"resolved.{k}"] = v
+    return out
+
+
+def log_params(params: dict[str, object]) -> None:
+    """Log params once on the active run (`_new_params`)."""
+    run_id = mlflow.active_run().info.run_id
+    out = _new_params(run_id, params)
     if out:
         mlflow.log_params(out)
+        if run_id in _FRESH:
+            _FRESH[run_id].params.update(out)
 
 
 def log_metrics(values: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
@@ -236,11 +256,16 @@ def log_dataset(example: pd.DataFrame, n_rows: int, source: str, target: str, di
     the profile counts every row, as MLflow's would. MLflow registers a data set once per experiment by a
     check-then-insert, so two commands logging the same new data set at once collide on a UNIQUE constraint;
     the loser retries and then finds the winner's row."""
+    _log_inputs([_dataset_input(example, n_rows, source, target, digest, context, missing)])
+
+
+def _dataset_input(example: pd.DataFrame, n_rows: int, source: str, target: str, digest: str, context: str,
+                   missing: tuple[str, ...] = ()):
+    """The DatasetInput `log_dataset` logs."""
     import json
     import warnings
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     with warnings.catch_warnings():  # a hint about model signatures with integer columns: not one here
@@ -252,7 +277,13 @@ def log_dataset(example: pd.DataFrame, n_rows: int, source: str, target: str, di
         column["required"] = column.get("name") not in missing
     record = Dataset(record.name, record.digest, record.source_type, record.source, json.dumps(schema),
                      json.dumps({"num_rows": int(n_rows), "num_elements": int(n_rows) * example.shape[1]}))
-    inputs = [DatasetInput(record, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    return DatasetInput(record, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def _log_inputs(inputs: list) -> None:
+    """DatasetInputs on the active run in one call, retried on a lost race to register a data set."""
+    from mlflow.exceptions import MlflowException
+
     for attempt in range(5):
         try:
             MlflowClient().log_inputs(mlflow.active_run().info.run_id, datasets=inputs)
@@ -263,47 +294,24 @@ def log_dataset(example: pd.DataFrame, n_rows: int, source: str, target: str, di
             time.sleep(0.05 * (attempt + 1))
 
 
-def log_model(model, x_example: np.ndarray, servable: bool = True) -> int:
-    """Log `model` twice over, each for its reader, both without pickle:
-
-    - `state/`: model.save_state's weights and architecture, which `load_run_model` rebuilds with
-      `torch.load(weights_only=True)`: later stages need the nn.Module with its named layers back;
-    - `<strategy>/` (or `<stage>/`: the run's strategy or stage tag, e.g. runs:/<id>/finetune, runs:/<id>/baseline;
-      `model_uri` gives it): an MLflow PyTorch model in the `pt2` (torch.export) format, with signature, input
-      example and explicit pip requirements (MLflow's inference of them is slow), for serving and the UI.
-      A brought model that torch.export cannot trace keeps `state/` only, with a warning; so does
-      `servable=False` (a tuning trial: its best is logged whole on the stage run).
-    Returns the size of the weights file in bytes.
-    """
-    import torch
+def log_state(model, meta: dict | None = None, predictions: dict[str, np.ndarray] | None = None) -> int:
+    """What a trained model's run keeps, uploaded in one call: `state/` (model.save_state: the one weights file
+    and the recipe to rebuild it, `load_run_model`), with `meta` (the preprocessor fitted on the run's training
+    rows and the class names: what `export` needs to make a servable model of it) as `state/meta.json`, and
+    `predictions` (`predictions_file`) as `predictions.npz`. No MLflow model: making one costs more than the
+    training of a small model, and only what is served needs it (registry.log_servable: the champion, and
+    `reg2cls export` on request). Returns the size of the weights in bytes."""
+    import json
 
     from .model import save_state
 
-    if next(model.parameters()).device.type != "cpu":  # export and serve on the CPU, wherever it trained
-        model = copy.deepcopy(model).cpu()
-    model.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        n_bytes = save_state(model, Path(tmp))
-        mlflow.log_artifacts(tmp, artifact_path="state")
-    if not servable:
-        return n_bytes
-    with torch.no_grad():
-        out = model(torch.from_numpy(x_example)).numpy()
-    # named after what it is, so the UI's logged models read finetune, width_0.5, ... (MLflow 3 resolves
-    # runs:/<id>/<name> by that name: model_uri spells it)
-    run_tags = mlflow.active_run().data.tags
-    try:
-        with warnings.catch_warnings():  # a recurrent layer's `_flat_weights`, once per export: nothing to act on
-            warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
-            mlflow.pytorch.log_model(
-                model, name=model_name(run_tags), serialization_format="pt2", input_example=x_example,
-                signature=infer_signature(x_example, out), pip_requirements=pip_requirements(),
-                tags={k: run_tags[k] for k in ("stage", "strategy") if k in run_tags})
-    except Exception as e:  # torch.export refuses some user code (data-dependent control flow, ...)
-        if store_failure(e):  # a full disk or a failing store is no tracing problem: say it as what it is
-            raise
-        print(f"warning: torch.export could not trace the model ({type(e).__name__}); logged state/ only", flush=True)
-        mlflow.set_tag("model_format", "state_only")
+        n_bytes = save_state(model, Path(tmp) / "state")
+        if meta is not None:
+            (Path(tmp) / "state" / "meta.json").write_text(json.dumps(meta, indent=1))
+        if predictions is not None:
+            np.savez(Path(tmp) / "predictions.npz", **predictions)
+        mlflow.log_artifacts(tmp)
     return n_bytes
 
 
@@ -319,15 +327,10 @@ def store_failure(e: BaseException) -> bool:
 
 
 def model_name(tags: dict[str, str]) -> str:
-    """The name a run's servable model is logged under: its strategy or variant, else its stage, with the
-    characters MLflow refuses in a model name (`.`, `/`, `:`, ...) as `_`: width_0.5 is width_0_5."""
+    """The name `reg2cls export` gives a run's servable model by default: its strategy or variant, else its stage,
+    with the characters MLflow refuses in a model name (`.`, `/`, `:`, ...) as `_`: width_0.5 is width_0_5."""
     name = tags.get("strategy") or tags.get("stage") or "model"
     return "".join("_" if c in "/:.%\"'" else c for c in name)
-
-
-def model_uri(run) -> str:
-    """runs:/<id>/<name> of the servable model a run logged (its PyTorch model, for `mlflow models serve`)."""
-    return f"runs:/{run.info.run_id}/{model_name(run.data.tags)}"
 
 
 def pip_requirements(*extra: str) -> list[str]:
@@ -408,7 +411,9 @@ def load_model_uri(uri: str):
         if has_state:
             return load_run_model(parts[1])
     try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        from mlflow import pytorch as mlflow_pytorch
+
+        model = mlflow_pytorch.load_model(uri, map_location="cpu")
     except Exception as e:  # MlflowException, OSError, unpickling errors: all mean "cannot load"
         raise UserError(f"cannot load {uri}: {first_line(e)}") from None
     if not isinstance(model, nn.Module) or not any(isinstance(m, nn.Linear) for m in model.modules()):
@@ -496,29 +501,43 @@ def log_files_to(run_id: str, files: dict[str, str | bytes]) -> None:
         MlflowClient().log_artifacts(run_id, tmp)
 
 
+def predictions_file(rows: np.ndarray, c: np.ndarray, proba: np.ndarray, pred: np.ndarray,
+                     **more: np.ndarray) -> dict[str, np.ndarray]:
+    """A run's predictions as the arrays of `predictions.npz` (`log_state`, `log_predictions`): the test rows'
+    positions in the data table (n,), their classes (n,), the predicted probabilities (n, K, float32: the
+    leaderboard's log loss and calibration are computed from them) and the classes the model's decision rule
+    picked (n,), for compare's pooled metrics and bootstrap; `more` integer arrays beside them
+    (stages.common.test_scores: the validation rows' classes and decisions, and each row's fold when a run spans
+    several). Integers are stored in the smallest type that holds them (`read_predictions` widens them)."""
+    ints = {"rows": rows, "c": c, "pred": pred, **more}
+    return {"proba": proba.astype(np.float32), **{name: _compact(np.asarray(a)) for name, a in ints.items()}}
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """Integers in the smallest type that holds all of them."""
+    low, high = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    return a.astype(np.result_type(np.min_scalar_type(low), np.min_scalar_type(high)))
+
+
 def log_predictions(rows: np.ndarray, c: np.ndarray, proba: np.ndarray, pred: np.ndarray,
                     **more: np.ndarray) -> None:
-    """A run's predictions as `predictions.npz`: the test rows' positions in the data table (n,), their
-    classes (n,), the predicted probabilities (n, K) and the classes the model's decision rule picked (n,), for
-    compare's pooled metrics and bootstrap; `more` integer arrays beside them (stages.common.log_predictions:
-    the validation rows' classes and decisions, and each row's fold when a run spans several)."""
+    """Predictions (`predictions_file`) on the active run as `predictions.npz`, for a run with no model (the
+    gradient-boosting reference, the floor); a model's run logs them with its state (`log_state`)."""
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "predictions.npz", rows=rows.astype(np.int64), c=c.astype(np.int64),
-                 proba=proba.astype(np.float32), pred=np.asarray(pred).astype(np.int64),
-                 **{name: np.asarray(a).astype(np.int64) for name, a in more.items()})
+        np.savez(Path(tmp) / "predictions.npz", **predictions_file(rows, c, proba, pred, **more))
         mlflow.log_artifact(str(Path(tmp) / "predictions.npz"))
 
 
 def read_predictions(run_id: str) -> dict[str, np.ndarray] | None:
-    """What `log_predictions` logged on `run_id` (rows, c, proba, pred and what else it was given), or None;
-    arrays only, never pickle."""
+    """What `log_predictions` or `log_state` logged on `run_id` (rows, c, proba, pred and what else it was given;
+    integers as int64, probabilities as float32), or None; arrays only, never pickle."""
     raw = read_artifact(run_id, "predictions.npz")
     if raw is None:
         return None
     import io
 
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        logged = {name: npz[name] for name in npz.files}
+        logged = {name: npz[name].astype(np.float32 if name == "proba" else np.int64) for name in npz.files}
     return logged
 
 
@@ -719,10 +738,21 @@ def describe_experiment(text: str, experiment_id: str | None = None) -> None:
         client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, text)
 
 
-def log_final_metrics(values: dict[str, float]) -> None:
-    """A run's final metrics (the returned model's), logged once at step 0. Their per-epoch curves live under
-    `epoch_key` names (EpochLog), so the final value adds no point, and no cliff, to any curve. NaN is skipped."""
-    log_metrics(values, step=0)
+def log_final_metrics(values: dict[str, float], params: dict[str, object] | None = None) -> None:
+    """A run's final metrics (the returned model's), logged once at step 0, with `params` (`log_params`'s way)
+    in the same call. Their per-epoch curves live under `epoch_key` names (EpochLog), so the final value adds no
+    point, and no cliff, to any curve. NaN is skipped."""
+    from mlflow.entities import Param
+
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and np.isfinite(v)]
+    new = [Param(k, v) for k, v in _new_params(run_id, params or {}).items()]
+    client = MlflowClient()
+    for i in range(max(len(points) // 1000, len(new) // 100) + 1):  # the store's limits per batch
+        client.log_batch(run_id, metrics=points[i * 1000:(i + 1) * 1000], params=new[i * 100:(i + 1) * 100])
+    if run_id in _FRESH:
+        _FRESH[run_id].params.update({p.key: p.value for p in new})
 
 
 def epoch_curves(keys: list[str], run_id: str | None = None) -> dict[str, list[tuple[int, float]]]:
@@ -747,17 +777,26 @@ def log_split_inputs(split_key: str, splits: dict[str, tuple[np.ndarray, np.ndar
     """Each split the active run was trained, validated or tested on as its own data set input, with the split
     as its context (`train`, `validation`, `test`): the preprocessed features `x0..` and the class `c`, named
     `<source> [<context>]` (`source`: the run's param `data.source` by default), digested by the split key
-    (same key, same rows)."""
+    (same key, same rows). Logged in one call; each split's record is made once a process (`_SPLIT_INPUTS`)."""
     import hashlib
 
     if source is None:
         run_id = mlflow.active_run().info.run_id
-        source = MlflowClient().get_run(run_id).data.params.get("data.source", "data")
+        held = _FRESH[run_id].params if run_id in _FRESH else MlflowClient().get_run(run_id).data.params
+        source = held.get("data.source", "data")
+    inputs = []
     for context, (x, c) in splits.items():
-        head = pd.DataFrame(np.asarray(x[:5]), columns=[f"x{i}" for i in range(x.shape[1])])
-        head["c"] = np.asarray(c[:5])
-        digest = hashlib.sha256(f"{split_key}:{context}".encode()).hexdigest()[:16]
-        log_dataset(head, len(c), f"{source} [{context}]", "c", digest, context=context)  # finite: nothing missing
+        key = (source, split_key, context)
+        if key not in _SPLIT_INPUTS:
+            head = pd.DataFrame(np.asarray(x[:5]), columns=[f"x{i}" for i in range(x.shape[1])])
+            head["c"] = np.asarray(c[:5])
+            digest = hashlib.sha256(f"{split_key}:{context}".encode()).hexdigest()[:16]
+            _SPLIT_INPUTS[key] = _dataset_input(head, len(c), f"{source} [{context}]", "c", digest, context)
+        inputs.append(_SPLIT_INPUTS[key])
+    _log_inputs(inputs)
+
+
+_SPLIT_INPUTS: dict[tuple[str, str, str], object] = {}  # (source, split key, context) -> its DatasetInput
 
 
 @contextlib.contextmanager

@@ -61,6 +61,17 @@ def process_env(tracking_uri: str) -> dict[str, str]:
     return {**env, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO)}
 
 
+def exported_predictions(run_id: str):
+    """What serving a run answers: `reg2cls export`'s model of it, loaded as a pyfunc, on one row of raw input made
+    from the run's preprocessor (registry.example_input)."""
+    import json
+
+    from pipeline import registry, tracking
+
+    meta = json.loads(tracking.read_artifact(run_id, "state/meta.json"))
+    return mlflow.pyfunc.load_model(registry.export(run_id)).predict(registry.example_input(meta["preprocessor"]))
+
+
 def tiny_config(**overrides) -> config.Config:
     return config.load(None, {**TINY, **overrides})
 

@@ -152,7 +152,7 @@ def test_help_lists_the_commands_options(command):
 @pytest.mark.parametrize("option, commands", [
     ("--strategies", {"convert", "head-swap"}), ("--baseline-run", {"head-swap"}), ("--from-run", {"slim", "tune"}),
     ("--keep-ratios", {"slim"}), ("--distill", {"slim"}), ("--n-trials", {"tune"}), ("--workers", {"tune"}),
-    ("--metric", {"tune", "compare"}), ("--no-reference", {"compare"}), ("--run-id", {"compare"}),
+    ("--metric", {"tune", "compare"}), ("--no-reference", {"compare"}), ("--run-id", {"compare", "export"}),
     ("--register", {"convert", "compare"}), ("--lr", set(config.COMMANDS)),
 ])
 def test_command_specific_options_appear_only_on_their_commands(option, commands):

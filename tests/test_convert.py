@@ -1,19 +1,19 @@
 """End to end against a real MLflow store: runs, tags, statuses, metric keys, reuse, signals, `mlflow run`."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, TINY, invoke, process_env, runs_of, settled, tiny_args, tiny_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import reuse, tracking
+from pipeline import registry, reuse, tracking
 from pipeline.config import STRATEGIES
 
 CLASSIFIER_KEYS = {"val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/balanced_accuracy",
@@ -61,10 +61,14 @@ def test_convert_logs_every_stage_and_strategy(experiment):
         run = next(r for r in runs if r.info.run_id == row.best_run)
         assert row.n == 1 and row.f1_macro == pytest.approx(run.data.metrics["test/f1_macro"])
     warm = next(r for r in strategies if r.data.tags["strategy"] == "warm_start")
-    served = mlflow.pyfunc.load_model(f"runs:/{warm.info.run_id}/warm_start")  # named after its strategy
-    assert tracking.model_uri(warm) == f"runs:/{warm.info.run_id}/warm_start"
-    assert served.predict(np.zeros((4, 10), dtype=np.float32)).shape == (4, 3)
+    # a run keeps its state and predictions, no MLflow model: that is made on request, from the state
+    assert {a.path for a in client.list_artifacts(warm.info.run_id)} == {"state", "predictions.npz"}
     assert tracking.load_run_model(warm.info.run_id).head.out_features == 3
+    uri = registry.export(warm.info.run_id)
+    assert uri == f"runs:/{warm.info.run_id}/warm_start"  # named after its strategy
+    meta = json.loads(tracking.read_artifact(warm.info.run_id, "state/meta.json"))
+    served = mlflow.pyfunc.load_model(uri).predict(registry.example_input(meta["preprocessor"]))
+    assert list(served.columns) == ["label", *(f"proba_{c}" for c in meta["class_names"])] and len(served) == 1
 
 
 @pytest.mark.slow

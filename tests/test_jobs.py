@@ -239,8 +239,8 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(experiment, store, t
 @pytest.mark.slow
 def test_workers_start_with_their_tasks_imports_done(experiment, store):
     """Forked from the fork server, a worker already holds the stages (named by the command: jobs imports nothing
-    above it) and what a first task would import on the way (torch.export to log a model, torch._dynamo to make
-    an optimizer): seconds no task waits for."""
+    above it) and what a first task would import on the way (torch._dynamo to make an optimizer): seconds no task
+    waits for."""
     import multiprocessing.forkserver
 
     import mlflow
@@ -253,6 +253,23 @@ def test_workers_start_with_their_tasks_imports_done(experiment, store):
     code = f"sorted(set({wanted!r}) - set(__import__('sys').modules))"
     with jobs.workers(2, cli.WORKER_IMPORTS):
         assert jobs.run(eval, [(code,), (code,)]) == [[], []]  # eval: a task function every worker can unpickle
+
+
+@pytest.mark.slow
+def test_workers_hold_no_figures_library_and_no_mlflow_model_flavor(experiment, store):
+    """A worker's memory holds what a training needs: no matplotlib (figures are drawn by the command), no
+    mlflow.pytorch (runs keep their state, not an MLflow model)."""
+    import multiprocessing.forkserver
+
+    import mlflow
+
+    from pipeline import cli, jobs
+
+    mlflow.set_experiment(experiment)
+    multiprocessing.forkserver._forkserver._stop()  # a server started by an earlier test preloaded other modules
+    code = "sorted({'matplotlib', 'mlflow.pytorch'} & set(__import__('sys').modules))"
+    with jobs.workers(2, cli.WORKER_IMPORTS):
+        assert jobs.run(eval, [(code,), (code,)]) == [[], []]
 
 
 @pytest.mark.slow

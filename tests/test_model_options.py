@@ -2,18 +2,22 @@
 and tune included, and its recipe rebuilds the same model without data."""
 from __future__ import annotations
 
+import json
+
 import mlflow
+import numpy as np
 import pytest
 import tabm
 import torch
 from conftest import invoke, runs_of, settled, tiny_args
 from torch import nn
 
-from pipeline import config
+from pipeline import config, decision, registry, tracking
 from pipeline.config import STRATEGIES, UserError
+from pipeline.data import Preprocessor
 from pipeline.model import MLP, architecture
 from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
-from pipeline.tracking import load_run_model, model_uri
+from pipeline.tracking import load_run_model
 
 OPTIONS = {
     "periodic": ["model.embedding=periodic"],
@@ -47,11 +51,15 @@ def test_option_converts_end_to_end_and_rebuilds(experiment, option):
         assert len(kwargs["bins"]) == 10 and all(2 <= len(b) <= 9 for b in kwargs["bins"])
     ensembled = sum(isinstance(m, tabm.LinearBatchEnsemble) for m in model.modules())
     assert ensembled == (2 if "ensemble" in option else 0)
-    x = torch.randn(16, 10)
-    exported = mlflow.pytorch.load_model(model_uri(base))  # torch.export of the trained model itself
-    torch.testing.assert_close(model(x), exported(x))
     [half] = [r for r in runs if r.data.tags.get("strategy") == "width_0.5"]
     [probe] = [r for r in runs if r.data.tags.get("strategy") == "linear_probe"]
+    # the servable model `export` makes from the probe's state answers as the model rebuilt from it
+    meta = json.loads(tracking.read_artifact(probe.info.run_id, "state/meta.json"))
+    rows = registry.example_input(meta["preprocessor"])
+    served = mlflow.pyfunc.load_model(registry.export(probe.info.run_id)).predict(rows)
+    x = torch.from_numpy(Preprocessor(**meta["preprocessor"]).transform(rows))
+    proba, _ = decision.outputs(load_run_model(probe.info.run_id), x, "cpu", len(meta["class_names"]))
+    np.testing.assert_allclose(served[[f"proba_{c}" for c in meta["class_names"]]].to_numpy(), proba, rtol=1e-5)
     assert half.data.metrics["cost/params"] < probe.data.metrics["cost/params"]
 
 

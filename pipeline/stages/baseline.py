@@ -146,7 +146,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         tracking.set_tags(findings)
         if data.fold is None:  # cross-fitting says it once for all folds
             checks.warn(findings)
-        tracking.log_model(model, data.val.x[:5].numpy())
+        tracking.log_state(model)  # a regressor: what later stages and --baseline-run rebuild
         stands_for(run_id)
         line = (f"{where('baseline', data)}: validation RMSE {values['val/rmse']:.4g}, R2 {values['val/r2']:.3f}, "
                 f"thresholded macro-F1 {values['val/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")

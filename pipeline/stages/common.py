@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import decision, metrics, progress, stats, stop, tracking
+from .. import decision, metrics, progress, registry, stats, stop, tracking
 from ..config import Config, first_line
 from ..data import Prepared, to_classes
 from ..train import Distill, batch_and_lr, classification_task, fit, predict
@@ -185,7 +185,9 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     """Fit a trained classifier's decision rule on validation (decision.fit_rule; `identity_rule` keeps argmax
     and T = 1 instead: `threshold`, the bar, is the regressor cut at the class edges and nothing more), then
     evaluate it once under that rule and log the rule (params `rule.*`), its metrics (also without the rule:
-    `*_argmax`), test predictions, costs and model (which carries the rule); returns the values."""
+    `*_argmax`), costs, and in one upload its state (the model, which carries the rule) and predictions
+    (`tracking.log_state`); returns the values. The per-epoch curves are the run's metrics already: the MLflow UI
+    draws them, the report draws the head-swap strategies'."""
     k = data.n_classes
     ordinal = decision.is_ordinal(model, k)
     val_c = data.val.c.numpy()
@@ -198,38 +200,32 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
         model.reg2cls_rule = decision.fit_scores(val_scores, val_c, ordinal)
         # the selection score: each validation row decided by a rule fitted on the other half (no rule optimism)
         val_pred = decision.cross_fitted(val_scores, val_c, ordinal, seed)
-    tracking.log_params(decision.as_params(model.reg2cls_rule))
     values = metrics.prefixed("val", metrics.classification(val_c, decision.apply(model.reg2cls_rule, val_scores)[0],
                                                             val_pred))
     # the loop's validation loss (CE/BCE, unweighted) of the returned model, before temperature scaling
     values["val/loss"] = metrics.log_loss(val_c, metrics.probabilities(val_out, k))
-    # logged once, apart from the per-epoch curves (epoch/val_f1_macro, ...): the run's value is the returned
-    # model's; the restored epoch is the metric best_epoch, and marked in curves.png
-    # (`final_step` is kept for the callers)
-    tracking.log_final_metrics(values)
-    curves = tracking.epoch_curves(["train/loss", "val/loss", "val/f1_macro"])
-    if curves:
-        from ..report import curves_figure
-
-        tracking.log_figure(curves_figure(curves), "curves.png")
-    rest = log_predictions([(data, *decision.outputs(model, data.test.x, device, k))], seed, [(val_c, val_pred)])
+    rest, predictions = test_scores([(data, *decision.outputs(model, data.test.x, device, k))], seed,
+                                    [(val_c, val_pred)])
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
-    rest["cost/model_bytes"] = tracking.log_model(model, data.val.x[:5].numpy())
-    tracking.log_metrics(rest)
+    rest["cost/model_bytes"] = tracking.log_state(model, registry.serving_meta(data), predictions)
+    # logged once with the rule, apart from the per-epoch curves (epoch/val_f1_macro, ...), which the MLflow UI
+    # draws: the run's value is the returned model's (`final_step` is kept for the callers)
+    tracking.log_final_metrics({**values, **rest}, params=decision.as_params(model.reg2cls_rule))
     # the data it was trained, validated and tested on, each split as an input with its role as context
     tracking.log_split_inputs(data.split_key, {name: (split.x.numpy(), split.c.numpy()) for name, split in
                                                (("train", data.train), ("validation", data.val), ("test", data.test))})
     return {**values, **rest}
 
 
-def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int,
-                    val: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
-    """Log a run's predictions and return its test/* metrics, macro-F1 and accuracy with a seeded 95% bootstrap
-    interval (`_ci_low`, `_ci_high`). `parts`: (split, (N, K) test probabilities, (N,) classes its decision rule
-    picked), one per fold; `val`: (classes, decided classes) of each fold's validation rows, in the split's
-    order, which compare chooses the champion on (none for the reference, which is never champion). A run over
-    several folds (the reference, the floor) also logs each row's fold (`fold`, `val_fold`). Test scores are
-    computed here, once per run, and never used to choose anything."""
+def test_scores(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int,
+                val: list[tuple[np.ndarray, np.ndarray]] | None = None
+                ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """A run's test/* metrics, macro-F1 and accuracy with a seeded 95% bootstrap interval (`_ci_low`, `_ci_high`),
+    and its predictions as `tracking.predictions_file` arrays. `parts`: (split, (N, K) test probabilities, (N,)
+    classes its decision rule picked), one per fold; `val`: (classes, decided classes) of each fold's validation
+    rows, in the split's order, which compare chooses the champion on (none for the reference, which is never
+    champion). A run over several folds (the reference, the floor) also keeps each row's fold (`fold`,
+    `val_fold`). Test scores are computed here, once per run, and never used to choose anything."""
     rows = np.concatenate([d.test_rows for d, _, _ in parts])
     c = np.concatenate([d.test.c.numpy() for d, _, _ in parts])
     proba = np.concatenate([p for _, p, _ in parts])
@@ -241,12 +237,20 @@ def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: 
         more["fold"] = np.concatenate([np.full(len(d.test_rows), d.fold) for d, _, _ in parts])
         if val:
             more["val_fold"] = np.concatenate([np.full(len(v[0]), d.fold) for (d, _, _), v in zip(parts, val)])
-    tracking.log_predictions(rows, c, proba, pred, **more)
     values = metrics.prefixed("test", metrics.classification(c, proba, pred))
     boot = stats.bootstrap(c, {"run": pred}, proba.shape[1], seed=seed)
     for m in stats.METRICS:
         ci = boot.interval("run", m)
         values[f"test/{m}_ci_low"], values[f"test/{m}_ci_high"] = ci.low, ci.high
+    return values, tracking.predictions_file(rows, c, proba, pred, **more)
+
+
+def log_predictions(parts: list[tuple[Prepared, np.ndarray, np.ndarray]], seed: int,
+                    val: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
+    """`test_scores` of a run with no model (the gradient-boosting reference, the floor): its predictions logged,
+    its test/* metrics returned."""
+    values, predictions = test_scores(parts, seed, val)
+    tracking.log_predictions(**predictions)
     return values
 
 
