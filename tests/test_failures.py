@@ -586,7 +586,7 @@ def test_loading_a_run_model_leaves_no_temporary_copy(tiny_data, experiment, tmp
     tracking.use_experiment(experiment)
     model = MLP(tiny_data.n_features, width=8, out_dim=1)
     with tracking.start("baseline", "baseline") as run_id:
-        tracking.log_model(model, tiny_data.train.x[:2].numpy(), servable=False)
+        tracking.log_state(model)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     tracking.load_run_model(run_id)
