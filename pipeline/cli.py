@@ -373,9 +373,10 @@ def _print_comparison(cfg, compared) -> None:
 
     click.echo("")
     for line in compared.summary:
-        click.echo(textwrap.fill(line, width=110, subsequent_indent="    "))
+        if not line.startswith(("Data:", "Parent run")):  # the data line said it; the Predict line names the model
+            click.echo(textwrap.fill(line, width=110, subsequent_indent="    "))
     board = display(compared.board, cfg.compare.metric)
-    shown = board if progress.verbose() else board[~board["role"].isin(["", "≈ best"]) | (board.index < 5)]
+    shown = board if progress.verbose() else board[~board["role"].isin(["", "≈ best"]) | (board.index < 3)]
     click.echo(f"\nLeaderboard (chosen on {cfg.compare.metric}; test macro-F1 with its 95% interval; vs threshold: "
                "simultaneous 95%):")
     click.echo(shown.to_string(index=False))

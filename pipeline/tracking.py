@@ -131,7 +131,7 @@ def run_link(tracking_uri: str, run_id: str) -> str:
     page = ui_page(run.info.experiment_id, run_id)
     if tracking_uri.startswith(("http://", "https://")):
         return f"View run {run.info.run_name} at: {tracking_uri.rstrip('/')}/{page}"
-    return (f"View run {run.info.run_name}: start {ui_command(tracking_uri)}\n"
+    return (f"View run {run.info.run_name}: start\n  {ui_command(tracking_uri)}\n"
             f"  then open http://127.0.0.1:5000/{page}")
 
 

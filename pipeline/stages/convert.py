@@ -148,9 +148,8 @@ def estimate(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head
         return (epochs * epoch + runs * RUN_OVERHEAD_S) / workers
 
     likely, most = seconds(2 * t.patience + 10 if t.patience else float("inf")), seconds(float("inf"))
-    return (f"estimate: about {_duration(likely)} (up to {_duration(most)} if no run stops early) for {runs} "
-            f"training runs over {len(splits)} split(s) on {workers} process(es); a rough guess from the time "
-            "one training epoch takes here")
+    return (f"estimate: about {_duration(likely)} (up to {_duration(most)}) for {runs} trainings on "
+            f"{len(splits)} split(s) and {workers} process(es), from one timed epoch")
 
 
 def _duration(seconds: float) -> str:

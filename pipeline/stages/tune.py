@@ -159,8 +159,7 @@ def _nothing_to_tune(cfg: Config, data: Prepared, source: StageResult, key: str,
         log_run_inputs(cfg, data)
         tracking.log_metrics({"best/" + cfg.tune.metric: value, "untuned/" + cfg.tune.metric: value})
         stands_for(source.model_run)
-    say(f"tune: {untuned_name} trains nothing, so no training configuration can change it: the tune stage keeps "
-        "it, no study, no tuned row")
+    say(f"tune: skipped: {untuned_name} trains nothing, so no configuration can change it (no study, no tuned row)")
     return StageResult(run_id, source.model, source.model_run)
 
 
