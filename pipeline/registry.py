@@ -25,6 +25,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from .config import UserError, first_line
+from . import tracking
 from .tracking import pip_requirements
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -272,6 +273,10 @@ def load_champion(uri: str):
     try:  # the MLmodel file first: a model that is no champion is refused before any of it is loaded
         signature = mlflow.models.get_model_info(uri).signature
     except Exception as e:
+        run_id = uri.split("/")[1] if uri.startswith("runs:/") else ""
+        if run_id and tracking.read_artifact(run_id, "state/architecture.json") is not None:  # a run's weights only
+            raise UserError(f"{uri} is not a reg2cls champion: run {run_id} keeps its weights, not a servable model; "
+                            f"make one with `reg2cls export --run-id {run_id}`") from None
         raise UserError(f"cannot load {uri}: {first_line(e)}") from None
     inputs, outputs = (signature.inputs, signature.outputs) if signature is not None else (None, None)
     if (inputs is None or inputs.is_tensor_spec() or outputs is None or outputs.is_tensor_spec()

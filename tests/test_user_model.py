@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mlflow
@@ -372,6 +373,8 @@ def test_the_champion_loads_in_a_clean_process_outside_the_working_directory(exp
     """Beside the model file, its modules travel with the champion, which then loads and predicts in a clean
     process in another folder; a module found only through this process's path cannot travel, and convert
     says so in one line instead of registering a champion that fails elsewhere."""
+    for name in ("blocks", "settings", "settings.sizes"):  # another test's modules of the same names
+        monkeypatch.delitem(sys.modules, name, raising=False)
     net = user_project(tmp_path / "repo")
     if home == "elsewhere_on_the_path":
         (tmp_path / "lib").mkdir()
@@ -381,7 +384,9 @@ def test_the_champion_loads_in_a_clean_process_outside_the_working_directory(exp
                                           *BRIEF, "--set", "compare.check_load=true"))
     if home == "beside":
         assert result.exit_code == 0, result.output
-        code = Path(mlflow.artifacts.download_artifacts(f"models:/reg2cls-{experiment}@champion")) / "code"
+        [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+        registered = parent.data.tags["registered_model"]
+        code = Path(mlflow.artifacts.download_artifacts(f"models:/{registered}@champion")) / "code"
         assert {"net.py", "blocks.py", "settings", "pipeline"} <= {p.name for p in code.iterdir()}
     else:
         assert result.exit_code == 1
