@@ -126,36 +126,11 @@ def one_round(kill_at: float, args: list[str]) -> dict[str, object]:
 SMALL = ["--epochs", "5", "--device", "cpu", "--folds", "1", "--set", "train.jobs=1", "--set", "model.width=16"]
 FAST = [*SMALL, "--strategies", "threshold,warm_start", "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
         "--set", "slim.epochs=3", "--set", "compare.reference=false", "--set", "tune.n_trials=1"]
-EXITS = """import multiprocessing
-import os
-import sys
-
-from torch import nn
-
-if os.environ.get("EXIT_AT") == "import":
-    sys.exit(2)
-
-
-class Net(nn.Module):
-    def __init__(self, input_dim: int = 5):
-        super().__init__()
-        if os.environ.get("EXIT_AT") == "init":
-            sys.exit(3)
-        self.fc = nn.Linear(input_dim, 1)
-
-    def forward(self, x):
-        if self.training and os.environ.get("EXIT_AT") == "training":
-            sys.exit(9)
-        if self.training and os.environ.get("EXIT_AT") == "os-exit":
-            os._exit(6)
-        if self.training and os.environ.get("EXIT_AT") == "worker" and multiprocessing.parent_process():
-            sys.exit(7)
-        return self.fc(x)
-"""
+EXITS = (REPO / "tests" / "exits.py").read_text()  # a model that exits where EXIT_AT says
 LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh")) + \
     "head_swap:\n  strategies: [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n"
-MODEL = ["--model", "exits.py:Net", "--retrain"]
+MODEL = ["--model", "exits.py:Net", "--model-kwargs", '{"input_dim": 5}', "--retrain"]
 # case -> (command and arguments, {environment}, expected exit code, a piece of the expected output)
 HOSTILE = {
     "repeated-columns": (["convert", "--data", "repeated.csv", *FAST], {}, 1, "repeated column name(s) 'a', 'target'"),

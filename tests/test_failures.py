@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, invoke, process_env, runs_of, settled, tiny_args, tiny_config, use_store
+from conftest import REPO, TINY, invoke, process_env, runs_of, settled, tiny_args, tiny_config, use_store
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, liveness, serving, tracking
@@ -307,39 +307,14 @@ def test_user_code_failing_mid_run_is_one_line_and_ends_its_runs_failed(experime
     assert sorted(set(statuses(experiment))) == ["FAILED"]
 
 
-EXITS = """import multiprocessing
-import os
-import sys
-
-from torch import nn
-
-if os.environ.get("EXIT_AT") == "import":
-    sys.exit(2)
-
-
-class Net(nn.Module):
-    def __init__(self, input_dim: int = 10):
-        super().__init__()
-        if os.environ.get("EXIT_AT") == "init":
-            sys.exit(3)
-        self.fc = nn.Linear(input_dim, 1)
-
-    def forward(self, x):
-        if self.training and os.environ.get("EXIT_AT") == "training":
-            sys.exit(9)
-        if self.training and os.environ.get("EXIT_AT") == "os-exit":
-            os._exit(6)
-        if self.training and os.environ.get("EXIT_AT") == "worker" and multiprocessing.parent_process():
-            sys.exit(7)
-        return self.fc(x)
-"""
+EXITS = (REPO / "tests" / "exits.py").read_text()  # a model that exits where EXIT_AT says
 
 
 @pytest.mark.parametrize("at, message", [
-    ("import", "cannot import {tmp}/exits.py: SystemExit: 2 ({tmp}/exits.py, line 8, in <module>)"),
-    ("init", "ended the process with sys.exit(3) at {tmp}/exits.py, line 15, in __init__"),
-    ("training", "ended the process with sys.exit(9) at {tmp}/exits.py, line 20, in forward"),
-    ("os-exit", "ended the process with os._exit(6) at {tmp}/exits.py, line 22, in forward"),
+    ("import", "cannot import {tmp}/exits.py: SystemExit: 2 ({tmp}/exits.py, line 10, in <module>)"),
+    ("init", "ended the process with sys.exit(3) at {tmp}/exits.py, line 17, in __init__"),
+    ("training", "ended the process with sys.exit(9) at {tmp}/exits.py, line 22, in forward"),
+    ("os-exit", "ended the process with os._exit(6) at {tmp}/exits.py, line 24, in forward"),
 ], ids=lambda v: v if v in ("import", "init", "training", "os-exit") else "")
 def test_model_code_that_exits_is_one_line_and_ends_its_runs_failed(at, message, experiment, tmp_path,
                                                                     monkeypatch):
@@ -360,7 +335,7 @@ def test_model_code_that_exits_in_a_worker_is_one_line_and_ends_its_runs_failed(
         experiment, "--model", f"{tmp_path}/exits.py:Net", "--retrain", "--set", "train.jobs=2")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"sys.exit(7) at {tmp_path}/exits.py, line 24, in forward" in proc.stderr.splitlines()[-1]
+    assert f"sys.exit(7) at {tmp_path}/exits.py, line 26, in forward" in proc.stderr.splitlines()[-1]
     status = {r.data.tags.get("strategy", r.data.tags["stage"]): r.info.status for r in runs_of(experiment)}
     assert status["convert"] == status["head_swap"] == "FAILED" and "RUNNING" not in status.values(), status
 
