@@ -89,7 +89,7 @@ def test_ui_shows_the_verdict_and_links_the_champion(mlflow_server, converted_on
         wait.until(shows(parent["info"]["run_name"]), "no convert run in the runs table")
         driver.get(f"{mlflow_server}/#/experiments/{exp_id}/runs/{parent['info']['run_id']}")  # its description
         wait.until(shows("Champion: "), "no verdict on the convert run")
-        links = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"a[href$='/runs/{champion_run}']"),
+        links = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"a[href*='/runs/{champion_run}?']"),
                            "no link to the champion's run")
     finally:
         driver.quit()
