@@ -469,7 +469,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
                 model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names},
                 _raw_example(data), registered,
                 description=version_description(summary, top, champion_run, parent, registered,
-                                                what_ships(top, data, len(splits))),
+                                                what_ships(top, data, len(splits), model)),
                 tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
                 run_id=champion_run, model_description=model_description(cfg, data, registered))
             summary[-1] += f" (version {version})"
@@ -589,10 +589,12 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
     from ..train import predict
 
     runs = [tracking.get_run(run_id) for run_id in str(top["runs"]).split(",")]
+    by_fold = [[r for r in runs if r.data.tags.get("fold", "0") == str(data.fold)] for data in splits]
+    if not all(by_fold):  # a fold without a finished run of this row (it failed there): its first fold's model
+        return tracking.load_run_model(top["best_run"])
     k = splits[0].n_classes
     members, temperatures, scores, classes = [], [], [], []
-    for data in splits:
-        on_fold = [r for r in runs if r.data.tags.get("fold", "0") == str(data.fold)]
+    for data, on_fold in zip(splits, by_fold):
         best = max(on_fold, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf")))
         member = tracking.load_run_model(best.info.run_id).cpu()
         temperatures.append(decision.rule_of(member, k)["temperature"])
@@ -605,14 +607,19 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
     return ensemble.eval()
 
 
-def what_ships(top: pd.Series, data: Prepared, folds: int) -> str:
-    """What the registered model is, in one sentence: which model, trained on how many rows, and which of the
+def what_ships(top: pd.Series, data: Prepared, folds: int, model: nn.Module) -> str:
+    """What the registered `model` is, in one sentence: which model, trained on how many rows, and which of the
     printed numbers describe it."""
+    from ..model import FoldEnsemble
+
     rows = f"{len(data.train.x)} training rows (validation: {len(data.val.x)})"
     what = "a regressor cut at the class edges" if top["strategy"] == "threshold" else f"{top['strategy']}'s model"
     if folds == 1:
         return (f"The model is {what}, trained on {rows}; the test figures are its own, on "
                 f"{int(top['test_rows'])} held-out rows.")
+    if not isinstance(model, FoldEnsemble):
+        return (f"The model is {what} of outer fold {data.fold} of {folds} only (the row has no model on some "
+                f"fold), trained on {rows}; the pooled test figures describe the recipe over every fold.")
     return (f"The model is the average of {what} on each of the {folds} outer folds (a cross-fit ensemble: each "
             f"member trained on its fold's {rows}; together they saw every row), with one decision rule fitted on "
             f"every fold's validation rows. The test figures are the members' own, each on its fold's held-out rows "
