@@ -125,8 +125,10 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
             "a fitted rule): the tune stage keeps the untuned model, no tuned row"
             + (", no refits on the other folds" if other_folds else ""))
         return StageResult(run_id, source.model, source.model_run)
-    say(f"tune: best trial {best.number} ({best.params}) {metric} {best.value:.4f} beats the untuned {untuned_name} "
-        f"({untuned_value:.4f}) by {gain:+.4f}, more than its paired bootstrap standard error {noise:.4f} (on {scope})")
+    settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+    say(f"tune: best trial {best.number} {metric} {best.value:.4f} beats the untuned {untuned_name} "
+        f"({untuned_value:.4f}) by {gain:+.4f}, more than its paired bootstrap standard error {noise:.4f}")
+    detail(f"tune: trial {best.number}'s settings {settings}; both scores on {scope}")
     return StageResult(run_id, model, run_id)
 
 
