@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_scale import _tree
+
 REPO = Path(__file__).resolve().parents[1]
 CONVERT = ["--data", "synthetic:friedman1?rows=300", "--epochs", "20", "--device", "cpu", "--set", "data.folds=1",
            "--set", "tune.n_trials=2", "--set", "tune.epochs=10", "--set", "slim.epochs=10",
@@ -68,21 +70,6 @@ def convert(cwd: Path, db: Path, args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc (empty where there is none)."""
-    parents = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def still_alive(pids: set[int]) -> set[int]:
     return {p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in
             Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[:1]}
@@ -97,7 +84,7 @@ def one_round(kill_at: float, args: list[str]) -> dict[str, object]:
             proc.wait(timeout=kill_at)
             killed = False  # finished before its moment came
         except subprocess.TimeoutExpired:
-            children = descendants(proc.pid)
+            children = set(_tree(proc.pid)) - {proc.pid}  # every process below the command
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed = True
