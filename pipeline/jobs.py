@@ -243,11 +243,23 @@ def workers(n: int, preload: tuple[str, ...] = ()) -> Iterator[None]:
                 submit(int)     # up (`_start_worker`) while the first stage trains, not when a stage's task waits
             yield
         except BaseException:
-            _terminate(_POOL)
+            if _POOL is not None:  # not closed early (`close`)
+                _terminate(_POOL)
             raise
         finally:
-            _POOL.shutdown(wait=True, cancel_futures=True)
-            _POOL, _SIZE = None, 0
+            close()
+
+
+def close() -> None:
+    """End the pool's workers and its fork server now, once no more tasks will come: their memory (each holds
+    torch) goes back before the command's last steps, such as the champion's check in a fresh process
+    (registry.check_loads). Later tasks run in this process. Nothing to do without a pool."""
+    global _POOL, _SIZE
+    if _POOL is None:
+        return
+    _POOL.shutdown(wait=True, cancel_futures=True)
+    _POOL, _SIZE = None, 0
+    _end_forkserver()
 
 
 @contextlib.contextmanager

@@ -449,6 +449,7 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
         if c.reference:
             fitted = jobs.result(reference) if reference is not None else fit_reference(cfg, splits)
             runs += reference_runs(cfg, splits, fitted)
+        jobs.close()  # the last worker task is done: the workers' memory goes back before the champion's check
         runs.append(_prior_run(cfg, splits))
         board = leaderboard(runs, c.metric, seed=cfg.seed)
         if not board["champion"].any():
