@@ -135,6 +135,11 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ
     """A pool worker's set-up: Ctrl+C ignored, one thread, the command's directory, environment, store and
     experiment, and a watch on the command (`owner`: its pid and start time) that ends this worker if the
     command dies (`watch_owner`)."""
+    import gc
+
+    # the objects the fork server imported are shared with it page by page until written: out of the collector's
+    # reach, its passes no longer write to each of them and copy their pages into this worker (gc.freeze's docs)
+    gc.freeze()
     import mlflow
 
     from .train import use_threads
