@@ -297,6 +297,39 @@ def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers
 
 
 @pytest.mark.slow
+def test_closing_the_pool_ends_its_workers_and_fork_server_and_later_tasks_run_here(experiment, store):
+    """compare closes the pool once its last worker task is done (jobs.close): the memory of the workers and the
+    fork server goes back before the champion's check, and anything submitted afterwards runs in this process."""
+    import multiprocessing.forkserver
+
+    import mlflow
+
+    from pipeline import jobs
+
+    mlflow.set_experiment(experiment)
+    with jobs.workers(2):
+        pids = set(jobs.run(os.getpid, [(), ()]))
+        server = multiprocessing.forkserver._forkserver._forkserver_pid
+        jobs.close()
+        assert jobs.pool_size() == 0 and jobs.run(os.getpid, [()]) == [os.getpid()]
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in pids | {server})
+
+
+@pytest.mark.slow
+def test_workers_keep_the_fork_servers_objects_out_of_the_collectors_reach(experiment, store):
+    """A collector pass writes to every object it visits: the objects a worker shares with the fork server are
+    frozen first thing (gc.freeze), so their pages stay shared instead of being copied into every worker."""
+    import mlflow
+
+    from pipeline import jobs
+
+    mlflow.set_experiment(experiment)
+    with jobs.workers(2):
+        frozen = jobs.run(eval, [("__import__('gc').get_freeze_count()",)] * 2)
+    assert min(frozen) > 10_000  # torch and MLflow alone are hundreds of thousands of objects
+
+
+@pytest.mark.slow
 def test_the_fork_server_is_gone_when_the_command_exits(experiment, store, tmp_path):
     """Left to notice the command's exit itself, the fork server would tear down torch and MLflow for over a
     second, holding the command's stdout and stderr open: whoever reads them would wait for it."""
