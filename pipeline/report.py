@@ -246,7 +246,8 @@ GLOSSARY = {
     "width_*, depth_*": "slim variants: the champion-to-be cut narrower or shallower, then fine-tuned "
                         "(distilled from the unslimmed model when configured)",
     "tuned": "the Optuna search's best configuration (dropout, learning rate, ...), retrained from the untuned "
-             "model's starting weights; absent when no trial beat the untuned model",
+             "model's starting weights; cross-fitted, each fold's own search and choice (its untuned model where "
+             "no trial beat it); absent when no trial beat the untuned model (on any fold)",
     "reference_hgb": "scikit-learn's gradient boosting on the same splits: how good the data allows, not a "
                      "candidate",
     "reference_hgb_regressor": "scikit-learn's gradient-boosting regressor cut at the class edges: the reference's "

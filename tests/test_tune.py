@@ -18,7 +18,7 @@ from conftest import (invoke, process_env, runs_of, start_in_own_group, stderr_a
                       use_store, wait_until_training)
 from optuna.trial import TrialState
 
-from pipeline import config, tracking
+from pipeline import config, data, tracking
 from pipeline import study as optuna_study
 from pipeline.config import UserError
 from pipeline.model import MLP, architecture
@@ -153,6 +153,52 @@ def test_trial_0_retrains_the_untuned_run_exactly_and_is_no_tuned_row(experiment
     assert stage.data.metrics["best/gain"] == 0 and "tune: no trial beat the untuned lp_ft" in result.output
     assert stage.data.tags["tuned"] == "no_better" and stage.data.tags["model_run"] == source.info.run_id
     [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    assert "tuned" not in set(board["strategy"])
+
+
+@pytest.mark.slow
+def test_each_fold_tunes_its_own_study_on_its_own_validation_rows(experiment, store, monkeypatch):
+    """Cross-fitted, nested: every outer fold searches its own study and makes its own keep decision on its own
+    validation rows (another fold's validation rows are some fold's test rows). Trial 0 trains the untuned model
+    again, so no fold keeps a tuned model: each fold's run holds its untuned model, and there is no tuned row."""
+    judged = []  # (the split whose validation classes each keep decision read, those classes)
+    improvement = optuna_study.improvement
+
+    def recorded(c, *args, **kwargs):
+        judged.append(c.copy())
+        return improvement(c, *args, **kwargs)
+
+    monkeypatch.setattr(optuna_study, "improvement", recorded)
+    args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=0",
+                     "--set", "tune.pruner=none")
+    args[args.index("--folds") + 1] = "2"
+    result = invoke("convert", *args)
+    assert result.exit_code == 0, result.output
+    runs = runs_of(experiment)
+    by_id = {r.info.run_id: r for r in runs}
+    [stage] = [r for r in runs if r.data.tags["stage"] == "tune" and r.data.tags.get("folds") == "2"]
+    folds = [by_id[i] for i in stage.data.tags["fold_runs"].split(",")]
+    assert [f.data.tags["fold"] for f in folds] == ["0", "1"] and stage.data.tags["tuned"] == "no_better"
+    assert len({f.data.tags["optuna_study"] for f in folds}) == 2  # a study of its own
+    cfg = tiny_config(**{"data.folds": "2"})
+    splits = data.prepare_folds(cfg.data, cfg.seed, 2)
+    for fold, split, c in zip(folds, splits, judged):
+        study = optuna.load_study(study_name=fold.data.tags["optuna_study"],
+                                  storage=optuna_study.storage_url("", store))
+        trials = [by_id[t.user_attrs["mlflow_run_id"]] for t in study.trials]
+        # its trials are nested under it and trained and scored on its own split
+        assert len(trials) == 1 and all(t.data.tags["mlflow.parentRunId"] == fold.info.run_id for t in trials)
+        assert {t.data.tags["split_key"] for t in trials} == {fold.data.tags["split_key"]} == {split.split_key}
+        assert np.array_equal(c, split.val.c.numpy())  # its keep decision read its own validation rows
+        # no trial kept: the fold's run holds its untuned model, the same predictions as that model's own run
+        source = by_id[fold.data.tags["source_run"]]
+        assert fold.data.tags["model_run"] == fold.info.run_id and fold.data.tags["tuned"] == "no_better"
+        assert fold.data.metrics["test/f1_macro"] == source.data.metrics["test/f1_macro"]
+        assert fold.data.metrics["val/f1_macro"] == source.data.metrics["val/f1_macro"]
+    assert "tune: kept on each fold's validation rows (1 trials a fold): untuned finetune, untuned finetune" \
+        in result.output
+    [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
     assert "tuned" not in set(board["strategy"])
 

@@ -438,11 +438,12 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
     tags = tracking.get_run(parent).data.tags
     runs = [r for k in ("head_swap_run", "slim_run") if k in tags for r in strategy_runs(tags[k])]
     tune_run = tracking.get_run(tags["tune_run"]) if "tune_run" in tags else None
-    # the best trial's model on the tune run, and its retraining on other folds; none when no trial beat the
-    # untuned model (tag tuned=no_better): that model already has its row, a tuned row would be a copy
+    # the best trial's model on the tune run; cross-fitted, each fold's tune run (the model its study kept: the
+    # tuning procedure). None when no trial beat the untuned model (tag tuned=no_better) on any fold: that model
+    # already has its row, a tuned row would be a copy
     if tune_run is not None and tune_run.data.tags.get("tuned") != "no_better":
-        runs += [tune_run]
-        runs += [r for r in tracking.children(tags["tune_run"]) if r.data.tags.get("strategy") == "tuned"]
+        fold_runs = tune_run.data.tags.get("fold_runs")
+        runs += [tracking.get_run(r) for r in fold_runs.split(",")] if fold_runs else [tune_run]
     c = cfg.compare
     registered = registered_name(cfg, tracking.experiment_name(parent))
     with tracking.start("compare", "compare", parent=parent, tags={"split_key": data.split_key}) as run_id:
@@ -485,6 +486,9 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
         report.describe_runs(board, c.metric, tags)
         if tune_run is not None and "tune_skipped" in tune_run.data.tags:
             summary.append(f"Tuning: skipped ({tune_run.data.tags['tune_skipped']}), so there is no tuned row.")
+        elif tune_run is not None and "fold_runs" in tune_run.data.tags and tune_run.data.tags["tuned"] == "no_better":
+            summary.append("Tuning: on no fold did the Optuna study find anything better than the untuned model by "
+                           "more than the noise of that fold's validation rows, so there is no tuned row.")
         elif tune_run is not None and tune_run.data.tags.get("tuned") == "no_better":
             m, logged = tune_run.data.params.get("tune.metric", "val/f1_macro"), tune_run.data.metrics
             start = tracking.get_run(tune_run.data.tags["source_run"]).data.tags.get("strategy", "model")

@@ -18,14 +18,14 @@ from .compare import Comparison, compare
 from .head_swap import head_swap, start_early
 from .reference import fit_reference
 from .slim import slim
-from .tune import tune
+from .tune import tune, tune_folds
 
 
 def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head] | None,
             force: bool = False) -> Comparison:
     """baseline -> head_swap -> slim -> tune -> compare under one parent run, on `splits`: one split, or one
-    per outer fold (cross-fitting: baseline, head_swap and slim run on every fold, each fold choosing on its own
-    validation rows; tune searches on the first fold and retrains its best configuration on the others).
+    per outer fold (cross-fitting: baseline, head_swap, slim and tune run on every fold, each fold choosing on its
+    own validation rows, tune with a study of its own on each fold).
     Independent trainings run in the worker processes of `jobs.workers`, when the command opened them.
     `brought` is the user's model from `bring` (called before this parent run opens, so a model that does not
     fit leaves no run); `force` re-runs stages that could be reused."""
@@ -53,8 +53,9 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
             chosen, stage_runs = _cross_fit(cfg, splits, brought, slimming, force)
         if not slimming:
             say("slim: skipped (slim.keep_ratios none and slim.depth false)")
-        if cfg.tune.n_trials > 0:  # searched on the first fold, the best configuration retrained on the others
-            tuned = tune(cfg, data, chosen[0], force=force, other_folds=list(zip(splits[1:], chosen[1:])))
+        if cfg.tune.n_trials > 0:  # cross-fitted: one study a fold, searched and judged on its own rows
+            tuned = (tune(cfg, data, chosen[0], force=force) if len(splits) == 1
+                     else tune_folds(cfg, splits, chosen, force=force))
             stage_runs["tune_run"] = tuned.run_id
         tracking.set_tags(stage_runs)
         compared = compare(cfg, splits, run_id, reference)
@@ -69,7 +70,7 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
     """baseline, head_swap and slim on every fold, each nested as <stage> -> fold_<i> -> strategy. Nested: every
     fold continues from its own head-swap winner and its own slim recommendation, each chosen on that fold's
     validation rows only: another fold's validation rows may be this fold's test rows. Returns the chosen model
-    of every fold (the first fold's run stands for each stage; tune searches on that fold) and the stage runs."""
+    of every fold (the first fold's run stands for each stage; tune continues from each) and the stage runs."""
     if brought and not cfg.user_model.retrain:
         warn("the brought model is reused in every fold, so rows it was trained on may sit in a test fold "
              "and flatter its scores; pass --retrain to train it on each fold's training rows")
@@ -135,11 +136,11 @@ def estimate(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head
         return None
     trained = [s for s in cfg.head_swap.strategies if s != "threshold"]
     slim_variants = len(cfg.slim.keep_ratios) + (cfg.model.depth - 1 if cfg.slim.depth and not brought else 0)
-    runs_and_epochs = [  # (runs, their epochs): per fold, then tune's trials and its retraining on other folds
+    runs_and_epochs = [  # (runs, their epochs): per fold, tune's trials too (one study a fold)
         (len(splits), t.epochs if (not brought or cfg.user_model.retrain) else 0),
         (len(splits) * len(trained) * cfg.seeds, t.epochs * (1.5 if "lp_ft" in trained else 1)),
         (len(splits) * slim_variants * cfg.seeds * (2 if cfg.slim.distill else 1), cfg.slim.epochs),
-        (cfg.tune.n_trials + len(splits) - 1, cfg.tune.epochs or t.epochs)]
+        (cfg.tune.n_trials * len(splits), cfg.tune.epochs or t.epochs)]
     runs = sum(n for n, _ in runs_and_epochs)
     workers = max(1, min(jobs.count(t.jobs), 1 + len(trained)))
 
