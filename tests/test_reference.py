@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import runs_of, tiny_config
 
-from pipeline import tracking
+from pipeline import data, tracking
 from pipeline.train import use_threads
+from pipeline.stages import reference
 from pipeline.stages.reference import DEFAULTS, MAX_ITER, fit_reference, reference_runs
 
 
@@ -20,7 +21,7 @@ def one_thread():
 
 def test_trial_0_of_the_search_is_scikit_learns_defaults(tiny_data):
     fitted = fit_reference(tiny_config(**{"tune.n_trials": 1}), [tiny_data])
-    assert [r.params for r in fitted] == [DEFAULTS, DEFAULTS] and [r.trials for r in fitted] == [1, 1]
+    assert [r.params for r in fitted] == [[DEFAULTS], [DEFAULTS]] and [r.trials for r in fitted] == [1, 1]
 
 
 def test_the_reference_is_searched_with_tune_n_trials_and_stops_early(tiny_data):
@@ -45,3 +46,22 @@ def test_both_rows_are_runs_of_the_compare_stage_with_test_predictions(experimen
         logged = tracking.read_predictions(run.info.run_id)
         assert np.array_equal(logged["rows"], tiny_data.test_rows) and len(logged["pred"]) == len(tiny_data.test)
     assert runs[1].data.params["rule.decision"] == "cut at the class edges"
+
+
+def test_each_fold_searches_on_its_own_validation_rows_only(monkeypatch):
+    """Cross-fitted, a fold's configuration is chosen on its own validation rows: never on another fold's, which
+    are some fold's test rows."""
+    cfg = tiny_config(**{"tune.n_trials": 3})
+    splits = data.prepare_folds(cfg.data, cfg.seed, 3)
+    scored, objective = [], reference._objective
+
+    def recorded(model, split, metric, regressor):
+        scored.append(split)
+        return objective(model, split, metric, regressor)
+
+    monkeypatch.setattr(reference, "_objective", recorded)
+    classifier, regressor = fit_reference(cfg, splits)
+    # three trials on each fold, for each row, each scored on the validation rows of the split it was fitted on
+    assert sorted(split.fold for split in scored) == [0] * 6 + [1] * 6 + [2] * 6
+    assert all(split is splits[split.fold] for split in scored)
+    assert len(classifier.params) == len(regressor.params) == 3 and classifier.trials == 3

@@ -7,9 +7,9 @@ allows? Two rows of the leaderboard (stage `compare`), neither a candidate for c
   (`Prepared.edges`): the reference's own `threshold`, no rule, as threshold has none.
 
 The same budget as the networks: early stopping, and `tune.n_trials` Optuna trials (TPE, seeded with `seed`,
-every trial fitted with the same seed; trial 0 is scikit-learn's defaults) searched on the validation rows of
-the first split, where tune searches; the best configuration is then fitted on every split (each fold's, when
-cross-fitted), as tune retrains its best on the other folds. The classifier is searched on `tune.metric`
+every trial fitted with the same seed; trial 0 is scikit-learn's defaults) on every split, as tune searches:
+cross-fitted, each outer fold searches on its own validation rows only and keeps its own best configuration,
+never one chosen on rows that are another fold's test rows. The classifier is searched on `tune.metric`
 under its own decision (argmax), as tune's trials are; the regressor on validation squared error, a
 regressor's own objective (the class edges only cut its output afterwards, as threshold cuts the network's).
 
@@ -20,7 +20,7 @@ the training rows, as they do; an inner split of the training rows would train i
 Library: scikit-learn's HistGradientBoosting (LightGBM's histogram algorithm): already a dependency (no
 native library to install beside torch), missing values and early stopping on a given validation set
 built in, and a fit on a few thousand rows takes tenths of a second on one thread, so the whole reference
-(search and refits, both rows) fits in a worker beside the baseline within seconds (bench/bench_quality.py).
+(a search on every fold, both rows) fits in a worker beside the baseline within seconds (bench/bench_quality.py).
 
 No MLflow in the fit: convert starts `fit_reference` in a worker (jobs.submit) while the baseline trains, and
 compare logs its rows (`reference_runs`).
@@ -52,8 +52,8 @@ class Reference:
     """One reference row fitted on every split, ready to log as its run (`reference_runs`)."""
     strategy: str                              # reference_hgb | reference_hgb_regressor
     model: str                                 # the scikit-learn class
-    params: dict                               # the configuration chosen on validation (DEFAULTS without a search)
-    trials: int                                # configurations tried
+    params: list[dict]                         # each split's configuration, chosen on its validation rows
+    trials: int                                # configurations tried on each split
     rounds: list[int]                          # boosting rounds each split's fit kept (early stopping)
     seconds: float                             # search and fits, over every split
     val: list[dict[str, float]]                # validation metrics of each split, under its rule
@@ -119,14 +119,13 @@ def _search(cfg: Config, data: Prepared, regressor: bool) -> tuple[dict, object,
 
 
 def _fit(cfg: Config, splits: list[Prepared], regressor: bool) -> Reference:
-    """The search on the first split, then its best configuration on every split (the first split's fit
-    reused): validation metrics, rules and test decisions per split."""
+    """A search on every split's own validation rows, its best model kept: validation metrics, rules and test
+    decisions per split."""
     start = time.perf_counter()
-    params, model, trials = _search(cfg, splits[0], regressor)
-    val, rules, test, rounds = [], [], [], []
-    for i, data in enumerate(splits):
-        if i:
-            model = _fit_one(params, data, cfg.seed, regressor)
+    params, val, rules, test, rounds = [], [], [], [], []
+    for data in splits:
+        chosen, model, trials = _search(cfg, data, regressor)
+        params.append(chosen)
         rounds.append(int(model.n_iter_))
         if regressor:
             rules.append(None)
@@ -163,13 +162,13 @@ def _reference_run(cfg: Config, splits: list[Prepared], fitted: Reference):
     with tracking.start(fitted.strategy, "compare", strategy=fitted.strategy,
                         tags={"split_key": splits[0].split_key, "seed": str(cfg.seed),
                               "folds": str(len(splits))}) as run_id:
-        for data, rule, rounds in zip(splits, fitted.rules, fitted.rounds):
+        for data, rule, rounds, params in zip(splits, fitted.rules, fitted.rounds, fitted.params):
             prefix = "" if len(splits) == 1 else f"fold_{data.fold}."
             shown = decision.as_params(rule) if rule else {"rule.decision": "cut at the class edges"}
-            tracking.log_params({prefix + k: v for k, v in shown.items()} | {prefix + "rounds": rounds})
+            shown |= {"rounds": rounds, **{f"best.{k}": v for k, v in params.items()}}
+            tracking.log_params({prefix + k: v for k, v in shown.items()})
         tracking.log_params({"model": fitted.model, "seed": cfg.seed, "folds": len(splits), "trials": fitted.trials,
-                             "early_stopping": f"validation loss, patience {PATIENCE}, at most {MAX_ITER} rounds",
-                             **{f"best.{k}": v for k, v in fitted.params.items()}})
+                             "early_stopping": f"validation loss, patience {PATIENCE}, at most {MAX_ITER} rounds"})
         values = {f"val/{k}": float(np.mean([v[k] for v in fitted.val])) for k in fitted.val[0]}
         values |= log_predictions([(data, *test) for data, test in zip(splits, fitted.test)], seed=cfg.seed)
         tracking.log_metrics({**values, "cost/train_seconds": fitted.seconds,
