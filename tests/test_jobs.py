@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import mlflow
+import pandas as pd
 import pytest
 
 from conftest import (TUNED_ROW, invoke, runs_of, settled, start_in_own_group, stderr_after, tiny_args, use_store,
@@ -29,9 +31,8 @@ def _signature(experiment: str) -> dict[tuple[str, str, str], tuple]:
              tuple(sorted(r.data.metrics))) for r in runs}
 
 
-# cross-fitted: the folds' baselines and tuned refits run side by side too (TUNED_ROW: the best trial beats its
-# untuned start, so it is retrained on the other folds). One tune worker: two would sample other trials
-# (each worker's sampler has its own seed), where this compares what --jobs changes
+# cross-fitted: the folds' baselines and tune stages run side by side too (TUNED_ROW: the best trial beats its
+# untuned start, so the folds' runs make a tuned row), each fold's study with one worker
 FOLDS = ("--folds", "3", "--strategies", "threshold,finetune", "--set", "slim.keep_ratios=0.5", "--set",
          "slim.depth=false", "--set", "tune.n_trials=3", "--set", "tune.workers=1", *TUNED_ROW)
 
@@ -69,15 +70,20 @@ def test_the_workers_take_the_longest_strategy_first_and_threshold_last(one_and_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("one_and_two", ["3 folds"], indirect=True)
-def test_folds_run_their_baselines_and_tuned_refits_in_the_workers(one_and_two):
+def test_folds_run_their_baselines_and_tune_stages_in_the_workers(one_and_two):
     runs = runs_of(one_and_two[1])
     [convert] = [r for r in runs if r.data.tags["stage"] == "convert"]
     bases = [r for r in runs if r.data.tags["stage"] == "baseline" and "fold" in r.data.tags]
-    refits = [r for r in runs if r.data.tags.get("strategy") == "tuned" and "fold" in r.data.tags]
-    assert sorted(r.data.tags["fold"] for r in bases) == ["0", "1", "2"]
-    assert sorted(r.data.tags["fold"] for r in refits) == ["1", "2"]
+    tunes = [r for r in runs if r.data.tags["stage"] == "tune" and "fold" in r.data.tags
+             and "strategy" not in r.data.tags]  # each fold's tune stage run, not its trials
+    assert sorted(r.data.tags["fold"] for r in bases) == sorted(r.data.tags["fold"] for r in tunes) == ["0", "1", "2"]
     # worker processes logged them: each run's owner (liveness tags) is not the command's own process
-    assert all(r.data.tags["owner.pid"] != convert.data.tags["owner.pid"] for r in bases + refits)
+    assert all(r.data.tags["owner.pid"] != convert.data.tags["owner.pid"] for r in bases + tunes)
+    # the tuned row is the folds' tune runs: each fold's own choice
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=convert.info.run_id,
+                                                            artifact_path="leaderboard.csv"))
+    [tuned] = board[board["strategy"] == "tuned"].itertuples()
+    assert sorted(tuned.runs.split(",")) == sorted(r.info.run_id for r in tunes)
 
 
 @pytest.mark.slow

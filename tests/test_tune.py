@@ -157,50 +157,85 @@ def test_trial_0_retrains_the_untuned_run_exactly_and_is_no_tuned_row(experiment
     assert "tuned" not in set(board["strategy"])
 
 
-@pytest.mark.slow
-def test_each_fold_tunes_its_own_study_on_its_own_validation_rows(experiment, store, monkeypatch):
-    """Cross-fitted, nested: every outer fold searches its own study and makes its own keep decision on its own
-    validation rows (another fold's validation rows are some fold's test rows). Trial 0 trains the untuned model
-    again, so no fold keeps a tuned model: each fold's run holds its untuned model, and there is no tuned row."""
-    judged = []  # (the split whose validation classes each keep decision read, those classes)
+@pytest.fixture(scope="module")
+def cross_fitted(store_uri, tmp_path_factory):
+    """A convert over 2 outer folds whose trial 0 trains the untuned model again (so no fold keeps a tuned model),
+    with the validation classes each fold's keep decision read; then the same convert again."""
+    experiment = f"tune-folds-{uuid.uuid4().hex[:6]}"
+    judged = []
     improvement = optuna_study.improvement
 
     def recorded(c, *args, **kwargs):
         judged.append(c.copy())
         return improvement(c, *args, **kwargs)
 
-    monkeypatch.setattr(optuna_study, "improvement", recorded)
     args = tiny_args(experiment, *NO_SLIM, "--set", "tune.n_trials=1", "--set", "tune.epochs=0",
                      "--set", "tune.pruner=none")
     args[args.index("--folds") + 1] = "2"
-    result = invoke("convert", *args)
-    assert result.exit_code == 0, result.output
-    runs = runs_of(experiment)
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, store_uri, tmp_path_factory.mktemp("tune-folds"))
+        mp.setattr(optuna_study, "improvement", recorded)
+        first = invoke("convert", *args)
+        assert first.exit_code == 0, first.output
+        runs = runs_of(experiment)
+        again = invoke("convert", *args)
+        assert again.exit_code == 0, again.output
+        yield {"output": first.output, "runs": runs, "judged": judged, "again": again.output,
+               "runs_again": runs_of(experiment), "store": store_uri}
+
+
+def _fold_tune_runs(runs) -> tuple[list, object]:
+    """The fold runs of the (newest) cross-fitted tune stage run among `runs`, in fold order."""
     by_id = {r.info.run_id: r for r in runs}
-    [stage] = [r for r in runs if r.data.tags["stage"] == "tune" and r.data.tags.get("folds") == "2"]
-    folds = [by_id[i] for i in stage.data.tags["fold_runs"].split(",")]
+    stage = max((r for r in runs if r.data.tags["stage"] == "tune" and "fold_runs" in r.data.tags),
+                key=lambda r: r.info.start_time)
+    return [by_id[i] for i in stage.data.tags["fold_runs"].split(",")], stage
+
+
+@pytest.mark.slow
+def test_each_fold_tunes_its_own_study_on_its_own_validation_rows(cross_fitted):
+    """Cross-fitted, nested: every outer fold searches its own study and makes its own keep decision on its own
+    validation rows (another fold's validation rows are some fold's test rows)."""
+    runs = cross_fitted["runs"]
+    by_id = {r.info.run_id: r for r in runs}
+    folds, stage = _fold_tune_runs(runs)
     assert [f.data.tags["fold"] for f in folds] == ["0", "1"] and stage.data.tags["tuned"] == "no_better"
     assert len({f.data.tags["optuna_study"] for f in folds}) == 2  # a study of its own
     cfg = tiny_config(**{"data.folds": "2"})
     splits = data.prepare_folds(cfg.data, cfg.seed, 2)
-    for fold, split, c in zip(folds, splits, judged):
+    for fold, split, c in zip(folds, splits, cross_fitted["judged"]):
         study = optuna.load_study(study_name=fold.data.tags["optuna_study"],
-                                  storage=optuna_study.storage_url("", store))
+                                  storage=optuna_study.storage_url("", cross_fitted["store"]))
         trials = [by_id[t.user_attrs["mlflow_run_id"]] for t in study.trials]
         # its trials are nested under it and trained and scored on its own split
         assert len(trials) == 1 and all(t.data.tags["mlflow.parentRunId"] == fold.info.run_id for t in trials)
         assert {t.data.tags["split_key"] for t in trials} == {fold.data.tags["split_key"]} == {split.split_key}
         assert np.array_equal(c, split.val.c.numpy())  # its keep decision read its own validation rows
-        # no trial kept: the fold's run holds its untuned model, the same predictions as that model's own run
+
+
+@pytest.mark.slow
+def test_a_fold_that_keeps_its_untuned_model_logs_it_and_no_fold_kept_means_no_tuned_row(cross_fitted):
+    runs = cross_fitted["runs"]
+    by_id = {r.info.run_id: r for r in runs}
+    folds, _ = _fold_tune_runs(runs)
+    for fold in folds:  # trial 0 is the untuned model again: no gain, so the fold's run holds the untuned model
         source = by_id[fold.data.tags["source_run"]]
         assert fold.data.tags["model_run"] == fold.info.run_id and fold.data.tags["tuned"] == "no_better"
         assert fold.data.metrics["test/f1_macro"] == source.data.metrics["test/f1_macro"]
         assert fold.data.metrics["val/f1_macro"] == source.data.metrics["val/f1_macro"]
-    assert "tune: kept on each fold's validation rows (1 trials a fold): untuned finetune, untuned finetune" \
-        in result.output
+    assert ("tune: kept on each fold's validation rows (1 trials a fold): untuned finetune, untuned finetune: "
+            "no tuned row") in cross_fitted["output"]
     [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
     assert "tuned" not in set(board["strategy"])
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_every_folds_tune_run(cross_fitted):
+    first, _ = _fold_tune_runs(cross_fitted["runs"])
+    again, _ = _fold_tune_runs(cross_fitted["runs_again"])
+    assert [r.info.run_id for r in again] == [r.info.run_id for r in first]
+    assert "tune[fold 1]: reusing finished run" in cross_fitted["again"]
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False, 
     and model (kept from that trial, not retrained), with its decision rule fitted and its metrics logged here.
     `procedure` (one fold of `tune_folds`): the run logs the model it stands for either way, the untuned one
     included, so that the fold's run is its part of the tuned row: the row of the tuning procedure."""
-    made_by, tuned, name, url = _study_of(cfg, data, source)
+    made_by, tuned, name, url = _study_of(cfg, data, source, procedure)
     sections = {"train": asdict(cfg.train), "tune": asdict(cfg.tune), "study": name, "procedure": procedure}
     key, reuse = reusable("tune", sections, data.split_key, [source.model_run], force)
     if reuse:
@@ -54,7 +54,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False, 
     study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
     optuna_study.label(study, cfg, tuned, _convert_run(parent) if parent else tracking.active_run_id())
     train_seed = int(made_by.get("seed", cfg.seed))
-    with tracking.start(run_name("tune", data), "tune", parent=parent,
+    with tracking.start(run_name("tune", data) if procedure else "tune", "tune", parent=parent,
                         tags={**tags, "seed": str(train_seed), "optuna_study": name,
                               "optuna_storage": _safe_url(url)}) as run_id:
         log_run_inputs(cfg, data)
@@ -67,14 +67,17 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False, 
     return StageResult(run_id, source.model, source.model_run)
 
 
-def _study_of(cfg: Config, data: Prepared, source: StageResult) -> tuple[dict, str, str, str]:
-    """(the source run's tags, what is tuned, the study's name, its storage URL): the study name's hash covers
-    the split key, so each outer fold has a study of its own."""
+def _study_of(cfg: Config, data: Prepared, source: StageResult, procedure: bool) -> tuple[dict, str, str, str]:
+    """(the source run's tags, what is tuned, the study's name, its storage URL): the default name's hash covers
+    the split key, and a `tune.study_name` gets `-fold<i>` for a fold of the procedure, so each outer fold has a
+    study of its own."""
     from .. import study as optuna_study
 
     made_by = tracking.get_run(source.model_run).data.tags  # the source's stage, strategy and seed
     tuned = made_by.get("strategy") or made_by.get("stage", "model")
     name = optuna_study.study_name(cfg, architecture(source.model), data.split_key, model=tuned)
+    if procedure and cfg.tune.study_name:
+        name += f"-fold{data.fold}"
     return made_by, tuned, name, optuna_study.storage_url(cfg.tune.storage, tracking.setup(None))
 
 
@@ -118,8 +121,8 @@ def _search(cfg: Config, data: Prepared, source: StageResult, study, search: Sea
     before, _ = optuna_study.counted(study)
     first_new = len(study.get_trials(deepcopy=False))
     if optuna_study.enqueue_untuned(study, untuned) and widened:  # counted among this run's n_trials
-        detail(f"{where('tune', data)}: trial 0 is the untuned configuration; the search space widened to hold "
-               "it: " + ", ".join(widened))
+        (detail if search.quiet else say)(f"{where('tune', data)}: trial 0 is the untuned configuration; the search "
+                                          "space widened to hold it: " + ", ".join(widened))
     job = optuna_study.Job(cfg, data, architecture(source.model), start_weights(source.model), tracking.setup(None),
                            search.stage_run, search.url, search.study_name, target=before + cfg.tune.n_trials,
                            timeout=cfg.tune.timeout or None, seed=cfg.seed + before, recipe=search.recipe,
@@ -239,7 +242,8 @@ def _nothing_to_tune(cfg: Config, data: Prepared, source: StageResult, tags: dic
 
     value = val_values(source.model, data, resolve_device(cfg.train.device))[cfg.tune.metric]
     skipped = {"tuned": "no_better", "tune_skipped": f"{untuned_name} trains nothing"}
-    with tracking.start(run_name("tune", data), "tune", parent=parent, tags={**tags, **skipped}) as run_id:
+    name = run_name("tune", data) if procedure else "tune"  # a fold of tune_folds: fold_<i>
+    with tracking.start(name, "tune", parent=parent, tags={**tags, **skipped}) as run_id:
         log_run_inputs(cfg, data)
         tracking.log_metrics({"best/" + cfg.tune.metric: value, "untuned/" + cfg.tune.metric: value})
         if procedure:
@@ -268,7 +272,7 @@ def tune_folds(cfg: Config, splits: list[Prepared], sources: list[StageResult], 
 
     The stage run lists the folds' runs (tag `fold_runs`), is tagged `tuned=better` when any fold kept a tuned
     model (else no tuned row: it would repeat the untuned choices) and stands for the first fold's model."""
-    studies = [_study_of(cfg, data, source)[2:] for data, source in zip(splits, sources)]
+    studies = [_study_of(cfg, data, source, True)[2:] for data, source in zip(splits, sources)]
     with tracking.start("tune", "tune", tags={"folds": str(len(splits))}) as run_id:
         workers = 1 if jobs.pool_size() > 1 else 0  # inside a pool worker: no processes of its own
         tasks = [(cfg, data, source.run_id, source.model_run, force, run_id, workers)
