@@ -408,8 +408,9 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
               for name, (low, high, log) in (job.space or search_space(cfg)).items()}
     name = f"trial_{trial.number}"
     untuned = {"untuned": "true"} if trial.user_attrs.get("untuned") else {}
+    fold = {"fold": str(data.fold)} if data.fold is not None else {}  # cross-fitted: the fold whose study it is
     with tracking.start(name, "tune", strategy=name, parent=job.stage_run, killed_on=(optuna.TrialPruned,),
-                        tags={"split_key": data.split_key, "optuna_study": job.study_name,
+                        tags={"split_key": data.split_key, **fold, "optuna_study": job.study_name,
                               "optuna_trial": str(trial.number), "seed": str(job.train_seed), **untuned}) as run_id:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
