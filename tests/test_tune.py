@@ -228,6 +228,7 @@ def test_a_fold_that_keeps_its_untuned_model_logs_it_and_no_fold_kept_means_no_t
     [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
     assert "tuned" not in set(board["strategy"])
+    assert "Tuning: on no fold did the Optuna study find anything better" in cross_fitted["output"]
 
 
 @pytest.mark.slow

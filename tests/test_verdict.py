@@ -138,7 +138,7 @@ def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
     [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
                                                             artifact_path="leaderboard.csv")).set_index("strategy")
-    # every row, slim's variants and the tuned configuration retrained on each fold included, is scored on all rows
+    # every row, slim's variants and the tuned row (each fold's own study) included, is scored on all rows
     for strategy in ("finetune", "reference_hgb", "width_0.5", "tuned", "prior", "nested"):
         assert board.loc[strategy, "scope"] == "pooled over 3 folds" and board.loc[strategy, "test_rows"] == 240
     # the procedure's own row: chosen on each fold's validation rows, one choice a fold
