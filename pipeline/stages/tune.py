@@ -158,9 +158,9 @@ def _judge(cfg: Config, data: Prepared, source: StageResult, best) -> Choice:
 
 def _log_choice(cfg: Config, data: Prepared, source: StageResult, study, best, choice: Choice,
                 procedure: bool) -> None:
-    """On the active tune run: the best trial, both objectives, the gain and its noise, the study's figures, the
-    verdict (tag `tuned`) and the model the run stands for, logged here with its rule when kept (or, for a fold of
-    the procedure, the untuned one)."""
+    """On the active tune run: the best trial, both objectives, the gain and its noise, the study's figures (not for
+    a fold of the procedure), the verdict (tag `tuned`) and the model the run stands for, logged here with its rule
+    when kept (or, for a fold of the procedure, the untuned one)."""
     from .. import study as optuna_study
 
     metric = cfg.tune.metric
@@ -169,7 +169,9 @@ def _log_choice(cfg: Config, data: Prepared, source: StageResult, study, best, c
                           "best/gain": choice.gain, "best/gain_noise": choice.noise})
     tracking.set_tags({"best_trial_run": best.user_attrs["mlflow_run_id"],
                        "tuned": "better" if choice.better else "no_better"})
-    for fig_name, fig in optuna_study.figures(study).items():
+    # a fold of the procedure draws none: five studies' figures cost seconds of the convert's budget, and
+    # optuna-dashboard draws every study from its storage
+    for fig_name, fig in ({} if procedure else optuna_study.figures(study)).items():
         tracking.log_figure(fig, fig_name)
     device = resolve_device(cfg.train.device)
     if choice.better:
