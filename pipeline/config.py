@@ -151,6 +151,7 @@ class Config:
     experiment: str = "reg2cls"
     seed: int = 0  # one seed for the split and every training run
     seeds: int = 1  # each trained strategy runs with seeds seed, seed+1, ...; the leaderboard shows mean ± std
+    budget: str = "default"  # fast | default | best: the settings of BUDGETS under the file's and the options'
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
     user_model: UserModel = field(default_factory=UserModel)
@@ -172,6 +173,26 @@ class Config:
             else:
                 out[f.name] = value
         return out
+
+
+# budget -> the settings it stands for, beneath the experiment file and the options (a value given there wins).
+# `default` is the defaults above, unchanged; `fast` trains fewer and shorter runs; `best` repeats every trained
+# strategy with 3 seeds, tunes 3x the trials (the reference's search too: stages/reference.py) and trains an
+# ensemble of 8 members, each on its own loss (train.fit), where the default trains one network.
+BUDGETS: dict[str, dict[str, object]] = {
+    "fast": {"tune.n_trials": 4, "train.epochs": 150, "train.patience": 15, "slim.keep_ratios": ("0.5",),
+             "slim.depth": False, "slim.epochs": 50},
+    "default": {},
+    "best": {"seeds": 3, "tune.n_trials": 24, "model.ensemble": 8, "train.patience": 40},
+}
+
+
+def budget_settings(budget: object) -> dict[str, object]:
+    """The config settings `budget` stands for (BUDGETS); a one-line UserError for an unknown one."""
+    name = str(budget).strip().lower()
+    if name not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    return BUDGETS[name]
 
 
 COMMANDS = ("convert", "baseline", "head-swap", "slim", "tune", "compare")  # the stage commands, in MLproject order
@@ -251,6 +272,9 @@ OPTIONS = (
            commands=("convert", "head-swap", "slim"), mlproject=("convert", "head-swap", "slim")),
     Option("seed", "seed", "Seed for the split and every training run.", type=int, min=0, mlproject=_RUNS),
     Option("seeds", "seeds", "Repeat every trained strategy with this many seeds (mean ± std).", type=int, min=1),
+    Option("budget", "budget", "fast, default or best: fewer and shorter runs, or more seeds, tune trials and an "
+                               "ensemble (config.BUDGETS); a setting given explicitly wins over its budget's.",
+           commands=("convert",), mlproject=("convert",), note="fast | default | best"),
     Option("device", "train.device", "auto (default): CUDA when available.", choices=DEVICES, mlproject=_RUNS,
            note="auto | cpu | cuda"),
     Option("experiment", "experiment", "MLflow experiment name (default: reg2cls).", mlproject=("compare",)),
@@ -611,8 +635,9 @@ def _expanded_size(node, sizes: dict[int, int]) -> int:
 
 
 def load(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
-    """Defaults, then the experiment file at `path` (if any), then `overrides` (dotted keys)."""
-    cfg = Config()
+    """Defaults, then the settings of the budget (BUDGETS; the file's or the overrides' `budget`), then the
+    experiment file at `path` (if any), then `overrides` (dotted keys): a value given explicitly wins."""
+    given: dict[str, object] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -620,5 +645,7 @@ def load(path: str | Path | None = None, overrides: dict[str, object] | None = N
         tree = _read_yaml(path) or {}
         if not isinstance(tree, dict):
             raise UserError(f"experiment file {path} must be a mapping of config keys")
-        cfg = _apply(cfg, _flatten_yaml(tree))
+        given = _flatten_yaml(tree)
+    budget = {**given, **(overrides or {})}.get("budget", Config.budget)
+    cfg = _apply(_apply(Config(), budget_settings(budget)), given)
     return validate(_apply(cfg, overrides or {}))
