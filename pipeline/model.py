@@ -45,7 +45,8 @@ class MLP(nn.Module):
       the recipe rebuilds the same layers without data; stages/baseline.py computes them).
     - `ensemble` k > 1: BatchEnsemble (tabm's LinearBatchEnsemble, as in TabM; Gorishniy et al., 2024):
       the body runs k members at once, sharing each hidden layer's weight and keeping their own input
-      and output scalings and biases; the members' features are averaged before the head.
+      and output scalings and biases; the members' features are averaged before the head. train.fit trains
+      each member on its own loss (`member_outputs`), as TabM does, rather than the loss of their mean.
     """
 
     def __init__(self, in_dim: int, width: int = 64, depth: int = 2, out_dim: int = 1,
@@ -107,6 +108,15 @@ class MLP(nn.Module):
         # (N, k, width) -> (N, width). The shared linear head on the members' mean feature equals the mean of
         # the members' linear predictions, so the head stays one nn.Linear that head-swap surgery replaces.
         return self.head(self.body(x).mean(1))
+
+    def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim) -> (N, k, out_dim): each ensemble member's own output, what each member's loss is computed
+        on in training (train.batch_loss). For a linear head forward() is their mean; an ordinal head (surgery)
+        reads the members' mean feature there, so forward() stays the head's own output."""
+        if self.embed is not None:
+            x = self.embed(x).flatten(1)
+        h = self.body(x.unsqueeze(1).expand(-1, self.ensemble, -1))  # (N, k, width)
+        return self.head(h.reshape(-1, h.shape[-1])).reshape(h.shape[0], h.shape[1], -1)
 
 
 def mlp_width(width: int, train_rows: int) -> int:

@@ -178,14 +178,9 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     model.to(device)
     xt, tt = train.x.to(device), target_of(train, task).to(device)
     xv, tv = val.x.to(device), target_of(val, task).to(device)
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    try:  # fused AdamW: one kernel for all parameters (~15% faster here); older builds lack it on CPU
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = _adamw(params if params is not None else model.parameters(), lr, weight_decay)
     soft = distill.teacher_logits.to(device) if distill else None
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    n = len(xt)
     start = time.perf_counter()
     model.eval()
     with torch.no_grad():  # the starting point competes too: a warm-started head may already be best
@@ -200,30 +195,11 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
         for epoch in range(1, epochs + 1):
             if stop is not None:
                 stop()  # raises on a signal's stop request: the caller's runs unwind and end KILLED
-            model.train()
-            perm = torch.randperm(n, generator=gen).to(device)
-            losses, sizes = [], []
-            for i in range(0, n, batch_size):
-                # a gather per batch, not one per epoch: as fast (bench/bench_fit.py), and it never holds a
-                # shuffled copy of the training rows (0.7x the data, in every worker process)
-                rows = perm[i:i + batch_size]
-                if len(rows) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
-                    continue
-                xb, tb = xt[rows], tt[rows]
-                out = model(xb)
-                loss = (distill.loss(out, soft[rows], tb, task, weight) if distill
-                        else loss_of(out, tb, task, weight))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())  # stays on the device: no sync per batch
-                sizes.append(len(xb))
+            hist.train_loss.append(_epoch(model, opt, xt, tt, task, weight, batch_size, gen, distill, soft))
             model.eval()
             with torch.no_grad():
                 val_out = sliced_forward(model, xv)
                 val_loss = loss_of(val_out, tv, task, weight).item()
-            weights = torch.tensor(sizes, dtype=losses[0].dtype, device=device)
-            hist.train_loss.append(float(torch.stack(losses) @ weights) / sum(sizes))
             hist.val_loss.append(val_loss)
             if on_epoch is not None:
                 on_epoch(epoch, {"train/loss": hist.train_loss[-1], "val/loss": val_loss}, val_out)
@@ -237,6 +213,54 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     model.load_state_dict(best_state)
     hist.seconds = time.perf_counter() - start
     return hist
+
+
+def _adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable ones of `params`."""
+    params = [p for p in params if p.requires_grad]
+    try:  # fused AdamW: one kernel for all parameters (~15% faster here); older builds lack it on CPU
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _epoch(model: nn.Module, opt: torch.optim.Optimizer, xt: torch.Tensor, tt: torch.Tensor, task: str,
+           weight: torch.Tensor | None, batch_size: int, gen: torch.Generator, distill: Distill | None,
+           soft: torch.Tensor | None) -> float:
+    """One pass over the training rows (xt, tt) in the order `gen` draws; their mean training loss."""
+    model.train()
+    perm = torch.randperm(len(xt), generator=gen).to(xt.device)
+    losses, sizes = [], []
+    for i in range(0, len(xt), batch_size):
+        # a gather per batch, not one per epoch: as fast (bench/bench_fit.py), and it never holds a
+        # shuffled copy of the training rows (0.7x the data, in every worker process)
+        rows = perm[i:i + batch_size]
+        if len(rows) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
+            continue
+        loss = batch_loss(model, xt[rows], tt[rows], task, weight, distill, None if soft is None else soft[rows])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())  # stays on the device: no sync per batch
+        sizes.append(len(rows))
+    weights = torch.tensor(sizes, dtype=losses[0].dtype, device=xt.device)
+    return float(torch.stack(losses) @ weights) / sum(sizes)
+
+
+def batch_loss(model: nn.Module, xb: torch.Tensor, tb: torch.Tensor, task: str, weight: torch.Tensor | None = None,
+               distill: Distill | None = None, soft: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of one batch. An ensemble (the MLP with model.ensemble k > 1) trains as TabM does: the
+    mean of its members' own losses (`member_outputs`, each member's output against the target), not the loss
+    of their mean output, which would let the members lean on each other instead of each fitting the data."""
+    members = getattr(model, "member_outputs", None)
+    k = getattr(model, "ensemble", 1)
+    if members is None or k == 1:
+        out = model(xb)
+    else:  # (N, k, out) -> (N * k, out), member j of row i at i * k + j; its target and soft labels repeated
+        out = members(xb).flatten(0, 1)
+        tb = tb.repeat_interleave(k)
+        soft = None if soft is None else soft.repeat_interleave(k, dim=0)
+    return distill.loss(out, soft, tb, task, weight) if distill else loss_of(out, tb, task, weight)
 
 
 EVAL_ROWS = 8192  # rows a forward pass without gradients takes at once

@@ -6,7 +6,7 @@ import torch
 
 from pipeline.model import MLP
 from pipeline.surgery import new_head, swap_head
-from pipeline.train import fit, loss_of, predict, target_of
+from pipeline.train import batch_loss, fit, loss_of, predict, target_of
 
 
 def test_regression_and_classification_losses_fall(tiny_data):
@@ -70,3 +70,17 @@ def test_a_stop_request_ends_training_at_the_next_epoch(tiny_data):
     finally:
         stop.clear()
     assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize("task, out", [("regression", 1), ("multiclass", 3)])
+def test_an_ensemble_trains_on_the_mean_of_its_members_losses(task, out):
+    torch.manual_seed(0)
+    model = MLP(4, 8, 2, out_dim=out, ensemble=3)
+    x = torch.randn(6, 4)
+    target = torch.randn(6) if task == "regression" else torch.tensor([0, 1, 2, 0, 1, 2])
+    members = model.member_outputs(x)
+    assert members.shape == (6, 3, out)
+    torch.testing.assert_close(members.mean(1), model(x))  # a linear head: the output is the members' mean
+    each = torch.stack([loss_of(members[:, j], target, task) for j in range(3)]).mean()
+    torch.testing.assert_close(batch_loss(model, x, target, task), each)
+    assert not torch.isclose(batch_loss(model, x, target, task), loss_of(model(x), target, task))
