@@ -7,11 +7,17 @@ metrics only: the default is chosen from these, so test rows stay unseen. The wa
 stage's logging, which a default `convert` pays too; builtin:diabetes shows the cost where the default
 `convert` has its 60 s budget.
 
+An ensemble (model.ensemble) trains each member on its own loss (train.batch_loss, as TabM does); the candidates
+marked "mean loss" train it as before, on the loss of the members' mean output, for the comparison.
+
     python bench/bench_regressor.py [--diamonds-rows 15000] [--only plain,periodic] [--data wine,diamonds,diabetes]
+    python bench/bench_regressor.py --data wine,diamonds,diabetes,penguins,friedman1 \
+        --only "2x256,2x256 ens 8,2x256 ens 8 mean loss"     # the ensemble's loss, per member or of the mean
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -22,14 +28,35 @@ import pandas as pd
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the clone
 # name -> (source, target, classes); diamonds is subsampled to --diamonds-rows below
-DATASETS = {"wine": (f"{DATA}/wine_white.csv", "quality", "thresholds:6.5"),
-            "diamonds": (f"{DATA}/diamonds.csv", "price", "quantile:3"),
-            "diabetes": ("builtin:diabetes", "target", "quantile:3")}
+DATASETS = {"wine": ("wine_white.csv", "quality", "thresholds:6.5"),   # a file name: a file of --data-dir
+            "diamonds": ("diamonds.csv", "price", "quantile:3"),
+            "diabetes": ("builtin:diabetes", "target", "quantile:3"),
+            "penguins": ("penguins.csv", "body_mass_g", "quantile:3"),
+            "friedman1": ("synthetic:friedman1?rows=20000", "target", "quantile:3")}
 # every candidate is 2x64 unless it says otherwise (model.width's auto would pick 256 on these tables)
 CANDIDATES = {"plain 2x64": {"width": 64}, "3x128": {"depth": 3, "width": 128}, "2x256": {"width": 256},
               "periodic": {"width": 64, "embedding": "periodic"}, "piecewise": {"width": 64, "embedding": "piecewise"},
               "ensemble 8": {"width": 64, "ensemble": 8},
-              "periodic+ens 8": {"width": 64, "embedding": "periodic", "ensemble": 8}}
+              "periodic+ens 8": {"width": 64, "embedding": "periodic", "ensemble": 8},
+              "ensemble 8 mean loss": {"width": 64, "ensemble": 8, "mean loss": True},
+              "2x256 ens 8": {"width": 256, "ensemble": 8},
+              "2x256 ens 8 mean loss": {"width": 256, "ensemble": 8, "mean loss": True}}
+
+
+@contextlib.contextmanager
+def mean_loss(on: bool):
+    """While `on`, an ensemble trains on the loss of its members' mean output (before train.batch_loss trained
+    each member on its own): without `member_outputs`, batch_loss takes the model's output."""
+    from pipeline.model import MLP
+
+    if not on:
+        yield
+        return
+    MLP.member_outputs, saved = None, MLP.member_outputs
+    try:
+        yield
+    finally:
+        MLP.member_outputs = saved
 
 
 def main() -> None:
@@ -38,6 +65,7 @@ def main() -> None:
     p.add_argument("--data", default="wine,diamonds,diabetes")
     p.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated candidate names")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=DATA, help="where the tables are (default: %(default)s)")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_regressor_"))
@@ -55,6 +83,8 @@ def main() -> None:
     rows = []
     for name in args.data.split(","):
         source, target, classes = DATASETS[name]
+        if source.endswith(".csv"):
+            source = str(args.data_dir.resolve() / source)
         if name == "diamonds":
             frame = pd.read_csv(source).sample(n=args.diamonds_rows, random_state=0)
             source = str(tmp / "diamonds_sample.csv")
@@ -65,9 +95,11 @@ def main() -> None:
         if not rows:  # a warm-up run, not shown: the first run in a process pays one-off costs (imports, caches)
             baseline(cfg, data, None, force=True)
         for label in args.only.split(","):
-            run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **CANDIDATES[label]))
+            options = {k: v for k, v in CANDIDATES[label].items() if k != "mean loss"}
+            run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **options))
             t = time.perf_counter()
-            result = baseline(run_cfg, data, None, force=True)
+            with mean_loss(CANDIDATES[label].get("mean loss", False)):
+                result = baseline(run_cfg, data, None, force=True)
             wall = time.perf_counter() - t
             m = tracking.get_run(result.run_id).data.metrics
             rows.append((name, label, m["val/rmse"], m["val/f1_macro"], m["cost/train_seconds"], wall,

@@ -177,13 +177,14 @@ class Config:
 
 # budget -> the settings it stands for, beneath the experiment file and the options (a value given there wins).
 # `default` is the defaults above, unchanged; `fast` trains fewer and shorter runs; `best` repeats every trained
-# strategy with 3 seeds, tunes 3x the trials (the reference's search too: stages/reference.py) and trains an
-# ensemble of 8 members, each on its own loss (train.fit), where the default trains one network.
+# strategy with 2 seeds, tunes 2x the trials (the reference's search too: stages/reference.py) and trains a
+# BatchEnsemble of 8 members, each on its own loss (train.batch_loss), where the default trains one network:
+# 8 members cost 3-8x a network's training time here (bench/bench_regressor.py), more on large tables.
 BUDGETS: dict[str, dict[str, object]] = {
     "fast": {"tune.n_trials": 4, "train.epochs": 150, "train.patience": 15, "slim.keep_ratios": ("0.5",),
              "slim.depth": False, "slim.epochs": 50},
     "default": {},
-    "best": {"seeds": 3, "tune.n_trials": 24, "model.ensemble": 8, "train.patience": 40},
+    "best": {"seeds": 2, "tune.n_trials": 16, "model.ensemble": 8},
 }
 
 
