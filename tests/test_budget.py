@@ -1,7 +1,6 @@
 """The budget knob (config.BUDGETS): what each budget resolves to, and that explicit settings win over it."""
 from __future__ import annotations
 
-import pytest
 from click.testing import CliRunner
 
 from pipeline import config
