@@ -95,7 +95,7 @@ def leaderboard(store: Path, name: str, args: list[str]) -> tuple[pd.DataFrame, 
     return pd.read_csv(path), seconds
 
 
-def references(name: str, source: str) -> None:
+def references(name: str, source: str, budget: str) -> None:
     """The reference rows alone on `name`'s splits (as convert makes them), beside the old default classifier:
     pooled test macro-F1 [95% CI], the paired difference to the old one, and each fit's wall seconds."""
     import numpy as np
@@ -107,7 +107,8 @@ def references(name: str, source: str) -> None:
 
     use_threads(1)  # as in convert's worker
     _, target, classes = TABLES[name]
-    cfg = config.load(None, {"data.source": source, "data.target": target, "data.classes": classes})
+    cfg = config.load(None, {"data.source": source, "data.target": target, "data.classes": classes,
+                             "budget": budget})
     splits = data.prepare_splits(cfg.data, cfg.seed)
     t = time.perf_counter()
     old = []
@@ -172,7 +173,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             source = source_of(name, opts.data_dir, opts.rows, Path(tmp))
             if opts.references:
-                references(name, source)
+                references(name, source, opts.budget)
                 continue
             _, target, classes = TABLES[name]
             args = ["--data", source, "--target", target, "--classes", classes, *extra]
