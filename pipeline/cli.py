@@ -361,10 +361,13 @@ def convert(**opts):
     click.echo(tracking.run_link(tracking.setup(None), result.parent))
 
 
+HEADLINES = ("Warning:", "Verdict:", "Champion:")  # the verdict's sentences a default run prints
+
+
 def _print_comparison(cfg, compared) -> None:
-    """The answer first (the verdict, wrapped to the terminal's usual width), then the leaderboard within 100
-    columns (under --verbose every row; else the rows the verdict names and the best few on validation), then
-    how to use the champion."""
+    """The answer first (the verdict and the champion, wrapped to the terminal's usual width; under --verbose every
+    sentence of the summary), then the leaderboard within 100 columns (under --verbose every row; else the rows
+    the verdict names and the best few on validation), then how to use the champion."""
     import shlex
     import textwrap
 
@@ -373,8 +376,10 @@ def _print_comparison(cfg, compared) -> None:
 
     click.echo("")
     for line in compared.summary:
-        if not line.startswith(("Data:", "Parent run")):  # the data line said it; the Predict line names the model
-            click.echo(textwrap.fill(line, width=110, subsequent_indent="    "))
+        # the data line said where the data came from and the Predict line names the model; the nested procedure
+        # and the references have rows in the leaderboard, tuning its stage line: their sentences wait for -v
+        if line.startswith(HEADLINES) or progress.verbose() and not line.startswith(("Data:", "Parent run")):
+            click.echo(textwrap.fill(line, width=progress.WIDTH, subsequent_indent="    "))
     board = display(compared.board, cfg.compare.metric)
     shown = board if progress.verbose() else board[~board["role"].isin(["", "≈ best"]) | (board.index < 3)]
     click.echo(f"\nLeaderboard (chosen on {cfg.compare.metric}; test macro-F1 with its 95% interval; vs threshold: "

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 _quiet = False
 _ENV = "REG2CLS_QUIET"  # --quiet, inherited by the worker processes (--jobs) this process starts after it
 _VERBOSE_ENV = "REG2CLS_VERBOSE"  # --verbose, inherited the same way
 MININTERVAL = 0.5  # seconds between redraws of a bar
+WIDTH = 110  # a console line is wrapped here: within a usual terminal's 120 columns, as the verdict is
 
 
 def set_quiet(quiet: bool) -> None:
@@ -114,9 +116,12 @@ class Bar:
 
 def write(msg: str, err: bool = False) -> None:
     """Print one line (a stage's result; with `err`, a warning on stderr, shown even under --quiet) above any
-    live bar; other lines are silent under --quiet."""
+    live bar, wrapped at `WIDTH` (a word longer than that, a path or a link, stays whole); other lines are
+    silent under --quiet."""
     if quiet() and not err:
         return
+    msg = "\n".join(textwrap.fill(line, width=WIDTH, subsequent_indent="    ", break_long_words=False,
+                                   break_on_hyphens=False) for line in msg.splitlines())
     stream = sys.stderr if err else sys.stdout
     if live():
         from tqdm import tqdm

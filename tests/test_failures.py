@@ -36,9 +36,10 @@ def fast_args(experiment: str, *extra: str) -> list[str]:
 
 
 def lines_of(output: str) -> list[str]:
-    """The output without the data summary, the orphan sweep's line and MLflow's INFO log lines."""
+    """The output without the data summary (a wrapped line's continuation starts with spaces), the orphan sweep's
+    line and MLflow's INFO log lines."""
     return [ln for ln in output.strip().splitlines()
-            if not ln.startswith(("data: ", "store: ended")) and " INFO mlflow" not in ln]
+            if not ln.startswith(("data: ", "store: ended", "    ")) and " INFO mlflow" not in ln]
 
 
 def statuses(experiment: str) -> list[str]:

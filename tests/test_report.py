@@ -201,7 +201,8 @@ def test_same_data_with_other_columns_is_refused_under_the_default_name(converte
     before = len(runs_of(converted["experiment"]))
     result = invoke("convert", *tiny_args(converted["experiment"], "--features", "x0,x1,x2"))
     assert result.exit_code == 1 and "with other input columns" in result.output, result.output
-    said = [ln for ln in result.output.strip().splitlines() if not ln.startswith("data: ")]  # after the summary
+    said = [ln for ln in result.output.strip().splitlines()
+            if not ln.startswith(("data: ", "    "))]  # after the summary (and its wrapped continuation)
     assert len(said) == 1 and len(runs_of(converted["experiment"])) == before
 
 

@@ -141,8 +141,8 @@ def test_bad_models_exit_with_one_line_and_leave_no_run(case, experiment, tmp_pa
         extra = [a.replace("{" + name + "}", str(path)) for a in extra]
     result = invoke("convert", *tiny_args(experiment, *extra))
     assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.output.splitlines()  # but the data summary and MLflow's creating a store
-             if not ln.startswith(("data: ", "classes: ")) and " INFO mlflow" not in ln]
+    lines = [ln for ln in result.output.splitlines()  # but the data summary (wrapped) and MLflow's creating a store
+             if not ln.startswith(("data: ", "classes: ", "    ")) and " INFO mlflow" not in ln]
     assert len(lines) == 1 and message in lines[0], result.output
     assert runs_of(experiment) == []
 

@@ -103,7 +103,7 @@ def cross_fitted(store_uri, tmp_path_factory):
                                               "--set", "slim.keep_ratios=0.5", "--set", "slim.depth=false",
                                               "--set", "tune.n_trials=2", *TUNED_ROW))
     assert result.exit_code == 0, result.output
-    return experiment, result.output
+    return experiment, result.stdout
 
 
 @pytest.mark.slow
@@ -143,14 +143,26 @@ def test_the_leaderboard_pools_folds_and_says_so(cross_fitted):
         assert board.loc[strategy, "scope"] == "pooled over 3 folds" and board.loc[strategy, "test_rows"] == 240
     # the procedure's own row: chosen on each fold's validation rows, one choice a fold
     assert [c.split(": ")[0] for c in board.loc["nested", "choices"].split(", ")] == ["fold 0", "fold 1", "fold 2"]
-    assert "Procedure, nested" in output
     assert board["champion"].sum() == 1 and board["f1_macro_ci_low"].notna().all()
     assert "Verdict:" in output and "Champion:" in output
     assert output.index("Verdict:") < output.index("Leaderboard")  # the answer first
     # the verdict is on the convert run too: its description and summary metrics
     assert "Verdict:" in parent.data.tags["mlflow.note.content"]
+    # the procedure's sentence too; the console leaves it to --verbose (the nested row is in its leaderboard)
+    assert "Procedure, nested" in parent.data.tags["mlflow.note.content"] and "Procedure, nested" not in output
     assert parent.data.metrics["champion/test_f1_macro"] == board[board["champion"]]["f1_macro"].item()
     assert "champion/vs_threshold_low" in parent.data.metrics
+
+
+@pytest.mark.slow
+def test_the_console_fits_a_screen(cross_fitted):
+    """A cross-fitted convert's stdout, the default run's shape: at most 30 lines, none over 120 characters,
+    the verdict before the leaderboard and where to look next at the end."""
+    _, output = cross_fitted
+    lines = output.splitlines()
+    assert len(lines) <= 30, output
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    assert output.index("Verdict:") < output.index("Leaderboard") < output.index("mlflow ui --backend-store-uri")
 
 
 @pytest.mark.slow
