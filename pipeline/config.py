@@ -468,40 +468,18 @@ def _memory_bytes() -> float:
 def validate(cfg: Config) -> Config:
     """Reject values that would only fail later, deep inside a stage: every number finite and in its range
     (`_coerce` already refused nan and inf), names MLflow would refuse, a model too big for this machine."""
-    unknown = [s for s in cfg.head_swap.strategies if s not in STRATEGIES]
-    if unknown or not cfg.head_swap.strategies:
-        raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; choose from {', '.join(STRATEGIES)}")
-    if cfg.model.activation not in ACTIVATIONS:
-        raise UserError(f"unknown activation '{cfg.model.activation}'; choose from {', '.join(ACTIVATIONS)}")
-    if cfg.train.device not in DEVICES:
-        raise UserError(f"unknown device '{cfg.train.device}'; choose from {', '.join(DEVICES)}")
-    try:
-        ratios = [float(r) for r in cfg.slim.keep_ratios]
-    except ValueError:
-        raise UserError(f"slim.keep_ratios must be numbers, got {','.join(cfg.slim.keep_ratios)}") from None
-    if any(not 0 < r <= 1 for r in ratios):
-        raise UserError(f"slim.keep_ratios must lie in (0, 1], got {','.join(cfg.slim.keep_ratios)}")
-    if not 0 <= cfg.slim.alpha <= 1 or cfg.slim.temperature <= 0:
-        raise UserError("slim.alpha must lie in [0, 1] and slim.temperature be positive")
-    if cfg.tune.metric not in TUNE_METRICS:
-        raise UserError(f"tune.metric must be one of {', '.join(TUNE_METRICS)}, got '{cfg.tune.metric}'")
-    if cfg.tune.pruner not in PRUNERS:
-        raise UserError(f"tune.pruner must be one of {', '.join(PRUNERS)}, got '{cfg.tune.pruner}'")
-    if cfg.tune.n_trials < 0 or cfg.tune.workers < 0 or cfg.tune.epochs < 0 or cfg.tune.timeout < 0:
-        raise UserError("tune.n_trials, tune.workers, tune.epochs and tune.timeout must be >= 0")
-    if not 0 < cfg.tune.max_dropout < 1:
-        raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
-    for name in ("lr", "weight_decay"):
-        low, high = getattr(cfg.tune, f"{name}_min"), getattr(cfg.tune, f"{name}_max")
-        if not 0 < low < high:
-            raise UserError(f"tune.{name}_min and tune.{name}_max must be positive with min < max (a log range), "
-                            f"got {low:g} and {high:g}")
-    metric = cfg.compare.metric
-    if metric.startswith("test/"):
-        raise UserError(f"compare.metric '{metric}' would choose the champion on the test split, whose scores are then "
-                        f"biased upwards and no longer a test; choose on validation: val/{metric[5:]}")
-    if metric not in COMPARE_METRICS:
-        raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{metric}'")
+    _check_data(cfg)
+    _check_model(cfg)
+    _check_user_model(cfg)
+    _check_train(cfg)
+    _check_stages(cfg)
+    _check_names(cfg)
+    _check_memory(cfg)
+    return cfg
+
+
+def _check_data(cfg: Config) -> None:
+    """How the data is read and split: folds, split, transforms, features, fractions."""
     if cfg.data.folds != "auto" and not (cfg.data.folds.isdigit() and int(cfg.data.folds) >= 1):
         raise UserError(f"data.folds must be auto or a whole number >= 1 (1 = one split), got '{cfg.data.folds}'")
     if cfg.data.split not in ("random", "ordered") and not (cfg.data.split.startswith("time:") and cfg.data.split[5:]):
@@ -512,14 +490,6 @@ def validate(cfg: Config) -> Config:
     for name in ("scaling", "target_scaling"):
         if getattr(cfg.data, name) not in SCALINGS:
             raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")
-    um = cfg.user_model
-    if um.spec and um.uri:
-        raise UserError("--model and --model-uri both given; bring the model one way")
-    if (um.checkpoint or um.retrain or um.head or um.kwargs.strip() not in ("", "{}")) and not (um.spec or um.uri):
-        raise UserError("--checkpoint, --model-kwargs, --retrain and --head need a model: "
-                        "add --model FILE.py:Class or --model-uri URI")
-    if um.spec and ":" not in um.spec:
-        raise UserError(f"--model '{um.spec}' must name a class: path/to/file.py:ClassName or package.module:ClassName")
     repeated = sorted({c for c in cfg.data.features if cfg.data.features.count(c) > 1})
     if repeated:
         raise UserError(f"--features names {', '.join(repr(c) for c in repeated)} more than once; "
@@ -527,6 +497,12 @@ def validate(cfg: Config) -> Config:
     for name in ("val_fraction", "test_fraction"):
         if not 0 < getattr(cfg.data, name) < 0.5:
             raise UserError(f"data.{name} must be between 0 and 0.5, got {getattr(cfg.data, name)}")
+
+
+def _check_model(cfg: Config) -> None:
+    """The pipeline's own MLP: activation, depth, width, dropout, embedding."""
+    if cfg.model.activation not in ACTIVATIONS:
+        raise UserError(f"unknown activation '{cfg.model.activation}'; choose from {', '.join(ACTIVATIONS)}")
     if cfg.model.depth < 1 or cfg.model.width < 0:
         raise UserError("model.depth must be at least 1 and model.width at least 1 (0: auto)")
     if not 0 <= cfg.model.dropout < 1:
@@ -537,9 +513,27 @@ def validate(cfg: Config) -> Config:
                               ("n_bins", cfg.model.n_bins, 2)):
         if value < least:
             raise UserError(f"model.{key} must be at least {least}, got {value}")
+
+
+def _check_user_model(cfg: Config) -> None:
+    """A brought model: one way to bring it, a class named, and no option that shapes only the pipeline's MLP."""
+    um = cfg.user_model
+    if um.spec and um.uri:
+        raise UserError("--model and --model-uri both given; bring the model one way")
+    if (um.checkpoint or um.retrain or um.head or um.kwargs.strip() not in ("", "{}")) and not (um.spec or um.uri):
+        raise UserError("--checkpoint, --model-kwargs, --retrain and --head need a model: "
+                        "add --model FILE.py:Class or --model-uri URI")
+    if um.spec and ":" not in um.spec:
+        raise UserError(f"--model '{um.spec}' must name a class: path/to/file.py:ClassName or package.module:ClassName")
     if (um.spec or um.uri) and (cfg.model.embedding != "none" or cfg.model.ensemble != 1):
         raise UserError("model.embedding and model.ensemble shape the pipeline's own MLP, not a brought --model; "
                         "drop them or the --model")
+
+
+def _check_train(cfg: Config) -> None:
+    """The training loop: device, epochs, learning rate, batch, class weights, seeds, weight decay, patience."""
+    if cfg.train.device not in DEVICES:
+        raise UserError(f"unknown device '{cfg.train.device}'; choose from {', '.join(DEVICES)}")
     if cfg.train.epochs < 1 or cfg.train.lr <= 0:
         raise UserError("train.epochs must be at least 1 and train.lr positive")
     batch = str(cfg.train.batch_size).strip().lower()
@@ -562,11 +556,49 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"train.weight_decay must be 0 or more, got {t.weight_decay:g}")
     if t.patience < 0:
         raise UserError(f"train.patience must be 0 (no early stopping) or more, got {t.patience}")
+
+
+def _check_stages(cfg: Config) -> None:
+    """What each stage tries: head-swap strategies, slim variants, the tune study, the compare metric."""
+    unknown = [s for s in cfg.head_swap.strategies if s not in STRATEGIES]
+    if unknown or not cfg.head_swap.strategies:
+        raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; choose from {', '.join(STRATEGIES)}")
     if cfg.head_swap.lp_ft_lr_factor <= 0:
         raise UserError(f"head_swap.lp_ft_lr_factor must be positive, got {cfg.head_swap.lp_ft_lr_factor:g}")
+    try:
+        ratios = [float(r) for r in cfg.slim.keep_ratios]
+    except ValueError:
+        raise UserError(f"slim.keep_ratios must be numbers, got {','.join(cfg.slim.keep_ratios)}") from None
+    if any(not 0 < r <= 1 for r in ratios):
+        raise UserError(f"slim.keep_ratios must lie in (0, 1], got {','.join(cfg.slim.keep_ratios)}")
+    if not 0 <= cfg.slim.alpha <= 1 or cfg.slim.temperature <= 0:
+        raise UserError("slim.alpha must lie in [0, 1] and slim.temperature be positive")
     if cfg.slim.epochs < 1 or not 0 <= cfg.slim.tolerance < 1:
         raise UserError(f"slim.epochs must be at least 1 and slim.tolerance in [0, 1), got {cfg.slim.epochs}, "
                         f"{cfg.slim.tolerance:g}")
+    if cfg.tune.metric not in TUNE_METRICS:
+        raise UserError(f"tune.metric must be one of {', '.join(TUNE_METRICS)}, got '{cfg.tune.metric}'")
+    if cfg.tune.pruner not in PRUNERS:
+        raise UserError(f"tune.pruner must be one of {', '.join(PRUNERS)}, got '{cfg.tune.pruner}'")
+    if cfg.tune.n_trials < 0 or cfg.tune.workers < 0 or cfg.tune.epochs < 0 or cfg.tune.timeout < 0:
+        raise UserError("tune.n_trials, tune.workers, tune.epochs and tune.timeout must be >= 0")
+    if not 0 < cfg.tune.max_dropout < 1:
+        raise UserError(f"tune.max_dropout must lie in (0, 1), got {cfg.tune.max_dropout}")
+    for name in ("lr", "weight_decay"):
+        low, high = getattr(cfg.tune, f"{name}_min"), getattr(cfg.tune, f"{name}_max")
+        if not 0 < low < high:
+            raise UserError(f"tune.{name}_min and tune.{name}_max must be positive with min < max (a log range), "
+                            f"got {low:g} and {high:g}")
+    metric = cfg.compare.metric
+    if metric.startswith("test/"):
+        raise UserError(f"compare.metric '{metric}' would choose the champion on the test split, whose scores are then "
+                        f"biased upwards and no longer a test; choose on validation: val/{metric[5:]}")
+    if metric not in COMPARE_METRICS:
+        raise UserError(f"compare.metric must be one of {', '.join(COMPARE_METRICS)}, got '{metric}'")
+
+
+def _check_names(cfg: Config) -> None:
+    """Names MLflow would refuse: the experiment, the study, the registered model."""
     for option, name in (("--experiment", cfg.experiment), ("tune.study_name", cfg.tune.study_name)):
         problem = name_problem(name) if name or option == "--experiment" else None
         if problem:
@@ -577,6 +609,10 @@ def validate(cfg: Config) -> Config:
         source = "--register" if cfg.compare.register else f"the experiment name ({cfg.experiment!r}) gives"
         raise UserError(f"{source} registered model name {registered!r}, which MLflow refuses: {problem}; "
                         "choose another experiment name or pass --register NAME")
+
+
+def _check_memory(cfg: Config) -> None:
+    """A model too big to train on this machine."""
     # weights, gradients, AdamW's two moments and the best-weights copy: 5 float32 copies of every weight
     m = cfg.model
     width = m.width or 256  # auto: at most 256
@@ -585,7 +621,6 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"model.width={width} with model.depth={m.depth} needs about {need / 2**30:.3g} GiB to "
                         f"train, more than the {_memory_bytes() / 2**30:.3g} GiB available; use a smaller width or "
                         "depth")
-    return cfg
 
 
 def recovered(params: dict[str, str]) -> dict[str, str]:
