@@ -627,7 +627,30 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     _check_features(features, len(train_idx))
     with np.errstate(over="ignore", invalid="ignore"):  # a huge column's std overflows: refused below, quietly
         pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
-    y_train = y[train_idx]
+    y_mean, y_std = _target_scale(cfg, y, y[train_idx])
+
+    def split(idx: np.ndarray) -> Split:
+        return Split(
+            x=torch.from_numpy(pre.transform(features.iloc[idx])),
+            y=torch.from_numpy(((y[idx] - y_mean) / y_std).astype(np.float32)),
+            c=torch.from_numpy(classes_all[idx]),
+        )
+
+    train, val, test = split(train_idx), split(val_idx), split(test_idx)
+    parts = (("train", train), ("val", val), ("test", test))
+    _check_splits(parts, pre, names, fold)
+    summary = _summary(frame, features, pre, names, parts, n_dropped)
+    if fold is not None:
+        summary.update({"fold": fold, "folds": folds})
+    missing = tuple(str(c) for c in frame.columns[frame.isna().any().to_numpy()])
+    return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
+                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx,
+                    target_transform=cfg.target_transform)
+
+
+def _target_scale(cfg: Data, y: np.ndarray, y_train: np.ndarray) -> tuple[float, float]:
+    """The target's mean and std on the training rows (0 and 1 without `target_scaling`), refused when the
+    scaled target would overflow float32."""
     with np.errstate(over="ignore", invalid="ignore"):
         if cfg.target_scaling == "standard":
             y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
@@ -639,16 +662,12 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         raise UserError(f"target column '{cfg.target}' reaches {np.abs(y).max():.3g}, which overflows float32 once "
                         + ("standardised" if cfg.target_scaling == "standard" else "squared by the loss")
                         + "; rescale it (divide by a power of ten, or take its log) before converting")
+    return y_mean, y_std
 
-    def split(idx: np.ndarray) -> Split:
-        return Split(
-            x=torch.from_numpy(pre.transform(features.iloc[idx])),
-            y=torch.from_numpy(((y[idx] - y_mean) / y_std).astype(np.float32)),
-            c=torch.from_numpy(classes_all[idx]),
-        )
 
-    train, val, test = split(train_idx), split(val_idx), split(test_idx)
-    parts = (("train", train), ("val", val), ("test", test))
+def _check_splits(parts: tuple[tuple[str, Split], ...], pre: Preprocessor, names: list[str],
+                  fold: int | None) -> None:
+    """Every split's features finite in float32, and every class in every split."""
     for name, part in parts:  # huge feature values overflow standardisation (std inf) or float32
         bad = ~torch.isfinite(part.x).all(dim=0)
         bad[:len(pre.stds)] |= ~torch.isfinite(torch.tensor(pre.stds, dtype=torch.float64))
@@ -662,23 +681,24 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         if missing:
             raise UserError(f"the {name} split{of_fold} has no rows of class '{names[missing[0]]}'; use fewer classes "
                             "or more data")
+
+
+def _summary(frame: pd.DataFrame, features: pd.DataFrame, pre: Preprocessor, names: list[str],
+             parts: tuple[tuple[str, Split], ...], n_dropped: int) -> dict[str, object]:
+    """The data's summary (logged as the runs' `split.*` params): rows, imputed values, and each split's rows by
+    class."""
     summary: dict[str, object] = {
         "rows": len(frame), "rows_dropped_missing_target": n_dropped,
         "features_imputed": int(features[pre.numeric].isna().sum().sum()),
         # of those, text in numeric columns (`?` for missing) read as missing values (read_numbers)
         "strings_as_missing": int(sum(n for c, n in frame.attrs.get("strays", {}).items() if c in pre.numeric)),
-        "n_features": train.x.shape[1], "n_classes": len(names),
+        "n_features": parts[0][1].x.shape[1], "n_classes": len(names),
     }
     for name, part in parts:
         summary[f"{name}_rows"] = len(part)
         counts = np.bincount(part.c.numpy(), minlength=len(names))
         summary.update({f"{name}_class_{i}": int(n) for i, n in enumerate(counts)})
-    if fold is not None:
-        summary.update({"fold": fold, "folds": folds})
-    missing = tuple(str(c) for c in frame.columns[frame.isna().any().to_numpy()])
-    return Prepared(train, val, test, np.asarray(edges, dtype=np.float64), names, y_mean, y_std, pre,
-                    frame.head(5).copy(), missing, table, key, summary, fold=fold, test_rows=test_idx,
-                    target_transform=cfg.target_transform)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------- entries
