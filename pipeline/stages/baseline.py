@@ -113,32 +113,10 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         else:
             model = new_regressor(cfg, data)
         model.to(device)
-        log = tracking.EpochLog()
-
-        t = cfg.train
-        bar = progress.Bar("baseline", t.epochs, "val/rmse", higher=False)
-
-        def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
-            rmse = float(torch.sqrt(torch.mean((val_out.reshape(-1).cpu() - data.val.y) ** 2))) * data.y_std
-            log.add(epoch, {**logs, "val/rmse": rmse})
-            bar.update(epoch, rmse)
-
         values: dict[str, float] = {"cost/train_seconds": 0.0}
         if not brought or um.retrain:
-            batch, lr = batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)
-            with bar:
-                hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=batch, lr=lr,
-                           weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
-                           on_epoch=on_epoch, stop=stop.check)
-            log.flush()
-            values.update({"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds})
-        for name, split in (("val", data.val), ("test", data.test)):
-            y = split.y.double().numpy() * data.y_std + data.y_mean
-            predicted = regressor_outputs(model, split.x, data, device)
-            values.update(metrics.prefixed(name, metrics.regression(y, predicted)))
-        # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
-        values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
-        values.update(costs(model, data))
+            values.update(_train(cfg, data, model, device))
+        values.update(_evaluate(model, data, device))
         tracking.log_final_metrics(values)  # val/rmse: the returned model's; its curve is epoch/val_rmse
         # before any strategy trains: what would make every number after this one mean little
         given = (cfg.data.scaling, cfg.data.target_scaling) if brought and not um.retrain else None
@@ -154,3 +132,35 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
     return StageResult(run_id, model, run_id)
 
 
+def _train(cfg: Config, data: Prepared, model: nn.Module, device) -> dict[str, float]:
+    """Train the regressor (MSE on the standardised target, early-stopped on validation RMSE, whose curve is
+    logged each epoch); its best epoch and training seconds."""
+    t, log = cfg.train, tracking.EpochLog()
+    bar = progress.Bar("baseline", t.epochs, "val/rmse", higher=False)
+
+    def on_epoch(epoch: int, logs: dict[str, float], val_out: torch.Tensor) -> None:
+        rmse = float(torch.sqrt(torch.mean((val_out.reshape(-1).cpu() - data.val.y) ** 2))) * data.y_std
+        log.add(epoch, {**logs, "val/rmse": rmse})
+        bar.update(epoch, rmse)
+
+    batch, lr = batch_and_lr(t.batch_size, t.lr, len(data.train.x), t.max_steps_per_epoch, t.lr_scaling)
+    with bar:
+        hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=batch, lr=lr,
+                   weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
+                   on_epoch=on_epoch, stop=stop.check)
+    log.flush()
+    return {"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds}
+
+
+def _evaluate(model: nn.Module, data: Prepared, device) -> dict[str, float]:
+    """The regressor's regression metrics on validation and test, its thresholded classes' metrics (the
+    `threshold` strategy) and its costs."""
+    values = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        y = split.y.double().numpy() * data.y_std + data.y_mean
+        predicted = regressor_outputs(model, split.x, data, device)
+        values.update(metrics.prefixed(name, metrics.regression(y, predicted)))
+    # the baseline as a classifier is the `threshold` strategy: its output cut at the class edges
+    values.update(classifier_metrics(data, lambda split: threshold_proba(model, split, data, device)))
+    values.update(costs(model, data))
+    return values
