@@ -271,7 +271,7 @@ def _few(items: list[str], n: int = 6) -> str:
 class FoldEnsemble(nn.Module):
     """What ships after cross-fitting: the champion row's model of every outer fold, averaged. Each member's
     raw output becomes its tempered class probabilities (its own rule's temperature, kept as a buffer); the
-    ensemble outputs the log of their mean, which its own decision rule (stages.compare fits it) decides on.
+    ensemble outputs the log of their mean, which its own decision rule (stages.champion fits it) decides on.
     Together the members saw every row; each alone saw its fold's training rows only."""
 
     def __init__(self, members: list[nn.Module], n_classes: int, temperatures: list[float] | None = None):

@@ -318,7 +318,7 @@ def figures(board: pd.DataFrame, pooled, metric: str, class_names: list[str],
             stage_runs: dict[str, str]) -> tuple[dict[str, bytes], dict[str, str]]:
     """report.html's figures as PNG bytes by title, in the page's order, and the note under each: the dot plot,
     the head-swap strategies' validation curves, the champion row's confusion matrix, ROC and reliability from
-    `pooled` (compare.Predictions: its test predictions pooled over all its folds, or None), the slim Pareto
+    `pooled` (leaderboard.Predictions: its test predictions pooled over all its folds, or None), the slim Pareto
     plot, the tuning figures. `stage_runs`: the convert run's tags (`head_swap_run`, `slim_run`, `tune_run`)."""
     images = {"Per strategy": png(intervals_figure(board, metric))}
     notes = {"Per strategy": INTERVALS_NOTE.format(metric=metric)}

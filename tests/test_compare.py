@@ -15,7 +15,7 @@ import pytest
 from conftest import TUNED_ROW, free_port, invoke, process_env, runs_of, tiny_args, use_store, wait_for_http
 from mlflow.tracking import MlflowClient
 
-from pipeline.stages.compare import simplicity
+from pipeline.stages.leaderboard import simplicity
 
 
 def houses(n: int, seed: int) -> pd.DataFrame:

@@ -19,6 +19,7 @@ LAYERS = [
     {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
     {"tracking", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},  # store, processes
     {"stages.common", "stages.heads", "stages.reference"},                               # what stages share
+    {"stages.leaderboard", "stages.verdict", "stages.champion"},                         # compare's parts
     {"stages.baseline", "stages.head_swap", "stages.slim", "stages.tune", "stages.compare"},  # one stage each
     {"stages.convert"},                                                                  # all stages in order
     {"stages"},                                                                          # the stages' front

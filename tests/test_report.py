@@ -156,7 +156,7 @@ def test_report_renders_in_chromium_with_every_image(converted, tmp_path):
 def test_report_confusion_matrix_adds_up_to_the_test_rows_it_states(converted, tmp_path):
     import re
 
-    from pipeline.stages.compare import pooled_predictions
+    from pipeline.stages.leaderboard import pooled_predictions
 
     parent = converted["parent"]
     page = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html",

@@ -150,7 +150,7 @@ def test_a_tuned_model_tuned_again_gets_new_rates_not_more_dropout():
 
 def test_a_variant_that_collapsed_to_one_output_is_flagged_and_never_on_the_front(experiment, tiny_data):
     from pipeline.stages.common import flag_collapsed
-    from pipeline.stages.compare import leaderboard, strategy_runs
+    from pipeline.stages.leaderboard import leaderboard, strategy_runs
 
     constant = classifier()
     with torch.no_grad():

@@ -19,12 +19,14 @@ them all).
 """
 from .baseline import baseline, bring
 from .common import StageResult, seeds_of, stage_output
-from .compare import Comparison, compare, display, leaderboard, strategy_runs
+from .compare import Comparison, compare
 from .convert import convert, estimate
 from .head_swap import head_swap
 from .heads import classifier_from
+from .leaderboard import leaderboard, strategy_runs
 from .slim import slim
 from .tune import tune
+from .verdict import display
 
 __all__ = ["Comparison", "StageResult", "baseline", "bring", "classifier_from", "compare", "convert", "display",
            "estimate", "head_swap", "leaderboard", "seeds_of", "slim", "stage_output", "strategy_runs", "tune"]
