@@ -1,4 +1,4 @@
-"""The import graph of pipeline/: layers that run one way, and no import circles.
+"""The import graph of pipeline/: layers that run one way, and no import circles; and no function over 60 lines.
 
 A module may import only modules of its own layer or a lower one (read from its source with `ast`, imports
 inside functions included), and no chain of imports may lead back to where it started. A new module gets a
@@ -99,3 +99,20 @@ def test_the_graph_sees_relative_and_absolute_imports():
     assert {"config", "stages.common", "stages.heads", "train"} <= GRAPH["stages.baseline"]
     assert "stages" in GRAPH["cli"]  # `from . import stages`, inside a function
     assert "surgery" in GRAPH["tracking"]  # `from .surgery import build`, inside a function
+
+
+MAX_LINES = 60  # a function longer than this is split into named pieces that read top to bottom
+# being split on other branches (issue 23: stages/tune.py, issue 26: train.py); remove once those are merged
+BEING_SPLIT = {("stages/tune.py", "tune"), ("train.py", "fit")}
+
+
+def test_no_function_over_60_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1  # from `def` to its last line, docstring included
+                where = (path.relative_to(PACKAGE).as_posix(), node.name)
+                if lines > MAX_LINES and where not in BEING_SPLIT:
+                    long.append(f"{where[0]}::{where[1]} ({lines} lines)")
+    assert not long, "split into named pieces: " + ", ".join(long)
