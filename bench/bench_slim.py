@@ -24,19 +24,19 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        from pipeline import config, data, stages, tracking
+        from pipeline import checkpoint, config, data, stages, store, tracking
 
         cfg = config.load(None, {"train.device": "cpu", **({"slim.distill": "true"} if args.distill else {})})
         prepared = data.prepare(cfg.data, cfg.seed)
-        tracking.setup(f"sqlite:///{tmp}/mlflow.db")
-        tracking.use_experiment("bench-slim")
+        store.setup(f"sqlite:///{tmp}/mlflow.db")
+        store.use_experiment("bench-slim")
         base = stages.baseline(cfg, prepared, None)
         swapped = stages.head_swap(cfg, prepared, base)
         slimmed = stages.slim(cfg, prepared, swapped)
         # the unslimmed classifier first, then every variant, each read back from its run
         runs = [tracking.get_run(swapped.model_run)] + tracking.children(slimmed.run_id)
         rows = [{"strategy": "unslimmed" if i == 0 else run.data.tags["strategy"],
-                 "model": tracking.load_run_model(run.info.run_id), **run.data.metrics}
+                 "model": checkpoint.load_run_model(run.info.run_id), **run.data.metrics}
                 for i, run in enumerate(runs)]
 
     x = torch.randn(1000, prepared.n_features)

@@ -263,7 +263,7 @@ def _prepare(opts: dict):
         from . import jobs
 
         jobs.start_forkserver(jobs.count(cfg.train.jobs), WORKER_IMPORTS)
-    from . import data, liveness, progress, tracking
+    from . import data, liveness, progress, store, tracking
 
     progress.set_quiet(opts.get("quiet"))
     progress.set_verbose(opts.get("verbose"))
@@ -288,11 +288,11 @@ def _prepare(opts: dict):
                    + "".join(f"; {d}" for d in done if d)
                    + f"; classes {', '.join(splits[0].class_names)}; {layout}")
     cfg = _resolve_batch(cfg, len(splits[0].train.x))
-    tracking.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
+    store.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
 
     brought = stages.bring(cfg, splits[0])  # may read a model from the store, but writes nothing
-    tracking.use_experiment(cfg.experiment)
+    store.use_experiment(cfg.experiment)
     ended = tracking.end_orphans()
     if ended:
         click.echo(f"store: ended {ended} run(s) left RUNNING by a process that died "
@@ -350,7 +350,7 @@ def cli():
 def convert(**opts):
     """Run every stage under one parent run and print the leaderboard."""
     cfg, splits, brought = _prepare(opts)
-    from . import progress, stages, tracking
+    from . import progress, stages, store, tracking
 
     guess = stages.estimate(cfg, splits, brought)
     if guess:
@@ -358,7 +358,7 @@ def convert(**opts):
     with _workers(cfg):
         result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)
-    click.echo(tracking.run_link(tracking.setup(None), result.parent))
+    click.echo(tracking.run_link(store.setup(None), result.parent))
 
 
 HEADLINES = ("Warning:", "Verdict:", "Champion:")  # the verdict's sentences a default run prints
@@ -455,9 +455,9 @@ def tune(**opts):
 @user_errors
 def compare(**opts):
     """Leaderboard, report.html and the registered champion, from the runs already in the store."""
-    from . import tracking
+    from . import store, tracking
 
-    tracking.setup(opts["tracking_uri"])  # opened first, under its lock: a convert may be creating it
+    store.setup(opts["tracking_uri"])  # opened first, under its lock: a convert may be creating it
     run_id = opts["run_id"] or tracking.latest_parent(opts["experiment"] or "reg2cls")
     if not run_id:
         raise UserError(f"no finished convert run in experiment '{opts['experiment'] or 'reg2cls'}'; "
@@ -485,11 +485,11 @@ def predict(model_uri, input_path, output_path, tracking_uri):
     column per class, as CSV on standard output or in --output; what was done is said on standard error."""
     from pathlib import Path
 
-    from . import data, registry, tracking
+    from . import data, registry, store
 
     if output_path:
         _check_output(Path(input_path), Path(output_path))
-    tracking.setup(tracking_uri)
+    store.setup(tracking_uri)
     frame = data.load(input_path)
     model, columns, numeric = registry.load_champion(model_uri)
     predictions = _predictions(model, frame, columns, numeric, input_path)
@@ -567,9 +567,9 @@ def _predictions(model, frame, columns: list[str], numeric: list[str], input_pat
 def export(run_id, name, tracking_uri):
     """Make a full servable MLflow model of any run from the state it kept: the raw table in, `label` and
     `proba_<class>` out, as the champion; for `reg2cls predict`, `mlflow models serve` or the registry."""
-    from . import registry, tracking
+    from . import registry, store
 
-    tracking.setup(tracking_uri)
+    store.setup(tracking_uri)
     uri = registry.export(run_id, name)
     click.echo(f"exported run {run_id} as {uri}\n"
                f"predict: reg2cls predict --model-uri {uri} --input new.csv --output predictions.csv\n"
@@ -581,7 +581,7 @@ def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, op
     """The model a stage builds on: `from_run`, else the newest finished run of the first of
     `stages_in_order` that has one on this split. A stage run stands for the model it chose (its
     `model_run` tag); with `exact` the run must itself be of the (one) stage given."""
-    from . import stages, tracking
+    from . import checkpoint, stages, tracking
 
     run_id = from_run or next((r for s in stages_in_order if (r := tracking.latest_run(s, split_key))), None)
     if not run_id:
@@ -589,7 +589,7 @@ def _input_model(from_run: str | None, split_key: str, *stages_in_order: str, op
                         "experiment; run `reg2cls convert` (or that stage) with the same options first, "
                         f"or pass {option}")
     if exact:
-        return stages.StageResult(run_id, tracking.load_run_model(run_id, stages_in_order[0], split_key), run_id)
+        return stages.StageResult(run_id, checkpoint.load_run_model(run_id, stages_in_order[0], split_key), run_id)
     return stages.stage_output(run_id, split_key)
 
 

@@ -324,7 +324,7 @@ def architecture(model: nn.Module) -> dict:
 
 def portable(model: nn.Module) -> tuple[dict, dict]:
     """`model` as it travels to a worker process: its recipe and its weights on the CPU (the recipe, not the
-    module: a brought model's class may not unpickle there). `tracking.rebuild(*portable(model))` recreates it."""
+    module: a brought model's class may not unpickle there). `checkpoint.rebuild(*portable(model))` recreates it."""
     return architecture(model), {k: v.cpu() for k, v in model.state_dict().items()}
 
 
@@ -360,7 +360,7 @@ def save_state(model: nn.Module, folder: Path) -> int:
 
 
 def load_state(folder: Path, build_model) -> nn.Module:
-    """The model `save_state` wrote: `build_model(architecture)` makes the layers (tracking.rebuild,
+    """The model `save_state` wrote: `build_model(architecture)` makes the layers (checkpoint.rebuild,
     which can fetch a base model from MLflow), the weights load with `weights_only=True`."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
     saved = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)

@@ -2,7 +2,7 @@
 in, a `label` and one `proba_<class>` column per class out), registered with the alias `champion`, and
 loaded back for `reg2cls predict`; and the same kind of model made on request from any run's state
 (`export`, `reg2cls export`). Only these get a full MLflow model (`log_servable`): every run keeps its state
-(tracking.log_state). The output's shape is spelled once, in `output_frame`.
+(checkpoint.log_state). The output's shape is spelled once, in `output_frame`.
 
 The champion carries everything it needs to load anywhere: the package and, for a model brought as
 `file.py:Class`, that file and the user's modules it imports (code_paths); `check_loads` proves it, in a
@@ -158,7 +158,7 @@ def log_servable(model, meta: dict, example: pd.DataFrame, name: str, registered
     serve` and `reg2cls predict` load: its state, `meta` (`serving_meta`), the package (and a brought model's
     file) as code, signature, input example and pinned requirements; registered as `registered_name` when given
     (refused with a one-line UserError if that name's champion takes other columns or gives other classes).
-    Only served models get one (the champion, `export`); every run keeps its state (tracking.log_state)."""
+    Only served models get one (the champion, `export`); every run keeps its state (checkpoint.log_state)."""
     from .model import requirements, save_state
 
     if next(model.parameters()).device.type != "cpu":
@@ -190,9 +190,9 @@ def export(run_id: str, name: str | None = None) -> str:
     variant, trial or tuned run), on that run, named `name` (default: its strategy, `tracking.model_name`);
     returns its URI, runs:/<run>/<name>. The run's end time and status stay as they were. One-line UserError
     for a run that keeps no classifier (a regressor's baseline, a run logged before runs kept `state/meta.json`)."""
-    from . import tracking
+    from . import checkpoint, tracking
 
-    model = tracking.load_run_model(run_id)  # a missing or unfinished run, or one without state/: one line
+    model = checkpoint.load_run_model(run_id)  # a missing or unfinished run, or one without state/: one line
     raw = tracking.read_artifact(run_id, "state/meta.json")
     if raw is None:
         raise UserError(f"run {run_id} keeps no classifier to serve (state/meta.json missing: a baseline regressor, "

@@ -74,7 +74,7 @@ class Champion(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from pipeline.data import Preprocessor
         from pipeline.model import load_state, relocated
-        from pipeline.tracking import rebuild
+        from pipeline.checkpoint import rebuild
 
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.preprocessor = Preprocessor(**meta["preprocessor"])

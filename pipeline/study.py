@@ -41,7 +41,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import decision, jobs, metrics, registry, stats, stop, tracking
+from . import checkpoint, decision, jobs, metrics, registry, stats, stop, store, tracking
 from .config import TUNE_METRICS, Config, UserError, data_name, first_line
 from .data import Prepared
 from .model import architecture, mark_start
@@ -119,7 +119,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite: wait for the lock instead of failing with "database is locked" when workers write at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     # two commands creating a new SQLite file's tables at once collide ('table ... already exists')
-    lock = tracking.store_lock(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else contextlib.nullcontext()
+    lock = store.lock(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else contextlib.nullcontext()
     try:
         with lock:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
@@ -292,7 +292,7 @@ def recipe(cfg: Config, made_by: dict[str, str], data: Prepared, device) -> Reci
         phases = tuple((cfg.tune.epochs, factor, probe) for _, factor, probe in phases)
     distill = None
     if stage == "slim" and strategy.endswith("_distill"):  # the teacher: the model slim cut the variant from
-        teacher = tracking.load_run_model(made_by["source_run"]).to(device).eval()
+        teacher = checkpoint.load_run_model(made_by["source_run"]).to(device).eval()
         distill = Distill(predict(teacher, data.train.x, device), cfg.slim.temperature, cfg.slim.alpha)
     return Recipe(phases, distill)
 
@@ -415,7 +415,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params({**{f"trial.{k}": v for k, v in params.items()}, "optuna.study": job.study_name,
                              "optuna.trial": trial.number, **job.cfg.flat()})
-        model = tracking.rebuild(job.architecture, job.state)  # the source model's start, never its converged weights
+        model = checkpoint.rebuild(job.architecture, job.state)  # the source model's start, never its converged weights
         ordinal = decision.is_ordinal(model, data.n_classes)
         log = tracking.EpochLog()
         device = resolve_device(cfg.train.device)
@@ -441,7 +441,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
             trial.set_user_attr("epochs", trained[0])
         values = val_values(model, data, device)
         tracking.log_final_metrics({**values, "cost/train_seconds": sum(h.seconds for h in hists)})
-        tracking.log_state(model, registry.serving_meta(data))
+        checkpoint.log_state(model, registry.serving_meta(data))
         return values[cfg.tune.metric]
 
 
@@ -468,7 +468,7 @@ def work(job: Job, lock=None) -> None:
     the gate shared with the other local workers; in the command's pool, the pool's own (jobs.pool_lock)."""
     gate = _Gate(lock if lock is not None else jobs.pool_lock())
     with quiet_optuna():
-        tracking.setup(job.tracking_uri)
+        store.setup(job.tracking_uri)
         sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
         study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
                                   pruner=make_pruner(job.cfg, job.epochs))
@@ -514,7 +514,7 @@ def run_workers(job: Job, n_workers: int, say) -> None:
     process is one of them and the others are spawned: working here too saves one interpreter's start-up
     (torch, mlflow and optuna imports: seconds) and keeps this core busy while they start (bench_tune.py).
     """
-    tracking.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
+    store.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
     if n_workers == 1:
         work(job)
         return

@@ -320,7 +320,7 @@ def build(arch: dict, base_model: nn.Module | None = None) -> nn.Module:
     `base_model` is the freshly loaded base for kinds that live outside the package (an MLflow URI).
     """
     base = arch["base"]
-    if base["kind"] == "ensemble":  # the members, each by its own recipe (tracking.rebuild fetches URI bases)
+    if base["kind"] == "ensemble":  # the members, each by its own recipe (checkpoint.rebuild fetches URI bases)
         return fold_ensemble([build(member) for member in base["members"]], base["n_classes"], [])
     if base["kind"] == "mlp":
         model = MLP(**base["kwargs"])

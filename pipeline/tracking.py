@@ -1,16 +1,16 @@
-"""MLflow I/O: runs, params, batched metrics, tags, datasets, artifacts, and models moved to and from
-runs. Besides serving.py (the champion as a pyfunc) and registry.py (the model registry), the only
-module that talks to MLflow.
+"""MLflow run logging: runs and their lifecycle (owners, heartbeats, orphans), params, batched metrics, tags,
+datasets, artifacts and predictions, and what people read in the UI. Besides store.py (opening the store),
+checkpoint.py (a run's model to and from the store), serving.py (the champion as a pyfunc) and registry.py
+(the model registry), the only module that talks to MLflow.
 
 Conventions (docs/design.md): every run carries the tag `stage` (and `strategy` on strategy runs);
 params are the flattened config, logged once; per-epoch metrics are buffered and sent with
-`log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM. What a run's
-model is on disk (state_dict + architecture) is model.py's; when a stage may reuse a run is reuse.py's.
+`log_batch`; a run always ends FINISHED, FAILED or KILLED, also on Ctrl+C and SIGTERM. When a stage may
+reuse a run is reuse.py's.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 import time
@@ -25,91 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from . import liveness
-from .config import UserError, first_line
 from .memory import release_freed_memory
-
-
-
-def setup(tracking_uri: str | None) -> str:
-    """Point MLflow at the store and open it once per process; returns the tracking URI in use.
-
-    Opening checks the URI (scheme, a SQLite path that is a folder or another kind of file, a tracking server
-    that does not answer) and creates a fresh SQLite store atomically under a file lock, so commands started
-    together never race on its tables. A store that cannot be opened is a one-line UserError."""
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    if not os.environ.get("REG2CLS_TRACEBACK"):
-        # MLflow logs a failing store's traceback (a full disk: one per write) before raising the error, which
-        # the command then says in one line
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    uri = mlflow.get_tracking_uri()
-    if uri not in _OPENED:
-        _open_store(uri)
-        _OPENED.add(uri)
-    return uri
-
-
-def enable_concurrent_writes() -> None:
-    """Switch a SQLite store to write-ahead logging before several processes write to it: writers then
-    stop locking out readers and fsyncing each commit (the mode stays with the file). No-op elsewhere."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        import sqlite3
-
-        path = uri[len("sqlite:///"):]
-        with store_lock(path), contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
-            deadline = time.monotonic() + 60
-            while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # reading the mode takes no lock
-                try:
-                    db.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.OperationalError as e:
-                    # another command's write in progress: SQLite refuses the switch at once instead of waiting
-                    # (waiting could deadlock), so the busy timeout does not apply; retry until that write ends
-                    if "locked" not in str(e) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-
-
-def use_experiment(name: str) -> None:
-    """Create or select the experiment, unless running under `mlflow run`.
-
-    There MLFLOW_RUN_ID names the run MLflow created for the entry point, in the experiment
-    `mlflow run` was given: that run becomes the parent, and the experiment is left alone
-    (set_experiment with another name would fail). A new experiment in a SQLite store keeps its artifacts
-    beside the store (`artifact_location`), not in ./mlruns of whatever folder the command ran in. An
-    experiment of that name in the store's trash is refused with the fix (MLflow would raise).
-    """
-    from mlflow.exceptions import MlflowException
-
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            client.create_experiment(name, artifact_location=artifact_location(mlflow.get_tracking_uri(), name))
-        except MlflowException as e:  # another command created it a moment ago: use theirs
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        experiment = client.get_experiment_by_name(name)
-    if experiment.lifecycle_stage == "deleted":
-        raise UserError(f"experiment '{name}' was deleted (it is in the store's trash); restore it with "
-                        f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another "
-                        "--experiment")
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
-
-
-def artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment of a SQLite store keeps its artifacts: `mlruns/<name>-<hash>` in the store's own
-    folder; None (the store's default) for any other store."""
-    import hashlib
-    import re
-
-    if not uri.startswith("sqlite:///"):
-        return None
-    folder = Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns"
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)[:60]
-    return (folder / f"{slug}-{hashlib.sha256(experiment.encode()).hexdigest()[:8]}").as_uri()
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -174,7 +90,6 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
     _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     release_freed_memory()  # its arrays are garbage now, in whichever process ran it
-
 
 
 class Logged:
@@ -294,38 +209,6 @@ def _log_inputs(inputs: list) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def log_state(model, meta: dict | None = None, predictions: dict[str, np.ndarray] | None = None) -> int:
-    """What a trained model's run keeps, uploaded in one call: `state/` (model.save_state: the one weights file
-    and the recipe to rebuild it, `load_run_model`), with `meta` (the preprocessor fitted on the run's training
-    rows and the class names: what `export` needs to make a servable model of it) as `state/meta.json`, and
-    `predictions` (`predictions_file`) as `predictions.npz`. No MLflow model: making one costs more than the
-    training of a small model, and only what is served needs it (registry.log_servable: the champion, and
-    `reg2cls export` on request). Returns the size of the weights in bytes."""
-    import json
-
-    from .model import save_state
-
-    with tempfile.TemporaryDirectory() as tmp:
-        n_bytes = save_state(model, Path(tmp) / "state")
-        if meta is not None:
-            (Path(tmp) / "state" / "meta.json").write_text(json.dumps(meta, indent=1))
-        if predictions is not None:
-            np.savez(Path(tmp) / "predictions.npz", **predictions)
-        mlflow.log_artifacts(tmp)
-    return n_bytes
-
-
-def store_failure(e: BaseException) -> bool:
-    """Whether `e`, or an exception it was raised from, is the file system or the store's database failing."""
-    for _ in range(6):
-        if e is None:
-            return False
-        if isinstance(e, OSError) or type(e).__module__.startswith(("sqlalchemy", "sqlite3")):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def model_name(tags: dict[str, str]) -> str:
     """The name `reg2cls export` gives a run's servable model by default: its strategy or variant, else its stage,
     with the characters MLflow refuses in a model name (`.`, `/`, `:`, ...) as `_`: width_0.5 is width_0_5."""
@@ -347,80 +230,6 @@ def log_figure(figure, name: str) -> None:
         import matplotlib.pyplot as plt
 
         plt.close(figure)
-
-
-def load_run_model(run_id: str, stage: str | None = None, split_key: str | None = None):
-    """The nn.Module a FINISHED run logged (of `stage` and on the split `split_key`, when given);
-    a one-line UserError otherwise."""
-    from mlflow.exceptions import MlflowException
-
-    from .model import load_state
-
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise UserError(f"run {run_id} not found in the tracking store {mlflow.get_tracking_uri()}") from None
-    if (stage and run.data.tags.get("stage") != stage) or run.info.status != "FINISHED":
-        raise UserError(f"run {run_id} is not a finished {stage or ''} run "
-                        f"(stage={run.data.tags.get('stage')}, status={run.info.status})")
-    if split_key and run.data.tags.get("split_key") != split_key:
-        raise UserError(f"run {run_id} was trained on other data, target, classes, features or seed than given now; "
-                        "pass the options it ran with, or leave out --baseline-run to take the newest matching one")
-    with tempfile.TemporaryDirectory() as tmp:  # the copy goes with the block (else each load leaves one in /tmp)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state", dst_path=tmp))
-        except (MlflowException, OSError):
-            raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
-        return load_state(local, rebuild)
-
-
-def rebuild(arch: dict, state: dict | None = None):
-    """surgery.build, fetching the base model from MLflow when the architecture starts from a URI; with `state`
-    (a state_dict) loaded when given."""
-    from .model import fold_ensemble
-    from .surgery import build
-
-    base = arch["base"]
-    if base["kind"] == "ensemble":  # each member fetches its own base
-        model = fold_ensemble([rebuild(member) for member in base["members"]], base["n_classes"], [])
-    else:
-        model = build(arch, load_model_uri(base["uri"]) if base["kind"] == "uri" else None)
-    if state is not None:
-        model.load_state_dict(state)
-    return model
-
-
-def load_model_uri(uri: str):
-    """A PyTorch model already in MLflow (runs:/<id>/model, models:/<name>/<version>) as an nn.Module.
-
-    A run logged by reg2cls is rebuilt from its state/ (no pickle). Anything else goes through
-    mlflow.pytorch.load_model, which unpickles models saved in the `pickle` format: bring only models
-    from a store you trust.
-    """
-    from mlflow.exceptions import MlflowException
-    from torch import nn
-
-    from .model import track
-
-    parts = uri.split("/")
-    if uri.startswith("runs:/") and len(parts) >= 3 and parts[1]:
-        try:
-            has_state = any(f.path == "state" for f in MlflowClient().list_artifacts(parts[1]))
-        except MlflowException:
-            raise UserError(f"cannot load {uri}: run {parts[1]} not found in {mlflow.get_tracking_uri()}") from None
-        if has_state:
-            return load_run_model(parts[1])
-    try:
-        from mlflow import pytorch as mlflow_pytorch
-
-        model = mlflow_pytorch.load_model(uri, map_location="cpu")
-    except Exception as e:  # MlflowException, OSError, unpickling errors: all mean "cannot load"
-        raise UserError(f"cannot load {uri}: {first_line(e)}") from None
-    if not isinstance(model, nn.Module) or not any(isinstance(m, nn.Linear) for m in model.modules()):
-        raise UserError(f"the model at {uri} has no nn.Linear layers to swap "
-                        "(MLflow's pt2 format keeps a traced graph, not modules); "
-                        "log it with serialization_format='pickle', or bring its class with --model and --checkpoint")
-    return track(model, {"kind": "uri", "uri": uri})
 
 
 def newest_finished(filter_string: str, experiment_ids: list[str] | None = None) -> str | None:
@@ -562,10 +371,7 @@ def latest_parent(experiment: str | None) -> str | None:
     return newest_finished("tags.stage = 'convert'", ids)
 
 
-# ------------------------------------------------------------------ the store: opening it, and its orphans
-_OPENED: set[str] = set()  # tracking URIs this process has opened (setup checks each once)
-
-
+# ------------------------------------------------------------------ owners: this process's heartbeat, orphans
 def _write_tags(run_id: str, uri: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
@@ -575,113 +381,10 @@ def _write_tags(run_id: str, uri: str, tags: dict[str, str]) -> None:
 _HEARTBEAT = liveness.Heartbeat(_write_tags)
 
 
-@contextlib.contextmanager
-def store_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive lock on `<path>.lock` (fcntl.flock), for what must not run twice at once on one SQLite
-    file: creating its tables, switching its journal mode. The kernel drops the lock when its holder dies,
-    even by SIGKILL. Where flock is unavailable (Windows) the block runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        handle = open(f"{path}.lock", "a")
-    except OSError as e:
-        raise UserError(f"cannot create the lock file {path}.lock beside the store ({e.strerror}); "
-                        "check the folder's permissions") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _conflict(e: Exception) -> bool:
     """Whether a store error is a lost race on a unique key (SQLite, PostgreSQL, MySQL wordings)."""
     text = str(e)
     return any(s in text for s in ("UNIQUE constraint failed", "IntegrityError", "duplicate key", "Duplicate entry"))
-
-
-def _open_store(uri: str) -> None:
-    """Check that `uri` names a store that can be opened, and open it: a fresh SQLite store is made in a
-    temporary file and renamed into place under `store_lock`, so a second command never sees half-made
-    tables and a kill during creation leaves no half-made store. One-line UserError otherwise."""
-    from mlflow.exceptions import MlflowException
-
-    hint = "use --tracking-uri sqlite:///path/mlflow.db, http(s)://host:port or a database URL"
-    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
-    if scheme in ("http", "https"):
-        _probe_server(uri)
-        return
-    try:
-        if scheme == "sqlite":
-            _open_sqlite(uri)
-        else:
-            MlflowClient(uri).search_experiments(max_results=1)
-    except UserError:
-        raise
-    except (MlflowException, OSError, ImportError, ValueError) as e:
-        if "unsupported URI" in str(e) or "Unexpected URI scheme" in str(e):
-            raise UserError(f"tracking URI {uri}: MLflow has no store for the scheme '{scheme}'; {hint}") from None
-        raise UserError(f"cannot open the tracking store {uri}: {first_line(e)}; {hint}") from None
-    except Exception as e:  # SQLAlchemy errors: a file that is no database, a server that refuses
-        raise UserError(f"cannot open the tracking store {uri}: {type(e).__name__}: {first_line(e)}; {hint}") from None
-
-
-def _open_sqlite(uri: str) -> None:
-    if not uri.startswith("sqlite:///") or uri in ("sqlite:///", "sqlite:///:memory:"):
-        raise UserError(f"tracking store {uri}: give a file, sqlite:///path/mlflow.db "
-                        "(an in-memory store keeps nothing)")
-    path = Path(uri[len("sqlite:///"):])
-    if path.is_dir():
-        raise UserError(f"tracking store {path} is a folder, not a file; point --tracking-uri at a file in it: "
-                        f"sqlite:///{path / 'mlflow.db'}")
-    if not path.parent.is_dir():
-        raise UserError(f"the folder of the tracking store {path} does not exist; create it or choose another path")
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise UserError(f"tracking store {path} is not an SQLite database (the file holds something else); "
-                                "point --tracking-uri at a new file, e.g. sqlite:///mlflow.db")
-    with store_lock(path):
-        if not path.is_file() or path.stat().st_size == 0:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
-            tmp.unlink(missing_ok=True)
-            tmp_uri = f"sqlite:///{tmp}"
-            try:
-                MlflowClient(tmp_uri).search_experiments(max_results=1)  # creates every table
-                _dispose_engine(tmp_uri)
-                os.replace(tmp, path)  # atomic: the store appears whole or not at all
-            finally:
-                tmp.unlink(missing_ok=True)
-        # tracking and registry tables exist now; opening checks the schema version
-        MlflowClient(uri, registry_uri=uri).search_registered_models(max_results=1)
-
-
-def _dispose_engine(uri: str) -> None:
-    """Close MLflow's cached engine for `uri` (its connections would hold the renamed file open)."""
-    with contextlib.suppress(Exception):
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        SqlAlchemyStore._engine_map.pop(uri).dispose()
-
-
-def _probe_server(uri: str) -> None:
-    """A tracking server that does not answer fails now, in seconds, not after MLflow's minutes of retries.
-    Any HTTP answer (even 401 or 404) counts: only the connection is checked."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(f"the tracking server {uri} does not answer ({reason}); start it, or fix --tracking-uri "
-                        "/ MLFLOW_TRACKING_URI") from None
 
 
 def end_orphans(experiment_id: str | None = None, status: str = "KILLED") -> int:

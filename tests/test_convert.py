@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, TINY, invoke, process_env, runs_of, settled, tiny_args, tiny_config
 from mlflow.tracking import MlflowClient
 
-from pipeline import registry, reuse, tracking
+from pipeline import checkpoint, registry, reuse, tracking
 from pipeline.config import STRATEGIES
 
 CLASSIFIER_KEYS = {"val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/balanced_accuracy",
@@ -63,7 +63,7 @@ def test_convert_logs_every_stage_and_strategy(experiment):
     warm = next(r for r in strategies if r.data.tags["strategy"] == "warm_start")
     # a run keeps its state and predictions, no MLflow model: that is made on request, from the state
     assert {a.path for a in client.list_artifacts(warm.info.run_id)} == {"state", "predictions.npz"}
-    assert tracking.load_run_model(warm.info.run_id).head.out_features == 3
+    assert checkpoint.load_run_model(warm.info.run_id).head.out_features == 3
     uri = registry.export(warm.info.run_id)
     assert uri == f"runs:/{warm.info.run_id}/warm_start"  # named after its strategy
     meta = json.loads(tracking.read_artifact(warm.info.run_id, "state/meta.json"))

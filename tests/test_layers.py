@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 LAYERS = [
     {"__init__", "config", "stop", "memory", "progress"},                                # foundation
     {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
-    {"tracking", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},  # store, processes
+    # the store, processes, outputs
+    {"store", "tracking", "checkpoint", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},
     {"stages.common", "stages.heads", "stages.reference"},                               # what stages share
     {"stages.leaderboard", "stages.verdict", "stages.champion"},                         # compare's parts
     {"stages.baseline", "stages.head_swap", "stages.slim", "stages.tune", "stages.compare"},  # one stage each
@@ -98,7 +99,7 @@ def test_the_graph_sees_relative_and_absolute_imports():
     """The reader itself: a relative import from a stage, a package import and an import inside a function."""
     assert {"config", "stages.common", "stages.heads", "train"} <= GRAPH["stages.baseline"]
     assert "stages" in GRAPH["cli"]  # `from . import stages`, inside a function
-    assert "surgery" in GRAPH["tracking"]  # `from .surgery import build`, inside a function
+    assert "surgery" in GRAPH["checkpoint"]  # `from .surgery import build`, inside a function
 
 
 MAX_LINES = 60  # a function longer than this is split into named pieces that read top to bottom

@@ -17,7 +17,7 @@ from pipeline.config import STRATEGIES, UserError
 from pipeline.data import Preprocessor
 from pipeline.model import MLP, architecture
 from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
-from pipeline.tracking import load_run_model
+from pipeline.checkpoint import load_run_model
 
 OPTIONS = {
     "periodic": ["model.embedding=periodic"],

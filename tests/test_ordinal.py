@@ -10,7 +10,7 @@ from conftest import exported_predictions, invoke, runs_of, settled, tiny_args, 
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline import data, decision, metrics, tracking
+from pipeline import checkpoint, data, decision, metrics
 from pipeline.model import MLP, architecture, load_user_model
 from pipeline.stages import classifier_from
 from pipeline.surgery import (CornHead, CumulativeLinkHead, add_dropout, cumulative_link_head,
@@ -97,7 +97,7 @@ def test_corn_cross_entropy_is_the_sum_of_conditional_binary_losses():
 @pytest.mark.parametrize("kind", ["cumulative_link", "corn"])
 def test_ordinal_heads_rebuild_from_their_recorded_architecture(kind):
     model = classifier(kind)
-    rebuilt = tracking.rebuild(architecture(model))
+    rebuilt = checkpoint.rebuild(architecture(model))
     rebuilt.load_state_dict(model.state_dict())  # strict: the recorded op recreates every layer
     x = torch.randn(9, 10)
     assert torch.equal(rebuilt.eval()(x), model.eval()(x))
@@ -111,7 +111,7 @@ def test_slim_width_prunes_the_inputs_of_the_ordinal_heads_linear(kind):
     slim_width(model, head, 0.5, 10)
     assert model.fc3.linear.in_features == 8 and model.fc3.in_features == 8
     x = torch.randn(5, 10)
-    rebuilt = tracking.rebuild(architecture(model))
+    rebuilt = checkpoint.rebuild(architecture(model))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
@@ -130,7 +130,7 @@ def test_drop_blocks_keeps_an_ordinal_head():
     torch.manual_seed(0)
     model = swap_head(MLP(10, 16, 3), "head", CornHead(16, 4))
     drop_blocks(model, 1)
-    rebuilt = tracking.rebuild(architecture(model))
+    rebuilt = checkpoint.rebuild(architecture(model))
     rebuilt.load_state_dict(model.state_dict())
     assert isinstance(rebuilt.head, CornHead) and len(rebuilt.body) == 4 and rebuilt(torch.randn(2, 10)).shape == (2, 4)
 
@@ -165,7 +165,7 @@ def test_a_brought_model_converts_with_both_ordinal_strategies(experiment, tmp_p
     assert result.exit_code == 0, result.output
     runs = strategy_runs(experiment)
     assert set(runs) == {"cumulative_link", "corn"} and all(r.info.status == "FINISHED" for r in runs.values())
-    model = tracking.load_run_model(runs["corn"].info.run_id)
+    model = checkpoint.load_run_model(runs["corn"].info.run_id)
     assert isinstance(model.fc3, CornHead)
 
 
@@ -177,7 +177,7 @@ def test_slim_on_a_cumulative_link_classifier(experiment):
     assert result.exit_code == 0, result.output
     [half] = [r for r in runs_of(experiment) if r.data.tags.get("strategy") == "width_0.5"]
     assert half.info.status == "FINISHED"
-    model = tracking.load_run_model(half.info.run_id)
+    model = checkpoint.load_run_model(half.info.run_id)
     assert isinstance(model.head, CumulativeLinkHead) and model.head.in_features == 8
 
 

@@ -15,7 +15,7 @@ from pipeline import registry, tracking
 from pipeline.metrics import count_params
 from pipeline.model import MLP, architecture, track
 from pipeline.surgery import build, drop_blocks, find_head, new_head, slim_width, swap_head
-from pipeline.tracking import load_run_model
+from pipeline.checkpoint import load_run_model
 from pipeline.train import Distill
 
 

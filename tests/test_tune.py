@@ -18,7 +18,7 @@ from conftest import (invoke, process_env, runs_of, start_in_own_group, stderr_a
                       use_store, wait_until_training)
 from optuna.trial import TrialState
 
-from pipeline import config, data, tracking
+from pipeline import checkpoint, config, data, store, tracking
 from pipeline import study as optuna_study
 from pipeline.config import UserError
 from pipeline.model import MLP, architecture
@@ -30,11 +30,11 @@ from pipeline.train import predict
 
 def test_objective_with_a_fixed_trial(experiment, tiny_data):
     cfg = tiny_config(**{"tune.epochs": 5})
-    tracking.use_experiment(experiment)
+    store.use_experiment(experiment)
     torch.manual_seed(0)
     model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
     with tracking.start("tune", "tune") as stage_run:
-        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), tracking.setup(None),
+        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), store.setup(None),
                                stage_run, "unused", "fixed", target=1, timeout=None, seed=0,
                                recipe=optuna_study.Recipe(((5, 1.0, False),)), train_seed=0)
         trial = optuna.trial.FixedTrial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
@@ -245,14 +245,14 @@ def test_a_trial_starts_from_the_start_weights_not_the_trained_ones(experiment, 
                      "--set", "tune.pruner=none")
     assert invoke("convert", *args).exit_code == 0
     _, source, [trial] = _tune_runs(experiment)
-    trained = tracking.load_run_model(source.info.run_id)
+    trained = checkpoint.load_run_model(source.info.run_id)
     # one epoch of the untuned configuration from the start: the trial's model, and far from the trained one
-    again = tracking.rebuild(architecture(trained), start_weights(trained))
+    again = checkpoint.rebuild(architecture(trained), start_weights(trained))
     cfg = tiny_config(**{"tune.epochs": 1})
     optuna_study.train_config(again, optuna_study.untuned_params(trained, cfg, tiny_data), tiny_data, cfg,
                               int(source.data.tags["seed"]), optuna_study.Recipe(((1, 1.0, False),)))
     x = tiny_data.val.x
-    tried = predict(tracking.load_run_model(trial.info.run_id), x)
+    tried = predict(checkpoint.load_run_model(trial.info.run_id), x)
     assert torch.allclose(tried, predict(again, x), atol=1e-6)
     assert not torch.allclose(tried, predict(trained, x), atol=1e-2)
 
@@ -271,7 +271,7 @@ def trained_kinds(store_uri, tmp_path_factory):
                          "tune.epochs": 0, "tune.n_trials": 1, "tune.pruner": "none"})
     with pytest.MonkeyPatch.context() as mp:
         use_store(mp, store_uri, tmp_path_factory.mktemp("kinds"))
-        tracking.use_experiment(f"kinds-{uuid.uuid4().hex[:6]}")
+        store.use_experiment(f"kinds-{uuid.uuid4().hex[:6]}")
         prepared = data.prepare(cfg.data, cfg.seed)
         swapped = stages.head_swap(cfg, prepared, stages.baseline(cfg, prepared, None))
         slimmed = stages.slim(cfg, prepared, swapped)
@@ -284,11 +284,11 @@ def trained_kinds(store_uri, tmp_path_factory):
 def test_trial_0_trains_each_kind_of_source_again_exactly(trained_kinds, strategy):
     cfg, prepared, runs = trained_kinds
     run = runs[strategy]
-    trained = tracking.load_run_model(run.info.run_id)
+    trained = checkpoint.load_run_model(run.info.run_id)
     untuned = optuna_study.untuned_params(trained, cfg, prepared)
     space, _ = optuna_study.holding(optuna_study.search_space(cfg), untuned)
     assert untuned["weight_decay"] == 0 and all(low <= untuned[k] <= high for k, (low, high, _) in space.items())
-    again = tracking.rebuild(architecture(trained), start_weights(trained))
+    again = checkpoint.rebuild(architecture(trained), start_weights(trained))
     recipe = optuna_study.recipe(cfg, run.data.tags, prepared, "cpu")
     optuna_study.train_config(again, untuned, prepared, cfg, int(run.data.tags["seed"]), recipe)
     x = prepared.val.x
@@ -301,7 +301,7 @@ def test_a_source_that_trains_nothing_is_kept_without_a_study(trained_kinds):
 
     cfg, prepared, runs = trained_kinds
     source = runs["threshold"]
-    result = tune(cfg, prepared, StageResult(source.info.run_id, tracking.load_run_model(source.info.run_id),
+    result = tune(cfg, prepared, StageResult(source.info.run_id, checkpoint.load_run_model(source.info.run_id),
                                              source.info.run_id))
     stage = tracking.get_run(result.run_id)
     assert result.model_run == source.info.run_id and stage.data.tags["tuned"] == "no_better"
@@ -311,18 +311,18 @@ def test_a_source_that_trains_nothing_is_kept_without_a_study(trained_kinds):
 def test_every_trial_trains_with_the_same_seed(experiment, tiny_data):
     # two trials of one configuration are one model: trials differ in their configuration, never in seed noise
     cfg = tiny_config(**{"tune.pruner": "none"})
-    tracking.use_experiment(experiment)
+    store.use_experiment(experiment)
     torch.manual_seed(0)
     model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
     study = optuna.create_study(direction="maximize")
     for _ in range(2):
         study.enqueue_trial({"head_dropout": 0.1, "hidden_dropout": 0.1, "lr": 3e-3, "weight_decay": 1e-4})
     with tracking.start("tune", "tune") as stage_run:
-        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), tracking.setup(None),
+        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), store.setup(None),
                                stage_run, "unused", "same-seed", target=2, timeout=None, seed=0,
                                recipe=optuna_study.Recipe(((4, 1.0, False),)), train_seed=5)
         study.optimize(lambda t: optuna_study.objective(t, job, optuna_study._Gate(None)), n_trials=2)
-    first, second = (tracking.load_run_model(t.user_attrs["mlflow_run_id"]) for t in study.trials)
+    first, second = (checkpoint.load_run_model(t.user_attrs["mlflow_run_id"]) for t in study.trials)
     assert torch.equal(predict(first, tiny_data.val.x), predict(second, tiny_data.val.x))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import tracking
+from pipeline import checkpoint, tracking
 from pipeline.stages import leaderboard, strategy_runs
 
 from conftest import TUNED_ROW, invoke, runs_of, settled, tiny_args, use_store
@@ -190,7 +190,7 @@ def test_threshold_registered_as_champion_serves_the_regressor_cut_at_the_edges(
     [base] = [r for r in runs if r.data.tags["stage"] == "baseline"]
     cfg = config.load(None, config.recovered(parent.data.params))
     prepared = data.prepare(cfg.data, cfg.seed)
-    regressor = tracking.load_run_model(base.info.run_id)
+    regressor = checkpoint.load_run_model(base.info.run_id)
     cut = data.to_classes(regressor_outputs(regressor, prepared.test.x, prepared, "cpu"), prepared.edges)
     raw = data.load_target(cfg.data)[0].iloc[prepared.test_rows][prepared.preprocessor.columns]
     raw.to_csv(tmp_path / "new.csv", index=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import checks, metrics, progress, stop, tracking
+from .. import checkpoint, checks, metrics, progress, stop, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import MLP, load_user_model, mlp_width
@@ -33,7 +33,7 @@ def bring(cfg: Config, data: Prepared) -> tuple[nn.Module, Head] | None:
     if um.spec and not (um.checkpoint or um.retrain):
         raise UserError(f"--model {um.spec} without --checkpoint has random weights: pass --checkpoint weights.pt, "
                         "or --retrain to train it on the data first")
-    model = tracking.load_model_uri(um.uri) if um.uri else load_user_model(um.spec, um.kwargs, um.checkpoint)
+    model = checkpoint.load_model_uri(um.uri) if um.uri else load_user_model(um.spec, um.kwargs, um.checkpoint)
     try:
         head = find_head(model, data.n_features, um.head or None)
     except UserError as e:  # the columns do not fit: name them, and any that looks like a saved row index
@@ -124,7 +124,7 @@ def baseline(cfg: Config, data: Prepared, brought: tuple[nn.Module, Head] | None
         tracking.set_tags(findings)
         if data.fold is None:  # cross-fitting says it once for all folds
             checks.warn(findings)
-        tracking.log_state(model)  # a regressor: what later stages and --baseline-run rebuild
+        checkpoint.log_state(model)  # a regressor: what later stages and --baseline-run rebuild
         stands_for(run_id)
         line = (f"{where('baseline', data)}: validation RMSE {values['val/rmse']:.4g}, R2 {values['val/r2']:.3f}, "
                 f"thresholded macro-F1 {values['val/f1_macro']:.3f} ({values['cost/train_seconds']:.1f} s training)")

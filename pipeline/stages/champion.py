@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import decision, registry, tracking
+from .. import checkpoint, decision, registry, tracking
 from ..config import Config
 from ..data import Prepared
 from .common import stands_for
@@ -69,19 +69,19 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
     validation rows): a cross-fit ensemble (model.FoldEnsemble), whose decision rule is fitted on every fold's
     validation rows, each scored by its own fold's member, which never trained on them."""
     if len(splits) == 1:
-        return tracking.load_run_model(top["best_run"])
+        return checkpoint.load_run_model(top["best_run"])
     from ..model import fold_ensemble
     from ..train import predict
 
     runs = [tracking.get_run(run_id) for run_id in str(top["runs"]).split(",")]
     by_fold = [[r for r in runs if r.data.tags.get("fold", "0") == str(data.fold)] for data in splits]
     if not all(by_fold):  # a fold without a finished run of this row (it failed there): its first fold's model
-        return tracking.load_run_model(top["best_run"])
+        return checkpoint.load_run_model(top["best_run"])
     k = splits[0].n_classes
     members, temperatures, scores, classes = [], [], [], []
     for data, on_fold in zip(splits, by_fold):
         best = max(on_fold, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf")))
-        member = tracking.load_run_model(best.info.run_id).cpu()
+        member = checkpoint.load_run_model(best.info.run_id).cpu()
         temperatures.append(decision.rule_of(member, k)["temperature"])
         members.append(member)
         scores.append(decision.tempered(decision.scores_of(predict(member, data.val.x, "cpu"), k), temperatures[-1]))

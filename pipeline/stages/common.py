@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import decision, metrics, progress, registry, stats, stop, tracking
+from .. import checkpoint, decision, metrics, progress, registry, stats, stop, tracking
 from ..config import Config, first_line
 from ..data import Prepared, to_classes
 from ..train import Distill, batch_and_lr, classification_task, fit, predict
@@ -38,7 +38,7 @@ def stage_output(run_id: str, split_key: str | None = None) -> StageResult:
     """The StageResult of a finished stage run (its `model_run` tag), or of any run that logged a model
     itself; `split_key` checks that the model was made on the same split."""
     model_run = tracking.get_run(run_id).data.tags.get("model_run", run_id)
-    return StageResult(run_id, tracking.load_run_model(model_run, split_key=split_key), model_run)
+    return StageResult(run_id, checkpoint.load_run_model(model_run, split_key=split_key), model_run)
 
 
 def say(msg: str) -> None:
@@ -186,7 +186,7 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     and T = 1 instead: `threshold`, the bar, is the regressor cut at the class edges and nothing more), then
     evaluate it once under that rule and log the rule (params `rule.*`), its metrics (also without the rule:
     `*_argmax`), costs, and in one upload its state (the model, which carries the rule) and predictions
-    (`tracking.log_state`); returns the values. The per-epoch curves are the run's metrics already: the MLflow UI
+    (`checkpoint.log_state`); returns the values. The per-epoch curves are the run's metrics already: the MLflow UI
     draws them, the report draws the head-swap strategies'."""
     k = data.n_classes
     ordinal = decision.is_ordinal(model, k)
@@ -207,7 +207,7 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     rest, predictions = test_scores([(data, *decision.outputs(model, data.test.x, device, k))], seed,
                                     [(val_c, val_pred)])
     rest.update({"cost/train_seconds": seconds, **costs(model, data)})
-    rest["cost/model_bytes"] = tracking.log_state(model, registry.serving_meta(data), predictions)
+    rest["cost/model_bytes"] = checkpoint.log_state(model, registry.serving_meta(data), predictions)
     # logged once with the rule, apart from the per-epoch curves (epoch/val_f1_macro, ...), which the MLflow UI
     # draws: the run's value is the returned model's (`final_step` is kept for the callers)
     tracking.log_final_metrics({**values, **rest}, params=decision.as_params(model.reg2cls_rule))

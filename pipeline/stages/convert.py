@@ -6,7 +6,7 @@ import time
 import numpy as np
 from torch import nn
 
-from .. import checks, jobs, tracking
+from .. import checkpoint, checks, jobs, tracking
 from ..config import Config, data_name
 from ..data import Prepared
 from ..model import portable
@@ -113,7 +113,7 @@ def _fold_baseline(cfg: Config, data: Prepared, brought: tuple[dict, dict, Head]
     model = None
     if brought:
         arch, state, head = brought
-        model = tracking.rebuild(arch, state)
+        model = checkpoint.rebuild(arch, state)
     return baseline(cfg, data, brought and (model, head), force=force, parent=parent).run_id
 
 

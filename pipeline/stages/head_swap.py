@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from torch import nn
 
-from .. import jobs, tracking
+from .. import checkpoint, jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import mark_start, portable
@@ -75,7 +75,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     if best_run is None:
         raise UserError(f"{where('head_swap', data)}: no strategy gave a classifier that can be trusted (each failed, "
                         "diverged or stayed untrained; see the lines above); try other --strategies or more epochs")
-    return StageResult(run_id, tracking.load_run_model(best_run) if best_run else None, best_run)
+    return StageResult(run_id, checkpoint.load_run_model(best_run) if best_run else None, best_run)
 
 
 # the order the workers take the strategies in, longest first (lp_ft trains a probe, then fine-tunes; a probe
@@ -102,7 +102,7 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
     """One strategy (and seed) as a run nested under the head_swap run `parent` (or convert's, for `start_early`,
     which knows no baseline run yet): here, or in a worker process (jobs.run). Returns the run's id, its metrics
     and its training flag; when it failed (`contained`), the id, None and the failure's one line."""
-    regressor = tracking.rebuild(*regressor_state)
+    regressor = checkpoint.rebuild(*regressor_state)
     device = resolve_device(cfg.train.device)
     with contained() as outcome, tracking.start(strategy_run_name(strategy, data), "head_swap", strategy=strategy,
                                                 parent=parent, tags={

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import jobs, report, tracking
+from .. import checkpoint, jobs, report, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import architecture, mark_start, portable
@@ -69,7 +69,7 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
     line = (f"{where('slim', data)}: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
             f"{chosen['val/f1_macro']:.3f}; best {max(m['val/f1_macro'] for m in means):.3f})")
     (say if data.fold is None else detail)(line)  # cross-fitted: convert says the choice over folds
-    model = teacher if chosen["run_id"] == source.model_run else tracking.load_run_model(chosen["run_id"])
+    model = teacher if chosen["run_id"] == source.model_run else checkpoint.load_run_model(chosen["run_id"])
     return StageResult(run_id, model, chosen["run_id"])
 
 
@@ -79,7 +79,7 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
     rebuild, fine-tuned (on the teacher's soft labels too when `distilled`). Here, or in a worker process
     (jobs.run). Returns the run's id, its metrics and its training flag; when it failed (`contained`), the id,
     None and the failure's one line."""
-    teacher = tracking.rebuild(*teacher_state)
+    teacher = checkpoint.rebuild(*teacher_state)
     device = resolve_device(cfg.train.device)
     teacher = teacher.to(device).eval()
     strategy = f"{name}_distill" if distilled else name
@@ -118,7 +118,7 @@ def recommend(means: list[dict], tolerance: float) -> str:
 
 def _check_rebuild(model: nn.Module, data: Prepared) -> None:
     """The recorded surgery must recreate the model exactly: later stages and the champion load it so."""
-    rebuilt = tracking.rebuild(architecture(model), model.state_dict())
+    rebuilt = checkpoint.rebuild(architecture(model), model.state_dict())
     x = data.val.x[:64]
     if not torch.allclose(predict(rebuilt, x), predict(model, x, next(model.parameters()).device), atol=1e-5):
         raise RuntimeError("the slimmed model's recorded architecture does not rebuild it; please report this model")

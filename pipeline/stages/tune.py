@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .. import jobs, tracking
+from .. import checkpoint, jobs, store, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture
@@ -78,7 +78,7 @@ def _study_of(cfg: Config, data: Prepared, source: StageResult, procedure: bool)
     name = optuna_study.study_name(cfg, architecture(source.model), data.split_key, model=tuned)
     if procedure and cfg.tune.study_name:
         name += f"-fold{data.fold}"
-    return made_by, tuned, name, optuna_study.storage_url(cfg.tune.storage, tracking.setup(None))
+    return made_by, tuned, name, optuna_study.storage_url(cfg.tune.storage, store.setup(None))
 
 
 def _convert_run(parent: str | None) -> str | None:
@@ -123,7 +123,7 @@ def _search(cfg: Config, data: Prepared, source: StageResult, study, search: Sea
     if optuna_study.enqueue_untuned(study, untuned) and widened:  # counted among this run's n_trials
         (detail if search.quiet else say)(f"{where('tune', data)}: trial 0 is the untuned configuration; the search "
                                           "space widened to hold it: " + ", ".join(widened))
-    job = optuna_study.Job(cfg, data, architecture(source.model), start_weights(source.model), tracking.setup(None),
+    job = optuna_study.Job(cfg, data, architecture(source.model), start_weights(source.model), store.setup(None),
                            search.stage_run, search.url, search.study_name, target=before + cfg.tune.n_trials,
                            timeout=cfg.tune.timeout or None, seed=cfg.seed + before, recipe=search.recipe,
                            train_seed=search.train_seed, space=space)
@@ -148,7 +148,7 @@ def _judge(cfg: Config, data: Prepared, source: StageResult, best) -> Choice:
     from .. import study as optuna_study
 
     device = resolve_device(cfg.train.device)
-    model = tracking.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
+    model = checkpoint.load_run_model(best.user_attrs["mlflow_run_id"]).to(device)
     gain, noise = optuna_study.improvement(
         data.val.c.numpy(), optuna_study.own_outputs(model, data.val.x, device, data.n_classes),
         optuna_study.own_outputs(source.model, data.val.x, device, data.n_classes), cfg.tune.metric, seed=cfg.seed)
@@ -295,14 +295,14 @@ def tune_folds(cfg: Config, splits: list[Prepared], sources: list[StageResult], 
                 for k, s in zip(kept, sources)]
         say(f"tune: kept on each fold's validation rows ({cfg.tune.n_trials} trials a fold): {', '.join(said)}"
             + ("" if any(kept) else ": no tuned row"))
-    return StageResult(run_id, tracking.load_run_model(first), first)
+    return StageResult(run_id, checkpoint.load_run_model(first), first)
 
 
 def _fold_tune(cfg: Config, data: Prepared, source_run: str, model_run: str, force: bool, parent: str,
                workers: int) -> str:
     """One fold's tune stage of `tune_folds`, nested under its run `parent`, from the fold's chosen model (the
     run `model_run`, read back from the store): here, or in a worker process (jobs.run)."""
-    source = StageResult(source_run, tracking.load_run_model(model_run), model_run)
+    source = StageResult(source_run, checkpoint.load_run_model(model_run), model_run)
     return tune(cfg, data, source, force=force, parent=parent, workers=workers, procedure=True).run_id
 
 
