@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STRATEGIES = ("threshold", "linear_probe", "finetune", "lp_ft", "warm_start", "scratch", "cumulative_link", "corn")
+from .strategies import STRATEGIES
+
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 EMBEDDINGS = ("none", "periodic", "piecewise")
 DEVICES = ("auto", "cpu", "cuda")

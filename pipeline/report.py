@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from .metrics import calibration_bins
+from .strategies import TABLE
 
 
 def _figure(**kwargs):
@@ -233,16 +234,7 @@ def png(figure) -> bytes:
 
 
 GLOSSARY = {
-    "threshold": "the regressor unchanged, its output cut at the class edges: the bar every conversion must beat",
-    "warm_start": "a classification head computed from the regression head (starts equal to threshold), then "
-                  "fine-tuned",
-    "linear_probe": "a new head trained on the frozen regressor's features",
-    "finetune": "a new head, and the whole network trained",
-    "lp_ft": "linear probe first, then the whole network fine-tuned at a lower learning rate",
-    "scratch": "the same architecture trained from random weights: the control",
-    "cumulative_link": "ordinal: the regressor's output with learnable ordered cut points (starts equal to "
-                       "threshold), the whole network trained on the ordinal likelihood",
-    "corn": "ordinal: K-1 conditional binary heads (CORN, Shi et al. 2021), the whole network trained",
+    **{s.name: s.about for s in TABLE},
     "width_*, depth_*": "slim variants: the champion-to-be cut narrower or shallower, then fine-tuned "
                         "(distilled from the unslimmed model when configured)",
     "tuned": "the Optuna search's best configuration (dropout, learning rate, ...), retrained from the untuned "

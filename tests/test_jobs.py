@@ -16,7 +16,7 @@ from conftest import (TUNED_ROW, invoke, runs_of, settled, start_in_own_group, s
                       wait_until_training)
 
 # scratch: on one split it starts while the baseline trains (head_swap.start_early), nested under convert's run
-# until head_swap adopts it; lp_ft: the workers take it first (head_swap.LONGEST_FIRST)
+# until head_swap adopts it; lp_ft: the workers take it first (strategies.STRATEGY longest_first)
 ARGS = ("--strategies", "threshold,finetune,warm_start,scratch,lp_ft", "--set", "slim.keep_ratios=0.5",
         "--set", "slim.depth=false", "--set", "tune.n_trials=1")
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 # lowest first; module names relative to the package ("stages" is stages/__init__.py)
 LAYERS = [
-    {"__init__", "config", "stop", "memory", "progress"},                                # foundation
+    {"__init__", "strategies", "config", "stop", "memory", "progress"},                  # foundation
     {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
     # the store, processes, outputs
     {"store", "tracking", "checkpoint", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},

@@ -12,6 +12,7 @@ from ..config import Config, UserError
 from ..data import Prepared
 from ..model import mark_start, portable
 from ..reuse import reusable
+from ..strategies import STRATEGY
 from ..surgery import Head, find_head, freeze_backbone, unfreeze
 from ..train import resolve_device, seeded
 from .common import (StageResult, contained, detail, fit_classifier, flag_training, log_classifier, log_run_inputs,
@@ -49,9 +50,11 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
         regressor_state = portable(regressor)
         tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
-                 for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, trained=strategy != "threshold")]
+                 for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, STRATEGY[strategy].trains)]
         started = started or {}
-        late = sorted((t for t in tasks if (t[0], t[1].seed) not in started), key=lambda t: LONGEST_FIRST.get(t[0], 2))
+        # the workers take the longest runs first (STRATEGY's longest_first): one taken last leaves the others idle
+        late = sorted((t for t in tasks if (t[0], t[1].seed) not in started),
+                      key=lambda t: STRATEGY[t[0]].longest_first)
         results = dict(zip([(t[0], t[1].seed) for t in late], jobs.run(_strategy_run, late)))
         for strategy, run_cfg, *_ in tasks:
             if (strategy, run_cfg.seed) in started:
@@ -78,23 +81,15 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     return StageResult(run_id, checkpoint.load_run_model(best_run) if best_run else None, best_run)
 
 
-# the order the workers take the strategies in, longest first (lp_ft trains a probe, then fine-tunes; a probe
-# converges slowly; threshold does not train), the rest as listed: a long run taken last would leave the other
-# workers idle at the stage's end
-LONGEST_FIRST = {"lp_ft": 0, "linear_probe": 1, "threshold": 3}
-
-# what needs the regressor's architecture only, not its trained weights: scratch, the control, starts from random
-EARLY = ("scratch",)
-
-
 def start_early(cfg: Config, data: Prepared, regressor: nn.Module, parent: str) -> dict[tuple[str, int], Future]:
-    """The `EARLY` strategies' runs, started now in the workers, from the untrained `regressor`, so that they
-    train while the baseline trains on this process's core (which else leaves a core idle). Each run nests
-    under `parent` (convert's run) until `head_swap` adopts it; its numbers are those it would have there."""
+    """The runs of the strategies that reset every weight (scratch: they need the regressor's architecture only),
+    started now in the workers, from the untrained `regressor`, so that they train while the baseline trains on
+    this process's core (which else leaves a core idle). Each run nests under `parent` (convert's run) until
+    `head_swap` adopts it; its numbers are those it would have there."""
     head = find_head(regressor, data.n_features, cfg.user_model.head or None)
     state = portable(regressor)
     return {(s, seed): jobs.submit(_strategy_run, s, dataclasses.replace(cfg, seed=seed), data, state, head, parent)
-            for s in strategies_for(cfg, data) if s in EARLY for seed in seeds_of(cfg)}
+            for s in strategies_for(cfg, data) if STRATEGY[s].reset for seed in seeds_of(cfg)}
 
 
 def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: tuple[dict, dict], head: Head,
@@ -120,38 +115,36 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
                   device) -> tuple[nn.Module, dict, str | None]:
     """Build and train the classifier of one strategy; returns it, its metrics and its training flag
     (`flag_training`: a run that cannot be trusted)."""
-    t = cfg.train
-    # the head each strategy starts from: threshold is the warm-start head before any step
-    kind = {"threshold": "warm_start", "warm_start": "warm_start", "cumulative_link": "cumulative_link",
-            "corn": "corn"}.get(strategy, "new")
+    t, s = cfg.train, STRATEGY[strategy]
+    kind = s.head  # threshold: the warm-start head before any step
     with seeded(cfg.seed):  # the new head's initial weights
         model, scale = classifier_from(regressor, head, data, device, kind)
-        if strategy == "scratch":  # same architecture, regression weights thrown away: the control
+        if s.reset:  # same architecture, regression weights thrown away: the control
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
     mark_start(model)  # what a tuning trial of this model retrains from
     if scale is not None:
         tracking.log_params({f"{kind}.scale": round(scale, 6)})
-    if strategy == "threshold":
+    if not s.trains:  # threshold
         # no training: the regressor cut at the class edges is exactly the warm-start head before any
         # step, a deliverable classifier whose probabilities come from the scale fitted on validation
         return model, log_classifier(model, data, device, 0.0, 1, cfg.seed, identity_rule=True), None
 
     log = tracking.EpochLog()
     hists = []
-    if strategy in ("linear_probe", "lp_ft"):
+    if s.probe:
         hists.append(fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=t.lr,
                                     params=freeze_backbone(model, head.name)))
         unfreeze(model)
-    if strategy in ("finetune", "lp_ft", "warm_start", "scratch", "cumulative_link", "corn"):
-        lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if strategy == "lp_ft" else 1.0)
+    if s.finetune:
+        lr = t.lr * (cfg.head_swap.lp_ft_lr_factor if s.probe else 1.0)
         # lp_ft's fine-tune continues the probe's curve
         hists.append(fit_classifier(model, cfg, data, device, log, epochs=t.epochs, lr=lr,
                                     step=sum(h.epochs for h in hists)))
     log.flush()
     # warm_start's and cumulative_link's starting weights already are threshold; the other heads start random
-    flag = flag_training(hists, random_start=strategy not in ("warm_start", "cumulative_link"))
+    flag = flag_training(hists, random_start=s.random_start)
     seconds, steps = sum(h.seconds for h in hists), sum(h.epochs for h in hists)
     return model, log_classifier(model, data, device, seconds, steps + 1, cfg.seed), flag
 

@@ -10,12 +10,10 @@ from torch import nn
 
 from ..config import Config, UserError
 from ..data import Prepared
+from ..strategies import STRATEGY
 from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_before_activation,
                        fit_cumulative_link_scale, fit_warm_start_scale, new_head, swap_head, warm_start_head)
 from ..train import predict
-
-ORDINAL = ("cumulative_link", "corn")
-
 
 def strategies_for(cfg: Config, data: Prepared) -> list[str]:
     """The strategies to run: `head_swap.strategies`, without the ordinal ones on two classes, where they are
@@ -23,7 +21,7 @@ def strategies_for(cfg: Config, data: Prepared) -> list[str]:
     conditional head is finetune's new head): running them would only add ties under other names."""
     if data.n_classes > 2:
         return list(cfg.head_swap.strategies)
-    return [s for s in cfg.head_swap.strategies if s not in ORDINAL]
+    return [s for s in cfg.head_swap.strategies if not STRATEGY[s].ordinal]
 
 
 def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: Head) -> None:
@@ -34,7 +32,7 @@ def check_convertible(cfg: Config, data: Prepared, regressor: nn.Module, head: H
         raise UserError(f"with two classes the ordinal strategies ({', '.join(skipped)}) are warm_start and finetune "
                         "under other names; pass --strategies warm_start,finetune (or more classes)")
     classifier_from(regressor, head, data, "cpu")
-    if {"threshold", "warm_start", "cumulative_link"} & set(cfg.head_swap.strategies):
+    if any(STRATEGY[s].head in ("warm_start", "cumulative_link") for s in cfg.head_swap.strategies):
         warm_start_edges(regressor, head, data)
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import metrics, report, stats, tracking
 from ..config import COMPARE_METRICS
+from ..strategies import STRATEGY
 
 RUN_COLUMNS = {  # metric key -> leaderboard column, averaged over a row's runs (seeds and folds)
     "val/f1_macro": "val_f1_macro", "val/accuracy": "val_accuracy", "val/balanced_accuracy": "val_balanced_acc",
@@ -220,17 +221,14 @@ def nested(groups: dict[tuple[str, str], list], read: dict[str, dict | None], me
     return row, pooled
 
 
-# rows the evidence cannot tell apart are ranked by this, simplest first: the floor, threshold, then (among our
-# trained classifiers) the fewest parameters, then how far a strategy moves from the regressor it starts from
-SIMPLER = (PRIOR, "threshold", "warm_start", "cumulative_link", "linear_probe", "finetune", "lp_ft", "corn", "scratch")
-
-
 def simplicity(row: pd.Series) -> tuple:
-    """A row's rank among rows that cannot be told apart (lower is simpler): never the order runs started in."""
+    """A row's rank among rows that cannot be told apart (lower is simpler): never the order runs started in. The
+    floor, threshold, then (among our trained classifiers) the fewest parameters, then how far a strategy moves
+    from the regressor it starts from (STRATEGY's `simpler`)."""
     name = str(row["strategy"])
     kind = {PRIOR: 0, "threshold": 1}.get(name, 3 if row["stage"] == "tune" else 2)
     params = row["params"] if row["params"] == row["params"] else 0.0
-    return kind, params, SIMPLER.index(name) if name in SIMPLER else len(SIMPLER), name
+    return kind, params, STRATEGY[name].simpler if name in STRATEGY else len(STRATEGY), name
 
 
 def choose(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions], metric: str, seed: int = 0,
