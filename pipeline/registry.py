@@ -26,9 +26,22 @@ from mlflow.tracking import MlflowClient
 
 from .config import UserError, first_line
 from . import tracking
-from .tracking import pip_requirements
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def model_name(tags: dict[str, str]) -> str:
+    """The name `reg2cls export` gives a run's servable model by default: its strategy or variant, else its stage,
+    with the characters MLflow refuses in a model name (`.`, `/`, `:`, ...) as `_`: width_0.5 is width_0_5."""
+    name = tags.get("strategy") or tags.get("stage") or "model"
+    return "".join("_" if c in "/:.%\"'" else c for c in name)
+
+
+def pip_requirements(*extra: str) -> list[str]:
+    """Explicit requirements of a logged model: the versions running here (far cheaper than MLflow inferring them)."""
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", *extra]
 
 
 def output_frame(class_names: list[str], proba: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
@@ -187,22 +200,22 @@ def log_servable(model, meta: dict, example: pd.DataFrame, name: str, registered
 
 def export(run_id: str, name: str | None = None) -> str:
     """Make a full servable MLflow model (`log_servable`) of any run that kept a classifier's state (a strategy,
-    variant, trial or tuned run), on that run, named `name` (default: its strategy, `tracking.model_name`);
+    variant, trial or tuned run), on that run, named `name` (default: its strategy, `model_name`);
     returns its URI, runs:/<run>/<name>. The run's end time and status stay as they were. One-line UserError
-    for a run that keeps no classifier (a regressor's baseline, a run logged before runs kept `state/meta.json`)."""
+    for a run that keeps no classifier (a regressor's baseline: no `state/meta.json`)."""
     from . import checkpoint, tracking
 
     model = checkpoint.load_run_model(run_id)  # a missing or unfinished run, or one without state/: one line
     raw = tracking.read_artifact(run_id, "state/meta.json")
     if raw is None:
-        raise UserError(f"run {run_id} keeps no classifier to serve (state/meta.json missing: a baseline regressor, "
-                        "or a run logged before runs kept it); export a head_swap, slim or tune run")
+        raise UserError(f"run {run_id} keeps no classifier to serve (state/meta.json missing: a baseline "
+                        "regressor); export a head_swap, slim or tune run")
     meta = json.loads(raw)
     if name is None:
-        name = tracking.model_name(tracking.get_run(run_id).data.tags)
-    elif tracking.model_name({"stage": name}) != name:
+        name = model_name(tracking.get_run(run_id).data.tags)
+    elif model_name({"stage": name}) != name:
         raise UserError(f"--name {name!r}: a model name cannot hold / : . % \" or '; e.g. "
-                        f"{tracking.model_name({'stage': name})}")
+                        f"{model_name({'stage': name})}")
     with reopened(run_id):
         log_servable(model, meta, example_input(meta["preprocessor"]), name)
     return f"runs:/{run_id}/{name}"

@@ -209,20 +209,6 @@ def _log_inputs(inputs: list) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def model_name(tags: dict[str, str]) -> str:
-    """The name `reg2cls export` gives a run's servable model by default: its strategy or variant, else its stage,
-    with the characters MLflow refuses in a model name (`.`, `/`, `:`, ...) as `_`: width_0.5 is width_0_5."""
-    name = tags.get("strategy") or tags.get("stage") or "model"
-    return "".join("_" if c in "/:.%\"'" else c for c in name)
-
-
-def pip_requirements(*extra: str) -> list[str]:
-    """Explicit requirements of a logged model: the versions running here (far cheaper than MLflow inferring them)."""
-    import torch
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", *extra]
-
-
 def log_figure(figure, name: str) -> None:
     """Log a matplotlib figure as a PNG artifact; a pyplot figure (Optuna's plots) is closed after."""
     mlflow.log_figure(figure, name)
