@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from .config import UserError, first_line
 
+
 def log_state(model, meta: dict | None = None, predictions: dict[str, np.ndarray] | None = None) -> int:
     """What a trained model's run keeps, uploaded in one call: `state/` (model.save_state: the one weights file
     and the recipe to rebuild it, `load_run_model`), with `meta` (the preprocessor fitted on the run's training

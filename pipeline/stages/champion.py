@@ -4,8 +4,6 @@ version's descriptions.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import pandas as pd
 from torch import nn
@@ -15,6 +13,7 @@ from ..config import Config
 from ..data import Prepared
 from .common import stands_for
 
+
 def register(cfg: Config, splits: list[Prepared], top: pd.Series, summary: list[str], parent: str,
              registered: str) -> tuple[nn.Module, str]:
     """The champion row `top`'s model (`shipped_model`) registered as `registered` with the alias `champion`,
@@ -23,8 +22,7 @@ def register(cfg: Config, splits: list[Prepared], top: pd.Series, summary: list[
     data, champion_run = splits[0], top["best_run"]
     model = shipped_model(top, splits)
     version = registry.register_champion(
-        model, {"preprocessor": asdict(data.preprocessor), "class_names": data.class_names}, raw_example(data),
-        registered,
+        model, registry.serving_meta(data), raw_example(data), registered,
         description=version_description(summary, top, champion_run, parent, registered,
                                         what_ships(top, data, len(splits), model)),
         tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},

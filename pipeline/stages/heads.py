@@ -15,6 +15,7 @@ from ..surgery import (CornHead, Head, check_swap, cumulative_link_head, edges_b
                        fit_cumulative_link_scale, fit_warm_start_scale, new_head, swap_head, warm_start_head)
 from ..train import predict
 
+
 def strategies_for(cfg: Config, data: Prepared) -> list[str]:
     """The strategies to run: `head_swap.strategies`, without the ordinal ones on two classes, where they are
     others reparametrised (cumulative_link's one logit (r - c)/s is warm_start's s(r - e); corn's one

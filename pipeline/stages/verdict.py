@@ -10,6 +10,7 @@ import pandas as pd
 from .. import tracking
 from .leaderboard import NESTED, PRIOR, RUN_COLUMNS
 
+
 def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
     """The leaderboard for people, within 100 columns: each row's role, the validation metric it was chosen on
     (`mean ± std` over its runs), test macro-F1 with its 95% interval, the simultaneous paired difference to
