@@ -116,12 +116,13 @@ class Bar:
 
 def write(msg: str, err: bool = False) -> None:
     """Print one line (a stage's result; with `err`, a warning on stderr, shown even under --quiet) above any
-    live bar, wrapped at `WIDTH` (a word longer than that, a path or a link, stays whole); other lines are
-    silent under --quiet."""
+    live bar; other lines are silent under --quiet. A result is wrapped at `WIDTH` (a word longer than that, a
+    path or a link, stays whole); a warning stays one line, which a log search finds whole."""
     if quiet() and not err:
         return
-    msg = "\n".join(textwrap.fill(line, width=WIDTH, subsequent_indent="    ", break_long_words=False,
-                                   break_on_hyphens=False) for line in msg.splitlines())
+    if not err:
+        msg = "\n".join(textwrap.fill(line, width=WIDTH, subsequent_indent="    ", break_long_words=False,
+                                       break_on_hyphens=False) for line in msg.splitlines())
     stream = sys.stderr if err else sys.stdout
     if live():
         from tqdm import tqdm

@@ -144,7 +144,8 @@ def test_trial_0_retrains_the_untuned_run_exactly_and_is_no_tuned_row(experiment
                      "--set", "tune.lr_min=1e-9", "--set", "tune.lr_max=2e-9")
     result = invoke("convert", *args)
     assert result.exit_code == 0, result.output
-    assert "the search space widened to hold it: lr up to 0.003, weight_decay from 0" in result.output
+    said = " ".join(result.output.split())  # a console line is wrapped at the terminal's width
+    assert "the search space widened to hold it: lr up to 0.003, weight_decay from 0" in said
     stage, source, [trial_0] = _tune_runs(experiment)
     assert trial_0.data.tags["untuned"] == "true" and source.data.tags["strategy"] == "lp_ft"
     assert (trial_0.data.params["trial.lr"], trial_0.data.params["trial.weight_decay"]) == ("0.003", "0.0")
