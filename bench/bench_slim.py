@@ -24,12 +24,12 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        from pipeline import checkpoint, config, data, stages, store, tracking
+        from pipeline import backend, checkpoint, config, data, stages, tracking
 
         cfg = config.load(None, {"train.device": "cpu", **({"slim.distill": "true"} if args.distill else {})})
         prepared = data.prepare(cfg.data, cfg.seed)
-        store.setup(f"sqlite:///{tmp}/mlflow.db")
-        store.use_experiment("bench-slim")
+        backend.setup(f"sqlite:///{tmp}/mlflow.db")
+        backend.use_experiment("bench-slim")
         base = stages.baseline(cfg, prepared, None)
         swapped = stages.head_swap(cfg, prepared, base)
         slimmed = stages.slim(cfg, prepared, swapped)

@@ -34,7 +34,7 @@ def run_study(cfg, data, model, workers: int, tmp: str, name: str, state: dict |
     """A study of cfg.tune.n_trials trials on `model`'s architecture, each starting from `state` (default: the
     model's weights) for `epochs` (default tune.epochs); `untuned` queued as trial 0. Returns it and its seconds."""
     from pipeline import study as optuna_study
-    from pipeline import store, tracking
+    from pipeline import backend, tracking
     from pipeline.model import architecture
 
     url = f"sqlite:///{tmp}/optuna.db"
@@ -42,7 +42,7 @@ def run_study(cfg, data, model, workers: int, tmp: str, name: str, state: dict |
     if untuned:
         optuna_study.enqueue_untuned(study, untuned)
     with tracking.start(name, "tune") as run_id:
-        job = optuna_study.Job(cfg, data, architecture(model), state or model.state_dict(), store.setup(None),
+        job = optuna_study.Job(cfg, data, architecture(model), state or model.state_dict(), backend.setup(None),
                                run_id, url, name, target=cfg.tune.n_trials, timeout=None, seed=cfg.seed,
                                recipe=optuna_study.Recipe(((epochs or cfg.tune.epochs, 1.0, False),)),
                                train_seed=cfg.seed)
@@ -53,15 +53,15 @@ def run_study(cfg, data, model, workers: int, tmp: str, name: str, state: dict |
 
 
 def throughput_and_pruning(args, tmp: str) -> None:
-    from pipeline import config, data, store
+    from pipeline import backend, config, data
     from pipeline.model import MLP, mlp_width
     from pipeline.surgery import new_head, swap_head
 
     cfg = config.load(None, {"train.device": "cpu", "tune.n_trials": args.trials, "tune.epochs": args.epochs,
                              "train.patience": 0, "tune.pruner": "none"})
     prepared = data.prepare(cfg.data, cfg.seed)
-    store.setup(f"sqlite:///{tmp}/mlflow.db")
-    store.use_experiment("bench-tune")
+    backend.setup(f"sqlite:///{tmp}/mlflow.db")
+    backend.use_experiment("bench-tune")
     torch.manual_seed(0)
     width = mlp_width(cfg.model.width, len(prepared.train.x))
     model = swap_head(MLP(prepared.n_features, width, cfg.model.depth), "head", new_head(width, prepared.n_classes))
@@ -86,7 +86,7 @@ def throughput_and_pruning(args, tmp: str) -> None:
 
 
 def where_trials_start(args, tmp: str) -> None:
-    from pipeline import config, data, stages, store
+    from pipeline import backend, config, data, stages
     from pipeline import study as optuna_study
     from pipeline.stages.tune import start_weights
 
@@ -94,8 +94,8 @@ def where_trials_start(args, tmp: str) -> None:
                              "data.folds": "1", "train.device": "cpu", "train.jobs": 1, "tune.n_trials": args.trials,
                              "head_swap.strategies": ("finetune",)})
     prepared = data.prepare(cfg.data, cfg.seed)
-    store.setup(f"sqlite:///{tmp}/mlflow.db")
-    store.use_experiment("bench-tune-start")
+    backend.setup(f"sqlite:///{tmp}/mlflow.db")
+    backend.use_experiment("bench-tune-start")
     t = time.perf_counter()
     source = stages.head_swap(cfg, prepared, stages.baseline(cfg, prepared, None))
     untuned_value = optuna_study.val_values(source.model, prepared, "cpu")[cfg.tune.metric]

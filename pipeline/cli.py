@@ -263,7 +263,7 @@ def _prepare(opts: dict):
         from . import jobs
 
         jobs.start_forkserver(jobs.count(cfg.train.jobs), WORKER_IMPORTS)
-    from . import data, liveness, progress, store, tracking
+    from . import backend, data, liveness, progress, tracking
 
     progress.set_quiet(opts.get("quiet"))
     progress.set_verbose(opts.get("verbose"))
@@ -288,11 +288,11 @@ def _prepare(opts: dict):
                    + "".join(f"; {d}" for d in done if d)
                    + f"; classes {', '.join(splits[0].class_names)}; {layout}")
     cfg = _resolve_batch(cfg, len(splits[0].train.x))
-    store.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
+    backend.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
 
     brought = stages.bring(cfg, splits[0])  # may read a model from the store, but writes nothing
-    store.use_experiment(cfg.experiment)
+    backend.use_experiment(cfg.experiment)
     ended = tracking.end_orphans()
     if ended:
         click.echo(f"store: ended {ended} run(s) left RUNNING by a process that died "
@@ -350,7 +350,7 @@ def cli():
 def convert(**opts):
     """Run every stage under one parent run and print the leaderboard."""
     cfg, splits, brought = _prepare(opts)
-    from . import progress, stages, store, tracking
+    from . import backend, progress, stages, tracking
 
     guess = stages.estimate(cfg, splits, brought)
     if guess:
@@ -358,7 +358,7 @@ def convert(**opts):
     with _workers(cfg):
         result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)
-    click.echo(tracking.run_link(store.setup(None), result.parent))
+    click.echo(tracking.run_link(backend.setup(None), result.parent))
 
 
 HEADLINES = ("Warning:", "Verdict:", "Champion:")  # the verdict's sentences a default run prints
@@ -455,9 +455,9 @@ def tune(**opts):
 @user_errors
 def compare(**opts):
     """Leaderboard, report.html and the registered champion, from the runs already in the store."""
-    from . import store, tracking
+    from . import backend, tracking
 
-    store.setup(opts["tracking_uri"])  # opened first, under its lock: a convert may be creating it
+    backend.setup(opts["tracking_uri"])  # opened first, under its lock: a convert may be creating it
     run_id = opts["run_id"] or tracking.latest_parent(opts["experiment"] or "reg2cls")
     if not run_id:
         raise UserError(f"no finished convert run in experiment '{opts['experiment'] or 'reg2cls'}'; "
@@ -485,11 +485,11 @@ def predict(model_uri, input_path, output_path, tracking_uri):
     column per class, as CSV on standard output or in --output; what was done is said on standard error."""
     from pathlib import Path
 
-    from . import data, registry, store
+    from . import backend, data, registry
 
     if output_path:
         _check_output(Path(input_path), Path(output_path))
-    store.setup(tracking_uri)
+    backend.setup(tracking_uri)
     frame = data.load(input_path)
     model, columns, numeric = registry.load_champion(model_uri)
     predictions = _predictions(model, frame, columns, numeric, input_path)
@@ -567,9 +567,9 @@ def _predictions(model, frame, columns: list[str], numeric: list[str], input_pat
 def export(run_id, name, tracking_uri):
     """Make a full servable MLflow model of any run from the state it kept: the raw table in, `label` and
     `proba_<class>` out, as the champion; for `reg2cls predict`, `mlflow models serve` or the registry."""
-    from . import registry, store
+    from . import backend, registry
 
-    store.setup(tracking_uri)
+    backend.setup(tracking_uri)
     uri = registry.export(run_id, name)
     click.echo(f"exported run {run_id} as {uri}\n"
                f"predict: reg2cls predict --model-uri {uri} --input new.csv --output predictions.csv\n"

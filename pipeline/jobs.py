@@ -227,9 +227,9 @@ def workers(n: int, preload: tuple[str, ...] = ()) -> Iterator[None]:
     if n <= 1:
         yield
         return
-    from . import store, tracking
+    from . import backend, tracking
 
-    store.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
+    backend.enable_concurrent_writes()  # SQLite in WAL mode: the workers' writes do not lock each other out
     context = start_forkserver(n, preload)
     # under `mlflow run`, MLFLOW_RUN_ID names the run MLflow made for the entry point, which this process adopts
     # when its stage opens (tracking.start), after the pool: a worker that inherited it would adopt that run for
@@ -239,7 +239,7 @@ def workers(n: int, preload: tuple[str, ...] = ()) -> Iterator[None]:
     from .liveness import process_start
 
     _POOL = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker,
-                                initargs=(store.setup(None), tracking.current_experiment_id(), context.Lock(),
+                                initargs=(backend.setup(None), tracking.current_experiment_id(), context.Lock(),
                                           os.getcwd(), environ, (os.getpid(), process_start(os.getpid()))))
     _SIZE = n
     with _quiet_handover():

@@ -41,7 +41,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import checkpoint, decision, jobs, metrics, registry, stats, stop, store, tracking
+from . import backend, checkpoint, decision, jobs, metrics, registry, stats, stop, tracking
 from .config import TUNE_METRICS, Config, UserError, data_name, first_line
 from .data import Prepared
 from .model import architecture, mark_start
@@ -119,7 +119,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite: wait for the lock instead of failing with "database is locked" when workers write at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     # two commands creating a new SQLite file's tables at once collide ('table ... already exists')
-    lock = store.lock(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else contextlib.nullcontext()
+    lock = backend.lock(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else contextlib.nullcontext()
     try:
         with lock:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
@@ -468,7 +468,7 @@ def work(job: Job, lock=None) -> None:
     the gate shared with the other local workers; in the command's pool, the pool's own (jobs.pool_lock)."""
     gate = _Gate(lock if lock is not None else jobs.pool_lock())
     with quiet_optuna():
-        store.setup(job.tracking_uri)
+        backend.setup(job.tracking_uri)
         sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=4)
         study = optuna.load_study(study_name=job.study_name, storage=make_storage(job.storage), sampler=sampler,
                                   pruner=make_pruner(job.cfg, job.epochs))
@@ -514,7 +514,7 @@ def run_workers(job: Job, n_workers: int, say) -> None:
     process is one of them and the others are spawned: working here too saves one interpreter's start-up
     (torch, mlflow and optuna imports: seconds) and keeps this core busy while they start (bench_tune.py).
     """
-    store.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
+    backend.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
     if n_workers == 1:
         work(job)
         return

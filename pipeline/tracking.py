@@ -1,5 +1,5 @@
 """MLflow run logging: runs and their lifecycle (owners, heartbeats, orphans), params, batched metrics, tags,
-datasets, artifacts and predictions, and what people read in the UI. Besides store.py (opening the store),
+datasets, artifacts and predictions, and what people read in the UI. Besides backend.py (opening the store),
 checkpoint.py (a run's model to and from the store), serving.py (the champion as a pyfunc) and registry.py
 (the model registry), the only module that talks to MLflow.
 

@@ -21,7 +21,7 @@ import torch
 from conftest import REPO, TINY, invoke, process_env, runs_of, settled, tiny_args, tiny_config, use_store
 from mlflow.tracking import MlflowClient
 
-from pipeline import checkpoint, data, liveness, serving, store, tracking
+from pipeline import backend, checkpoint, data, liveness, serving, tracking
 from pipeline.config import Data, UserError
 from pipeline.train import fit
 
@@ -97,7 +97,7 @@ def test_orphan_reason_judges_only_provably_gone_owners(case, other_process):
 
 def test_open_runs_carry_their_owner_and_a_fresh_heartbeat(experiment, monkeypatch):
     monkeypatch.setenv("REG2CLS_HEARTBEAT_S", "0.2")
-    store.use_experiment(experiment)
+    backend.use_experiment(experiment)
     with tracking.start("probe", "baseline") as run_id:
         first = tracking.get_run(run_id).data.tags
         time.sleep(1.5)
@@ -110,8 +110,8 @@ def test_open_runs_carry_their_owner_and_a_fresh_heartbeat(experiment, monkeypat
 
 HOLD_RUN = """
 import sys, time
-from pipeline import tracking
-store.setup(None); store.use_experiment(sys.argv[1])
+from pipeline import backend, tracking
+backend.setup(None); backend.use_experiment(sys.argv[1])
 with tracking.start("held", "tune", strategy="trial_0") as run_id:
     print(run_id, flush=True)
     time.sleep(120)
@@ -124,7 +124,7 @@ def test_sweep_spares_a_live_owner_and_ends_a_dead_ones_runs(experiment, store):
                             stdout=subprocess.PIPE, text=True)
     try:
         run_id = proc.stdout.readline().strip()
-        store.use_experiment(experiment)
+        backend.use_experiment(experiment)
         assert tracking.end_orphans() == 0 and tracking.get_run(run_id).info.status == "RUNNING"
     finally:
         proc.kill()
@@ -210,7 +210,7 @@ print("writing", flush=True); time.sleep(1); db.execute("COMMIT")"""], stdout=su
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     try:
-        store.enable_concurrent_writes()
+        backend.enable_concurrent_writes()
     finally:
         mlflow.set_tracking_uri(previous)
     assert writer.wait(timeout=30) == 0
@@ -537,8 +537,8 @@ def test_a_sqlite_store_keeps_new_experiments_artifacts_beside_it(tmp_path, monk
     (tmp_path / "work").mkdir()
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     use_store(monkeypatch, uri, tmp_path / "work")
-    store.setup(uri)
-    store.use_experiment("beside")
+    backend.setup(uri)
+    backend.use_experiment("beside")
     with mlflow.start_run():
         mlflow.log_text("x", "x.txt")
     assert (tmp_path / "store" / "mlruns").is_dir() and not (tmp_path / "work" / "mlruns").exists()
@@ -559,7 +559,7 @@ def test_loading_a_run_model_leaves_no_temporary_copy(tiny_data, experiment, tmp
 
     from pipeline.model import MLP
 
-    store.use_experiment(experiment)
+    backend.use_experiment(experiment)
     model = MLP(tiny_data.n_features, width=8, out_dim=1)
     with tracking.start("baseline", "baseline") as run_id:
         checkpoint.log_state(model)

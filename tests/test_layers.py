@@ -18,7 +18,7 @@ LAYERS = [
     {"__init__", "strategies", "config", "stop", "memory", "progress"},                  # foundation
     {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
     # the store, processes, outputs
-    {"store", "tracking", "checkpoint", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},
+    {"backend", "tracking", "checkpoint", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},
     {"stages.common", "stages.heads", "stages.reference"},                               # what stages share
     {"stages.leaderboard", "stages.verdict", "stages.champion"},                         # compare's parts
     {"stages.baseline", "stages.head_swap", "stages.slim", "stages.tune", "stages.compare"},  # one stage each

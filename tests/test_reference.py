@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import runs_of, tiny_config
 
-from pipeline import data, store, tracking
+from pipeline import backend, data, tracking
 from pipeline.train import use_threads
 from pipeline.stages import reference
 from pipeline.stages.reference import DEFAULTS, MAX_ITER, fit_reference, reference_runs
@@ -35,7 +35,7 @@ def test_the_reference_is_searched_with_tune_n_trials_and_stops_early(tiny_data)
 
 
 def test_both_rows_are_runs_of_the_compare_stage_with_test_predictions(experiment, tiny_data):
-    store.use_experiment(experiment)
+    backend.use_experiment(experiment)
     runs = reference_runs(tiny_config(), [tiny_data], fit_reference(tiny_config(), [tiny_data]))
     assert [r.data.tags["strategy"] for r in runs] == ["reference_hgb", "reference_hgb_regressor"]
     stored = {r.info.run_id: r for r in runs_of(experiment)}

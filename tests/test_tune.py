@@ -18,7 +18,7 @@ from conftest import (invoke, process_env, runs_of, start_in_own_group, stderr_a
                       use_store, wait_until_training)
 from optuna.trial import TrialState
 
-from pipeline import checkpoint, config, data, store, tracking
+from pipeline import backend, checkpoint, config, data, tracking
 from pipeline import study as optuna_study
 from pipeline.config import UserError
 from pipeline.model import MLP, architecture
@@ -30,11 +30,11 @@ from pipeline.train import predict
 
 def test_objective_with_a_fixed_trial(experiment, tiny_data):
     cfg = tiny_config(**{"tune.epochs": 5})
-    store.use_experiment(experiment)
+    backend.use_experiment(experiment)
     torch.manual_seed(0)
     model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
     with tracking.start("tune", "tune") as stage_run:
-        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), store.setup(None),
+        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), backend.setup(None),
                                stage_run, "unused", "fixed", target=1, timeout=None, seed=0,
                                recipe=optuna_study.Recipe(((5, 1.0, False),)), train_seed=0)
         trial = optuna.trial.FixedTrial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
@@ -272,7 +272,7 @@ def trained_kinds(store_uri, tmp_path_factory):
                          "tune.epochs": 0, "tune.n_trials": 1, "tune.pruner": "none"})
     with pytest.MonkeyPatch.context() as mp:
         use_store(mp, store_uri, tmp_path_factory.mktemp("kinds"))
-        store.use_experiment(f"kinds-{uuid.uuid4().hex[:6]}")
+        backend.use_experiment(f"kinds-{uuid.uuid4().hex[:6]}")
         prepared = data.prepare(cfg.data, cfg.seed)
         swapped = stages.head_swap(cfg, prepared, stages.baseline(cfg, prepared, None))
         slimmed = stages.slim(cfg, prepared, swapped)
@@ -312,14 +312,14 @@ def test_a_source_that_trains_nothing_is_kept_without_a_study(trained_kinds):
 def test_every_trial_trains_with_the_same_seed(experiment, tiny_data):
     # two trials of one configuration are one model: trials differ in their configuration, never in seed noise
     cfg = tiny_config(**{"tune.pruner": "none"})
-    store.use_experiment(experiment)
+    backend.use_experiment(experiment)
     torch.manual_seed(0)
     model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
     study = optuna.create_study(direction="maximize")
     for _ in range(2):
         study.enqueue_trial({"head_dropout": 0.1, "hidden_dropout": 0.1, "lr": 3e-3, "weight_decay": 1e-4})
     with tracking.start("tune", "tune") as stage_run:
-        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), store.setup(None),
+        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), backend.setup(None),
                                stage_run, "unused", "same-seed", target=2, timeout=None, seed=0,
                                recipe=optuna_study.Recipe(((4, 1.0, False),)), train_seed=5)
         study.optimize(lambda t: optuna_study.objective(t, job, optuna_study._Gate(None)), n_trials=2)

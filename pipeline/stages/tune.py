@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .. import checkpoint, jobs, store, tracking
+from .. import backend, checkpoint, jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture
@@ -78,7 +78,7 @@ def _study_of(cfg: Config, data: Prepared, source: StageResult, procedure: bool)
     name = optuna_study.study_name(cfg, architecture(source.model), data.split_key, model=tuned)
     if procedure and cfg.tune.study_name:
         name += f"-fold{data.fold}"
-    return made_by, tuned, name, optuna_study.storage_url(cfg.tune.storage, store.setup(None))
+    return made_by, tuned, name, optuna_study.storage_url(cfg.tune.storage, backend.setup(None))
 
 
 def _convert_run(parent: str | None) -> str | None:
@@ -123,7 +123,7 @@ def _search(cfg: Config, data: Prepared, source: StageResult, study, search: Sea
     if optuna_study.enqueue_untuned(study, untuned) and widened:  # counted among this run's n_trials
         (detail if search.quiet else say)(f"{where('tune', data)}: trial 0 is the untuned configuration; the search "
                                           "space widened to hold it: " + ", ".join(widened))
-    job = optuna_study.Job(cfg, data, architecture(source.model), start_weights(source.model), store.setup(None),
+    job = optuna_study.Job(cfg, data, architecture(source.model), start_weights(source.model), backend.setup(None),
                            search.stage_run, search.url, search.study_name, target=before + cfg.tune.n_trials,
                            timeout=cfg.tune.timeout or None, seed=cfg.seed + before, recipe=search.recipe,
                            train_seed=search.train_seed, space=space)

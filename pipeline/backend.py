@@ -1,6 +1,6 @@
-"""The tracking store: pointing MLflow at it and opening it once per process (a fresh SQLite store made
-atomically under a file lock, a bad URI or a silent server a one-line error), write-ahead logging before
-several processes write, and the experiment runs go to. Run logging is tracking.py's.
+"""The tracking store (MLflow's backend store): pointing MLflow at it and opening it once per process (a fresh
+SQLite store made atomically under a file lock, a bad URI or a silent server a one-line error), write-ahead
+logging before several processes write, and the experiment runs go to. Run logging is tracking.py's.
 """
 from __future__ import annotations
 
