@@ -103,8 +103,8 @@ def test_the_graph_sees_relative_and_absolute_imports():
 
 
 MAX_LINES = 60  # a function longer than this is split into named pieces that read top to bottom
-# being split on other branches (issue 23: stages/tune.py, issue 26: train.py); remove once those are merged
-BEING_SPLIT = {("stages/tune.py", "tune"), ("train.py", "fit")}
+# being split on another branch (issue 26: train.py); remove once it is merged
+BEING_SPLIT = {("train.py", "fit")}
 
 
 def test_no_function_over_60_lines():
