@@ -123,8 +123,8 @@ def mlp_width(width: int, train_rows: int) -> int:
     """`model.width`, or for 0 (auto) 256 below 100,000 training rows and 64 above. Chosen on validation
     (bench/bench_quality.py's validation column, bench_regressor.py): 256 units beat 64 on wine (champion
     validation macro-F1 0.800 vs 0.783, 5 folds), diamonds (0.963 vs 0.962) and the built-in data (0.652 vs
-    0.642), within the default convert's time budget; at 100,000 rows it costs 2.9x the time (145 s vs 51 s),
-    which would take a 1,000,000-row convert far past 15 minutes, so large tables keep 64."""
+    0.642), within the default convert's time budget; at 100,000 rows it costs about three times the time
+    (docs/benchmarks.md), which would take a 1,000,000-row convert far past 15 minutes, so large tables keep 64."""
     if width:
         return width
     return 256 if train_rows < 100_000 else 64
