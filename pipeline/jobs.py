@@ -258,7 +258,7 @@ def workers(n: int, preload: tuple[str, ...] = ()) -> Iterator[None]:
 def close() -> None:
     """End the pool's workers and its fork server now, once no more tasks will come: their memory (each holds
     torch) goes back before the command's last steps, such as the champion's check in a fresh process
-    (registry.check_loads). Later tasks run in this process. Nothing to do without a pool."""
+    (registry.checking_loads). Later tasks run in this process. Nothing to do without a pool."""
     global _POOL, _SIZE
     if _POOL is None:
         return

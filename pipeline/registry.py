@@ -5,7 +5,7 @@ loaded back for `reg2cls predict`; and the same kind of model made on request fr
 (checkpoint.log_state). The output's shape is spelled once, in `output_frame`.
 
 The champion carries everything it needs to load anywhere: the package and, for a model brought as
-`file.py:Class`, that file and the user's modules it imports (code_paths); `check_loads` proves it, in a
+`file.py:Class`, that file and the user's modules it imports (code_paths); `checking_loads` proves it, in a
 clean process outside the working directory. The alias never moves silently to a model that takes other
 columns or gives other classes, nor when it holds a model reg2cls did not register: `champion_conflict` says
 why, and registering is refused.
@@ -16,6 +16,7 @@ import contextlib
 import copy
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -145,11 +146,13 @@ assert "label" in out.columns and len(out) == len(example), "the champion return
 """
 
 
-def check_loads(uri: str) -> None:
+@contextlib.contextmanager
+def checking_loads(uri: str) -> Iterator[None]:
     """Load the champion at `uri` and predict its own input example in a fresh Python process, in an empty
     folder, isolated from PYTHONPATH and the user's site (`python -I`): what `reg2cls predict` meets on another
-    machine or in another folder. A one-line UserError when it fails (the champion is registered; it is not
-    deliverable as it stands)."""
+    machine or in another folder. The process starts now and runs while the block does (the report is drawn
+    meanwhile); its outcome is awaited when the block ends: a one-line UserError when it failed (the champion
+    is registered; it is not deliverable as it stands)."""
     import subprocess
     import sys
 
@@ -157,10 +160,17 @@ def check_loads(uri: str) -> None:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / "model"))
         elsewhere = Path(tmp) / "elsewhere"
         elsewhere.mkdir()
-        proc = subprocess.run([sys.executable, "-I", "-c", _LOAD_AND_PREDICT, local], cwd=elsewhere,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.Popen([sys.executable, "-I", "-c", _LOAD_AND_PREDICT, local], cwd=elsewhere,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            yield
+            _, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:  # the block failed, or the check hangs: it is not left behind
+                proc.kill()
+                proc.wait()
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        lines = [ln for ln in err.splitlines() if ln.strip()]
         raise UserError(f"the champion {uri} does not load in a clean process outside this folder "
                         f"({lines[-1].strip() if lines else f'exit code {proc.returncode}'}); a model file's own "
                         "imports must be modules beside it or installed packages")

@@ -17,8 +17,8 @@ from .common import stands_for
 def register(cfg: Config, splits: list[Prepared], top: pd.Series, summary: list[str], parent: str,
              registered: str) -> tuple[nn.Module, str]:
     """The champion row `top`'s model (`shipped_model`) registered as `registered` with the alias `champion`,
-    on the run that logged it; its version describes it with `summary` (how it was chosen). Checked to load
-    in a clean process (`compare.check_load`) before it counts as done. Returns the model and its version."""
+    on the run that logged it; its version describes it with `summary` (how it was chosen). Returns the model
+    and its version (compare then checks that it loads in a clean process: `registry.checking_loads`)."""
     data, champion_run = splits[0], top["best_run"]
     model = shipped_model(top, splits)
     version = registry.register_champion(
@@ -27,8 +27,6 @@ def register(cfg: Config, splits: list[Prepared], top: pd.Series, summary: list[
                                         what_ships(top, data, len(splits), model)),
         tags={"champion_run": champion_run, "strategy": str(top["strategy"]), "parent_run": parent},
         run_id=champion_run, model_description=model_description(cfg, data, registered))
-    if cfg.compare.check_load:  # before it says done: it loads and predicts elsewhere
-        registry.check_loads(f"models:/{registered}/{version}")
     stands_for(champion_run)
     return model, version
 

@@ -4,6 +4,7 @@ the champion registered (champion.py); the answer on the convert run, where peop
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import jobs, metrics, report, tracking
+from .. import jobs, metrics, registry, report, tracking
 from ..config import Config, UserError, registered_name
 from ..data import Prepared
 from .champion import register
@@ -68,10 +69,15 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
             summary.append(f"Parent run {parent}; registered model {registered}, alias champion")
             model, version = register(cfg, splits, top, summary, parent, registered)
             summary[-1] += f" (version {version})"
-        tracking.describe_experiment(EXPERIMENT_NOTE)
-        tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
-                           "registered_model": registered, "registered_version": version})
-        table = _log_report(cfg, board, top, summary, data.class_names, tags, tune_run, parent)
+        # before it says done, the champion loads and predicts in a fresh process elsewhere, while the report is
+        # drawn here: the seconds of that process's imports overlap the figures'
+        checked = (registry.checking_loads(f"models:/{registered}/{version}") if version and c.check_load
+                   else contextlib.nullcontext())
+        with checked:
+            tracking.describe_experiment(EXPERIMENT_NOTE)
+            tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
+                               "registered_model": registered, "registered_version": version})
+            table = _log_report(cfg, board, top, summary, data.class_names, tags, tune_run, parent)
     tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                        **({"model_run": champion_run} if version else {}),
                        "registered_model": registered, "registered_version": version,
