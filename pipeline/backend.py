@@ -127,15 +127,41 @@ def _open_sqlite(uri: str) -> None:
         if not path.is_file() or path.stat().st_size == 0:
             tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
             tmp.unlink(missing_ok=True)
-            tmp_uri = f"sqlite:///{tmp}"
             try:
-                MlflowClient(tmp_uri).search_experiments(max_results=1)  # creates every table
-                _dispose_engine(tmp_uri)
+                _empty_store(tmp)
                 os.replace(tmp, path)  # atomic: the store appears whole or not at all
             finally:
                 tmp.unlink(missing_ok=True)
         # tracking and registry tables exist now; opening checks the schema version
         MlflowClient(uri, registry_uri=uri).search_registered_models(max_results=1)
+
+
+def _empty_store(path: Path) -> None:
+    """An empty MLflow store at `path`: a copy of the one kept for this MLflow version in the user's cache,
+    made here the first time. MLflow makes a store by running every one of its schema migrations, seconds that
+    every first command in a new folder (and every test's store) would wait; a copy takes milliseconds. The
+    kept copy holds no experiment: MLflow makes the Default one, with this store's artifact folder, on opening."""
+    import shutil
+    import sqlite3
+
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reg2cls"
+    kept = cache / f"empty-mlflow-{mlflow.__version__}.db"
+    if kept.is_file():
+        shutil.copyfile(kept, path)
+        return
+    uri = f"sqlite:///{path}"
+    MlflowClient(uri).search_experiments(max_results=1)  # creates every table, and the Default experiment
+    _dispose_engine(uri)
+    with contextlib.suppress(OSError, sqlite3.Error):  # no cache (a read-only home): each store is made in full
+        cache.mkdir(parents=True, exist_ok=True)
+        part = cache / f".{kept.name}.{os.getpid()}"
+        shutil.copyfile(path, part)
+        with contextlib.closing(sqlite3.connect(part)) as db, db:
+            db.execute("DELETE FROM experiment_tags")
+            db.execute("DELETE FROM experiments")
+        os.replace(part, kept)  # whole or not at all, whichever command gets there first
 
 
 def _dispose_engine(uri: str) -> None:
