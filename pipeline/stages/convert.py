@@ -117,7 +117,7 @@ def _fold_baseline(cfg: Config, data: Prepared, brought: tuple[dict, dict, Head]
     return baseline(cfg, data, brought and (model, head), force=force, parent=parent).run_id
 
 
-RUN_OVERHEAD_S = 2.0  # logging a run: params, metrics, predictions, its model exported twice
+RUN_OVERHEAD_S = 0.4  # logging a run: params, metrics, state/ and predictions (bench/bench_overhead.py: median ~0.35 s)
 
 
 def estimate(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head] | None) -> str | None:
