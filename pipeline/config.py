@@ -17,6 +17,8 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 EMBEDDINGS = ("none", "periodic", "piecewise")
 DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
+FEATURE_SCALINGS = ("standard", "robust", "none")  # data.scaling; robust: data.Preprocessor's median/IQR + smooth clip
+LR_SCHEDULES = ("constant", "cosine", "flat_cosine")  # train.lr_schedule (train.lr_factor)
 TRANSFORMS = ("none", "log1p")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
 PRUNERS = ("median", "hyperband", "none")
@@ -58,7 +60,8 @@ class Data:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
-    scaling: str = "standard"        # standard | none: whether the model sees standardised features
+    scaling: str = "standard"        # standard | robust | none: whether the model sees standardised features;
+                                     # robust: (x - median) / (IQR / 1.349), then smoothly clipped to (-3, 3)
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
     target_transform: str = "none"   # none | log1p: the regressor learns log(1 + target); classes stay in target units
     folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 10,000 rows
@@ -101,6 +104,8 @@ class Train:
     threads: int = 1        # torch threads of each process: cores go to processes (jobs), not threads
     jobs: int = 0           # worker processes for independent trainings (strategies, variants); 0 = every usable core
     class_weight: str = "none"  # none | balanced: classes weighted N / (K * n_k) in every classifier's loss
+    lr_schedule: str = "constant"  # constant | cosine | flat_cosine: lr per epoch over train.epochs (train.lr_factor)
+    label_smoothing: float = 0.0   # in [0, 1): a classifier's training targets (1 - s) * one-hot + s / K
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,9 @@ OPTIONS = (
            note="true: train the brought model first"),
     Option("head", "user_model.head", "Dotted module name of the regression head (default: found by a forward pass).",
            mlproject=(*_BRING, "head-swap")),
-    Option("scaling", "data.scaling", "Whether the model expects standardised features (default standard).",
-           choices=SCALINGS, mlproject=_RUNS, note="standard | none"),
+    Option("scaling", "data.scaling", "Whether the model expects standardised features (default standard); robust: "
+                                      "median and IQR, outliers smoothly clipped.",
+           choices=FEATURE_SCALINGS, mlproject=_RUNS, note="standard | robust | none"),
     Option("target_scaling", "data.target_scaling",
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
     Option("target_transform", "data.target_transform", "none (default) or log1p: the regressor learns log(1 + "
@@ -488,9 +494,9 @@ def _check_data(cfg: Config) -> None:
     if cfg.data.target_transform not in TRANSFORMS:
         raise UserError(f"data.target_transform must be one of {', '.join(TRANSFORMS)}, got "
                         f"'{cfg.data.target_transform}'")
-    for name in ("scaling", "target_scaling"):
-        if getattr(cfg.data, name) not in SCALINGS:
-            raise UserError(f"data.{name} must be one of {', '.join(SCALINGS)}, got '{getattr(cfg.data, name)}'")
+    for name, allowed in (("scaling", FEATURE_SCALINGS), ("target_scaling", SCALINGS)):
+        if getattr(cfg.data, name) not in allowed:
+            raise UserError(f"data.{name} must be one of {', '.join(allowed)}, got '{getattr(cfg.data, name)}'")
     repeated = sorted({c for c in cfg.data.features if cfg.data.features.count(c) > 1})
     if repeated:
         raise UserError(f"--features names {', '.join(repr(c) for c in repeated)} more than once; "
@@ -546,6 +552,9 @@ def _check_train(cfg: Config) -> None:
                         f"{cfg.train.lr_scaling!r}, {cfg.train.max_steps_per_epoch}")
     if cfg.train.class_weight not in ("none", "balanced"):
         raise UserError(f"train.class_weight must be none or balanced, got {cfg.train.class_weight!r}")
+    if cfg.train.lr_schedule not in LR_SCHEDULES or not 0 <= cfg.train.label_smoothing < 1:
+        raise UserError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)} and train.label_smoothing in "
+                        f"[0, 1), got {cfg.train.lr_schedule!r}, {cfg.train.label_smoothing:g}")
     if cfg.seed < 0 or cfg.seeds < 1:
         raise UserError(f"seed must be 0 or more and seeds at least 1, got seed {cfg.seed}, seeds {cfg.seeds}")
     if cfg.seed + cfg.seeds > MAX_SEED // 2:

@@ -327,27 +327,37 @@ def to_model_units(y: np.ndarray, cfg: Data) -> np.ndarray:
 @dataclass
 class Preprocessor:
     """Fitted on the training rows only: numeric columns median-imputed and standardised, string or
-    categorical columns one-hot encoded (an unseen or missing category is all zeros)."""
+    categorical columns one-hot encoded (an unseen or missing category is all zeros).
+
+    `robust` (data.scaling robust, after RealMLP; Holzmüller et al., 2024): a numeric column is centred on its
+    median and divided by its IQR / 1.349 (the std of a normal column; the std where the IQR is 0), then
+    smoothly clipped, z / sqrt(1 + (z / 3)^2): near-linear inside +-1, never beyond +-3, so outliers keep their
+    order but stop dominating. `clip` records that last step, which `transform` applies."""
 
     numeric: list[str]
     medians: list[float]
     means: list[float]
     stds: list[float]
     categories: dict[str, list[str]] = field(default_factory=dict)
+    clip: bool = False  # smooth clipping after scaling (robust)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, standardize: bool = True) -> Preprocessor:
+    def fit(cls, frame: pd.DataFrame, standardize: bool = True, robust: bool = False) -> Preprocessor:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         cats = [c for c in frame.columns if c not in numeric]
         values = frame[numeric].astype("float64")
         medians = values.median().fillna(0.0)  # an all-missing column becomes a constant 0
         filled = values.fillna(medians)
-        if standardize:
+        if robust:
+            iqr = (filled.quantile(0.75) - filled.quantile(0.25)) / 1.349
+            stds = iqr.where(iqr > 0, filled.std(ddof=0)).replace(0.0, 1.0).fillna(1.0).tolist()
+            means = filled.median().fillna(0.0).tolist()
+        elif standardize:
             means, stds = filled.mean().tolist(), filled.std(ddof=0).replace(0.0, 1.0).fillna(1.0).tolist()
         else:  # the model was trained on raw features: impute, but keep the scale
             means, stds = [0.0] * len(numeric), [1.0] * len(numeric)
         categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in cats}
-        return cls(numeric, medians.tolist(), means, stds, categories)
+        return cls(numeric, medians.tolist(), means, stds, categories, clip=robust)
 
     @property
     def columns(self) -> list[str]:
@@ -363,7 +373,8 @@ class Preprocessor:
         values = frame[self.numeric].astype("float64").to_numpy()
         values = np.where(np.isnan(values), np.asarray(self.medians), values)
         with np.errstate(over="ignore", invalid="ignore"):
-            parts = [((values - np.asarray(self.means)) / np.asarray(self.stds)).astype(np.float32)]
+            z = (values - np.asarray(self.means)) / np.asarray(self.stds)
+            parts = [(z / np.sqrt(1 + (z / 3) ** 2) if self.clip else z).astype(np.float32)]
         for col, vals in self.categories.items():
             column = frame[col]
             codes = pd.Index(vals).get_indexer(column.astype(str).where(column.notna(), None))  # -1: unseen/missing
@@ -626,7 +637,8 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     y, edges = to_model_units(y, cfg), to_model_units(np.asarray(edges, dtype=np.float64), cfg)
     _check_features(features, len(train_idx))
     with np.errstate(over="ignore", invalid="ignore"):  # a huge column's std overflows: refused below, quietly
-        pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling == "standard")
+        pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling != "none",
+                               robust=cfg.scaling == "robust")
     y_mean, y_std = _target_scale(cfg, y, y[train_idx])
 
     def split(idx: np.ndarray) -> Split:

@@ -395,7 +395,8 @@ def train_config(model: torch.nn.Module, params: dict[str, float], data: Prepare
                          lr=params["lr"] * factor, weight_decay=params["weight_decay"], patience=t.patience,
                          seed=seed, device=resolve_device(t.device), on_epoch=on_epoch and phase_epoch,
                          params=freeze_backbone(model, head_name) if head_only else None,
-                         distill=recipe.distill, class_weight=t.class_weight, stop=stop.check))
+                         distill=recipe.distill, class_weight=t.class_weight, stop=stop.check,
+                         lr_schedule=t.lr_schedule, label_smoothing=t.label_smoothing))
         unfreeze(model)
         done += hists[-1].epochs
     return hists

@@ -99,18 +99,22 @@ def class_weights(c: torch.Tensor, n_classes: int, how: str = "none") -> torch.T
     return (len(c) / (n_classes * counts)).float()
 
 
-def loss_of(out: torch.Tensor, target: torch.Tensor, task: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+def loss_of(out: torch.Tensor, target: torch.Tensor, task: str, weight: torch.Tensor | None = None,
+            smoothing: float = 0.0) -> torch.Tensor:
     """regression: MSE on the standardised target; binary: one logit, BCEWithLogits; multiclass: CrossEntropy.
 
     out: (N, 1) or (N, K) raw model output; target: (N,) float (regression) or int64 classes; `weight`: (K,)
     per-class weights (`class_weights`), None for none. Binary takes them as pos_weight = w_1 / w_0, which
-    for balanced weights is n_neg / n_pos."""
+    for balanced weights is n_neg / n_pos. `smoothing` (train.label_smoothing) mixes each class target with
+    the uniform one, as torch's `label_smoothing` does: (1 - s) * one-hot + s / K; binary's target becomes
+    (1 - s) * t + s / 2, the same loss as two logits (0, z) with torch's smoothing."""
     if task == "regression":
         return F.mse_loss(out.reshape(-1), target)
     if task == "binary":
         pos_weight = None if weight is None else weight[1] / weight[0]
-        return F.binary_cross_entropy_with_logits(out.reshape(-1), target.float(), pos_weight=pos_weight)
-    return F.cross_entropy(out, target, weight=weight)
+        soft = target.float() * (1 - smoothing) + smoothing / 2
+        return F.binary_cross_entropy_with_logits(out.reshape(-1), soft, pos_weight=pos_weight)
+    return F.cross_entropy(out, target, weight=weight, label_smoothing=smoothing)
 
 
 @dataclass
@@ -122,7 +126,7 @@ class Distill:
     alpha: float = 0.5
 
     def loss(self, out: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, task: str,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
+             weight: torch.Tensor | None = None, smoothing: float = 0.0) -> torch.Tensor:
         t = self.temperature
         if task == "binary":  # one logit: the soft target is the teacher's softened probability
             soft = F.binary_cross_entropy_with_logits(out.reshape(-1) / t, torch.sigmoid(teacher.reshape(-1) / t))
@@ -130,7 +134,7 @@ class Distill:
             soft = F.kl_div(F.log_softmax(out / t, dim=1), F.log_softmax(teacher / t, dim=1),
                             log_target=True, reduction="batchmean")
         # T^2 keeps the soft term's gradients on the scale of the hard term's (Hinton et al., 2015)
-        return self.alpha * t * t * soft + (1 - self.alpha) * loss_of(out, target, task, weight)
+        return self.alpha * t * t * soft + (1 - self.alpha) * loss_of(out, target, task, weight, smoothing)
 
 
 @dataclass
@@ -163,7 +167,8 @@ EpochHook = Callable[[int, dict[str, float], torch.Tensor], None]
 def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 0.0, patience: int = 0, seed: int = 0, device: torch.device | str = "cpu",
         params: Iterable[nn.Parameter] | None = None, on_epoch: EpochHook | None = None,
-        distill: Distill | None = None, class_weight: str = "none", stop: Callable[[], None] | None = None) -> History:
+        distill: Distill | None = None, class_weight: str = "none", stop: Callable[[], None] | None = None,
+        lr_schedule: str = "constant", label_smoothing: float = 0.0) -> History:
     """Train `model` in place with AdamW; keep the weights with the lowest validation loss (the
     starting weights included).
 
@@ -172,7 +177,9 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     on a teacher's soft labels too (validation loss and early stopping stay on the true labels);
     `class_weight` (none | balanced, `class_weights` from the training rows) weights a classifier's loss,
     the validation loss that picks the weights and stops early included: it watches the objective trained;
-    `stop` is called before every epoch and raises to end the training there (stop.check: a signal's request).
+    `stop` is called before every epoch and raises to end the training there (stop.check: a signal's request);
+    `lr_schedule` scales `lr` epoch by epoch (`lr_factor`); `label_smoothing` smooths a classifier's training
+    loss only (`loss_of`): the validation loss that picks the weights stays the plain one.
     """
     device = torch.device(device)
     model.to(device)
@@ -195,7 +202,9 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
         for epoch in range(1, epochs + 1):
             if stop is not None:
                 stop()  # raises on a signal's stop request: the caller's runs unwind and end KILLED
-            hist.train_loss.append(_epoch(model, opt, xt, tt, task, weight, batch_size, gen, distill, soft))
+            opt.param_groups[0]["lr"] = lr * lr_factor(lr_schedule, epoch, epochs)  # _adamw makes one group
+            hist.train_loss.append(_epoch(model, opt, xt, tt, task, weight, batch_size, gen, distill, soft,
+                                          label_smoothing))
             model.eval()
             with torch.no_grad():
                 val_out = sliced_forward(model, xv)
@@ -215,6 +224,22 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, *, epochs: int, b
     return hist
 
 
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The share of the learning rate that epoch `epoch` (1..epochs) trains at (`train.lr_schedule`): constant 1;
+    cosine from 1 at the first epoch towards 0 at the last, 0.5 * (1 + cos(pi * (epoch - 1) / epochs));
+    flat_cosine 1 for the first half of the epochs, then that cosine over the second half (RealMLP's
+    flat-then-anneal). The horizon is `epochs`, not where early stopping ends: pair a schedule with a patience
+    long enough to reach the anneal, or none (the best epoch's weights are kept either way)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    if schedule == "flat_cosine":
+        flat = epochs // 2
+        return 1.0 if epoch <= flat else 0.5 * (1 + math.cos(math.pi * (epoch - 1 - flat) / (epochs - flat)))
+    raise ValueError(f"learning-rate schedule must be constant, cosine or flat_cosine, got {schedule!r}")
+
+
 def _adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over the trainable ones of `params`."""
     params = [p for p in params if p.requires_grad]
@@ -226,7 +251,7 @@ def _adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> to
 
 def _epoch(model: nn.Module, opt: torch.optim.Optimizer, xt: torch.Tensor, tt: torch.Tensor, task: str,
            weight: torch.Tensor | None, batch_size: int, gen: torch.Generator, distill: Distill | None,
-           soft: torch.Tensor | None) -> float:
+           soft: torch.Tensor | None, smoothing: float = 0.0) -> float:
     """One pass over the training rows (xt, tt) in the order `gen` draws; their mean training loss."""
     model.train()
     perm = torch.randperm(len(xt), generator=gen).to(xt.device)
@@ -237,7 +262,8 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, xt: torch.Tensor, tt: t
         rows = perm[i:i + batch_size]
         if len(rows) < 2 and i > 0:  # a trailing batch of one breaks BatchNorm and adds only noise
             continue
-        loss = batch_loss(model, xt[rows], tt[rows], task, weight, distill, None if soft is None else soft[rows])
+        loss = batch_loss(model, xt[rows], tt[rows], task, weight, distill, None if soft is None else soft[rows],
+                          smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -248,7 +274,8 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, xt: torch.Tensor, tt: t
 
 
 def batch_loss(model: nn.Module, xb: torch.Tensor, tb: torch.Tensor, task: str, weight: torch.Tensor | None = None,
-               distill: Distill | None = None, soft: torch.Tensor | None = None) -> torch.Tensor:
+               distill: Distill | None = None, soft: torch.Tensor | None = None,
+               smoothing: float = 0.0) -> torch.Tensor:
     """The training loss of one batch. An ensemble (the MLP with model.ensemble k > 1) trains as TabM does: the
     mean of its members' own losses (`member_outputs`, each member's output against the target), not the loss
     of their mean output, which would let the members lean on each other instead of each fitting the data."""
@@ -260,7 +287,9 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, tb: torch.Tensor, task: str, 
         out = members(xb).flatten(0, 1)
         tb = tb.repeat_interleave(k)
         soft = None if soft is None else soft.repeat_interleave(k, dim=0)
-    return distill.loss(out, soft, tb, task, weight) if distill else loss_of(out, tb, task, weight)
+    if distill:
+        return distill.loss(out, soft, tb, task, weight, smoothing)
+    return loss_of(out, tb, task, weight, smoothing)
 
 
 EVAL_ROWS = 8192  # rows a forward pass without gradients takes at once

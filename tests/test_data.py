@@ -392,3 +392,36 @@ def test_a_wide_one_hot_column_is_warned_about(tmp_path, capsys):
     frame.to_csv(tmp_path / "t.csv", index=False)
     data.prepare_splits(Data(source=str(tmp_path / "t.csv"), target="y", folds="1"), seed=0)
     assert "text column 'code' has" in capsys.readouterr().err
+
+
+def test_robust_scaling_centres_on_the_median_and_divides_by_the_iqr():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0, 5.0, 1000.0], "flag": [0.0, 0, 0, 0, 0, 1]})
+    pre = data.Preprocessor.fit(frame, robust=True)
+    iqr = (np.quantile(frame.a, 0.75) - np.quantile(frame.a, 0.25)) / 1.349
+    assert pre.means[0] == pytest.approx(3.5) and pre.stds[0] == pytest.approx(iqr)
+    assert pre.stds[1] == pytest.approx(frame.flag.std(ddof=0))  # an IQR of 0: the std instead
+
+
+def test_robust_scaling_clips_outliers_smoothly_below_three():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0, 5.0, 1000.0]})
+    pre = data.Preprocessor.fit(frame, robust=True)
+    z = (frame.a.to_numpy() - pre.means[0]) / pre.stds[0]
+    x = pre.transform(frame)[:, 0]
+    assert x == pytest.approx(z / np.sqrt(1 + (z / 3) ** 2), rel=1e-6)
+    assert np.all(np.abs(x) < 3) and np.all(np.diff(x) > 0)  # bounded, order kept
+    assert x[3] == pytest.approx(z[3], rel=0.03)  # near-linear inside +-1
+
+
+def test_data_scaling_robust_reaches_the_preprocessor(tiny_data):
+    cfg = tiny_config(**{"data.scaling": "robust"})
+    robust = data.prepare(cfg.data, cfg.seed)
+    assert robust.preprocessor.clip and not tiny_data.preprocessor.clip
+    assert float(robust.train.x[:, 0].abs().max()) < 3
+    assert data.Preprocessor(**dataclasses.asdict(robust.preprocessor)).clip  # what a served model rebuilds
+
+
+@pytest.mark.parametrize("key, value", [("data.scaling", "quantile"), ("data.target_scaling", "robust"),
+                                        ("train.lr_schedule", "linear"), ("train.label_smoothing", 1.0)])
+def test_unknown_scaling_schedule_or_smoothing_is_refused(key, value):
+    with pytest.raises(UserError, match=key.split(".")[1]):
+        tiny_config(**{key: value})

@@ -1,12 +1,14 @@
 """The loop: losses fall, the best weights come back, runs are reproducible."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from pipeline.model import MLP
 from pipeline.surgery import new_head, swap_head
-from pipeline.train import batch_loss, fit, loss_of, predict, target_of
+from pipeline.train import batch_loss, fit, loss_of, lr_factor, predict, target_of
 
 
 def test_regression_and_classification_losses_fall(tiny_data):
@@ -84,3 +86,52 @@ def test_an_ensemble_trains_on_the_mean_of_its_members_losses(task, out):
     each = torch.stack([loss_of(members[:, j], target, task) for j in range(3)]).mean()
     torch.testing.assert_close(batch_loss(model, x, target, task), each)
     assert not torch.isclose(batch_loss(model, x, target, task), loss_of(model(x), target, task))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_torchs_on_multiclass(smoothing):
+    torch.manual_seed(0)
+    out, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    expected = torch.nn.functional.cross_entropy(out, target, label_smoothing=smoothing)
+    assert torch.allclose(loss_of(out, target, "multiclass", smoothing=smoothing), expected)
+
+
+def test_binary_label_smoothing_equals_two_logits_with_torchs_smoothing():
+    torch.manual_seed(0)
+    z, target = torch.randn(8, 1), torch.randint(0, 2, (8,))
+    two_logits = torch.cat([torch.zeros_like(z), z], dim=1)  # softmax of (0, z) is (1 - sigmoid(z), sigmoid(z))
+    expected = torch.nn.functional.cross_entropy(two_logits, target, label_smoothing=0.2)
+    assert torch.allclose(loss_of(z, target, "binary", smoothing=0.2), expected, atol=1e-6)
+
+
+def test_label_smoothing_changes_the_training_loss_not_the_validation_loss(tiny_data):
+    def run(smoothing):
+        torch.manual_seed(0)
+        model = MLP(tiny_data.n_features, 16, 2, 3)
+        return fit(model, tiny_data.train, tiny_data.val, "multiclass", epochs=1, batch_size=32, lr=0.0,
+                   label_smoothing=smoothing)
+    plain, smoothed = run(0.0), run(0.2)
+    assert smoothed.train_loss[0] != pytest.approx(plain.train_loss[0])
+    assert smoothed.val_loss[0] == pytest.approx(plain.val_loss[0])  # lr 0: same weights, plain validation loss
+
+
+@pytest.mark.parametrize("schedule, epoch, expected", [
+    ("constant", 7, 1.0), ("cosine", 1, 1.0), ("cosine", 51, 0.5), ("cosine", 100, 0.5 * (1 + math.cos(0.99 * math.pi))),
+    ("flat_cosine", 50, 1.0), ("flat_cosine", 51, 1.0), ("flat_cosine", 76, 0.5),
+    ("flat_cosine", 100, 0.5 * (1 + math.cos(0.98 * math.pi)))])
+def test_lr_factor_at_chosen_epochs(schedule, epoch, expected):
+    assert lr_factor(schedule, epoch, 100) == pytest.approx(expected)
+
+
+def test_fit_trains_each_epoch_at_the_schedules_learning_rate(tiny_data, monkeypatch):
+    seen, original = [], torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    torch.manual_seed(0)
+    model = MLP(tiny_data.n_features, 16, 2)  # one batch an epoch: one step at each epoch's rate
+    fit(model, tiny_data.train, tiny_data.val, "regression", epochs=4, batch_size=10_000, lr=0.01, lr_schedule="cosine")
+    assert seen == pytest.approx([0.01 * lr_factor("cosine", e, 4) for e in range(1, 5)])

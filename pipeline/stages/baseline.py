@@ -147,7 +147,7 @@ def _train(cfg: Config, data: Prepared, model: nn.Module, device) -> dict[str, f
     with bar:
         hist = fit(model, data.train, data.val, "regression", epochs=t.epochs, batch_size=batch, lr=lr,
                    weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device,
-                   on_epoch=on_epoch, stop=stop.check)
+                   on_epoch=on_epoch, stop=stop.check, lr_schedule=t.lr_schedule)
     log.flush()
     return {"best_epoch": hist.best_epoch, "cost/train_seconds": hist.seconds}
 

@@ -134,7 +134,8 @@ def fit_classifier(model: nn.Module, cfg: Config, data: Prepared, device, log: t
 
         hist = fit(model, data.train, data.val, classification_task(k), epochs=epochs, lr=lr, batch_size=batch,
                    weight_decay=t.weight_decay, patience=t.patience, seed=cfg.seed, device=device, params=params,
-                   on_epoch=on_epoch, distill=distill, class_weight=t.class_weight, stop=stop.check)
+                   on_epoch=on_epoch, distill=distill, class_weight=t.class_weight, stop=stop.check,
+                   lr_schedule=t.lr_schedule, label_smoothing=t.label_smoothing)
     tracking.log_metrics({"best_epoch": step + hist.best_epoch})  # the restored epoch, on the curves' steps
     return hist
 
