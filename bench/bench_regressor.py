@@ -50,6 +50,8 @@ CANDIDATES = {"plain 2x64": {"width": 64}, "3x128": {"depth": 3, "width": 128}, 
               "cosine p50": {"train.lr_schedule": "cosine", "train.patience": 50},
               "flat_cosine 100": {"train.lr_schedule": "flat_cosine", "train.epochs": 100, "train.patience": 0},
               "cosine 50": {"train.lr_schedule": "cosine", "train.epochs": 50, "train.patience": 0},
+              "cosine 30": {"train.lr_schedule": "cosine", "train.epochs": 30, "train.patience": 0},
+              "flat_cosine 60": {"train.lr_schedule": "flat_cosine", "train.epochs": 60, "train.patience": 0},
               "robust+flat_cosine 100": {"data.scaling": "robust", "train.lr_schedule": "flat_cosine",
                                          "train.epochs": 100, "train.patience": 0}}
 

@@ -7,6 +7,8 @@ Validation only: the default is chosen from these, so test rows stay unseen. Eac
 one its run logs (its decision rule fitted on validation, as for every run the champion is chosen from).
 
     python bench/bench_smoothing.py --data wine,penguins,diabetes --seeds 3 --smoothing 0,0.1
+    python bench/bench_smoothing.py --smoothing 0 --set train.lr_schedule=cosine --set train.epochs=30 \
+        --set train.patience=0     # other settings, for baseline and heads alike: compare with a run without them
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ def main() -> None:
     p.add_argument("--diamonds-rows", type=int, default=10000)
     p.add_argument("--friedman-rows", type=int, default=10000)
     p.add_argument("--data-dir", type=Path, default=DATA, help="where the tables are (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config setting for the baseline and every head-swap run (repeatable)")
     args = p.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_smoothing_"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -57,7 +62,7 @@ def main() -> None:
         for seed in range(args.seeds):
             base = {"data.source": source, "data.target": target, "data.classes": classes, "data.folds": "1",
                     "seed": seed, "train.device": "cpu", "train.jobs": 1,
-                    "head_swap.strategies": tuple(args.strategies.split(","))}
+                    "head_swap.strategies": tuple(args.strategies.split(",")), **settings}
             cfg = config.load(None, base)
             data = prepare(cfg.data, cfg.seed)
             regressor = baseline(cfg, data, None, force=True)
@@ -78,6 +83,14 @@ def main() -> None:
     mean = table.groupby(["data", "smoothing", "seed"]).f1.mean().reset_index()
     summary = mean.groupby(["data", "smoothing"]).f1.agg(["mean", "min", "max"])
     print("\nmean over trained strategies (mean [min, max] over seeds):\n" + summary.round(3).to_string())
+    for label, per_seed in (("best trained strategy", best), ("mean over trained strategies", mean)):
+        wide = per_seed.pivot_table(index=["data", "seed"], columns="smoothing", values="f1")
+        paired = wide.sub(wide.iloc[:, 0], axis=0).iloc[:, 1:]  # each value minus the first, seed by seed
+        print(f"\n{label}, minus smoothing {wide.columns[0]:g} on the same seed (mean [min, max], wins/seeds):")
+        for name, g in paired.groupby(level="data", sort=False):
+            for s in g.columns:
+                d = g[s]
+                print(f"  {name:9s} {s:g}: {d.mean():+.4f} [{d.min():+.4f}, {d.max():+.4f}] {(d > 0).sum()}/{len(d)}")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ class Train:
     jobs: int = 0           # worker processes for independent trainings (strategies, variants); 0 = every usable core
     class_weight: str = "none"  # none | balanced: classes weighted N / (K * n_k) in every classifier's loss
     lr_schedule: str = "constant"  # constant | cosine | flat_cosine: lr per epoch over train.epochs (train.lr_factor)
-    label_smoothing: float = 0.0   # in [0, 1): a classifier's training targets (1 - s) * one-hot + s / K
+    label_smoothing: float = 0.1   # in [0, 1): a classifier's training targets (1 - s) * one-hot + s / K; 0.1 won
+                                   # on validation (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
