@@ -46,7 +46,7 @@ CANDIDATES = {"plain 2x64": {"width": 64}, "3x128": {"depth": 3, "width": 128}, 
               "2x256 ens 8": {"width": 256, "ensemble": 8},
               "2x256 ens 8 mean loss": {"width": 256, "ensemble": 8, "mean loss": True},
               # the default regressor (width auto: 256 here) against RealMLP-style preprocessing and schedules
-              "default": {}, "robust": {"data.scaling": "robust"},
+              "default": {}, "robust": {"data.scaling": "robust"}, "quantile": {"data.scaling": "quantile"},
               "cosine p50": {"train.lr_schedule": "cosine", "train.patience": 50},
               "flat_cosine 100": {"train.lr_schedule": "flat_cosine", "train.epochs": 100, "train.patience": 0},
               "cosine 50": {"train.lr_schedule": "cosine", "train.epochs": 50, "train.patience": 0},

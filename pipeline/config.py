@@ -17,7 +17,7 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 EMBEDDINGS = ("none", "periodic", "piecewise")
 DEVICES = ("auto", "cpu", "cuda")
 SCALINGS = ("standard", "none")
-FEATURE_SCALINGS = ("standard", "robust", "none")  # data.scaling; robust: data.Preprocessor's median/IQR + smooth clip
+FEATURE_SCALINGS = ("standard", "robust", "quantile", "none")  # data.scaling (data.Preprocessor)
 LR_SCHEDULES = ("constant", "cosine", "flat_cosine")  # train.lr_schedule (train.lr_factor)
 TRANSFORMS = ("none", "log1p")
 TUNE_METRICS = {"val/f1_macro": "maximize", "val/log_loss": "minimize"}  # objective -> direction
@@ -60,8 +60,9 @@ class Data:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     features: tuple[str, ...] = ()   # feature columns in the model's order; () = every other column
-    scaling: str = "standard"        # standard | robust | none: whether the model sees standardised features;
-                                     # robust: (x - median) / (IQR / 1.349), then smoothly clipped to (-3, 3)
+    scaling: str = "standard"        # standard | robust | quantile | none: whether the model sees standardised
+                                     # features; robust: (x - median) / (IQR / 1.349), smoothly clipped to (-3, 3);
+                                     # quantile: normal scores of the training quantiles
     target_scaling: str = "standard" # standard | none: whether the model's output is the standardised target
     target_transform: str = "none"   # none | log1p: the regressor learns log(1 + target); classes stay in target units
     folds: str = "auto"               # K outer folds for cross-fitting, 1 = one split; auto: 5 below 10,000 rows
@@ -256,8 +257,8 @@ OPTIONS = (
     Option("head", "user_model.head", "Dotted module name of the regression head (default: found by a forward pass).",
            mlproject=(*_BRING, "head-swap")),
     Option("scaling", "data.scaling", "Whether the model expects standardised features (default standard); robust: "
-                                      "median and IQR, outliers smoothly clipped.",
-           choices=FEATURE_SCALINGS, mlproject=_RUNS, note="standard | robust | none"),
+                                      "median and IQR, outliers smoothly clipped; quantile: normal scores.",
+           choices=FEATURE_SCALINGS, mlproject=_RUNS, note="standard | robust | quantile | none"),
     Option("target_scaling", "data.target_scaling",
            "Whether the model outputs the standardised target (default standard).", choices=SCALINGS, mlproject=_RUNS),
     Option("target_transform", "data.target_transform", "none (default) or log1p: the regressor learns log(1 + "

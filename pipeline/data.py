@@ -332,7 +332,12 @@ class Preprocessor:
     `robust` (data.scaling robust, after RealMLP; Holzmüller et al., 2024): a numeric column is centred on its
     median and divided by its IQR / 1.349 (the std of a normal column; the std where the IQR is 0), then
     smoothly clipped, z / sqrt(1 + (z / 3)^2): near-linear inside +-1, never beyond +-3, so outliers keep their
-    order but stop dominating. `clip` records that last step, which `transform` applies."""
+    order but stop dominating. `clip` records that last step, which `transform` applies.
+
+    `quantile` (data.scaling quantile, scikit-learn's QuantileTransformer with a normal output): a numeric column
+    goes through its training quantiles (`quantiles`, at most 1,000 per column) to its rank in [0, 1], then to
+    the standard normal's quantile of that rank, bounded at +-5.2 (ranks 1e-7 from 0 and 1), as scikit-learn's
+    for a continuous column; tied quantiles (a binary column) map to the middle of their ranks, not to +-5.2."""
 
     numeric: list[str]
     medians: list[float]
@@ -340,9 +345,11 @@ class Preprocessor:
     stds: list[float]
     categories: dict[str, list[str]] = field(default_factory=dict)
     clip: bool = False  # smooth clipping after scaling (robust)
+    quantiles: list[list[float]] = field(default_factory=list)  # per numeric column (quantile); [] = none
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, standardize: bool = True, robust: bool = False) -> Preprocessor:
+    def fit(cls, frame: pd.DataFrame, standardize: bool = True, robust: bool = False,
+            quantile: bool = False) -> Preprocessor:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         cats = [c for c in frame.columns if c not in numeric]
         values = frame[numeric].astype("float64")
@@ -356,8 +363,13 @@ class Preprocessor:
             means, stds = filled.mean().tolist(), filled.std(ddof=0).replace(0.0, 1.0).fillna(1.0).tolist()
         else:  # the model was trained on raw features: impute, but keep the scale
             means, stds = [0.0] * len(numeric), [1.0] * len(numeric)
+        quantiles = []
+        if quantile:  # the quantiles replace the scaling: the normal scores are already centred and scaled
+            ranks = np.linspace(0, 1, min(1000, max(len(filled), 2)))
+            quantiles = [np.quantile(filled[c].to_numpy(), ranks).tolist() for c in numeric]
+            means, stds = [0.0] * len(numeric), [1.0] * len(numeric)
         categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in cats}
-        return cls(numeric, medians.tolist(), means, stds, categories, clip=robust)
+        return cls(numeric, medians.tolist(), means, stds, categories, clip=robust, quantiles=quantiles)
 
     @property
     def columns(self) -> list[str]:
@@ -372,6 +384,8 @@ class Preprocessor:
         """(N, n_features) float32 array; a value too large for float32 once scaled is inf (callers refuse it)."""
         values = frame[self.numeric].astype("float64").to_numpy()
         values = np.where(np.isnan(values), np.asarray(self.medians), values)
+        if self.quantiles:
+            values = np.stack([normal_scores(values[:, j], q) for j, q in enumerate(self.quantiles)], axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             z = (values - np.asarray(self.means)) / np.asarray(self.stds)
             parts = [(z / np.sqrt(1 + (z / 3) ** 2) if self.clip else z).astype(np.float32)]
@@ -383,6 +397,17 @@ class Preprocessor:
             onehot[rows, codes[rows]] = 1.0
             parts.append(onehot)
         return np.concatenate(parts, axis=1)
+
+
+def normal_scores(x: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """`x`'s rank among the training `quantiles` (interpolated, in [0, 1]; averaged over the two directions so
+    tied quantiles give the middle of their ranks), as the standard normal's quantile."""
+    from scipy.special import ndtri
+
+    q = np.asarray(quantiles)
+    ranks = np.linspace(0, 1, len(q))
+    r = 0.5 * (np.interp(x, q, ranks) - np.interp(-x, -q[::-1], -ranks[::-1]))
+    return ndtri(np.clip(r, 1e-7, 1 - 1e-7))
 
 
 # ------------------------------------------------------------------------------------------ split
@@ -638,7 +663,7 @@ def build(cfg: Data, frame: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
     _check_features(features, len(train_idx))
     with np.errstate(over="ignore", invalid="ignore"):  # a huge column's std overflows: refused below, quietly
         pre = Preprocessor.fit(features.iloc[train_idx], standardize=cfg.scaling != "none",
-                               robust=cfg.scaling == "robust")
+                               robust=cfg.scaling == "robust", quantile=cfg.scaling == "quantile")
     y_mean, y_std = _target_scale(cfg, y, y[train_idx])
 
     def split(idx: np.ndarray) -> Split:

@@ -420,8 +420,24 @@ def test_data_scaling_robust_reaches_the_preprocessor(tiny_data):
     assert data.Preprocessor(**dataclasses.asdict(robust.preprocessor)).clip  # what a served model rebuilds
 
 
-@pytest.mark.parametrize("key, value", [("data.scaling", "quantile"), ("data.target_scaling", "robust"),
+@pytest.mark.parametrize("key, value", [("data.scaling", "rank"), ("data.target_scaling", "robust"),
                                         ("train.lr_schedule", "linear"), ("train.label_smoothing", 1.0)])
 def test_unknown_scaling_schedule_or_smoothing_is_refused(key, value):
     with pytest.raises(UserError, match=key.split(".")[1]):
         tiny_config(**{key: value})
+
+
+def test_quantile_scaling_matches_scikit_learns_normal_output_on_a_continuous_column():
+    from sklearn.preprocessing import QuantileTransformer
+
+    frame = pd.DataFrame({"a": np.random.default_rng(0).exponential(size=300)})
+    expected = QuantileTransformer(n_quantiles=300, output_distribution="normal").fit_transform(frame.to_numpy())
+    got = data.Preprocessor.fit(frame, quantile=True).transform(frame)
+    assert got[:, 0] == pytest.approx(expected[:, 0], abs=1e-5)
+
+
+def test_quantile_scaling_maps_a_binary_column_to_the_middle_of_its_ranks():
+    frame = pd.DataFrame({"flag": [0.0] * 6 + [1.0] * 4})
+    x = data.Preprocessor.fit(frame, quantile=True).transform(frame)[:, 0]
+    assert len(set(x.tolist())) == 2 and -2 < x.min() < 0 < x.max() < 2  # not the +-5.2 bounds
+    assert np.all(x[:6] == x.min()) and np.all(x[6:] == x.max())
