@@ -79,7 +79,8 @@ def main() -> None:
     print("\nmean validation macro-F1 over seeds, per strategy:\n" + per.round(3).to_string())
     best = table.groupby(["data", "smoothing", "seed"]).f1.max().reset_index()
     summary = best.groupby(["data", "smoothing"]).f1.agg(["mean", "min", "max"])
-    print("\nbest trained strategy's validation macro-F1 (mean [min, max] over seeds):\n" + summary.round(3).to_string())
+    print("\nbest trained strategy's validation macro-F1 (mean [min, max] over seeds):\n"
+          + summary.round(3).to_string())
     mean = table.groupby(["data", "smoothing", "seed"]).f1.mean().reset_index()
     summary = mean.groupby(["data", "smoothing"]).f1.agg(["mean", "min", "max"])
     print("\nmean over trained strategies (mean [min, max] over seeds):\n" + summary.round(3).to_string())

@@ -116,7 +116,8 @@ def test_label_smoothing_changes_the_training_loss_not_the_validation_loss(tiny_
 
 
 @pytest.mark.parametrize("schedule, epoch, expected", [
-    ("constant", 7, 1.0), ("cosine", 1, 1.0), ("cosine", 51, 0.5), ("cosine", 100, 0.5 * (1 + math.cos(0.99 * math.pi))),
+    ("constant", 7, 1.0), ("cosine", 1, 1.0), ("cosine", 51, 0.5),
+    ("cosine", 100, 0.5 * (1 + math.cos(0.99 * math.pi))),
     ("flat_cosine", 50, 1.0), ("flat_cosine", 51, 1.0), ("flat_cosine", 76, 0.5),
     ("flat_cosine", 100, 0.5 * (1 + math.cos(0.98 * math.pi)))])
 def test_lr_factor_at_chosen_epochs(schedule, epoch, expected):
