@@ -53,6 +53,20 @@ def _parent(runs):
 
 
 @pytest.mark.slow
+def test_head_swap_picks_the_strategy_best_by_its_mean_over_seeds_and_ships_its_best_seed(converted):
+    runs = runs_of(converted["experiment"])
+    [stage] = [r for r in runs if r.data.tags["stage"] == "head_swap" and "strategy" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stage.info.run_id
+                and "training" not in r.data.tags]
+    means = pd.DataFrame([{"strategy": r.data.tags["strategy"], "f1": r.data.metrics["val/f1_macro"]}
+                          for r in children]).groupby("strategy").f1.mean()
+    chosen = next(r for r in children if r.info.run_id == stage.data.tags["model_run"])
+    assert means[chosen.data.tags["strategy"]] == means.max()
+    assert chosen.data.metrics["val/f1_macro"] == max(r.data.metrics["val/f1_macro"] for r in children
+                                                       if r.data.tags["strategy"] == chosen.data.tags["strategy"])
+
+
+@pytest.mark.slow
 def test_leaderboard_is_the_mean_and_std_of_the_stored_runs(converted):
     runs = runs_of(converted["experiment"])
     parent = _parent(runs)

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # lowest first; module names relative to the package ("stages" is stages/__init__.py)
 LAYERS = [
     {"__init__", "strategies", "config", "stop", "memory", "progress"},                  # foundation
-    {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks"},     # models and numbers
+    {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks", "selection"},  # models, numbers
     # the store, processes, outputs
     {"backend", "tracking", "checkpoint", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},
     {"stages.common", "stages.heads", "stages.reference"},                               # what stages share

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import checkpoint, decision, registry, tracking
+from .. import checkpoint, decision, registry, selection, tracking
 from ..config import Config
 from ..data import Prepared
 from .common import stands_for
@@ -76,7 +76,7 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
     k = splits[0].n_classes
     members, temperatures, scores, classes = [], [], [], []
     for data, on_fold in zip(splits, by_fold):
-        best = max(on_fold, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf")))
+        best = selection.best_run(on_fold)
         member = checkpoint.load_run_model(best.info.run_id).cpu()
         temperatures.append(decision.rule_of(member, k)["temperature"])
         members.append(member)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from torch import nn
 
-from .. import checkpoint, jobs, tracking
+from .. import checkpoint, jobs, selection, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import mark_start, portable
@@ -24,7 +24,8 @@ from .heads import check_convertible, classifier_from, strategies_for
 def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = False,
               started: dict[tuple[str, int], Future] | None = None) -> StageResult:
     """One nested run per strategy, all on the same splits, converting `baseline`'s regressor; the
-    output is the classifier best on validation macro-F1 (`threshold`, the bar, included). `started`: the
+    output is the strategy best on validation macro-F1, by its mean over seeds (`threshold`, the bar, included),
+    as its best seed's classifier (selection.py). `started`: the
     runs `start_early` began while the baseline trained, by (strategy, seed), which this stage adopts."""
     sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
                 "seeds": cfg.seeds}
@@ -43,7 +44,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     if skipped and data.fold in (None, 0):  # said once, not once a fold
         say(f"head_swap: {', '.join(skipped)} skipped: with two classes they are warm_start and finetune "
             "under other names")
-    best_f1, best_run = -1.0, None
+    rows = []  # the trusted runs: a strategy's seeds, each with its validation values
     with tracking.start(run_name("head_swap", data), "head_swap",
                         tags={"stage_key": key, "baseline_run": baseline.run_id, **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
@@ -66,19 +67,30 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
             if values is None:  # this strategy cannot handle the model: the others go on
                 warn(f"{label} FAILED ({flag}); run {child_id}")
                 continue
-            if not flag and values["val/f1_macro"] > best_f1:  # the first of equals wins, as in task order
-                best_f1, best_run = values["val/f1_macro"], child_id
+            if not flag:  # a diverged, collapsed or untrained run is logged, never chosen
+                rows.append({"strategy": strategy, "run_id": child_id, **values})
             detail(f"{label}: validation macro-F1 {values['val/f1_macro']:.3f}, accuracy {values['val/accuracy']:.3f}, "
                    f"log loss {values['val/log_loss']:.3f}" + (f" ({flag})" if flag else ""))
-        if best_run:
-            stands_for(best_run)
-            if data.fold is None:  # cross-fitted, convert says which strategy the folds chose together
-                say(f"head_swap: best on validation {tracking.get_run(best_run).data.tags.get('strategy')} "
-                    f"(macro-F1 {best_f1:.3f})")
+        best_run = _choose(rows, cfg.seeds, data)
     if best_run is None:
         raise UserError(f"{where('head_swap', data)}: no strategy gave a classifier that can be trusted (each failed, "
                         "diverged or stayed untrained; see the lines above); try other --strategies or more epochs")
     return StageResult(run_id, checkpoint.load_run_model(best_run) if best_run else None, best_run)
+
+
+def _choose(rows: list[dict], seeds: int, data: Prepared) -> str | None:
+    """The run that stands for the stage (None without a trusted run): the strategy with the best mean over
+    seeds on validation, by its best seed's run (selection.py)."""
+    if not rows:
+        return None
+    means = {m["strategy"]: m for m in selection.by_strategy(rows)}
+    pick = selection.best(list(means.values()))
+    best_run = selection.best_run([r for r in rows if r["strategy"] == pick], score=lambda r: r["val/f1_macro"])
+    stands_for(best_run["run_id"])
+    if data.fold is None:  # cross-fitted, convert says which strategy the folds chose together
+        say(f"head_swap: best on validation {pick} (macro-F1 {means[pick]['val/f1_macro']:.3f}"
+            + (f", the mean of {seeds} seeds)" if seeds > 1 else ")"))
+    return best_run["run_id"]
 
 
 def start_early(cfg: Config, data: Prepared, regressor: nn.Module, parent: str) -> dict[tuple[str, int], Future]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import metrics, report, stats, tracking
+from .. import metrics, report, selection, stats, tracking
 from ..config import COMPARE_METRICS
 from ..strategies import STRATEGY
 
@@ -126,7 +126,7 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
         row["scope"] = (f"pooled over {n_folds} folds" if n_folds > 1 else f"fold {folds.pop()} only" if folds
                         else "test split")
         first_split = [r for r in group if r.data.tags.get("fold") in (None, "0")] or group
-        row["best_run"] = max(first_split, key=lambda r: r.data.metrics.get("val/f1_macro", float("-inf"))).info.run_id
+        row["best_run"] = selection.best_run(first_split).info.run_id
         row["runs"] = ",".join(r.info.run_id for r in group)
         row["excluded"] = next((r.data.tags["training"] for r in group if "training" in r.data.tags), "")
         rows.append(row)

@@ -6,11 +6,10 @@ import dataclasses
 import itertools
 from dataclasses import asdict
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import checkpoint, jobs, report, tracking
+from .. import checkpoint, jobs, report, selection, tracking
 from ..config import Config
 from ..data import Prepared
 from ..model import architecture, mark_start, portable
@@ -59,9 +58,9 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
             if not flag:  # a diverged or collapsed variant is logged, never recommended
                 rows.append({"strategy": strategy, "run_id": child_id, **values})
             detail(f"{label}: {values['cost/params']:.0f} params, validation macro-F1 {values['val/f1_macro']:.3f}")
-        means = _mean_by_strategy(rows)  # with several seeds, a variant is judged by its mean
-        pick = recommend(means, cfg.slim.tolerance)
-        chosen = max((r for r in rows if r["strategy"] == pick), key=lambda r: r["val/f1_macro"])
+        means = selection.by_strategy(rows)  # with several seeds, a variant is judged by its mean
+        pick = selection.smallest_within(means, cfg.slim.tolerance)
+        chosen = selection.best_run([r for r in rows if r["strategy"] == pick], score=lambda r: r["val/f1_macro"])
         tracking.set_tags({"recommended": pick})
         stands_for(chosen["run_id"])
         unslimmed = tracking.get_run(source.model_run).data.tags.get("strategy", "slimming's input")
@@ -108,30 +107,12 @@ def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared
     return child_id, values, flag
 
 
-def recommend(means: list[dict], tolerance: float) -> str:
-    """The variant to ship: the smallest (fewest parameters) whose validation macro-F1 is within `tolerance` of
-    the best; `means` holds one dict per variant (strategy, val/f1_macro, cost/params), the unslimmed included."""
-    best = max(m["val/f1_macro"] for m in means)
-    return min((m for m in means if m["val/f1_macro"] >= best - tolerance),
-               key=lambda m: (m["cost/params"], -m["val/f1_macro"]))["strategy"]
-
-
 def _check_rebuild(model: nn.Module, data: Prepared) -> None:
     """The recorded surgery must recreate the model exactly: later stages and the champion load it so."""
     rebuilt = checkpoint.rebuild(architecture(model), model.state_dict())
     x = data.val.x[:64]
     if not torch.allclose(predict(rebuilt, x), predict(model, x, next(model.parameters()).device), atol=1e-5):
         raise RuntimeError("the slimmed model's recorded architecture does not rebuild it; please report this model")
-
-
-def _mean_by_strategy(rows: list[dict]) -> list[dict]:
-    """One row per strategy: the mean of every numeric value over its seeds."""
-    out: dict[str, dict] = {}
-    for r in rows:
-        out.setdefault(r["strategy"], []).append(r)
-    return [{"strategy": name, **{k: float(np.mean([r[k] for r in group])) for k, v in group[0].items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}}
-            for name, group in out.items()]
 
 
 def _unslimmed_values(model: nn.Module, data: Prepared, device) -> dict[str, float]:
