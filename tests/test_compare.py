@@ -216,3 +216,34 @@ def test_rest_api_of_a_tracking_server_finds_every_run(mlflow_server, converted_
         assert run["info"]["status"] == "FINISHED"
     assert set(found) == {"threshold", "finetune"}
     assert all("test/f1_macro" in m and "cost/params" in m for m in found.values())
+
+
+def _fold_run(fold: int, seed: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(info=SimpleNamespace(run_id=f"f{fold}s{seed}"),
+                           data=SimpleNamespace(tags={"fold": str(fold), "seed": str(seed)}))
+
+
+def _logged(fold: int) -> dict:
+    rows = np.array([2 * fold, 2 * fold + 1])
+    return {"rows": rows, "c": np.array([0, 1]), "proba": np.eye(2), "pred": np.array([0, 1]),
+            "val_c": np.array([1]), "val_pred": np.array([1])}
+
+
+@pytest.mark.parametrize("seeds, pooled_seeds", [((42, 43), 1), ((42, 42), 1)], ids=["seeds_differ", "same_seed"])
+def test_one_run_a_fold_pools_over_the_folds_whatever_their_seeds(seeds, pooled_seeds):
+    """The cross-fitted tuned row holds each fold's kept model, trained with whichever seed that fold's choice
+    had: its folds pool into one set of predictions covering every row, not one partial set per seed."""
+    from pipeline.stages.leaderboard import pooled_predictions
+
+    runs = [_fold_run(fold, seed) for fold, seed in enumerate(seeds)]
+    pooled = pooled_predictions(runs, {r.info.run_id: _logged(fold) for fold, r in enumerate(runs)})
+    assert pooled is not None and list(pooled.rows) == [0, 1, 2, 3] and pooled.proba.shape[0] == pooled_seeds
+
+
+def test_seeds_that_ran_on_different_folds_do_not_pool():
+    from pipeline.stages.leaderboard import pooled_predictions
+
+    runs = [_fold_run(0, 42), _fold_run(0, 43), _fold_run(1, 42)]
+    assert pooled_predictions(runs, {r.info.run_id: _logged(int(r.data.tags["fold"])) for r in runs}) is None

@@ -65,12 +65,16 @@ def strategy_runs(stage_run: str) -> list:
 def pooled_predictions(group: list, read: dict[str, dict | None] | None = None) -> Predictions | None:
     """The predictions of a row's runs, concatenated over folds (in fold order) for each seed; None when a run
     logged none. `read`: what tracking.read_predictions already returned, by run id."""
+    folds = [r.data.tags.get("fold", "0") for r in group]
+    # one run a fold (the tuning procedure's: each fold's kept model, whatever seed it was trained with) pools as
+    # one; several runs a fold are seeds, each pooled over the folds on its own
+    one_a_fold = len(set(folds)) == len(folds)
     by_seed: dict[str, list[dict]] = {}
     for run in sorted(group, key=lambda r: int(r.data.tags.get("fold", 0))):
         logged = read[run.info.run_id] if read is not None else tracking.read_predictions(run.info.run_id)
         if logged is None:
             return None
-        by_seed.setdefault(run.data.tags.get("seed", ""), []).append(logged)
+        by_seed.setdefault("" if one_a_fold else run.data.tags.get("seed", ""), []).append(logged)
     parts = []
     for logged in by_seed.values():
         rows = np.concatenate([p["rows"] for p in logged])
@@ -231,11 +235,19 @@ def simplicity(row: pd.Series) -> tuple:
     return kind, params, STRATEGY[name].simpler if name in STRATEGY else len(STRATEGY), name
 
 
+def is_tuning_procedure(row: pd.Series) -> bool:
+    """Whether a leaderboard row is the cross-fitted tuned row: each fold's kept model (stages/tune.tune_folds)."""
+    return row["stage"] == "tune" and str(row.get("scope", "")).startswith("pooled over")
+
+
 def choose(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions], metric: str, seed: int = 0,
            n_boot: int = 1000) -> None:
     """The champion, on validation only, into `board` in place (columns `best_val`, `tied`, `champion`).
 
-    Candidates are our classifiers and the floor (`prior`), none flagged by its training. The best on `metric`
+    Candidates are our classifiers and the floor (`prior`), none flagged by its training, and not the
+    cross-fitted tuned row: each of its folds is the model that fold's head_swap, slim and tune choices kept on
+    those same validation rows, the best of many there, so its validation score is optimistic by construction
+    (its test score, like the nested row's, is honest and reported). The best on `metric`
     (ties to the simpler) is `best_val`; every candidate whose simultaneous 95% interval against it on the same
     validation rows (paired bootstrap of its validation decisions, max-t over the candidates) does not exclude
     zero is `tied` with it; the champion is the simplest tied row (`simplicity`). When the data cannot separate
@@ -243,7 +255,8 @@ def choose(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions],
     board["best_val"] = board["tied"] = board["champion"] = False
     col = RUN_COLUMNS[metric]
     candidates = [i for i in board.index if (board.at[i, "stage"] in CANDIDATES or board.at[i, "strategy"] == PRIOR)
-                  and board.at[i, col] == board.at[i, col] and board.at[i, "excluded"] == ""]
+                  and board.at[i, col] == board.at[i, col] and board.at[i, "excluded"] == ""
+                  and not is_tuning_procedure(board.loc[i])]
     if not candidates:
         return
     sign = 1 if metric in LOWER_IS_BETTER else -1

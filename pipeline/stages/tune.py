@@ -48,14 +48,14 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False, 
     from .. import study as optuna_study
 
     recipe = optuna_study.recipe(cfg, made_by, data, resolve_device(cfg.train.device))
-    tags = {"stage_key": key, "source_run": source.model_run, **split_tags(data)}
+    train_seed = int(made_by.get("seed", cfg.seed))
+    tags = {"stage_key": key, "source_run": source.model_run, **split_tags(data), "seed": str(train_seed)}
     if not recipe.phases:
         return _nothing_to_tune(cfg, data, source, tags, untuned_name, parent, procedure)
     study = optuna_study.open_study(url, name, cfg.tune.metric)  # refuses a mismatched study before any run
     optuna_study.label(study, cfg, tuned, _convert_run(parent) if parent else tracking.active_run_id())
-    train_seed = int(made_by.get("seed", cfg.seed))
     with tracking.start(run_name("tune", data) if procedure else "tune", "tune", parent=parent,
-                        tags={**tags, "seed": str(train_seed), "optuna_study": name,
+                        tags={**tags, "optuna_study": name,
                               "optuna_storage": _safe_url(url)}) as run_id:
         log_run_inputs(cfg, data)
         best = _search(cfg, data, source, study, Search(name, url, run_id, recipe, train_seed, workers, procedure))
