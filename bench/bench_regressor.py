@@ -72,6 +72,20 @@ def mean_loss(on: bool):
         MLP.member_outputs = saved
 
 
+def table_source(name: str, args, tmp: Path) -> tuple[str, str, str]:
+    """DATASETS[name] as convert reads it: (source, target, classes), a file of --data-dir by its path, diamonds
+    sampled to --diamonds-rows in `tmp`, friedman1 at --friedman-rows."""
+    source, target, classes = DATASETS[name]
+    source = source.format(friedman_rows=args.friedman_rows)
+    if source.endswith(".csv"):
+        source = str(args.data_dir.resolve() / source)
+    if name == "diamonds":
+        frame = pd.read_csv(source).sample(n=args.diamonds_rows, random_state=0)
+        source = str(tmp / "diamonds_sample.csv")
+        frame.to_csv(source, index=False)
+    return source, target, classes
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--diamonds-rows", type=int, default=15000)
@@ -97,14 +111,7 @@ def main() -> None:
     mlflow.set_experiment("bench_regressor")
     rows = []
     for name in args.data.split(","):
-        source, target, classes = DATASETS[name]
-        source = source.format(friedman_rows=args.friedman_rows)
-        if source.endswith(".csv"):
-            source = str(args.data_dir.resolve() / source)
-        if name == "diamonds":
-            frame = pd.read_csv(source).sample(n=args.diamonds_rows, random_state=0)
-            source = str(tmp / "diamonds_sample.csv")
-            frame.to_csv(source, index=False)
+        source, target, classes = table_source(name, args, tmp)
         for seed in range(args.seed, args.seed + args.seeds):
             base = {"data.source": source, "data.target": target, "data.classes": classes, "data.folds": "1",
                     "seed": seed, "train.device": "cpu"}

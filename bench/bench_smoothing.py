@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_regressor import DATA, DATASETS
+from bench_regressor import DATA, table_source
 
 
 def main() -> None:
@@ -51,14 +51,7 @@ def main() -> None:
     mlflow.set_experiment("bench_smoothing")
     rows = []
     for name in args.data.split(","):
-        source, target, classes = DATASETS[name]
-        source = source.format(friedman_rows=args.friedman_rows)
-        if source.endswith(".csv"):
-            source = str(args.data_dir.resolve() / source)
-        if name == "diamonds":
-            source_frame = pd.read_csv(source).sample(n=args.diamonds_rows, random_state=0)
-            source = str(tmp / "diamonds_sample.csv")
-            source_frame.to_csv(source, index=False)
+        source, target, classes = table_source(name, args, tmp)
         for seed in range(args.seeds):
             base = {"data.source": source, "data.target": target, "data.classes": classes, "data.folds": "1",
                     "seed": seed, "train.device": "cpu", "train.jobs": 1,
