@@ -235,19 +235,14 @@ def simplicity(row: pd.Series) -> tuple:
     return kind, params, STRATEGY[name].simpler if name in STRATEGY else len(STRATEGY), name
 
 
-def is_tuning_procedure(row: pd.Series) -> bool:
-    """Whether a leaderboard row is the cross-fitted tuned row: each fold's kept model (stages/tune.tune_folds)."""
-    return row["stage"] == "tune" and str(row.get("scope", "")).startswith("pooled over")
-
-
 def choose(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions], metric: str, seed: int = 0,
            n_boot: int = 1000) -> None:
     """The champion, on validation only, into `board` in place (columns `best_val`, `tied`, `champion`).
 
-    Candidates are our classifiers and the floor (`prior`), none flagged by its training, and not the
-    cross-fitted tuned row: each of its folds is the model that fold's head_swap, slim and tune choices kept on
-    those same validation rows, the best of many there, so its validation score is optimistic by construction
-    (its test score, like the nested row's, is honest and reported). The best on `metric`
+    Candidates are our classifiers and the floor (`prior`), none flagged by its training. The cross-fitted
+    tuned row is one: each of its folds is the model that fold's own choices kept on those validation rows, so
+    its validation score leans optimistic, but its test score is pooled out of fold, honest whichever row is
+    chosen, and when tuning is what makes a model at all, only this row can ship it. The best on `metric`
     (ties to the simpler) is `best_val`; every candidate whose simultaneous 95% interval against it on the same
     validation rows (paired bootstrap of its validation decisions, max-t over the candidates) does not exclude
     zero is `tied` with it; the champion is the simplest tied row (`simplicity`). When the data cannot separate
@@ -255,8 +250,7 @@ def choose(board: pd.DataFrame, predictions: dict[tuple[str, str], Predictions],
     board["best_val"] = board["tied"] = board["champion"] = False
     col = RUN_COLUMNS[metric]
     candidates = [i for i in board.index if (board.at[i, "stage"] in CANDIDATES or board.at[i, "strategy"] == PRIOR)
-                  and board.at[i, col] == board.at[i, col] and board.at[i, "excluded"] == ""
-                  and not is_tuning_procedure(board.loc[i])]
+                  and board.at[i, col] == board.at[i, col] and board.at[i, "excluded"] == ""]
     if not candidates:
         return
     sign = 1 if metric in LOWER_IS_BETTER else -1

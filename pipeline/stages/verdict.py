@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import tracking
-from .leaderboard import NESTED, PRIOR, RUN_COLUMNS, is_tuning_procedure
+from .leaderboard import NESTED, PRIOR, RUN_COLUMNS
 
 
 def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
@@ -47,7 +47,7 @@ def role(row: pd.Series) -> str:
         return "bar"
     if name == PRIOR:
         return "floor"
-    if name == NESTED or is_tuning_procedure(row):
+    if name == NESTED:
         return "procedure"
     if name.startswith("reference"):
         return "reference"
