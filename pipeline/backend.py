@@ -144,8 +144,6 @@ def _empty_store(path: Path) -> None:
     import shutil
     import sqlite3
 
-    import mlflow
-
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reg2cls"
     kept = cache / f"empty-mlflow-{mlflow.__version__}.db"
     if kept.is_file():

@@ -75,7 +75,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     if best_run is None:
         raise UserError(f"{where('head_swap', data)}: no strategy gave a classifier that can be trusted (each failed, "
                         "diverged or stayed untrained; see the lines above); try other --strategies or more epochs")
-    return StageResult(run_id, checkpoint.load_run_model(best_run) if best_run else None, best_run)
+    return StageResult(run_id, checkpoint.load_run_model(best_run), best_run)
 
 
 def _choose(rows: list[dict], seeds: int, data: Prepared) -> str | None:

@@ -191,9 +191,10 @@ def _log_untuned(cfg: Config, data: Prepared, source: StageResult) -> None:
     so that the fold's run holds its part of the tuned row."""
     made_by = tracking.get_run(source.model_run)
     seconds = made_by.data.metrics.get("cost/train_seconds", 0.0)
+    device = resolve_device(cfg.train.device)
     stands_for(tracking.active_run_id())
-    log_classifier(source.model.to(resolve_device(cfg.train.device)), data, resolve_device(cfg.train.device),
-                   seconds, 0, cfg.seed, identity_rule=made_by.data.tags.get("strategy") == "threshold")
+    log_classifier(source.model.to(device), data, device, seconds, 0, cfg.seed,
+                   identity_rule=made_by.data.tags.get("strategy") == "threshold")
 
 
 def _say_choice(cfg: Config, data: Prepared, best, choice: Choice, untuned_name: str, train_seed: int,
