@@ -420,7 +420,7 @@ def tuning_figures(tune_run: str | None, metric: str, images: dict, notes: dict)
         notes[title] = (f"Tuned {metric} {after:.4f} vs {before:.4f} for its untuned start ({start}): {change:+.4f}."
                         + (" Tuning changed little: the untuned model was already as good as the search could make "
                            "it." if abs(change) < 0.005 else ""))
-    history = tracking.read_artifact(tune_run, "optuna_history.png")
+    history = tracking.read_artifact(run, "optuna_history.png")
     if history:
         title = "Optuna: optimisation history"
         images[title] = history
@@ -444,17 +444,18 @@ def _tuning(run, metric: str) -> tuple[tuple[str, float], float] | None:
 
 
 # ------------------------------------------------------------------ what the runs table says without picking columns
-def describe_runs(board: pd.DataFrame, metric: str, stage_runs: dict[str, str]) -> None:
+def describe_runs(board: pd.DataFrame, metric: str, stage_runs: dict[str, str], runs: dict) -> None:
     """Write what people need beside each run in the MLflow UI: every run of a leaderboard row gets a description
     (what it is, which fold, that the row's pooled test figure is not this run's own), and the head_swap and slim
     stage runs (and their fold runs) get the validation and test macro-F1 of the row they chose, rounded to 3
-    decimals: the fold mean and the pooled figure that appear nowhere else in the runs table."""
+    decimals: the fold mean and the pooled figure that appear nowhere else in the runs table. `runs`: the board's
+    runs by id, as the leaderboard read them."""
     from . import tracking
 
     for rank, row in enumerate(board.itertuples(index=False), start=1):
         ids = [r for r in str(row.runs).split(",") if r] if isinstance(row.runs, str) else []
         for run_id in ids:
-            tags = tracking.get_run(run_id).data.tags
+            tags = runs[run_id].data.tags
             note = _run_note(row, rank, len(board), metric, {"folds": stage_runs.get("folds", "?"), **tags})
             tracking.set_tags({tracking.NOTE_TAG: note}, run_id)
     for key in ("head_swap_run", "slim_run"):

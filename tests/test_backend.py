@@ -1,7 +1,9 @@
 """backend: opening the tracking store."""
+import os
 import sqlite3
 
 import mlflow
+import pytest
 
 
 def _experiments(path) -> list[tuple]:
@@ -22,3 +24,33 @@ def test_a_new_sqlite_store_is_a_copy_of_the_kept_empty_one_with_its_own_default
         assert _experiments(tmp_path / name / "mlflow.db") == [("Default", str(tmp_path / name / "mlruns" / "0"))]
     [kept] = (tmp_path / "cache" / "reg2cls").iterdir()
     assert kept.name == f"empty-mlflow-{mlflow.__version__}.db" and _experiments(kept) == []
+
+
+def _artifact_run(experiment: str):
+    """A finished run of `experiment` with one artifact, `notes/a.txt`."""
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_text("ratio 0.8", "notes/a.txt")
+    return mlflow.get_run(run.info.run_id)
+
+
+def test_read_artifact_reads_a_local_artifact_by_run_or_by_id_and_none_when_missing(experiment):
+    from pipeline import tracking
+
+    run = _artifact_run(experiment)
+    assert tracking.read_artifact(run, "notes/a.txt") == b"ratio 0.8"
+    assert tracking.read_artifact(run.info.run_id, "notes/a.txt") == b"ratio 0.8"
+    assert tracking.read_artifact(run, "notes/missing.txt") is None
+
+
+@pytest.mark.slow
+def test_read_artifact_downloads_what_a_tracking_server_serves(mlflow_server, monkeypatch):
+    """Through a server the artifact URI is mlflow-artifacts:/, not a path here: read by download."""
+    from pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    run = _artifact_run(f"read-{os.getpid()}")
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert tracking.read_artifact(run, "notes/a.txt") == b"ratio 0.8"
+    assert tracking.read_artifact(run, "notes/missing.txt") is None

@@ -77,7 +77,8 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
             tracking.describe_experiment(EXPERIMENT_NOTE)
             tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                                "registered_model": registered, "registered_version": version})
-            table = _log_report(cfg, board, top, summary, data.class_names, tags, tune_run, parent)
+            table = _log_report(cfg, board, top, summary, data.class_names, tags, tune_run, parent,
+                                {r.info.run_id: r for r in runs})
     tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                        **({"model_run": champion_run} if version else {}),
                        "registered_model": registered, "registered_version": version,
@@ -102,14 +103,14 @@ def _stage_runs(tags: dict[str, str]) -> tuple[list, object]:
 
 
 def _log_report(cfg: Config, board: pd.DataFrame, top: pd.Series, summary: list[str], class_names: list[str],
-                tags: dict[str, str], tune_run, parent: str) -> str:
+                tags: dict[str, str], tune_run, parent: str, runs: dict) -> str:
     """The figures, each run's description and the artifacts on the convert run: leaderboard.csv,
     leaderboard.md and report.html (the `summary` with why there is no tuned row, when there is none). Returns
-    the leaderboard's markdown."""
+    the leaderboard's markdown. `runs`: the compared runs by id, as read for the leaderboard."""
     metric = cfg.compare.metric
-    pooled = pooled_predictions([tracking.get_run(run) for run in str(top["runs"]).split(",")])
+    pooled = pooled_predictions([runs[run] for run in str(top["runs"]).split(",")])
     images, notes = report.figures(board, pooled, metric, class_names, tags)
-    report.describe_runs(board, metric, tags)
+    report.describe_runs(board, metric, tags, runs)
     summary += tuning(tune_run)
     shown = display(board, metric)
     table = report.markdown(shown)

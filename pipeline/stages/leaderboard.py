@@ -71,7 +71,7 @@ def pooled_predictions(group: list, read: dict[str, dict | None] | None = None) 
     one_a_fold = len(set(folds)) == len(folds)
     by_seed: dict[str, list[dict]] = {}
     for run in sorted(group, key=lambda r: int(r.data.tags.get("fold", 0))):
-        logged = read[run.info.run_id] if read is not None else tracking.read_predictions(run.info.run_id)
+        logged = read[run.info.run_id] if read is not None else tracking.read_predictions(run)
         if logged is None:
             return None
         by_seed.setdefault("" if one_a_fold else run.data.tags.get("seed", ""), []).append(logged)
@@ -113,7 +113,7 @@ def leaderboard(runs: list, metric: str = "val/f1_macro", seed: int = 0, n_boot:
             tags = run.data.tags
             strategy = tags.get("strategy") or ("tuned" if tags.get("stage") == "tune" else run.info.run_name)
             groups.setdefault((tags.get("stage", ""), strategy), []).append(run)
-    read = {r.info.run_id: tracking.read_predictions(r.info.run_id) for group in groups.values() for r in group}
+    read = {r.info.run_id: tracking.read_predictions(r) for group in groups.values() for r in group}
     rows, predictions = [], {}
     for (stage, strategy), group in groups.items():
         row: dict[str, object] = {"stage": stage, "strategy": strategy, "n": len(group)}
