@@ -56,7 +56,8 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
         try:
             local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="state", dst_path=tmp))
         except (MlflowException, OSError):
-            raise UserError(f"run {run_id} has no model logged by reg2cls (artifact state/ missing)") from None
+            why = run.data.tags.get("state", "artifact state/ missing")  # a tuning trial's (study.NOT_KEPT)
+            raise UserError(f"run {run_id} has no model logged by reg2cls ({why})") from None
         return load_state(local, rebuild)
 
 

@@ -442,8 +442,24 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
             trial.set_user_attr("epochs", trained[0])
         values = val_values(model, data, device)
         tracking.log_final_metrics({**values, "cost/train_seconds": sum(h.seconds for h in hists)})
-        checkpoint.log_state(model, registry.serving_meta(data))
+        if could_be_best(trial.study, values[cfg.tune.metric]):
+            checkpoint.log_state(model, registry.serving_meta(data))
+        else:
+            tracking.set_tags({"state": NOT_KEPT})
         return values[cfg.tune.metric]
+
+
+NOT_KEPT = "not kept: below the study's best trial when it finished"  # a trial run's tag `state`
+
+
+def could_be_best(study: optuna.Study, value: float) -> bool:
+    """Whether a trial that scored `value` may end as the study's best: at least as good as every trial complete
+    so far. Only such a trial keeps its weights (state/): tune loads the best trial's model, and no trial that
+    was behind when it finished can become the best later, so the others' weights would never be read."""
+    done = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if not done:
+        return True
+    return value >= max(done) if study.direction == optuna.study.StudyDirection.MAXIMIZE else value <= min(done)
 
 
 class _Gate:

@@ -37,15 +37,53 @@ def test_objective_with_a_fixed_trial(experiment, tiny_data):
         job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), backend.setup(None),
                                stage_run, "unused", "fixed", target=1, timeout=None, seed=0,
                                recipe=optuna_study.Recipe(((5, 1.0, False),)), train_seed=0)
-        trial = optuna.trial.FixedTrial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
-        value = optuna_study.objective(trial, job, optuna_study._Gate(None))
+        study = optuna.create_study(direction="maximize")
+        study.enqueue_trial({"head_dropout": 0.1, "hidden_dropout": 0.2, "lr": 3e-3, "weight_decay": 1e-4})
+        value = optuna_study.objective(study.ask(), job, optuna_study._Gate(None))
     assert 0.0 <= value <= 1.0
     [run] = [r for r in runs_of(experiment) if r.data.tags.get("strategy") == "trial_0"]
+    assert tracking.read_artifact(run, "state/weights.pt") is not None  # the first trial may be the best
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == stage_run
     assert run.data.params["trial.hidden_dropout"] == "0.2"
     assert run.data.metrics["val/f1_macro"] == pytest.approx(value)
     assert len(mlflow_history(run.info.run_id, "epoch/val_f1_macro")) == 5  # the curve: one point an epoch
     assert len(mlflow_history(run.info.run_id, "val/f1_macro")) == 1  # the returned model's, off the curve
+
+
+def _study_with(direction: str, *values: float) -> optuna.Study:
+    study = optuna.create_study(direction=direction)
+    for v in values:
+        study.add_trial(optuna.trial.create_trial(value=v))
+    return study
+
+
+@pytest.mark.parametrize("direction, value, best", [
+    ("maximize", 0.9, True), ("maximize", 0.8, False), ("maximize", 0.95, True),
+    ("minimize", 0.5, True), ("minimize", 0.6, False)])
+def test_only_a_trial_as_good_as_every_one_before_it_could_be_the_best(direction, value, best):
+    done = (0.9, 0.7) if direction == "maximize" else (0.5, 0.55)
+    assert optuna_study.could_be_best(_study_with(direction, *done), value) is best
+
+
+def test_a_first_trial_could_be_the_best():
+    assert optuna_study.could_be_best(_study_with("maximize"), 0.1)
+
+
+def test_a_trial_behind_the_best_keeps_no_weights_and_says_why(experiment, tiny_data):
+    cfg = tiny_config(**{"tune.epochs": 2})
+    backend.use_experiment(experiment)
+    model = swap_head(MLP(tiny_data.n_features, 16, 2), "head", new_head(16, 3))
+    with tracking.start("tune", "tune") as stage_run:
+        job = optuna_study.Job(cfg, tiny_data, architecture(model), model.state_dict(), backend.setup(None),
+                               stage_run, "unused", "behind", target=2, timeout=None, seed=0,
+                               recipe=optuna_study.Recipe(((2, 1.0, False),)), train_seed=0)
+        study = _study_with("maximize", 1.01)  # above any macro-F1
+        optuna_study.objective(study.ask(), job, optuna_study._Gate(None))
+    [run] = [r for r in runs_of(experiment) if r.data.tags.get("strategy", "").startswith("trial_")]
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == optuna_study.NOT_KEPT
+    assert tracking.read_artifact(run, "state/weights.pt") is None and "val/f1_macro" in run.data.metrics
+    with pytest.raises(UserError, match="below the study's best"):
+        checkpoint.load_run_model(run.info.run_id)
 
 
 def mlflow_history(run_id, key):
