@@ -66,7 +66,7 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
     validation rows, each scored by its own fold's member, which never trained on them."""
     if len(splits) == 1:
         return checkpoint.load_run_model(top["best_run"])
-    from ..model import fold_ensemble
+    from ..model import fold_ensemble, set_rule
     from ..train import predict
 
     runs = [tracking.get_run(run_id) for run_id in str(top["runs"]).split(",")]
@@ -83,8 +83,8 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
         scores.append(decision.tempered(decision.scores_of(predict(member, data.val.x, "cpu"), k), temperatures[-1]))
         classes.append(data.val.c.numpy())
     ensemble = fold_ensemble(members, k, temperatures)
-    ensemble.reg2cls_rule = decision.fit_scores(np.concatenate(scores), np.concatenate(classes),
-                                                decision.is_ordinal(ensemble, k))
+    set_rule(ensemble, decision.fit_scores(np.concatenate(scores), np.concatenate(classes),
+                                           decision.is_ordinal(ensemble, k)))
     return ensemble.eval()
 
 
