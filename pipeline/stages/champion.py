@@ -11,6 +11,7 @@ from torch import nn
 from .. import checkpoint, decision, registry, selection, tracking
 from ..config import Config
 from ..data import Prepared
+from ..strategies import trains
 from .common import stands_for
 
 
@@ -94,7 +95,7 @@ def what_ships(top: pd.Series, data: Prepared, folds: int, model: nn.Module) -> 
     from ..model import FoldEnsemble
 
     rows = f"{len(data.train.x)} training rows (validation: {len(data.val.x)})"
-    what = "a regressor cut at the class edges" if top["strategy"] == "threshold" else f"{top['strategy']}'s model"
+    what = "a regressor cut at the class edges" if not trains(top["strategy"]) else f"{top['strategy']}'s model"
     if folds == 1:
         return (f"The model is {what}, trained on {rows}; the test figures are its own, on "
                 f"{int(top['test_rows'])} held-out rows.")

@@ -11,6 +11,7 @@ from .. import backend, checkpoint, jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
 from ..model import architecture, start_of
+from ..strategies import trains
 from ..reuse import reusable
 from ..train import resolve_device
 from .common import (StageResult, detail, log_classifier, log_run_inputs, run_name, say, split_tags, stage_output,
@@ -194,7 +195,7 @@ def _log_untuned(cfg: Config, data: Prepared, source: StageResult) -> None:
     device = resolve_device(cfg.train.device)
     stands_for(tracking.active_run_id())
     log_classifier(source.model.to(device), data, device, seconds, 0, cfg.seed,
-                   identity_rule=made_by.data.tags.get("strategy") == "threshold")
+                   identity_rule=not trains(made_by.data.tags.get("strategy", "")))
 
 
 def _say_choice(cfg: Config, data: Prepared, best, choice: Choice, untuned_name: str, train_seed: int,
