@@ -15,8 +15,8 @@ A rule is a plain JSON-able dict, fitted on the validation split only (never tes
   they stay 0 when a class has fewer than MIN_CLASS_ROWS validation rows (too few to fit a cut on), and an
   ordinal head then keeps its median class, untempered (no choice among decisions is made on so few rows).
 
-The rule travels with the model as the attribute `reg2cls_rule` (model.save_state writes it as rule.json,
-load_state reads it back), so logged models, later stages and the registered champion apply the same
+The rule travels in the model's record (model.set_rule / model.fitted_rule; model.save_state writes it as
+rule.json, load_state reads it back), so logged models, later stages and the registered champion apply the same
 rule. A model without one decides by the identity rule. `outputs` is the one place where a model's
 probabilities and classes are made; `fit_rule` the one place a rule is fitted on a model.
 """
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import metrics
+from .model import fitted_rule, set_rule
 
 SCORE_FLOOR = -1e5   # log-scores this far below a row's best are probability 0 at any temperature searched
 T_BOUNDS = (0.01, 100.0)
@@ -53,7 +54,7 @@ def identity(n_classes: int, ordinal: bool = False) -> dict:
 
 def rule_of(model: nn.Module, n_classes: int) -> dict:
     """The model's rule, or the identity rule for a model that has none."""
-    rule = getattr(model, "reg2cls_rule", None)
+    rule = fitted_rule(model)
     return rule if rule is not None else identity(n_classes, is_ordinal(model, n_classes))
 
 
@@ -119,13 +120,12 @@ def outputs(model: nn.Module, x: torch.Tensor, device, n_classes: int) -> tuple[
 
 # ------------------------------------------------------------------ fitting on validation
 def fit_rule(model: nn.Module, data, device) -> dict:
-    """Fit the model's rule on `data.val` (a Prepared), attach it as `model.reg2cls_rule` and return it."""
+    """Fit the model's rule on `data.val` (a Prepared), attach it to the model (model.set_rule) and return it."""
     from .train import predict
 
     k = data.n_classes
     scores = scores_of(predict(model, data.val.x, device), k)
-    model.reg2cls_rule = fit_scores(scores, data.val.c.numpy(), ordinal=is_ordinal(model, k))
-    return model.reg2cls_rule
+    return set_rule(model, fit_scores(scores, data.val.c.numpy(), ordinal=is_ordinal(model, k)))
 
 
 def fit_scores(scores: np.ndarray, c: np.ndarray, ordinal: bool = False, min_rows: int = MIN_CLASS_ROWS) -> dict:

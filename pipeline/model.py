@@ -5,14 +5,17 @@ The MLP's backbone is `body` (Linear -> activation -> Dropout blocks) and its he
 only in `head`. A user's model comes as `file.py:Class` or `package.module:Class` plus JSON kwargs
 and a state_dict checkpoint, loaded with `torch.load(weights_only=True)` only.
 
-Every model in the pipeline carries its recipe (`track()` attaches it, `architecture()` reads it): how
-it was built (`base`) and the surgery applied since (`ops`, recorded by surgery.py through `record()`).
-`surgery.build()` replays both, so a saved state_dict (`save_state` / `load_state`: the one on-disk form of a
-model, no pickle) can be loaded back into the right layers.
-
-Two more things travel with a classifier, as attributes that `save_state` writes and `load_state` reads:
-`reg2cls_start`, the weights its training started from (`mark_start`: what a tuning trial retrains from),
-and `reg2cls_rule`, its decision rule fitted on validation (decision.py), a plain dict.
+Every model in the pipeline carries one `Record`, the one home of what travels with it beside its layers:
+- `recipe`: how it was built (`base`) and the surgery applied since (`ops`, appended by surgery.py through
+  `add_op`); `track()` starts it, `architecture()` reads it. `surgery.build()` replays both, so a saved
+  state_dict (`save_state` / `load_state`: the one on-disk form of a model, no pickle) can be loaded back
+  into the right layers.
+- `start`: the weights its training started from (`mark_start` / `start_of`: what a tuning trial retrains from).
+- `rule`: its decision rule fitted on validation (decision.py), a plain dict (`set_rule` / `fitted_rule`).
+Models flow through the stages as plain nn.Modules; the record rides on the module as one attribute, so
+`copy.deepcopy` keeps it (fold ensembles, a slimmed student), and only the functions here read or write it.
+`save_state` writes all three (architecture.json, weights.pt, rule.json) and `load_state` reads them back;
+`portable` sends only the recipe and weights to a worker process.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import json
 import pickle
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -297,22 +301,38 @@ def fold_ensemble(members: list[nn.Module], n_classes: int, temperatures: list[f
                             "members": [architecture(m) for m in members]})
 
 
+@dataclass
+class Record:
+    """What a model carries beside its layers (see the module's docstring)."""
+    recipe: dict                                  # {"base": how it was built, "ops": the surgery since}
+    start: dict[str, torch.Tensor] | None = None  # the weights its training started from, on the CPU
+    rule: dict | None = None                      # its decision rule (decision.py), fitted on validation
+
+
+RECORD = "reg2cls_record"  # the one attribute a model carries its Record in (only this module names it)
+
+
 def track(model: nn.Module, base: dict) -> nn.Module:
-    """Start `model`'s recipe: how its base was built, no surgery yet. Every way a model enters the
-    pipeline (the MLP, a user's class, an MLflow URI, `build`) goes through here."""
-    model.reg2cls_arch = {"base": copy.deepcopy(base), "ops": []}
+    """Give `model` its record, with its recipe started: how its base was built, no surgery yet. Every way a
+    model enters the pipeline (the MLP, a user's class, an MLflow URI, `build`) goes through here."""
+    setattr(model, RECORD, Record({"base": copy.deepcopy(base), "ops": []}))
     return model
+
+
+def record_of(model: nn.Module) -> Record:
+    """`model`'s live record (not a copy: surgery, `mark_start` and `set_rule` write to it)."""
+    record = getattr(model, RECORD, None)
+    if record is None:  # a bare nn.Module: surgery on it could never be replayed, so refuse loudly
+        raise ValueError(f"{type(model).__name__} has no recipe: build it with MLP, load_user_model or model.track")
+    return record
 
 
 def recipe(model: nn.Module) -> dict:
     """`model`'s live recipe (not a copy: surgery edits it)."""
-    recipe = getattr(model, "reg2cls_arch", None)
-    if recipe is None:  # a bare nn.Module: surgery on it could never be replayed, so refuse loudly
-        raise ValueError(f"{type(model).__name__} has no recipe: build it with MLP, load_user_model or model.track")
-    return recipe
+    return record_of(model).recipe
 
 
-def record(model: nn.Module, op: dict) -> None:
+def add_op(model: nn.Module, op: dict) -> None:
     """Append one surgery op to `model`'s recipe (surgery.py calls this for every change it makes)."""
     recipe(model)["ops"].append(op)
 
@@ -331,7 +351,25 @@ def portable(model: nn.Module) -> tuple[dict, dict]:
 def mark_start(model: nn.Module) -> None:
     """Remember `model`'s current weights as its starting point, just before its training: a tuning trial
     retrains from there (with other hyperparameters) rather than continuing from converged weights."""
-    model.reg2cls_start = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    record_of(model).start = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def start_of(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """`model`'s starting point (`mark_start`), or None when none was marked."""
+    return record_of(model).start
+
+
+def set_rule(model: nn.Module, rule: dict) -> dict:
+    """Attach the decision rule `rule` (decision.py) to `model`; returns it."""
+    record_of(model).rule = rule
+    return rule
+
+
+def fitted_rule(model: nn.Module) -> dict | None:
+    """`model`'s decision rule, or None: none fitted yet, or a bare nn.Module (decision.rule_of then decides by
+    the identity rule)."""
+    record = getattr(model, RECORD, None)
+    return record.rule if record is not None else None
 
 
 def save_state(model: nn.Module, folder: Path) -> int:
@@ -347,15 +385,15 @@ def save_state(model: nn.Module, folder: Path) -> int:
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(weights, buffer)
-    start = getattr(model, "reg2cls_start", None)
-    if start is None:
+    record = record_of(model)
+    if record.start is None:
         (folder / "weights.pt").write_bytes(buffer.getvalue())
     else:
-        moved = {k: v for k, v in start.items() if k not in weights or not torch.equal(v, weights[k])}
+        moved = {k: v for k, v in record.start.items() if k not in weights or not torch.equal(v, weights[k])}
         torch.save({"weights": weights, "start": moved}, folder / "weights.pt")
     (folder / "architecture.json").write_text(json.dumps(architecture(model), indent=1))
-    if getattr(model, "reg2cls_rule", None) is not None:
-        (folder / "rule.json").write_text(json.dumps(model.reg2cls_rule, indent=1))
+    if record.rule is not None:
+        (folder / "rule.json").write_text(json.dumps(record.rule, indent=1))
     return buffer.getbuffer().nbytes
 
 
@@ -369,10 +407,10 @@ def load_state(folder: Path, build_model) -> nn.Module:
         saved, moved = saved["weights"], saved["start"]
         start = {k: moved.get(k, v) for k, v in saved.items()}
     model.load_state_dict(saved)
-    if start is not None:
-        model.reg2cls_start = start
+    record = record_of(model)
+    record.start = start
     if (folder / "rule.json").is_file():
-        model.reg2cls_rule = json.loads((folder / "rule.json").read_text())
+        record.rule = json.loads((folder / "rule.json").read_text())
     return model.eval()
 
 

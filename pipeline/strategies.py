@@ -56,3 +56,9 @@ TABLE = (
 )
 STRATEGY = {s.name: s for s in TABLE}
 STRATEGIES = tuple(STRATEGY)  # every strategy, the default of head_swap.strategies
+
+
+def trains(name: str) -> bool:
+    """Whether a run whose `strategy` tag is `name` trained: a head-swap strategy's row says (threshold takes no
+    step); any other name (a slim variant, a tuned model, a reference) is a model that trained."""
+    return STRATEGY[name].trains if name in STRATEGY else True

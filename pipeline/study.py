@@ -45,6 +45,7 @@ from . import backend, checkpoint, decision, jobs, metrics, registry, stats, sto
 from .config import TUNE_METRICS, Config, UserError, data_name, first_line
 from .data import Prepared
 from .model import architecture, mark_start
+from .strategies import STRATEGY
 from .surgery import find_head, freeze_backbone, recorded_head, set_dropout, unfreeze
 from .train import Distill, batch_and_lr, classification_task, fit, predict, resolve_device, use_threads
 
@@ -269,7 +270,8 @@ def holding(space: dict[str, tuple[float, float, bool]],
 
 
 def recipe(cfg: Config, made_by: dict[str, str], data: Prepared, device) -> Recipe:
-    """How the source model's own run trained it (`made_by`: that run's tags, stage and strategy), which every
+    """How the source model's own run trained it (`made_by`: that run's tags, stage and strategy, a head-swap
+    strategy's phases read from its strategies.STRATEGY row as head_swap reads them), which every
     trial repeats from the same start with its own configuration; so trial 0, the untuned configuration, trains
     the same model again (same start, phases, batch, lr, weight decay, seed and epochs: checked by
     tests/test_tune.py). linear_probe trains the head only; lp_ft the head, then everything at lr *
@@ -278,14 +280,14 @@ def recipe(cfg: Config, made_by: dict[str, str], data: Prepared, device) -> Reci
     the ordinal heads, a tuned model) train everything. `tune.epochs`, when set, replaces each phase's epochs."""
     stage, strategy = made_by.get("stage"), made_by.get("strategy", "")
     t = cfg.train
-    if stage == "head_swap" and strategy == "threshold":
+    swapped = STRATEGY.get(strategy) if stage == "head_swap" else None  # its row says how head_swap trained it
+    if swapped is not None and not swapped.trains:
         return Recipe(())
     if stage == "slim":
         phases = ((cfg.slim.epochs, 1.0, False),)
-    elif stage == "head_swap" and strategy == "linear_probe":
-        phases = ((t.epochs, 1.0, True),)
-    elif stage == "head_swap" and strategy == "lp_ft":
-        phases = ((t.epochs, 1.0, True), (t.epochs, cfg.head_swap.lp_ft_lr_factor, False))
+    elif swapped is not None and swapped.probe:  # the head alone, then (a fine-tune after it) everything, slower
+        phases = ((t.epochs, 1.0, True),) + (
+            ((t.epochs, cfg.head_swap.lp_ft_lr_factor, False),) if swapped.finetune else ())
     else:
         phases = ((t.epochs, 1.0, False),)
     if cfg.tune.epochs:

@@ -7,7 +7,7 @@ training, its argmax equals the regressor's output cut at the class edges. The o
 (`CumulativeLinkHead`, `CornHead`) know the classes are ordered bands of the target; the cumulative
 link head starts from the regression head too, its median class exactly the cut regressor.
 
-Every change is recorded in the model's recipe (`model.record`) so `build` can replay it on a freshly built base.
+Every change is recorded in the model's recipe (`model.add_op`) so `build` can replay it on a freshly built base.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import UserError, first_line
-from .model import MLP, construct, fold_ensemble, import_class, recipe, record, track
+from .model import MLP, add_op, construct, fold_ensemble, import_class, recipe, track
 
 # modules that squash or clip a regressor's output; the new head must emit logits instead
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
@@ -156,13 +156,13 @@ def swap_head(model: nn.Module, name: str,
     device = next(model.parameters()).device
     _set_module(model, name, new.to(device))
     if isinstance(new, nn.Linear):
-        record(model, {"op": "linear", "name": name, "in": new.in_features, "out": new.out_features,
+        add_op(model, {"op": "linear", "name": name, "in": new.in_features, "out": new.out_features,
                         "bias": new.bias is not None})
     elif isinstance(new, nn.Identity):
-        record(model, {"op": "identity", "name": name})
+        add_op(model, {"op": "identity", "name": name})
     elif isinstance(new, OrdinalHead):
         op = "cumulative_link" if isinstance(new, CumulativeLinkHead) else "corn"
-        record(model, {"op": op, "name": name, "in": new.in_features, "n_classes": new.n_classes})
+        add_op(model, {"op": op, "name": name, "in": new.in_features, "n_classes": new.n_classes})
     else:
         raise TypeError(f"swap_head takes nn.Linear, nn.Identity or an ordinal head, got {type(new).__name__}")
     return model
@@ -177,7 +177,7 @@ def add_dropout(model: nn.Module, head: Head, p_head: float, p_hidden: float) ->
     _set_module(model, head.name, nn.Sequential(nn.Dropout(p_head), model.get_submodule(head.name)))
     for name in head.hidden_activations:
         _set_module(model, name, nn.Sequential(model.get_submodule(name), nn.Dropout(p_hidden)))
-    record(model, {"op": "dropout", "head": head.name, "p_head": p_head, "hidden": list(head.hidden_activations),
+    add_op(model, {"op": "dropout", "head": head.name, "p_head": p_head, "hidden": list(head.hidden_activations),
                     "p_hidden": p_hidden})
     warning = None if head.hidden_activations else (
         "the model's forward pass uses functional activations: hidden dropout cannot be added; head dropout only")
@@ -223,7 +223,7 @@ def slim_width(model: nn.Module, head: Head, keep: float, n_features: int) -> nn
         finally:
             _set_module(model, head.name, head_module)
     changed = {name: _shapes(m) for name, m in model.named_modules() if _shapes(m) != before.get(name)}
-    record(model, {"op": "resize", "modules": changed})
+    add_op(model, {"op": "resize", "modules": changed})
     return model
 
 
@@ -288,7 +288,7 @@ def drop_blocks(model: nn.Module, n: int) -> nn.Module:
     depth = arch["base"]["kwargs"]["depth"] - sum(op["n"] for op in arch["ops"] if op["op"] == "drop_blocks")
     block = len(model.body) // depth
     model.body = model.body[:(depth - n) * block]
-    record(model, {"op": "drop_blocks", "n": n})
+    add_op(model, {"op": "drop_blocks", "n": n})
     return model
 
 
@@ -297,7 +297,7 @@ def replay(model: nn.Module, op: dict) -> None:
     if op["op"] == "resize":
         for name, shapes in op["modules"].items():
             _resize(model.get_submodule(name), shapes)
-        record(model, op)
+        add_op(model, op)
     elif op["op"] == "drop_blocks":
         drop_blocks(model, op["n"])
     elif op["op"] == "linear":
@@ -357,9 +357,8 @@ def set_dropout(model: nn.Module, head: Head, p_head: float, p_hidden: float) ->
     model.get_submodule(op["head"])[0].p = p_head
     for name in op["hidden"]:
         model.get_submodule(name)[1].p = p_hidden
-    # the recipe replays the new rates: the recorded op is updated in place, not appended to
-    recorded = [o for o in model.reg2cls_arch["ops"] if o["op"] == "dropout"][-1]
-    recorded["p_head"], recorded["p_hidden"] = p_head, p_hidden
+    # the recipe replays the new rates: the recorded op (the live recipe's) is updated in place, not appended to
+    op["p_head"], op["p_hidden"] = p_head, p_hidden
     return head.name, None
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline import config, decision, metrics, tracking
 from pipeline.data import Split
-from pipeline.model import MLP, load_state, save_state
+from pipeline.model import MLP, fitted_rule, load_state, save_state, set_rule, track
 from pipeline.surgery import build
 from pipeline.train import class_weights, fit, loss_of, predict
 
@@ -107,10 +107,10 @@ def test_ordinal_identity_rule_is_the_median_class():
 
 def test_the_rule_survives_save_state_and_load_state(tmp_path):
     model = MLP(4, 8, 1, out_dim=3)
-    model.reg2cls_rule = {"temperature": 1.7, "offsets": [0.0, -0.4, 1.25], "ordinal": False}
+    set_rule(model, {"temperature": 1.7, "offsets": [0.0, -0.4, 1.25], "ordinal": False})
     save_state(model, tmp_path / "state")
     loaded = load_state(tmp_path / "state", build)
-    assert loaded.reg2cls_rule == model.reg2cls_rule
+    assert fitted_rule(loaded) == fitted_rule(model)
     x = torch.randn(50, 4)
     np.testing.assert_array_equal(decision.outputs(loaded, x, "cpu", 3)[1], decision.outputs(model, x, "cpu", 3)[1])
 
@@ -121,7 +121,7 @@ def test_outputs_applies_the_models_rule():
     logits = predict(model, x).double()
     proba, pred = decision.outputs(model, x, "cpu", 3)
     np.testing.assert_array_equal(pred, logits.argmax(dim=1).numpy())  # no rule: argmax
-    model.reg2cls_rule = {"temperature": 2.0, "offsets": [0.0, 50.0, 0.0], "ordinal": False}
+    set_rule(model, {"temperature": 2.0, "offsets": [0.0, 50.0, 0.0], "ordinal": False})
     proba, pred = decision.outputs(model, x, "cpu", 3)
     assert (pred == 1).all()  # an offset this large picks class 1 everywhere
     np.testing.assert_allclose(proba, torch.softmax(logits / 2.0, dim=1).numpy(), atol=1e-6)
@@ -143,10 +143,10 @@ def test_a_model_with_an_ordinal_head_decides_by_the_median_without_a_rule():
 
 def test_fit_rule_fits_on_validation_and_attaches_the_rule():
     out, c = binary_imbalanced(np.random.default_rng(5), n=600)
-    model = nn.Identity()  # its output is the validation logits themselves
+    model = track(nn.Identity(), {"kind": "test"})  # its output is the validation logits themselves
     val = Split(torch.tensor(out, dtype=torch.float32), torch.zeros(len(c)), torch.from_numpy(c))
     rule = decision.fit_rule(model, SimpleNamespace(val=val, n_classes=2), "cpu")
-    assert model.reg2cls_rule is rule and rule["offsets"][1] > 0  # argmax would under-predict the minority
+    assert fitted_rule(model) is rule and rule["offsets"][1] > 0  # argmax would under-predict the minority
 
 
 @pytest.mark.parametrize("k", [2, 3], ids=["binary", "multiclass"])

@@ -1,4 +1,5 @@
-"""The import graph of pipeline/: layers that run one way, and no import circles; and no function over 60 lines.
+"""The import graph of pipeline/: layers that run one way, and no import circles; no function over 60 lines;
+and a model's record (model.Record) named by model.py alone.
 
 A module may import only modules of its own layer or a lower one (read from its source with `ast`, imports
 inside functions included), and no chain of imports may lead back to where it started. A new module gets a
@@ -115,3 +116,21 @@ def test_no_function_over_60_lines():
                 if lines > MAX_LINES:
                     long.append(f"{where[0]}::{where[1]} ({lines} lines)")
     assert not long, "split into named pieces: " + ", ".join(long)
+
+
+def test_only_model_py_names_the_attribute_a_models_record_rides_in():
+    """A model's recipe, start and rule live in one Record (pipeline/model.py), read and written through model.py's
+    functions: no other module (nor test) names the attribute that carries it, or the loose attributes it replaced."""
+    [record] = [n.value.value for n in ast.parse((PACKAGE / "model.py").read_text()).body
+                if isinstance(n, ast.Assign) and [getattr(t, "id", None) for t in n.targets] == ["RECORD"]]
+    names = {record, "reg2cls_arch", "reg2cls_start", "reg2cls_rule"}
+    here = Path(__file__).resolve()
+    files = [p for p in [*sorted(PACKAGE.rglob("*.py")), *sorted(here.parent.rglob("*.py"))]
+             if p not in (PACKAGE / "model.py", here)]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr in names) or (
+                    isinstance(node, ast.Constant) and node.value in names):
+                found.append(f"{path.name}:{node.lineno}")
+    assert not found, "use model.record_of / mark_start / start_of / set_rule / fitted_rule: " + ", ".join(found)

@@ -165,6 +165,28 @@ def test_recorded_surgery_rebuilds_a_brought_model(tmp_path):
     assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
 
+def test_the_record_travels_with_deepcopy_and_through_save_state(tmp_path):
+    """A model's record (recipe, start, rule) is one Record: a deep copy has its own equal one, and save_state /
+    load_state bring all three back; the weights moved after mark_start, the start did not."""
+    from pipeline.model import Record, load_state, mark_start, record_of, save_state, set_rule
+
+    model = MLP(4, 8, 1)
+    swap_head(model, "head", new_head(8, 3))
+    mark_start(model)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    set_rule(model, {"temperature": 1.5, "offsets": [0.0, 0.2, 0.0], "ordinal": False})
+    copied = copy.deepcopy(model)
+    assert isinstance(record_of(copied), Record) and record_of(copied) is not record_of(model)
+    save_state(copied, tmp_path / "state")
+    loaded = load_state(tmp_path / "state", build)
+    for other in (copied, loaded):
+        mine, theirs = record_of(model), record_of(other)
+        assert (theirs.recipe, theirs.rule) == (mine.recipe, mine.rule)
+        assert all(torch.equal(theirs.start[k], v) for k, v in mine.start.items())
+    assert not torch.equal(record_of(loaded).start["head.weight"], loaded.head.weight)
+
+
 @pytest.mark.parametrize("n_edges", [1, 2, 4])
 def test_warm_start_stays_exact_for_large_raw_targets(n_edges):
     """A regressor of raw prices: its bias carries a 1e5 offset that float32 must not cancel badly."""

@@ -319,6 +319,17 @@ def trained_kinds(store_uri, tmp_path_factory):
         yield cfg, prepared, runs
 
 
+@pytest.mark.parametrize("strategy, frozen", [("threshold", []), ("linear_probe", [True]), ("lp_ft", [True, False]),
+                                              ("finetune", [False]), ("warm_start", [False]), ("corn", [False])])
+def test_a_head_swap_sources_phases_are_its_strategy_rows(strategy, frozen):
+    """study.recipe reads the strategies table as head_swap does: a frozen-backbone phase when the row probes, a
+    whole-network phase when it fine-tunes (at lr * lp_ft_lr_factor after a probe), none when it trains nothing."""
+    cfg = tiny_config()
+    phases = optuna_study.recipe(cfg, {"stage": "head_swap", "strategy": strategy}, None, "cpu").phases
+    assert [probe for _, _, probe in phases] == frozen
+    assert [factor for _, factor, _ in phases] == [1.0, cfg.head_swap.lp_ft_lr_factor][:len(phases)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["linear_probe", "lp_ft", "width_0.5_distill"])
 def test_trial_0_trains_each_kind_of_source_again_exactly(trained_kinds, strategy):

@@ -267,7 +267,7 @@ def test_a_cross_fitted_champion_ships_the_average_of_its_fold_models(cross_fitt
     import torch
 
     from pipeline import decision, registry
-    from pipeline.model import FoldEnsemble
+    from pipeline.model import FoldEnsemble, fitted_rule
 
     experiment, _ = cross_fitted
     [parent] = [r for r in runs_of(experiment) if r.data.tags["stage"] == "convert"]
@@ -281,4 +281,4 @@ def test_a_cross_fitted_champion_ships_the_average_of_its_fold_models(cross_fitt
         mean = torch.stack([torch.exp(torch.tensor(decision.tempered(decision.scores_of(m(x), 3), float(t))))
                             for m, t in zip(model.members, model.temperatures)]).mean(0)
         np.testing.assert_allclose(torch.exp(model(x)).numpy(), mean.numpy(), rtol=1e-4, atol=1e-6)
-    assert set(model.reg2cls_rule) == {"temperature", "offsets", "ordinal"}
+    assert set(fitted_rule(model)) == {"temperature", "offsets", "ordinal"}

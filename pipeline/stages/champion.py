@@ -11,6 +11,7 @@ from torch import nn
 from .. import checkpoint, decision, registry, selection, tracking
 from ..config import Config
 from ..data import Prepared
+from ..strategies import trains
 from .common import stands_for
 
 
@@ -66,7 +67,7 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
     validation rows, each scored by its own fold's member, which never trained on them."""
     if len(splits) == 1:
         return checkpoint.load_run_model(top["best_run"])
-    from ..model import fold_ensemble
+    from ..model import fold_ensemble, set_rule
     from ..train import predict
 
     runs = [tracking.get_run(run_id) for run_id in str(top["runs"]).split(",")]
@@ -83,8 +84,8 @@ def shipped_model(top: pd.Series, splits: list[Prepared]) -> nn.Module:
         scores.append(decision.tempered(decision.scores_of(predict(member, data.val.x, "cpu"), k), temperatures[-1]))
         classes.append(data.val.c.numpy())
     ensemble = fold_ensemble(members, k, temperatures)
-    ensemble.reg2cls_rule = decision.fit_scores(np.concatenate(scores), np.concatenate(classes),
-                                                decision.is_ordinal(ensemble, k))
+    set_rule(ensemble, decision.fit_scores(np.concatenate(scores), np.concatenate(classes),
+                                           decision.is_ordinal(ensemble, k)))
     return ensemble.eval()
 
 
@@ -94,7 +95,7 @@ def what_ships(top: pd.Series, data: Prepared, folds: int, model: nn.Module) -> 
     from ..model import FoldEnsemble
 
     rows = f"{len(data.train.x)} training rows (validation: {len(data.val.x)})"
-    what = "a regressor cut at the class edges" if top["strategy"] == "threshold" else f"{top['strategy']}'s model"
+    what = "a regressor cut at the class edges" if not trains(top["strategy"]) else f"{top['strategy']}'s model"
     if folds == 1:
         return (f"The model is {what}, trained on {rows}; the test figures are its own, on "
                 f"{int(top['test_rows'])} held-out rows.")

@@ -12,6 +12,7 @@ from torch import nn
 from .. import checkpoint, decision, metrics, progress, registry, stats, stop, tracking
 from ..config import Config, first_line
 from ..data import Prepared, to_classes
+from ..model import set_rule
 from ..train import Distill, batch_and_lr, classification_task, fit, predict
 
 
@@ -195,13 +196,13 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     val_out = predict(model, data.val.x, device)
     val_scores = decision.scores_of(val_out, k)
     if identity_rule:
-        model.reg2cls_rule = decision.identity(k, ordinal)
-        val_pred = decision.decide(decision.tempered(val_scores, 1.0), model.reg2cls_rule)
+        rule = set_rule(model, decision.identity(k, ordinal))
+        val_pred = decision.decide(decision.tempered(val_scores, 1.0), rule)
     else:
-        model.reg2cls_rule = decision.fit_scores(val_scores, val_c, ordinal)
+        rule = set_rule(model, decision.fit_scores(val_scores, val_c, ordinal))
         # the selection score: each validation row decided by a rule fitted on the other half (no rule optimism)
         val_pred = decision.cross_fitted(val_scores, val_c, ordinal, seed)
-    values = metrics.prefixed("val", metrics.classification(val_c, decision.apply(model.reg2cls_rule, val_scores)[0],
+    values = metrics.prefixed("val", metrics.classification(val_c, decision.apply(rule, val_scores)[0],
                                                             val_pred))
     # the loop's validation loss (CE/BCE, unweighted) of the returned model, before temperature scaling
     values["val/loss"] = metrics.log_loss(val_c, metrics.probabilities(val_out, k))
@@ -211,7 +212,7 @@ def log_classifier(model: nn.Module, data: Prepared, device, seconds: float, fin
     rest["cost/model_bytes"] = checkpoint.log_state(model, registry.serving_meta(data), predictions)
     # logged once with the rule, apart from the per-epoch curves (epoch/val_f1_macro, ...), which the MLflow UI
     # draws: the run's value is the returned model's (`final_step` is kept for the callers)
-    tracking.log_final_metrics({**values, **rest}, params=decision.as_params(model.reg2cls_rule))
+    tracking.log_final_metrics({**values, **rest}, params=decision.as_params(rule))
     # the data it was trained, validated and tested on, each split as an input with its role as context
     tracking.log_split_inputs(data.split_key, {name: (split.x.numpy(), split.c.numpy()) for name, split in
                                                (("train", data.train), ("validation", data.val), ("test", data.test))})

@@ -10,6 +10,7 @@ from .. import checkpoint, checks, jobs, tracking
 from ..config import Config, data_name
 from ..data import Prepared
 from ..model import portable
+from ..strategies import STRATEGY
 from ..train import batch_and_lr, resolve_device, seeded
 from ..surgery import Head
 from .baseline import baseline, baseline_key, new_regressor
@@ -134,11 +135,12 @@ def estimate(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head
             epoch = _epoch_seconds(model, data, batch, resolve_device(t.device))
     except Exception:  # a model that cannot train says so in its own run, where its failure is recorded
         return None
-    trained = [s for s in cfg.head_swap.strategies if s != "threshold"]
+    trained = [STRATEGY[s] for s in cfg.head_swap.strategies if STRATEGY[s].trains]
+    two_phases = any(s.probe and s.finetune for s in trained)  # lp_ft: a probe, then a fine-tune
     slim_variants = len(cfg.slim.keep_ratios) + (cfg.model.depth - 1 if cfg.slim.depth and not brought else 0)
     runs_and_epochs = [  # (runs, their epochs): per fold, tune's trials too (one study a fold)
         (len(splits), t.epochs if (not brought or cfg.user_model.retrain) else 0),
-        (len(splits) * len(trained) * cfg.seeds, t.epochs * (1.5 if "lp_ft" in trained else 1)),
+        (len(splits) * len(trained) * cfg.seeds, t.epochs * (1.5 if two_phases else 1)),
         (len(splits) * slim_variants * cfg.seeds * (2 if cfg.slim.distill else 1), cfg.slim.epochs),
         (cfg.tune.n_trials * len(splits), cfg.tune.epochs or t.epochs)]
     runs = sum(n for n, _ in runs_and_epochs)

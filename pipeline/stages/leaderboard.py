@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import metrics, report, selection, stats, tracking
 from ..config import COMPARE_METRICS
-from ..strategies import STRATEGY
+from ..strategies import STRATEGY, trains
 
 RUN_COLUMNS = {  # metric key -> leaderboard column, averaged over a row's runs (seeds and folds)
     "val/f1_macro": "val_f1_macro", "val/accuracy": "val_accuracy", "val/balanced_accuracy": "val_balanced_acc",
@@ -230,7 +230,7 @@ def simplicity(row: pd.Series) -> tuple:
     floor, threshold, then (among our trained classifiers) the fewest parameters, then how far a strategy moves
     from the regressor it starts from (STRATEGY's `simpler`)."""
     name = str(row["strategy"])
-    kind = {PRIOR: 0, "threshold": 1}.get(name, 3 if row["stage"] == "tune" else 2)
+    kind = 0 if name == PRIOR else 1 if not trains(name) else 3 if row["stage"] == "tune" else 2
     params = row["params"] if row["params"] == row["params"] else 0.0
     return kind, params, STRATEGY[name].simpler if name in STRATEGY else len(STRATEGY), name
 

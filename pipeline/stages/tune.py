@@ -10,7 +10,8 @@ from torch import nn
 from .. import backend, checkpoint, jobs, tracking
 from ..config import Config, UserError
 from ..data import Prepared
-from ..model import architecture
+from ..model import architecture, start_of
+from ..strategies import trains
 from ..reuse import reusable
 from ..train import resolve_device
 from .common import (StageResult, detail, log_classifier, log_run_inputs, run_name, say, split_tags, stage_output,
@@ -42,7 +43,7 @@ def tune(cfg: Config, data: Prepared, source: StageResult, force: bool = False, 
             "--force re-runs)")
         return stage_output(reuse)
     untuned_name = made_by.get("strategy", "the untuned model")
-    if getattr(source.model, "reg2cls_start", None) is None:
+    if start_of(source.model) is None:
         raise UserError(f"{untuned_name} (run {source.model_run}) records no starting weights to retrain from; tune "
                         "a classifier that head_swap, slim or tune logged (--from-run)")
     from .. import study as optuna_study
@@ -194,7 +195,7 @@ def _log_untuned(cfg: Config, data: Prepared, source: StageResult) -> None:
     device = resolve_device(cfg.train.device)
     stands_for(tracking.active_run_id())
     log_classifier(source.model.to(device), data, device, seconds, 0, cfg.seed,
-                   identity_rule=made_by.data.tags.get("strategy") == "threshold")
+                   identity_rule=not trains(made_by.data.tags.get("strategy", "")))
 
 
 def _say_choice(cfg: Config, data: Prepared, best, choice: Choice, untuned_name: str, train_seed: int,
@@ -261,7 +262,7 @@ def _nothing_to_tune(cfg: Config, data: Prepared, source: StageResult, tags: dic
 def start_weights(model: nn.Module) -> dict:
     """The weights a trial of `model` retrains from: its start (model.mark_start), on the CPU, as a spawned
     worker receives them."""
-    return {k: v.detach().cpu().clone() for k, v in model.reg2cls_start.items()}
+    return {k: v.detach().cpu().clone() for k, v in start_of(model).items()}
 
 
 def tune_folds(cfg: Config, splits: list[Prepared], sources: list[StageResult], force: bool = False) -> StageResult:
