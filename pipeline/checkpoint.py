@@ -58,7 +58,24 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
         except (MlflowException, OSError):
             why = run.data.tags.get("state", "artifact state/ missing")  # a tuning trial's (study.NOT_KEPT)
             raise UserError(f"run {run_id} has no model logged by reg2cls ({why})") from None
-        return load_state(local, rebuild)
+        return load_state(local, rebuild, run_weights)
+
+
+def run_weights(run_id: str) -> dict:
+    """The weights (a state_dict) that run `run_id` logged in its state/: what a start shared with them
+    (model.mark_start's `shared_with`) reads back. One-line UserError when that run or its state is gone."""
+    import io
+
+    import torch
+
+    from . import tracking
+
+    raw = tracking.read_artifact(run_id, "state/weights.pt")
+    if raw is None:
+        raise UserError(f"this model's starting weights are shared with run {run_id}, whose state/ is gone; "
+                        "restore that run, or tune a model of a run whose start is complete")
+    saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    return saved["weights"] if isinstance(saved.get("weights"), dict) else saved
 
 
 def rebuild(arch: dict, state: dict | None = None):

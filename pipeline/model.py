@@ -307,6 +307,7 @@ class Record:
     recipe: dict                                  # {"base": how it was built, "ops": the surgery since}
     start: dict[str, torch.Tensor] | None = None  # the weights its training started from, on the CPU
     rule: dict | None = None                      # its decision rule (decision.py), fitted on validation
+    start_from: dict | None = None                # {"run", "keys"}: the start's tensors another run's weights hold
 
 
 RECORD = "reg2cls_record"  # the one attribute a model carries its Record in (only this module names it)
@@ -348,10 +349,18 @@ def portable(model: nn.Module) -> tuple[dict, dict]:
     return architecture(model), {k: v.cpu() for k, v in model.state_dict().items()}
 
 
-def mark_start(model: nn.Module) -> None:
+def mark_start(model: nn.Module, shared_with: tuple[str, dict] | None = None) -> None:
     """Remember `model`'s current weights as its starting point, just before its training: a tuning trial
-    retrains from there (with other hyperparameters) rather than continuing from converged weights."""
-    record_of(model).start = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    retrains from there (with other hyperparameters) rather than continuing from converged weights.
+    `shared_with`: (run id, the weights that run logged), when the start was made from them (a head-swap
+    classifier from its baseline's regressor): the tensors equal to that run's are then not saved again."""
+    record = record_of(model)
+    record.start = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    record.start_from = None
+    if shared_with is not None:
+        run, weights = shared_with
+        keys = sorted(k for k, v in record.start.items() if k in weights and torch.equal(v, weights[k].cpu()))
+        record.start_from = {"run": run, "keys": keys} if keys else None
 
 
 def start_of(model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -372,13 +381,16 @@ def fitted_rule(model: nn.Module) -> dict | None:
     return record.rule if record is not None else None
 
 
-def save_state(model: nn.Module, folder: Path) -> int:
+def save_state(model: nn.Module, folder: Path, with_start: bool = True) -> int:
     """Write `weights.pt` and `architecture.json` into `folder`, with `rule.json` when the model has a decision
     rule; returns the size in bytes of the model's weights alone (its state_dict as torch.save writes it).
 
     `weights.pt` is the one weights file: the state_dict on the CPU, and when the model has a starting point
-    (`mark_start`) the file holds {"weights": state_dict, "start": the start's tensors that differ from the
-    weights} instead: a frozen backbone, or a head that never moved, is not stored twice."""
+    (`mark_start`) and `with_start`, {"weights": state_dict, "start": the start's tensors, "start_from": ...}
+    instead. The start keeps only the tensors found nowhere else: not those equal to the weights (a frozen
+    backbone, a head that never moved) nor those its `start_from` run's weights hold (a fine-tune's backbone
+    started as its baseline's: `load_state` reads them from there). A served model (`with_start=False`) needs
+    no start."""
     import io
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -386,29 +398,35 @@ def save_state(model: nn.Module, folder: Path) -> int:
     buffer = io.BytesIO()
     torch.save(weights, buffer)
     record = record_of(model)
-    if record.start is None:
+    if record.start is None or not with_start:
         (folder / "weights.pt").write_bytes(buffer.getvalue())
     else:
-        moved = {k: v for k, v in record.start.items() if k not in weights or not torch.equal(v, weights[k])}
-        torch.save({"weights": weights, "start": moved}, folder / "weights.pt")
+        elsewhere = set(record.start_from["keys"]) if record.start_from else set()
+        moved = {k: v for k, v in record.start.items()
+                 if k not in elsewhere and (k not in weights or not torch.equal(v, weights[k]))}
+        torch.save({"weights": weights, "start": moved, "start_from": record.start_from or {}}, folder / "weights.pt")
     (folder / "architecture.json").write_text(json.dumps(architecture(model), indent=1))
     if record.rule is not None:
         (folder / "rule.json").write_text(json.dumps(record.rule, indent=1))
     return buffer.getbuffer().nbytes
 
 
-def load_state(folder: Path, build_model) -> nn.Module:
+def load_state(folder: Path, build_model, run_weights=None) -> nn.Module:
     """The model `save_state` wrote: `build_model(architecture)` makes the layers (checkpoint.rebuild,
-    which can fetch a base model from MLflow), the weights load with `weights_only=True`."""
+    which can fetch a base model from MLflow), the weights load with `weights_only=True`. `run_weights(run id)`:
+    the weights another run logged, for a start that shares tensors with them (checkpoint.run_weights)."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
     saved = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-    start = None
-    if isinstance(saved.get("weights"), dict):  # weights and start in one file (a state_dict holds tensors)
-        saved, moved = saved["weights"], saved["start"]
-        start = {k: moved.get(k, v) for k, v in saved.items()}
-    model.load_state_dict(saved)
     record = record_of(model)
-    record.start = start
+    if isinstance(saved.get("weights"), dict):  # weights and start in one file (a state_dict holds tensors)
+        saved, moved, start_from = saved["weights"], saved["start"], saved.get("start_from") or None
+        start = dict(saved)  # a tensor the start does not keep is the weight's (it never moved) ...
+        if start_from:  # ... or the start_from run's
+            shared = run_weights(start_from["run"])
+            start.update({k: shared[k] for k in start_from["keys"]})
+        record.start = {k: moved.get(k, v) for k, v in start.items()}
+        record.start_from = start_from
+    model.load_state_dict(saved)
     if (folder / "rule.json").is_file():
         record.rule = json.loads((folder / "rule.json").read_text())
     return model.eval()

@@ -196,7 +196,7 @@ def log_servable(model, meta: dict, example: pd.DataFrame, name: str, registered
     run_tags = run.data.tags if run else {}  # the model says what it is in the UI's list of logged models
     with tempfile.TemporaryDirectory() as tmp:
         code_paths = [str(PACKAGE_DIR), *_brought_code(model, Path(tmp) / "local")]
-        save_state(model, Path(tmp) / "state")
+        save_state(model, Path(tmp) / "state", with_start=False)  # served, never retrained: no start
         (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=1))
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(PACKAGE_DIR / "serving.py"),

@@ -187,6 +187,43 @@ def test_the_record_travels_with_deepcopy_and_through_save_state(tmp_path):
     assert not torch.equal(record_of(loaded).start["head.weight"], loaded.head.weight)
 
 
+def test_a_start_shared_with_another_runs_weights_is_saved_once_and_read_back_from_them(tmp_path):
+    """A fine-tune's start is its baseline's backbone and a new head: weights.pt keeps the head alone and names
+    the run whose weights hold the rest; load_state reads them from there and the whole start comes back."""
+    from pipeline.model import load_state, mark_start, record_of, save_state
+
+    torch.manual_seed(0)
+    regressor = MLP(4, 8, 1)
+    baseline_weights = {k: v.clone() for k, v in regressor.state_dict().items()}
+    model = swap_head(regressor, "head", new_head(8, 3))
+    mark_start(model, ("run-of-baseline", baseline_weights))
+    start = {k: v.clone() for k, v in record_of(model).start.items()}
+    with torch.no_grad():  # the whole network trains: nothing of the start stays in the weights
+        for p in model.parameters():
+            p.add_(0.5)
+    save_state(model, tmp_path / "state")
+    saved = torch.load(tmp_path / "state" / "weights.pt", weights_only=True)
+    assert sorted(saved["start"]) == ["head.bias", "head.weight"]
+    assert saved["start_from"]["run"] == "run-of-baseline" and "body.0.weight" in saved["start_from"]["keys"]
+    asked = []
+    loaded = load_state(tmp_path / "state", build, lambda run: asked.append(run) or baseline_weights)
+    assert asked == ["run-of-baseline"]
+    assert all(torch.equal(record_of(loaded).start[k], v) for k, v in start.items())
+    assert torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_a_served_model_is_saved_without_its_start(tmp_path):
+    from pipeline.model import mark_start, save_state
+
+    model = swap_head(MLP(4, 8, 1), "head", new_head(8, 3))
+    mark_start(model)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    save_state(model, tmp_path / "state", with_start=False)
+    saved = torch.load(tmp_path / "state" / "weights.pt", weights_only=True)
+    assert "start" not in saved and torch.equal(saved["head.weight"], model.head.weight)
+
+
 @pytest.mark.parametrize("n_edges", [1, 2, 4])
 def test_warm_start_stays_exact_for_large_raw_targets(n_edges):
     """A regressor of raw prices: its bias carries a 1e5 offset that float32 must not cancel badly."""

@@ -347,6 +347,19 @@ def test_trial_0_trains_each_kind_of_source_again_exactly(trained_kinds, strateg
 
 
 @pytest.mark.slow
+def test_a_head_swap_run_saves_only_the_start_its_baseline_run_does_not_hold(trained_kinds):
+    """lp_ft starts from the baseline's backbone and a new head: its weights.pt keeps the head's start alone and
+    names the baseline run for the rest (load_run_model reads it there: the retrain test above)."""
+    import io
+
+    _, _, runs = trained_kinds
+    run = runs["lp_ft"]
+    saved = torch.load(io.BytesIO(tracking.read_artifact(run, "state/weights.pt")), weights_only=True)
+    assert saved["start_from"]["run"] == run.data.tags["baseline_run"]
+    assert saved["start"] and not any(k.startswith("body.") for k in saved["start"])
+
+
+@pytest.mark.slow
 def test_a_source_that_trains_nothing_is_kept_without_a_study(trained_kinds):
     from pipeline.stages import tune
 

@@ -117,16 +117,19 @@ def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: t
             "seed": str(cfg.seed)}) as child_id:
         outcome["run_id"] = child_id
         tracking.log_params({**cfg.flat(), "strategy": strategy})
-        _, values, flag = _run_strategy(strategy, cfg, data, regressor.to(device), head, device)
+        # the baseline run's weights are the regressor's: a start that kept them is not saved again
+        shared = (baseline_run, regressor_state[1]) if baseline_run else None
+        _, values, flag = _run_strategy(strategy, cfg, data, regressor.to(device), head, device, shared)
     if "failure" in outcome:
         return outcome["run_id"], None, outcome["failure"]
     return child_id, values, flag
 
 
 def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Module, head: Head,
-                  device) -> tuple[nn.Module, dict, str | None]:
+                  device, shared: tuple[str, dict] | None = None) -> tuple[nn.Module, dict, str | None]:
     """Build and train the classifier of one strategy; returns it, its metrics and its training flag
-    (`flag_training`: a run that cannot be trusted)."""
+    (`flag_training`: a run that cannot be trusted). `shared`: the baseline run and the weights it logged
+    (model.mark_start's `shared_with`)."""
     t, s = cfg.train, STRATEGY[strategy]
     kind = s.head  # threshold: the warm-start head before any step
     with seeded(cfg.seed):  # the new head's initial weights
@@ -135,7 +138,7 @@ def _run_strategy(strategy: str, cfg: Config, data: Prepared, regressor: nn.Modu
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-    mark_start(model)  # what a tuning trial of this model retrains from
+    mark_start(model, shared)  # what a tuning trial of this model retrains from
     if scale is not None:
         tracking.log_params({f"{kind}.scale": round(scale, 6)})
     if not s.trains:  # threshold
