@@ -163,6 +163,9 @@ def test_the_console_fits_a_screen(cross_fitted):
     assert len(lines) <= 30, output
     assert max(map(len, lines)) <= 120, max(lines, key=len)
     assert output.index("Verdict:") < output.index("Leaderboard") < output.index("mlflow ui --backend-store-uri")
+    first = next(i for i, line in enumerate(lines) if line.startswith("Leaderboard")) + 1
+    table = lines[first:next(i for i in range(first, len(lines)) if lines[i].startswith(("...", "Predict", "View")))]
+    assert len(table) >= 3 and max(map(len, table)) <= 100, "\n".join(table)  # the leaderboard fits 100 columns
 
 
 @pytest.mark.slow

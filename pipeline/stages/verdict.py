@@ -13,10 +13,10 @@ from .leaderboard import NESTED, PRIOR, RUN_COLUMNS
 
 def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
     """The leaderboard for people, within 100 columns: each row's role, the validation metric it was chosen on
-    (`mean ± std` over its runs), test macro-F1 with its 95% interval, the simultaneous paired difference to
+    (`mean±std` over its runs), test macro-F1 with its 95% interval (`test F1`), the simultaneous paired difference to
     threshold, its parameters. Every other column is in leaderboard.csv."""
     def num(m, s=float("nan")) -> str:
-        return "" if m != m else f"{m:.3f}" if not s > 0 else f"{m:.3f} ± {s:.3f}"
+        return "" if m != m else f"{m:.3f}" if not s > 0 else f"{m:.3f}±{s:.3f}"
 
     def ci(m, low, high, sign="") -> str:
         return "" if m != m else f"{m:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
@@ -26,7 +26,7 @@ def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
                                 for s, st in zip(board["strategy"], board["stage"])]})
     out["role"] = [role(r) for _, r in board.iterrows()]
     out[metric] = [num(m, s) for m, s in zip(board[col], board[f"{col}_std"])]
-    out["test macro-F1 [95% CI]"] = [ci(*v) for v in zip(board["f1_macro"], board["f1_macro_ci_low"],
+    out["test F1 [95% CI]"] = [ci(*v) for v in zip(board["f1_macro"], board["f1_macro_ci_low"],
                                                          board["f1_macro_ci_high"])]
     out["vs threshold"] = [ci(*v, sign="+") for v in zip(board["vs_threshold"], board["vs_threshold_low"],
                                                          board["vs_threshold_high"])]
