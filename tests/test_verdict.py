@@ -169,6 +169,20 @@ def test_the_console_fits_a_screen(cross_fitted):
 
 
 @pytest.mark.slow
+def test_the_folds_slim_runs_draw_no_figure_the_report_draws_slim_once(cross_fitted):
+    """Five matplotlib figures a convert cost seconds in the main process while the workers waited."""
+    experiment, _ = cross_fitted
+    runs = runs_of(experiment)
+    folds = [r for r in runs if r.data.tags.get("stage") == "slim" and "fold" in r.data.tags
+             and "strategy" not in r.data.tags]
+    client = mlflow.MlflowClient()
+    assert len(folds) == 3
+    assert not any(a.path == "pareto.png" for r in folds for a in client.list_artifacts(r.info.run_id))
+    [parent] = [r for r in runs if r.data.tags["stage"] == "convert"]
+    assert "Slimming: Pareto" in tracking.read_artifact(parent, "report.html").decode()
+
+
+@pytest.mark.slow
 def test_each_run_carries_its_test_interval(cross_fitted):
     experiment, _ = cross_fitted
     strategy_runs_ = [r for r in runs_of(experiment) if r.data.tags.get("strategy") in ("finetune", "reference_hgb")]

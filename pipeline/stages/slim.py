@@ -63,8 +63,9 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
         chosen = selection.best_run([r for r in rows if r["strategy"] == pick], score=lambda r: r["val/f1_macro"])
         tracking.set_tags({"recommended": pick})
         stands_for(chosen["run_id"])
-        unslimmed = tracking.get_run(source.model_run).data.tags.get("strategy", "slimming's input")
-        tracking.log_figure(report.pareto_figure(means, pick, unslimmed=unslimmed), "pareto.png")
+        if data.fold is None:  # a fold of a cross-fitted convert draws none: the report's slim figure covers them
+            unslimmed = tracking.get_run(source.model_run).data.tags.get("strategy", "slimming's input")
+            tracking.log_figure(report.pareto_figure(means, pick, unslimmed=unslimmed), "pareto.png")
     line = (f"{where('slim', data)}: recommended {pick} ({chosen['cost/params']:.0f} params, validation macro-F1 "
             f"{chosen['val/f1_macro']:.3f}; best {max(m['val/f1_macro'] for m in means):.3f})")
     (say if data.fold is None else detail)(line)  # cross-fitted: convert says the choice over folds
