@@ -16,7 +16,7 @@ import contextlib
 import copy
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -138,8 +138,11 @@ def _brought_code(model, stage: Path) -> list[str]:
 # run in the clean process: the champion loaded from its folder and given the input example it carries
 _LOAD_AND_PREDICT = """import sys
 import mlflow.pyfunc
+import torch  # what loading any champion imports: done while it is still being chosen
 from mlflow.models import Model
-path = sys.argv[1]
+path = sys.stdin.readline().strip()
+if not path:
+    sys.exit(0)
 example = Model.load(path).load_input_example(path)
 out = mlflow.pyfunc.load_model(path).predict(example)
 assert "label" in out.columns and len(out) == len(example), "the champion returned no label for each row"
@@ -147,31 +150,39 @@ assert "label" in out.columns and len(out) == len(example), "the champion return
 
 
 @contextlib.contextmanager
-def checking_loads(uri: str) -> Iterator[None]:
-    """Load the champion at `uri` and predict its own input example in a fresh Python process, in an empty
-    folder, isolated from PYTHONPATH and the user's site (`python -I`): what `reg2cls predict` meets on another
-    machine or in another folder. The process starts now and runs while the block does (the report is drawn
-    meanwhile); its outcome is awaited when the block ends: a one-line UserError when it failed (the champion
-    is registered; it is not deliverable as it stands)."""
+def checking_loads() -> Iterator[Callable[[str], None]]:
+    """A fresh Python process, in an empty folder, isolated from PYTHONPATH and the user's site (`python -I`),
+    that loads the champion and predicts its own input example: what `reg2cls predict` meets on another machine
+    or in another folder. It starts now and imports MLflow and torch (seconds) while the block chooses the
+    champion; the block hands it the registered model's URI with the function it yields, and draws the report
+    while it loads. Its outcome is awaited when the block ends: a one-line UserError when it failed (the champion
+    is registered; it is not deliverable as it stands). Given no URI, the process just ends."""
     import subprocess
     import sys
 
+    given: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / "model"))
         elsewhere = Path(tmp) / "elsewhere"
         elsewhere.mkdir()
-        proc = subprocess.Popen([sys.executable, "-I", "-c", _LOAD_AND_PREDICT, local], cwd=elsewhere,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-I", "-c", _LOAD_AND_PREDICT], cwd=elsewhere, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def check(uri: str) -> None:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / "model"))
+            given.append(uri)
+            proc.stdin.write(local + "\n")
+            proc.stdin.flush()
+
         try:
-            yield
+            yield check
             _, err = proc.communicate(timeout=600)
         finally:
             if proc.poll() is None:  # the block failed, or the check hangs: it is not left behind
                 proc.kill()
                 proc.wait()
-    if proc.returncode != 0:
+    if given and proc.returncode != 0:
         lines = [ln for ln in err.splitlines() if ln.strip()]
-        raise UserError(f"the champion {uri} does not load in a clean process outside this folder "
+        raise UserError(f"the champion {given[0]} does not load in a clean process outside this folder "
                         f"({lines[-1].strip() if lines else f'exit code {proc.returncode}'}); a model file's own "
                         "imports must be modules beside it or installed packages")
 

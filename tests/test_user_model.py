@@ -393,6 +393,15 @@ def test_the_champion_loads_in_a_clean_process_outside_the_working_directory(exp
         assert "does not load in a clean process" in result.output and "blocks" in result.output
 
 
+@pytest.mark.slow
+def test_the_load_check_given_no_champion_ends_without_a_word():
+    """compare starts the check before it knows whether anything will be registered (the floor can win)."""
+    from pipeline import registry
+
+    with registry.checking_loads():
+        pass
+
+
 # ------------------------------------------------------------------ a function that builds the model
 def test_a_function_builds_a_model_whose_constructor_takes_a_config_object(tmp_path):
     from pipeline.model import architecture, load_user_model

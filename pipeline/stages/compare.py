@@ -53,27 +53,15 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
             fitted = jobs.result(reference) if reference is not None else fit_reference(cfg, splits)
             runs += reference_runs(cfg, splits, fitted)
         jobs.close()  # the last worker task is done: the workers' memory goes back before the champion's check
-        runs.append(_prior_run(cfg, splits))
-        board = leaderboard(runs, c.metric, seed=cfg.seed)
-        if not board["champion"].any():
-            raise UserError("no trained classifier among the runs to compare; run convert first")
-        top = board[board["champion"]].iloc[0]
-        champion_run = top["best_run"]
-        summary = verdict(board, c.metric, [value for key, value in sorted(tags.items()) if key.startswith("check.")])
-        summary.append(f"Data: {cfg.data.source}, target {cfg.data.target}, classes {', '.join(data.class_names)}")
-        model, version = None, ""
-        if top["strategy"] == PRIOR:  # no model beats chance: the recommendation is to ship none
-            registered = ""
-            summary.append(f"Parent run {parent}; nothing registered")
-        else:
-            summary.append(f"Parent run {parent}; registered model {registered}, alias champion")
-            model, version = register(cfg, splits, top, summary, parent, registered)
-            summary[-1] += f" (version {version})"
-        # before it says done, the champion loads and predicts in a fresh process elsewhere, while the report is
-        # drawn here: the seconds of that process's imports overlap the figures'
-        checked = (registry.checking_loads(f"models:/{registered}/{version}") if version and c.check_load
-                   else contextlib.nullcontext())
-        with checked:
+        # before it says done, the champion loads and predicts in a fresh process elsewhere: it starts now, its
+        # imports overlap the choice and the registration, its load the report
+        with registry.checking_loads() if c.check_load else contextlib.nullcontext(None) as check:
+            runs.append(_prior_run(cfg, splits))
+            board = leaderboard(runs, c.metric, seed=cfg.seed)
+            top, summary, model, registered, version = _ship(cfg, splits, board, tags, parent, registered)
+            champion_run = top["best_run"]
+            if version and check:
+                check(f"models:/{registered}/{version}")
             tracking.describe_experiment(EXPERIMENT_NOTE)
             tracking.set_tags({"champion": str(top["strategy"]), "champion_run": champion_run,
                                "registered_model": registered, "registered_version": version})
@@ -86,6 +74,26 @@ def compare(cfg: Config, splits: list[Prepared], parent: str, reference: Future 
                       run_id=parent)
     tracking.log_metrics(_champion_metrics(top, c.metric), run_id=parent)
     return Comparison(parent, run_id, board, summary, model, champion_run, registered, version)
+
+
+def _ship(cfg: Config, splits: list[Prepared], board: pd.DataFrame, tags: dict[str, str], parent: str,
+          registered: str) -> tuple[pd.Series, list[str], nn.Module | None, str, str]:
+    """The champion's row (`choose` marked it), the verdict's sentences, and the champion registered as
+    `registered` (`register`): (row, sentences, model, registered name, version). When the floor is the champion
+    nothing is registered: no model, and "" for the name and the version."""
+    if not board["champion"].any():
+        raise UserError("no trained classifier among the runs to compare; run convert first")
+    top = board[board["champion"]].iloc[0]
+    checks = [value for key, value in sorted(tags.items()) if key.startswith("check.")]
+    summary = verdict(board, cfg.compare.metric, checks)
+    summary.append(f"Data: {cfg.data.source}, target {cfg.data.target}, classes {', '.join(splits[0].class_names)}")
+    if top["strategy"] == PRIOR:  # no model beats chance: the recommendation is to ship none
+        summary.append(f"Parent run {parent}; nothing registered")
+        return top, summary, None, "", ""
+    summary.append(f"Parent run {parent}; registered model {registered}, alias champion")
+    model, version = register(cfg, splits, top, summary, parent, registered)
+    summary[-1] += f" (version {version})"
+    return top, summary, model, registered, version
 
 
 def _stage_runs(tags: dict[str, str]) -> tuple[list, object]:
