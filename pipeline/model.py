@@ -10,7 +10,8 @@ Every model in the pipeline carries one `Record`, the one home of what travels w
   `add_op`); `track()` starts it, `architecture()` reads it. `surgery.build()` replays both, so a saved
   state_dict (`save_state` / `load_state`: the one on-disk form of a model, no pickle) can be loaded back
   into the right layers.
-- `start`: the weights its training started from (`mark_start` / `start_of`: what a tuning trial retrains from).
+- `start`: the weights its training started from (`mark_start` / `start_of`: what a tuning trial retrains from),
+  with `start_from`, the run whose logged weights hold part of it (so `save_state` does not store that part again).
 - `rule`: its decision rule fitted on validation (decision.py), a plain dict (`set_rule` / `fitted_rule`).
 Models flow through the stages as plain nn.Modules; the record rides on the module as one attribute, so
 `copy.deepcopy` keeps it (fold ensembles, a slimmed student), and only the functions here read or write it.
