@@ -451,7 +451,9 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
         return values[cfg.tune.metric]
 
 
-NOT_KEPT = "not kept: below the study's best trial when it finished"  # a trial run's tag `state`
+# a trial run's tag `state` when it keeps no weights: why, and what to use instead
+NOT_KEPT = ("not kept: below the study's best trial when it finished; the tune run keeps the best trial's model, "
+            "or rerun a study with these params")
 
 
 def could_be_best(study: optuna.Study, value: float) -> bool:
