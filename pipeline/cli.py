@@ -350,11 +350,8 @@ def cli():
 def convert(**opts):
     """Run every stage under one parent run and print the leaderboard."""
     cfg, splits, brought = _prepare(opts)
-    from . import backend, progress, stages, tracking
+    from . import backend, stages, tracking
 
-    guess = stages.estimate(cfg, splits, brought)
-    if guess:
-        progress.write(guess)
     with _workers(cfg):
         result = stages.convert(cfg, splits, brought, force=opts["force"])
     _print_comparison(cfg, result)

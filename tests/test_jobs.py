@@ -48,7 +48,18 @@ def one_and_two(request, store_uri, tmp_path_factory):
         for jobs in ("1", "2"):
             result = invoke("convert", *tiny_args(f"{name}-jobs-{jobs}", *args, "--jobs", jobs))
             assert result.exit_code == 0, result.output
+            OUTPUT[f"{name}-jobs-{jobs}"] = result.output
     return f"{name}-jobs-1", f"{name}-jobs-2"
+
+
+OUTPUT: dict[str, str] = {}  # what each of one_and_two's converts printed, by experiment
+
+
+@pytest.mark.slow
+def test_the_estimate_is_said_first_whether_timed_here_or_in_a_worker(one_and_two):
+    for experiment in one_and_two:
+        out = OUTPUT[experiment]
+        assert out.index("data:") < out.index("estimate: about") < out.index("baseline"), out
 
 
 @pytest.mark.slow
