@@ -402,6 +402,24 @@ def test_the_load_check_given_no_champion_ends_without_a_word():
         pass
 
 
+@pytest.mark.slow
+def test_a_load_check_that_ended_before_it_was_given_the_champion_says_why_in_one_line(tmp_path, monkeypatch):
+    """The clean process starts before the champion is chosen: when it dies first (MLflow not importable under
+    `python -I`), handing it the URI must not break the pipe into a traceback; its stderr is the error."""
+    import time
+
+    from pipeline import registry
+    from pipeline.config import UserError
+
+    monkeypatch.setattr(registry, "_LOAD_AND_PREDICT", "import sys; sys.exit('No module named mlflow')")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("")
+    with pytest.raises(UserError, match="does not load in a clean process .*No module named mlflow"):
+        with registry.checking_loads() as check:
+            time.sleep(1.0)  # compare chooses and registers meanwhile; the process has ended
+            check(str(tmp_path / "model"))
+
+
 # ------------------------------------------------------------------ a function that builds the model
 def test_a_function_builds_a_model_whose_constructor_takes_a_config_object(tmp_path):
     from pipeline.model import architecture, load_user_model
