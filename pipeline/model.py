@@ -11,7 +11,8 @@ Every model in the pipeline carries one `Record`, the one home of what travels w
   state_dict (`save_state` / `load_state`: the one on-disk form of a model, no pickle) can be loaded back
   into the right layers.
 - `start`: the weights its training started from (`mark_start` / `start_of`: what a tuning trial retrains from),
-  with `start_from`, the run whose logged weights hold part of it (so `save_state` does not store that part again).
+  with `start_from`, the run whose logged weights hold part of it (so `save_state` does not store that part again;
+  a loaded start reads it back from there when `start_of` is first asked).
 - `rule`: its decision rule fitted on validation (decision.py), a plain dict (`set_rule` / `fitted_rule`).
 Models flow through the stages as plain nn.Modules; the record rides on the module as one attribute, so
 `copy.deepcopy` keeps it (fold ensembles, a slimmed student), and only the functions here read or write it.
@@ -30,6 +31,7 @@ import json
 import pickle
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,6 +311,7 @@ class Record:
     start: dict[str, torch.Tensor] | None = None  # the weights its training started from, on the CPU
     rule: dict | None = None                      # its decision rule (decision.py), fitted on validation
     start_from: dict | None = None                # {"run", "keys"}: the start's tensors another run's weights hold
+    read_run: Callable[[str], dict] | None = None  # a loaded start: reads those (`start_of`, when first asked)
 
 
 RECORD = "reg2cls_record"  # the one attribute a model carries its Record in (only this module names it)
@@ -365,8 +368,14 @@ def mark_start(model: nn.Module, shared_with: tuple[str, dict] | None = None) ->
 
 
 def start_of(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """`model`'s starting point (`mark_start`), or None when none was marked."""
-    return record_of(model).start
+    """`model`'s starting point (`mark_start`), or None when none was marked. A loaded start's tensors that its
+    `start_from` run holds are read from that run here, on first use: serving or exporting the model never needs it."""
+    record = record_of(model)
+    pending = [k for k in record.start_from["keys"] if k not in record.start] if record.start_from else []
+    if pending:
+        shared = record.read_run(record.start_from["run"])
+        record.start.update({k: shared[k] for k in pending})
+    return record.start
 
 
 def set_rule(model: nn.Module, rule: dict) -> dict:
@@ -415,18 +424,17 @@ def save_state(model: nn.Module, folder: Path, with_start: bool = True) -> int:
 def load_state(folder: Path, build_model, run_weights=None) -> nn.Module:
     """The model `save_state` wrote: `build_model(architecture)` makes the layers (checkpoint.rebuild,
     which can fetch a base model from MLflow), the weights load with `weights_only=True`. `run_weights(run id)`:
-    the weights another run logged, for a start that shares tensors with them (checkpoint.run_weights)."""
+    the weights another run logged, for a start that shares tensors with them (checkpoint.run_weights), called by
+    `start_of` when the start is first asked for."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
     saved = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     record = record_of(model)
     if isinstance(saved.get("weights"), dict):  # weights and start in one file (a state_dict holds tensors)
         saved, moved, start_from = saved["weights"], saved["start"], saved.get("start_from") or None
-        start = dict(saved)  # a tensor the start does not keep is the weight's (it never moved) ...
-        if start_from:  # ... or the start_from run's
-            shared = run_weights(start_from["run"])
-            start.update({k: shared[k] for k in start_from["keys"]})
-        record.start = {k: moved.get(k, v) for k, v in start.items()}
-        record.start_from = start_from
+        elsewhere = set(start_from["keys"]) if start_from else set()
+        # a tensor the start does not keep is the weight's (it never moved), or the start_from run's (start_of)
+        record.start = {k: moved.get(k, v) for k, v in saved.items() if k not in elsewhere}
+        record.start_from, record.read_run = start_from, run_weights
     model.load_state_dict(saved)
     if (folder / "rule.json").is_file():
         record.rule = json.loads((folder / "rule.json").read_text())

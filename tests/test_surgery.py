@@ -189,8 +189,8 @@ def test_the_record_travels_with_deepcopy_and_through_save_state(tmp_path):
 
 def test_a_start_shared_with_another_runs_weights_is_saved_once_and_read_back_from_them(tmp_path):
     """A fine-tune's start is its baseline's backbone and a new head: weights.pt keeps the head alone and names
-    the run whose weights hold the rest; load_state reads them from there and the whole start comes back."""
-    from pipeline.model import load_state, mark_start, record_of, save_state
+    the run whose weights hold the rest; start_of reads them from there and the whole start comes back."""
+    from pipeline.model import load_state, mark_start, record_of, save_state, start_of
 
     torch.manual_seed(0)
     regressor = MLP(4, 8, 1)
@@ -207,9 +207,32 @@ def test_a_start_shared_with_another_runs_weights_is_saved_once_and_read_back_fr
     assert saved["start_from"]["run"] == "run-of-baseline" and "body.0.weight" in saved["start_from"]["keys"]
     asked = []
     loaded = load_state(tmp_path / "state", build, lambda run: asked.append(run) or baseline_weights)
+    assert asked == []  # not before the start is asked for
+    assert sorted(start_of(loaded)) == sorted(start)
+    assert all(torch.equal(start_of(loaded)[k], v) for k, v in start.items())
     assert asked == ["run-of-baseline"]
-    assert all(torch.equal(record_of(loaded).start[k], v) for k, v in start.items())
     assert torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_a_model_whose_start_shares_a_gone_run_loads_and_serves_only_its_start_needs_that_run(tmp_path):
+    """Exporting or serving a head-swap run reads its own state alone; only tune (start_of) needs the baseline's."""
+    from pipeline.config import UserError
+    from pipeline.model import load_state, mark_start, save_state, start_of
+
+    regressor = MLP(4, 8, 1)
+    baseline_weights = {k: v.clone() for k, v in regressor.state_dict().items()}
+    model = swap_head(regressor, "head", new_head(8, 3))
+    mark_start(model, ("gone-run", baseline_weights))
+    save_state(model, tmp_path / "state")
+
+    def gone(run: str) -> dict:
+        raise UserError(f"this model's starting weights are shared with run {run}, whose state/ is gone")
+
+    loaded = load_state(tmp_path / "state", build, gone)
+    x = torch.randn(5, 4)
+    assert torch.equal(loaded(x), model.eval()(x))
+    with pytest.raises(UserError, match="gone-run"):
+        start_of(loaded)
 
 
 def test_a_served_model_is_saved_without_its_start(tmp_path):
