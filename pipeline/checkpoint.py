@@ -73,7 +73,7 @@ def run_weights(run_id: str) -> dict:
     raw = tracking.read_artifact(run_id, "state/weights.pt")
     if raw is None:
         raise UserError(f"this model's starting weights are shared with run {run_id}, whose state/ is gone; "
-                        "restore that run, or tune a model of a run whose start is complete")
+                        "run head-swap again (reg2cls head-swap) for a run to tune from, or tune a slim or tune run")
     saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     return saved["weights"] if isinstance(saved.get("weights"), dict) else saved
 

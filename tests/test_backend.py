@@ -54,3 +54,13 @@ def test_read_artifact_downloads_what_a_tracking_server_serves(mlflow_server, mo
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert tracking.read_artifact(run, "notes/a.txt") == b"ratio 0.8"
     assert tracking.read_artifact(run, "notes/missing.txt") is None
+
+
+def test_a_start_shared_with_a_run_without_state_says_what_to_tune_instead(experiment):
+    """checkpoint.run_weights (what start_of calls for a head-swap run's start): one line with the fix."""
+    from pipeline import checkpoint
+    from pipeline.config import UserError
+
+    run = _artifact_run(experiment)  # a run with no state/ (its baseline run garbage-collected reads the same)
+    with pytest.raises(UserError, match=f"shared with run {run.info.run_id}, whose state/ is gone; .*head-swap"):
+        checkpoint.run_weights(run.info.run_id)
