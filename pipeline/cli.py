@@ -379,8 +379,8 @@ def _print_comparison(cfg, compared) -> None:
             click.echo(textwrap.fill(line, width=progress.WIDTH, subsequent_indent="    "))
     board = display(compared.board, cfg.compare.metric)
     shown = board if progress.verbose() else board[~board["role"].isin(["", "≈ best"]) | (board.index < 3)]
-    click.echo(f"\nLeaderboard (chosen on {cfg.compare.metric}; test macro-F1 with its 95% interval; vs threshold: "
-               "simultaneous 95%):")
+    click.echo(f"\nLeaderboard (chosen on {cfg.compare.metric}; test F1: macro-F1, 95% interval; vs threshold: "
+               "simultaneous):")
     click.echo(shown.to_string(index=False))
     if len(shown) < len(board):
         click.echo(f"... {len(board) - len(shown)} more rows: --verbose, or leaderboard.md on the convert run")

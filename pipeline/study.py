@@ -452,7 +452,7 @@ def objective(trial: optuna.Trial, job: Job, gate: _Gate) -> float:
 
 
 # a trial run's tag `state` when it keeps no weights: why, and what to use instead
-NOT_KEPT = ("not kept: below the study's best trial when it finished; the tune run keeps the best trial's model, "
+NOT_KEPT = ("not kept: behind the study's best trial when it finished; the tune run keeps the best trial's model, "
             "or rerun a study with these params")
 
 

@@ -82,7 +82,7 @@ def test_a_trial_behind_the_best_keeps_no_weights_and_says_why(experiment, tiny_
     [run] = [r for r in runs_of(experiment) if r.data.tags.get("strategy", "").startswith("trial_")]
     assert run.info.status == "FINISHED" and run.data.tags["state"] == optuna_study.NOT_KEPT
     assert tracking.read_artifact(run, "state/weights.pt") is None and "val/f1_macro" in run.data.metrics
-    with pytest.raises(UserError, match="below the study's best"):
+    with pytest.raises(UserError, match="behind the study's best"):
         checkpoint.load_run_model(run.info.run_id)
 
 

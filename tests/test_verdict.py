@@ -163,9 +163,17 @@ def test_the_console_fits_a_screen(cross_fitted):
     assert len(lines) <= 30, output
     assert max(map(len, lines)) <= 120, max(lines, key=len)
     assert output.index("Verdict:") < output.index("Leaderboard") < output.index("mlflow ui --backend-store-uri")
-    first = next(i for i, line in enumerate(lines) if line.startswith("Leaderboard")) + 1
+    first = next(i for i, line in enumerate(lines) if line.startswith("Leaderboard"))
     table = lines[first:next(i for i in range(first, len(lines)) if lines[i].startswith(("...", "Predict", "View")))]
     assert len(table) >= 3 and max(map(len, table)) <= 100, "\n".join(table)  # the leaderboard fits 100 columns
+
+
+@pytest.mark.parametrize("flag", ["diverged", "collapsed", "untrained"])
+def test_an_excluded_rows_role_keeps_the_leaderboard_within_100_columns(flag):
+    from pipeline.stages.verdict import role
+
+    said = role(pd.Series({"excluded": flag, "champion": False, "strategy": "finetune"}))
+    assert said == f"✗ {flag}" and len(said) <= len("best on val")  # the role column's widest other word
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def display(board: pd.DataFrame, metric: str = "val/f1_macro") -> pd.DataFrame:
 def role(row: pd.Series) -> str:
     """What a leaderboard row is to the verdict, in a word or two."""
     if row["excluded"]:
-        return f"excluded: {row['excluded']}"
+        return f"✗ {row['excluded']}"  # excluded: diverged, collapsed or untrained (within the 100 columns)
     if row["champion"]:
         return "champion"
     if row.get("best_val"):
