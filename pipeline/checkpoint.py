@@ -47,8 +47,10 @@ def load_run_model(run_id: str, stage: str | None = None, split_key: str | None 
     except MlflowException:
         raise UserError(f"run {run_id} not found in the tracking store {mlflow.get_tracking_uri()}") from None
     if (stage and run.data.tags.get("stage") != stage) or run.info.status != "FINISHED":
-        raise UserError(f"run {run_id} is not a finished {stage or ''} run "
-                        f"(stage={run.data.tags.get('stage')}, status={run.info.status})")
+        pruned = (" (a tuning trial stopped early, pruned or killed, keeps no model; the tune run keeps the best "
+                  "trial's)" if run.data.tags.get("optuna_trial") and run.info.status == "KILLED" else "")
+        raise UserError(f"run {run_id} is not a finished {stage + ' ' if stage else ''}run "
+                        f"(stage={run.data.tags.get('stage')}, status={run.info.status}){pruned}")
     if split_key and run.data.tags.get("split_key") != split_key:
         raise UserError(f"run {run_id} was trained on other data, target, classes, features or seed than given now; "
                         "pass the options it ran with, or leave out --baseline-run to take the newest matching one")

@@ -86,6 +86,15 @@ def test_a_trial_behind_the_best_keeps_no_weights_and_says_why(experiment, tiny_
         checkpoint.load_run_model(run.info.run_id)
 
 
+def test_a_pruned_trials_run_says_it_keeps_no_model(experiment):
+    backend.use_experiment(experiment)
+    with pytest.raises(optuna.TrialPruned), tracking.start("trial_0", "tune", tags={"optuna_trial": "0"},
+                                                           killed_on=(optuna.TrialPruned,)) as run_id:
+        raise optuna.TrialPruned("pruned at epoch 2")
+    with pytest.raises(UserError, match=r"not a finished run \(stage=tune, status=KILLED\) \(a tuning trial stopped"):
+        checkpoint.load_run_model(run_id)
+
+
 def mlflow_history(run_id, key):
     import mlflow
 
