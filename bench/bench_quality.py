@@ -32,6 +32,7 @@ the same splits: each one's pooled test macro-F1 and its paired difference to th
     python bench/bench_quality.py --tables wine --set model.ensemble=8   # extra convert options
     python bench/bench_quality.py --references [--tables wine]      # the reference rows alone, old and new
     python bench/bench_quality.py --data-dir /work/shared/data      # from a worktree outside the checkout
+    python bench/bench_quality.py --tables penguins --boards out/   # also every row's scores: out/penguins.csv
 """
 from __future__ import annotations
 
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to convert")
     parser.add_argument("--references", action="store_true", help="the reference rows alone, old and new")
     parser.add_argument("--data-dir", type=Path, default=DATA, help="where the tables are (default: %(default)s)")
+    parser.add_argument("--boards", type=Path, help="also write each table's whole leaderboard here (NAME.csv)")
     opts = parser.parse_args()
     names = [t.strip() for t in opts.tables.split(",") if t.strip()]
     unknown = [t for t in names if t not in TABLES]
@@ -178,6 +180,9 @@ def main() -> None:
             _, target, classes = TABLES[name]
             args = ["--data", source, "--target", target, "--classes", classes, *extra]
             board, seconds = leaderboard(Path(tmp), name, args)
+        if opts.boards:  # every row's validation scores: compare options on these, never on test
+            opts.boards.mkdir(parents=True, exist_ok=True)
+            board.to_csv(opts.boards / f"{name}.csv", index=False)
         line, d = row(name, board, seconds)
         met.append((name, d))
         print(line, flush=True)
