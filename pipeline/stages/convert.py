@@ -31,10 +31,11 @@ def convert(cfg: Config, splits: list[Prepared], brought: tuple[nn.Module, Head]
     `brought` is the user's model from `bring` (called before this parent run opens, so a model that does not
     fit leaves no run); `force` re-runs stages that could be reused."""
     data = splits[0]
-    # the estimate's timed epoch runs in a worker when there is one (not a brought model's: its class may not
-    # unpickle there): a worker's first optimizer step finds torch's compiler imported by the fork server, this
-    # process's would import it first (a second before any training starts)
-    timed = jobs.submit(estimate, cfg, splits, None) if not brought else None
+    # cross-fitted, the estimate's timed epoch runs in a worker when there is one (not a brought model's: its class
+    # may not unpickle there): a worker's first optimizer step finds torch's compiler imported by the fork server,
+    # this process's would import it first, a second before any training starts. On one split this process
+    # trains the baseline itself and imports it anyway: timed here, the baseline starts without waiting
+    timed = jobs.submit(estimate, cfg, splits, None) if len(splits) > 1 and not brought else None
     with tracking.start("convert", "convert", tags={"split_key": data.split_key, "folds": str(len(splits))}) as run_id:
         log_run_inputs(cfg, data)
         # the reference needs no stage's output: with workers it is fitted in one while the baseline trains
