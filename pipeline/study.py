@@ -536,6 +536,27 @@ def run_workers(job: Job, n_workers: int, say) -> None:
     (torch, mlflow and optuna imports: seconds) and keeps this core busy while they start (bench_tune.py).
     """
     backend.enable_concurrent_writes()  # workers, and the heartbeat, write to the store at once
+    try:
+        _run_workers(job, n_workers, say)
+    finally:
+        fold_log(job.storage)
+
+
+def fold_log(url: str) -> None:
+    """Move what an SQLite storage's write-ahead log holds into the file itself (a checkpoint): the workers end
+    without closing their connections, so no last connection does it, and a copy of `optuna.db` alone would
+    lack the trials still in `optuna.db-wal`. Best effort: a busy file is folded by its next user."""
+    if not url.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(url[len("sqlite:///"):],
+                                                                                timeout=1)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _run_workers(job: Job, n_workers: int, say) -> None:
+    """run_workers' workers: here, the command's pool's, or spawned beside this process."""
     if n_workers == 1:
         work(job)
         return

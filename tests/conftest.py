@@ -23,7 +23,14 @@ TINY = {"data.source": "synthetic:friedman1?rows=240&noise=0.5", "train.epochs":
 
 @pytest.fixture(scope="session")
 def store_uri(tmp_path_factory) -> str:
+    """The session's SQLite store, made now: a test that polls it (runs_of) while its first command is still
+    making it would have MLflow create tables that the command's copy of the empty store already holds."""
+    from pipeline import backend
+
     root = tmp_path_factory.mktemp("mlflow")
+    before = mlflow.get_tracking_uri()
+    backend.setup(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_tracking_uri(before)  # each test points at it itself (use_store)
     return f"sqlite:///{root}/mlflow.db"
 
 

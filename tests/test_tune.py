@@ -95,6 +95,26 @@ def test_a_pruned_trials_run_says_it_keeps_no_model(experiment):
         checkpoint.load_run_model(run_id)
 
 
+def test_a_copy_of_the_study_file_alone_holds_every_trial_once_the_log_is_folded(tmp_path):
+    """Workers end without closing their SQLite connections: what sits in optuna.db-wal would be missing from a
+    copy of optuna.db alone, unless run_workers folds the log into the file when they are done."""
+    import shutil
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    writer = sqlite3.connect(tmp_path / "optuna.db")  # a worker's connection, never closed
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE trials (n INTEGER)")
+    writer.executemany("INSERT INTO trials VALUES (?)", [(i,) for i in range(50)])
+    writer.commit()
+    assert (tmp_path / "optuna.db-wal").stat().st_size > 0
+    optuna_study.fold_log(url)
+    shutil.copy(tmp_path / "optuna.db", tmp_path / "copy.db")
+    with sqlite3.connect(tmp_path / "copy.db") as copy:
+        assert copy.execute("SELECT COUNT(*) FROM trials").fetchone() == (50,)
+    writer.close()
+
+
 def mlflow_history(run_id, key):
     import mlflow
 
