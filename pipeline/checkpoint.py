@@ -68,16 +68,14 @@ def run_weights(run_id: str) -> dict:
     (model.mark_start's `shared_with`) reads back. One-line UserError when that run or its state is gone."""
     import io
 
-    import torch
-
     from . import tracking
+    from .model import read_weights
 
     raw = tracking.read_artifact(run_id, "state/weights.pt")
     if raw is None:
         raise UserError(f"this model's starting weights are shared with run {run_id}, whose state/ is gone; "
                         "run head-swap again (reg2cls head-swap) for a run to tune from, or tune a slim or tune run")
-    saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    return saved["weights"] if isinstance(saved.get("weights"), dict) else saved
+    return read_weights(io.BytesIO(raw))[0]
 
 
 def rebuild(arch: dict, state: dict | None = None):

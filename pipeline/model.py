@@ -421,16 +421,24 @@ def save_state(model: nn.Module, folder: Path, with_start: bool = True) -> int:
     return buffer.getbuffer().nbytes
 
 
+def read_weights(file) -> tuple[dict, dict | None, dict | None]:
+    """What `save_state` wrote to `weights.pt` (a path or a file object), loaded with `weights_only=True`:
+    (the state_dict, the start's kept tensors, `start_from`); the last two None when it saved no start."""
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(saved.get("weights"), dict):  # a plain state_dict holds tensors only
+        return saved, None, None
+    return saved["weights"], saved["start"], saved.get("start_from") or None
+
+
 def load_state(folder: Path, build_model, run_weights=None) -> nn.Module:
     """The model `save_state` wrote: `build_model(architecture)` makes the layers (checkpoint.rebuild,
     which can fetch a base model from MLflow), the weights load with `weights_only=True`. `run_weights(run id)`:
     the weights another run logged, for a start that shares tensors with them (checkpoint.run_weights), called by
     `start_of` when the start is first asked for."""
     model = build_model(json.loads((folder / "architecture.json").read_text()))
-    saved = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+    saved, moved, start_from = read_weights(folder / "weights.pt")
     record = record_of(model)
-    if isinstance(saved.get("weights"), dict):  # weights and start in one file (a state_dict holds tensors)
-        saved, moved, start_from = saved["weights"], saved["start"], saved.get("start_from") or None
+    if moved is not None:
         elsewhere = set(start_from["keys"]) if start_from else set()
         # a tensor the start does not keep is the weight's (it never moved), or the start_from run's (start_of)
         record.start = {k: moved.get(k, v) for k, v in saved.items() if k not in elsewhere}
