@@ -9,6 +9,7 @@ exit 130 / 143.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import signal
 import sys
@@ -305,6 +306,9 @@ def _prepare(opts: dict):
                                                                            splits[0].class_names))
         if conflict:
             raise UserError(conflict)
+    # what the imports and the data made lives as long as the command: no collection need walk it again (some
+    # 800,000 objects of torch, MLflow and scikit-learn), neither during the stages nor at the end (_exit_quickly)
+    gc.freeze()
     return cfg, splits, brought
 
 
@@ -618,14 +622,15 @@ def _exit_quickly() -> None:
     finalized, every database engine closed (the last connection to an SQLite store folds its write-ahead log
     back into the file and removes the -wal and -shm files beside it), and then every object left out of the
     interpreter's final garbage collections (`gc.freeze`): they walked some 800,000 objects of torch, MLflow
-    and scikit-learn, which every command waited for, while the process's end frees them anyway."""
+    and scikit-learn, which every command waited for, while the process's end frees them anyway. A command that
+    went through `_prepare` froze its imports there already, so the collection here walks only what came after."""
     import contextlib
-    import gc
 
     gc.collect()
     if "sqlalchemy" in sys.modules:  # MLflow's stores and Optuna's storages, which keep theirs open
         from sqlalchemy.engine import Engine
 
+        gc.unfreeze()  # the frozen objects back in view for the search (no collection walks them again)
         # type(), not isinstance: an object's __class__ may be a property (torch's deprecated reduce_op warns)
         for engine in [o for o in gc.get_objects() if issubclass(type(o), Engine)]:
             with contextlib.suppress(Exception):  # a store that failed already said so, in one line
