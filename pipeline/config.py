@@ -72,7 +72,7 @@ class Data:
 @dataclass(frozen=True)
 class Model:
     depth: int = 2          # hidden layers of the pipeline's own MLP
-    width: int = 0          # units per hidden layer; 0 = auto: 256 below 100,000 training rows, else 64
+    width: int = 0          # units per hidden layer; 0 = auto: 256 from 500 to 100,000 training rows, else 64
     activation: str = "relu"
     dropout: float = 0.0
     embedding: str = "none"  # none | periodic | piecewise: numerical feature embeddings before the hidden layers

@@ -112,9 +112,10 @@ def test_an_out_of_range_model_option_is_named_in_its_error(key, value, least):
         config.load(None, {f"model.{key}": value})
 
 
-@pytest.mark.parametrize("width, rows, expected", [(0, 300, 256), (0, 99_999, 256), (0, 100_000, 64), (16, 300, 16),
-                                                   (16, 10**6, 16)],
-                         ids=["auto-small", "auto-below", "auto-large", "given-small", "given-large"])
+@pytest.mark.parametrize("width, rows, expected", [(0, 300, 64), (0, 499, 64), (0, 500, 256), (0, 99_999, 256),
+                                                   (0, 100_000, 64), (16, 300, 16), (16, 10**6, 16)],
+                         ids=["auto-few", "auto-below-500", "auto-from-500", "auto-below-100k", "auto-large",
+                              "given-small", "given-large"])
 def test_the_mlp_width_auto_rule(width, rows, expected):
     from pipeline.model import mlp_width
 
