@@ -7,7 +7,7 @@ from this checkout, each in a fresh folder with a new SQLite store. From each st
 
 - train s: their summed `cost/train_seconds`; run s: their summed run durations (end - start);
 - train/run: the share of a run spent training; overhead: the median of (duration - training) over those runs;
-- wall s: the command's wall time; MB, files: what the folder holds besides the stores (the artifacts);
+- wall s: the command's wall time (with the memory sampler's small share of a core); MB, files: what the folder holds besides the stores (the artifacts);
 - peak MiB: the peak proportional set size summed over the command and its workers (bench_scale's measure).
 
     python bench/bench_overhead.py [--before REF] [--cases default wine] [--data-dir ../shared/data]
@@ -47,7 +47,10 @@ def convert(code: Path, args: list[str], folder: Path) -> tuple[float, int, int]
         peak = 0
         while proc.poll() is None:
             peak = max(peak, sum(_pss(p) for p in _tree(proc.pid)))
-            time.sleep(0.1)
+            # a sample reads each process's smaps_rollup, ~4 ms of a core for one with torch loaded: every 0.1 s
+            # that took a fifth of a core from the convert and added about 5 s to the default's 20; the peak (the
+            # imported libraries, present for seconds) is caught as well twice a second
+            time.sleep(0.5)
     return time.perf_counter() - start, peak, proc.returncode
 
 

@@ -68,6 +68,12 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         # naming and tagging it like our own, and nesting it under `parent` when there is one
         run = mlflow.start_run(tags={**all_tags, **({MLFLOW_PARENT_RUN_ID: parent} if parent else {})})
         mlflow.set_tag("mlflow.runName", name)
+    elif parent and mlflow.active_run() is None:
+        # nested by its tag: MLflow's parent_run_id would first read the parent run back from the store to check
+        # it, a store call on each of the ~80 runs a default convert makes in its workers; the parent is a run
+        # this convert opened and holds open
+        run = mlflow.start_run(run_name=name, tags={**all_tags, MLFLOW_PARENT_RUN_ID: parent})
+        _FRESH[run.info.run_id] = Logged()
     else:
         run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
         _FRESH[run.info.run_id] = Logged()
