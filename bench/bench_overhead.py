@@ -7,7 +7,8 @@ from this checkout, each in a fresh folder with a new SQLite store. From each st
 
 - train s: their summed `cost/train_seconds`; run s: their summed run durations (end - start);
 - train/run: the share of a run spent training; overhead: the median of (duration - training) over those runs;
-- wall s: the command's wall time (with the memory sampler's small share of a core); MB, files: what the folder holds besides the stores (the artifacts);
+- wall s: the command's wall time (with the memory sampler's small share of a core); MB, files: what the folder
+  holds besides the stores (the artifacts);
 - peak MiB: the peak proportional set size summed over the command and its workers (bench_scale's measure).
 
     python bench/bench_overhead.py [--before REF] [--cases default wine] [--data-dir ../shared/data]
