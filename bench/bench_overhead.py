@@ -24,10 +24,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_scale import _pss, _tree
+from bench_scale import sampled
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"default": [],
@@ -43,16 +42,7 @@ def convert(code: Path, args: list[str], folder: Path) -> tuple[float, int, int]
     cmd = [sys.executable, "-m", "pipeline", "convert", "--quiet", "--tracking-uri",
            f"sqlite:///{folder}/mlflow.db", *args]
     with open(folder / "out.log", "w") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, sum(_pss(p) for p in _tree(proc.pid)))
-            # a sample reads each process's smaps_rollup, ~4 ms of a core for one with torch loaded: every 0.1 s
-            # that took a fifth of a core from the convert and added about 5 s to the default's 20; the peak (the
-            # imported libraries, present for seconds) is caught as well twice a second
-            time.sleep(0.5)
-    return time.perf_counter() - start, peak, proc.returncode
+        return sampled(cmd, folder, env, log)
 
 
 def training_runs(folder: Path) -> list[tuple[float, float]]:

@@ -19,6 +19,8 @@ import click
 from . import config, stop
 from .config import UserError, registered_name
 
+_OWN_PROCESS = False  # the console script's process (main), not a caller's that invokes the CLI in its own
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so open runs unwind and end KILLED like on Ctrl+C."""
@@ -288,7 +290,7 @@ def _prepare(opts: dict):
     progress.write(f"data: {cfg.data.source}, {s['rows']} rows x {s['n_features']} features"
                    + "".join(f"; {d}" for d in done if d)
                    + f"; classes {', '.join(splits[0].class_names)}; {layout}")
-    cfg = _resolve_batch(cfg, len(splits[0].train.x))
+    cfg = _resolve_width(_resolve_batch(cfg, len(splits[0].train.x)), len(splits[0].train.x))
     backend.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
 
@@ -306,9 +308,12 @@ def _prepare(opts: dict):
                                                                            splits[0].class_names))
         if conflict:
             raise UserError(conflict)
-    # what the imports and the data made lives as long as the command: no collection need walk it again (some
-    # 800,000 objects of torch, MLflow and scikit-learn), neither during the stages nor at the end (_exit_quickly)
-    gc.freeze()
+    if _OWN_PROCESS:
+        # the imports (some 800,000 objects of torch, MLflow and scikit-learn), the store and the data live as long
+        # as the command: frozen, no collection walks them again, neither during the stages nor at the end
+        # (_exit_quickly). Garbage in reference cycles not yet collected stays too (20 objects after reading
+        # diamonds); a caller that invokes the CLI in its own process (the tests) keeps its collector as it is
+        gc.freeze()
     return cfg, splits, brought
 
 
@@ -321,6 +326,19 @@ def _workers(cfg):
     from . import jobs
 
     return jobs.workers(jobs.count(cfg.train.jobs), WORKER_IMPORTS)
+
+
+def _resolve_width(cfg: config.Config, train_rows: int) -> config.Config:
+    """`model.width` auto (0) resolved once for the pipeline's own MLP (model.mlp_width), before any run opens:
+    every fold gets the same architecture (their training rows differ by one, and the rule has a cut at 500), and
+    the runs log the width they trained with as their param `model.width`. A brought model keeps 0: not used."""
+    import dataclasses
+
+    from .model import mlp_width
+
+    if cfg.model.width or cfg.user_model.spec or cfg.user_model.uri:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=mlp_width(0, train_rows)))
 
 
 def _resolve_batch(cfg: config.Config, train_rows: int) -> config.Config:
@@ -608,6 +626,9 @@ def mlproject():
 
 def main() -> None:
     import atexit
+
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
 
     # the console script owns its process: MLflow's artifact progress bars would interleave with our lines
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -80,10 +80,14 @@ def spawning() -> Iterator[None]:
 
 
 def become_worker() -> None:
-    """First thing in a process started under `spawning`: ignore Ctrl+C (the command stops its workers)."""
+    """First thing in a process started under `spawning`: ignore Ctrl+C (the command stops its workers), and
+    nest runs under the command's open runs without reading them back (tracking.parents_held)."""
+    from . import tracking
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is dropped: ignored
+    tracking.parents_held()
 
 
 # what a worker imports whatever it runs: what its first task would otherwise import on the way (torch._dynamo, to

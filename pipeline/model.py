@@ -130,14 +130,17 @@ SMALL_TABLE_ROWS = 500  # training rows below which the auto width is 64 (mlp_wi
 
 
 def mlp_width(width: int, train_rows: int) -> int:
-    """`model.width`, or for 0 (auto): 64 below 500 training rows, 256 up to 100,000, 64 above. Chosen on
-    validation (docs/benchmarks.md, "The auto width"):
+    """`model.width`, or for 0 (auto): 64 below 500 training rows, 256 up to 100,000, 64 above (the CLI resolves
+    it once, from the first split: cli._resolve_width). Chosen on validation (docs/benchmarks.md, "The auto width
+    on small tables"):
     - below 500 rows (the built-in data's folds train on 286, penguins' on about 220) 64 units tie 256: over three
-      seeds of the whole convert on both tables, the network rows' validation macro-F1 differ by +0.001 on average
-      (38 of 72 rows higher at 64), the regressor's validation RMSE is lower at 64 on both (bench_regressor.py),
-      and the store keeps a fifth of the bytes (4 MB against 22 MB a convert): among equals, the smaller;
-    - above it 256 units beat 64: on wine (champion validation macro-F1 0.800 vs 0.783, 5 folds) and diamonds
-      (0.963 vs 0.962), and friedman1's regressor at about 560 training rows (validation RMSE 1.41 vs 1.50);
+      seeds of the whole convert on both tables the network rows' validation macro-F1 differ by +0.001 on average
+      (38 of 72 rows higher at 64), the regressor's validation RMSE is within 0.6% either way, and the store keeps
+      a fifth of the bytes (4 MB against 22 MB a convert): among equals, the smaller. (256 had been chosen on one
+      selection-biased figure, the built-in data's champion validation macro-F1, 0.652 vs 0.642.)
+    - from 500 rows 256 units: clearly better on wine (champion validation macro-F1 0.800 vs 0.783, 5 folds,
+      bench_quality.py's validation column) and on friedman1's regressor at 560 training rows (validation RMSE
+      1.41 vs 1.50); a tie on diamonds (0.963 vs 0.962);
     - at 100,000 rows 256 costs about three times the time (docs/benchmarks.md), which would take a
       1,000,000-row convert far past 15 minutes, so large tables keep 64."""
     if width:

@@ -68,10 +68,10 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         # naming and tagging it like our own, and nesting it under `parent` when there is one
         run = mlflow.start_run(tags={**all_tags, **({MLFLOW_PARENT_RUN_ID: parent} if parent else {})})
         mlflow.set_tag("mlflow.runName", name)
-    elif parent and mlflow.active_run() is None:
-        # nested by its tag: MLflow's parent_run_id would first read the parent run back from the store to check
-        # it, a store call on each of the ~80 runs a default convert makes in its workers; the parent is a run
-        # this convert opened and holds open
+    elif parent and _PARENTS_HELD and mlflow.active_run() is None:
+        # a worker's run, nested by its tag: MLflow's parent_run_id would first read the parent back from the store
+        # to check it is not deleted, a store call on each of the ~80 runs of a default convert, whose parents the
+        # command opened and holds open
         run = mlflow.start_run(run_name=name, tags={**all_tags, MLFLOW_PARENT_RUN_ID: parent})
         _FRESH[run.info.run_id] = Logged()
     else:
@@ -96,6 +96,15 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
     _HEARTBEAT.release(run.info.run_id)
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     release_freed_memory()  # its arrays are garbage now, in whichever process ran it
+
+
+_PARENTS_HELD = False  # the parents this process's runs nest under are held open by the command (a worker)
+
+
+def parents_held() -> None:
+    """Say that this process is a worker of a command that holds open the runs its runs nest under (`start`)."""
+    global _PARENTS_HELD
+    _PARENTS_HELD = True
 
 
 class Logged:

@@ -64,3 +64,34 @@ def test_a_start_shared_with_a_run_without_state_says_what_to_tune_instead(exper
     run = _artifact_run(experiment)  # a run with no state/ (its baseline run garbage-collected reads the same)
     with pytest.raises(UserError, match=f"shared with run {run.info.run_id}, whose state/ is gone; .*head-swap"):
         checkpoint.run_weights(run.info.run_id)
+
+
+def _nested(experiment: str, parent: str) -> tuple[str, str]:
+    """The status and parent tag of a run that tracking.start opened under `parent`."""
+    from pipeline import tracking
+
+    with tracking.start("child", "head_swap", parent=parent) as run_id:
+        pass
+    run = mlflow.get_run(run_id)
+    return run.info.status, run.data.tags["mlflow.parentRunId"]
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["command", "worker"])
+def test_a_run_nests_under_the_parent_it_names_in_a_command_and_in_a_worker(experiment, monkeypatch, held):
+    """A worker names its parent by tag (tracking.parents_held: the command holds it open); a command lets MLflow
+    check the parent first. Either way the run ends nested under it."""
+    from pipeline import tracking
+
+    monkeypatch.setattr(tracking, "_PARENTS_HELD", held)
+    parent = _artifact_run(experiment).info.run_id
+    assert _nested(experiment, parent) == ("FINISHED", parent)
+
+
+def test_a_command_refuses_to_nest_a_run_under_a_deleted_parent(experiment):
+    """Outside a worker (`reg2cls compare --run-id` of a deleted convert) MLflow's check of the parent stays."""
+    from mlflow.exceptions import MlflowException
+
+    parent = _artifact_run(experiment).info.run_id
+    mlflow.MlflowClient().delete_run(parent)
+    with pytest.raises(MlflowException, match="deleted state"):
+        _nested(experiment, parent)

@@ -595,3 +595,28 @@ def test_a_study_keeps_apart_trials_trained_otherwise():
         assert optuna_study.study_name(tiny_config(**other), arch, "abcdef12") != name, other
     # where it runs does not change what a trial is
     assert optuna_study.study_name(tiny_config(**{"train.jobs": 2, "train.threads": 2}), arch, "abcdef12") == name
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_neither_pruner_stops_a_trial_before_prune_from(pruner):
+    """The objective asks its pruner only from study.PRUNE_FROM on (each question reads the study back from the
+    storage): that skips nothing only while both pruners answer no before it, even for the worst trial."""
+    from conftest import tiny_config
+
+    from pipeline.study import PRUNE_FROM, make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(tiny_config(**{"tune.pruner": pruner}), 30))
+    for _ in range(6):  # good trials at every epoch
+        good = study.ask()
+        for epoch in range(1, 31):
+            good.report(1.0, epoch)
+        study.tell(good, 1.0)
+    worst = study.ask()
+    answers = []
+    for epoch in range(1, 31):
+        worst.report(0.0, epoch)
+        answers.append(worst.should_prune())
+    assert not any(answers[:PRUNE_FROM - 1]), answers
+    # the median, at least, does stop it at its first chance (hyperband may put it in a bracket of its own)
+    assert answers[PRUNE_FROM - 1] or pruner == "hyperband", answers
