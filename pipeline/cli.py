@@ -290,7 +290,8 @@ def _prepare(opts: dict):
     progress.write(f"data: {cfg.data.source}, {s['rows']} rows x {s['n_features']} features"
                    + "".join(f"; {d}" for d in done if d)
                    + f"; classes {', '.join(splits[0].class_names)}; {layout}")
-    cfg = _resolve_width(_resolve_batch(cfg, len(splits[0].train.x)), len(splits[0].train.x))
+    rows = len(splits[0].train.x)
+    cfg = _resolve_width(_resolve_batch(cfg, rows), rows)
     backend.setup(opts.get("tracking_uri"))  # opens the store: a bad URI or store path stops here
     from . import stages
 

@@ -68,14 +68,13 @@ def start(name: str, stage: str, strategy: str | None = None, tags: dict[str, st
         # naming and tagging it like our own, and nesting it under `parent` when there is one
         run = mlflow.start_run(tags={**all_tags, **({MLFLOW_PARENT_RUN_ID: parent} if parent else {})})
         mlflow.set_tag("mlflow.runName", name)
-    elif parent and _PARENTS_HELD and mlflow.active_run() is None:
-        # a worker's run, nested by its tag: MLflow's parent_run_id would first read the parent back from the store
-        # to check it is not deleted, a store call on each of the ~80 runs of a default convert, whose parents the
-        # command opened and holds open
-        run = mlflow.start_run(run_name=name, tags={**all_tags, MLFLOW_PARENT_RUN_ID: parent})
-        _FRESH[run.info.run_id] = Logged()
     else:
-        run = mlflow.start_run(run_name=name, nested=True, parent_run_id=parent, tags=all_tags)
+        # a worker's run names its parent by tag: MLflow's parent_run_id would first read the parent back from the
+        # store to check it is not deleted, a store call on each of the ~80 runs of a default convert, whose parents
+        # the command opened and holds open
+        by_tag = bool(parent) and _PARENTS_HELD and mlflow.active_run() is None
+        run = mlflow.start_run(run_name=name, nested=True, parent_run_id=None if by_tag else parent,
+                               tags={**all_tags, MLFLOW_PARENT_RUN_ID: parent} if by_tag else all_tags)
         _FRESH[run.info.run_id] = Logged()
     if MLFLOW_PARENT_RUN_ID not in run.data.tags:  # a top-level run: its experiment opens as model training
         mark_experiment(run.info.experiment_id)
