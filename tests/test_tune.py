@@ -601,12 +601,9 @@ def test_a_study_keeps_apart_trials_trained_otherwise():
 def test_neither_pruner_stops_a_trial_before_prune_from(pruner):
     """The objective asks its pruner only from study.PRUNE_FROM on (each question reads the study back from the
     storage): that skips nothing only while both pruners answer no before it, even for the worst trial."""
-    from conftest import tiny_config
-
-    from pipeline.study import PRUNE_FROM, make_pruner
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(tiny_config(**{"tune.pruner": pruner}), 30))
+    first = optuna_study.PRUNE_FROM
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna_study.make_pruner(tiny_config(**{"tune.pruner": pruner}), 30))
     for _ in range(6):  # good trials at every epoch
         good = study.ask()
         for epoch in range(1, 31):
@@ -617,6 +614,6 @@ def test_neither_pruner_stops_a_trial_before_prune_from(pruner):
     for epoch in range(1, 31):
         worst.report(0.0, epoch)
         answers.append(worst.should_prune())
-    assert not any(answers[:PRUNE_FROM - 1]), answers
+    assert not any(answers[:first - 1]), answers
     # the median, at least, does stop it at its first chance (hyperband may put it in a bracket of its own)
-    assert answers[PRUNE_FROM - 1] or pruner == "hyperband", answers
+    assert answers[first - 1] or pruner == "hyperband", answers
