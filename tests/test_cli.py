@@ -1,6 +1,7 @@
 """The option table (config.OPTIONS) against what it generates: click options, config overrides, MLproject."""
 from __future__ import annotations
 
+import gc
 import re
 import shlex
 
@@ -8,7 +9,7 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, invoke, runs_of, tiny_args
 
 from pipeline import cli as cli_module
 from pipeline import config
@@ -261,8 +262,6 @@ def test_a_new_option_is_one_table_entry(monkeypatch):
 def test_the_auto_width_is_resolved_before_any_run_and_logged(experiment):
     """model.width 0 is resolved once from the first split (cli._resolve_width): every fold trains the same width,
     and the runs log it; on the tiny data (below model.SMALL_TABLE_ROWS training rows) 64."""
-    from conftest import invoke, runs_of, tiny_args
-
     assert invoke("baseline", *tiny_args(experiment, "--set", "model.width=0")).exit_code == 0
     [run] = [r for r in runs_of(experiment) if r.data.tags.get("stage") == "baseline"]
     assert run.data.params["model.width"] == "64"
@@ -271,10 +270,6 @@ def test_the_auto_width_is_resolved_before_any_run_and_logged(experiment):
 def test_the_cli_in_a_callers_process_leaves_its_collector_unfrozen(experiment):
     """Only the console script's own process freezes what its imports made (cli._prepare): a caller that invokes
     the CLI in its process (these tests) keeps its garbage collector as it was."""
-    import gc
-
-    from conftest import invoke, tiny_args
-
     frozen = gc.get_freeze_count()
     assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
     assert gc.get_freeze_count() == frozen
