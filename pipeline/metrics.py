@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 from torch import nn
 
 
@@ -58,6 +57,10 @@ def classification(c_true: np.ndarray, proba: np.ndarray, pred: np.ndarray | Non
     """accuracy, balanced_accuracy, f1_macro of the classes `pred` (the model's decision rule, decision.py;
     argmax of `proba` when not given), the same two without the rule, by argmax (`f1_macro_argmax`,
     `accuracy_argmax`), and roc_auc (one-vs-rest macro), log_loss, ece of the probabilities."""
+    # imported here: a served champion imports this module (decision.py) and never scores, and scikit-learn
+    # would add a second to every load of it (reg2cls predict, mlflow models serve, compare's clean-process check)
+    from sklearn import metrics as skm
+
     k = proba.shape[1]
     argmax = proba.argmax(axis=1)
     pred = argmax if pred is None else np.asarray(pred)
@@ -83,6 +86,8 @@ def classification(c_true: np.ndarray, proba: np.ndarray, pred: np.ndarray | Non
 
 def regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """rmse, mae, r2 in the target's own units."""
+    from sklearn import metrics as skm  # here, as in `classification`
+
     return {
         "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
         "mae": float(np.mean(np.abs(y_true - y_pred))),

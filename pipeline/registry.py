@@ -135,17 +135,21 @@ def _brought_code(model, stage: Path) -> list[str]:
     return [str(brought)] + ([str(p) for p in sorted(stage.iterdir())] if stage.is_dir() else [])
 
 
-# run in the clean process: the champion loaded from its folder and given the input example it carries
-_LOAD_AND_PREDICT = """import sys
+# run in the clean process: the champion loaded from its folder and given the input example it carries. It ends
+# with os._exit once it has passed: Python's own shutdown, tearing down torch's and MLflow's modules, takes about a
+# second, which the command would wait for (a failure raises first, and exits 1 with its traceback on stderr)
+_LOAD_AND_PREDICT = """import os
+import sys
 import mlflow.pyfunc
 import torch  # what loading any champion imports: done while it is still being chosen
 from mlflow.models import Model
 path = sys.stdin.readline().strip()
-if not path:
-    sys.exit(0)
-example = Model.load(path).load_input_example(path)
-out = mlflow.pyfunc.load_model(path).predict(example)
-assert "label" in out.columns and len(out) == len(example), "the champion returned no label for each row"
+if path:
+    example = Model.load(path).load_input_example(path)
+    out = mlflow.pyfunc.load_model(path).predict(example)
+    assert "label" in out.columns and len(out) == len(example), "the champion returned no label for each row"
+sys.stderr.flush()
+os._exit(0)
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -140,6 +141,21 @@ def test_predict_takes_raw_columns_and_handles_bad_input(converted, tmp_path):
                      "--output", str(tmp_path / "x.csv"))
         assert bad.exit_code == 1 and "is missing column(s) sqft" in bad.output
         assert len(bad.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_champion_loads_and_predicts_without_scikit_learn(converted, tmp_path):
+    """What serving imports (decision.py, its metrics) leaves scikit-learn out: it would add a second to every
+    load of the champion (`mlflow models serve`, `reg2cls predict`, compare's clean-process check)."""
+    code = ("import sys, mlflow.pyfunc\n"
+            "from mlflow.models import Model\n"
+            f"path = mlflow.artifacts.download_artifacts({converted['model']!r})\n"
+            "out = mlflow.pyfunc.load_model(path).predict(Model.load(path).load_input_example(path))\n"
+            "assert len(out) and 'label' in out.columns, out\n"
+            "assert 'sklearn' not in sys.modules, 'scikit-learn imported'")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env=process_env(converted["store"]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.mark.slow
