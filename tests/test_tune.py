@@ -617,3 +617,60 @@ def test_neither_pruner_stops_a_trial_before_prune_from(pruner):
     assert not any(answers[:first - 1]), answers
     # the median, at least, does stop it at its first chance (hyperband may put it in a bracket of its own)
     assert answers[first - 1] or pruner == "hyperband", answers
+
+
+def test_the_held_median_pruner_answers_as_optunas_own():
+    """HeldMedianPruner reads the completed trials once per trial: on a study with one worker every answer must be
+    MedianPruner's, epoch by epoch, over trials of different lengths (some never reach the epochs asked about),
+    ties and NaNs included."""
+    rng = np.random.default_rng(0)
+    held = optuna.create_study(direction="maximize", pruner=optuna_study.make_pruner(tiny_config(), 30))
+    assert isinstance(held.pruner, optuna_study.HeldMedianPruner)
+    own = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(
+        n_startup_trials=2, n_warmup_steps=optuna_study.PRUNE_FROM))
+    asked = pruned = 0
+    for _ in range(40):
+        length, level = int(rng.integers(3, 30)), float(rng.choice([0.2, 0.5, 0.5, 0.8]))
+        trials = held.ask(), own.ask()
+        for epoch in range(1, length + 1):
+            value = float("nan") if rng.random() < 0.03 else round(level + rng.normal(0, 0.05), 2)
+            for t in trials:
+                t.report(value, epoch)
+            answers = [t.should_prune() for t in trials]
+            assert answers[0] == answers[1], (epoch, answers)
+            asked += 1
+            if answers[0]:
+                pruned += 1
+                held.tell(trials[0], state=TrialState.PRUNED)
+                own.tell(trials[1], state=TrialState.PRUNED)
+                break
+        else:
+            held.tell(trials[0], level)
+            own.tell(trials[1], level)
+    assert asked > 200 and pruned >= 5, (asked, pruned)  # the comparison covered both answers, many times
+
+
+def test_the_held_median_pruner_reads_trials_completed_meanwhile_again(monkeypatch):
+    """With several workers on a study, another worker's trial may complete during this one: the pruner reads the
+    completed trials again once HEARTBEAT_S have passed (here at once), and then compares with it too."""
+    storage = optuna.storages.InMemoryStorage()
+    mine = optuna.create_study(storage=storage, direction="maximize",
+                               pruner=optuna_study.make_pruner(tiny_config(), 30))
+    theirs = optuna.load_study(study_name=mine.study_name, storage=storage)
+    for value in (1.0, 1.0):  # two good trials: pruning can start
+        good = theirs.ask()
+        for epoch in range(1, 11):
+            good.report(value, epoch)
+        theirs.tell(good, value)
+    trial = mine.ask()
+    for epoch in range(1, 8):
+        trial.report(0.0 if epoch < 7 else 0.5, epoch)
+    assert trial.should_prune()  # below the median of the two good trials (1.0)
+    for _ in range(3):  # three poor trials complete meanwhile: the median at epoch 7 falls to 0.3
+        late = theirs.ask()
+        for epoch in range(1, 11):
+            late.report(0.3, epoch)
+        theirs.tell(late, 0.3)
+    assert trial.should_prune()  # the held two still: Optuna's own pruner would now say no
+    monkeypatch.setattr(optuna_study, "HEARTBEAT_S", -1)  # as if HEARTBEAT_S had passed
+    assert not trial.should_prune()  # read again: 0.5 is above the median of the five
