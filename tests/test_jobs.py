@@ -98,6 +98,30 @@ def test_folds_run_their_baselines_and_tune_stages_in_the_workers(one_and_two):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("one_and_two", ["3 folds"], indirect=True)
+def test_folds_queue_their_strategies_and_variants_before_their_stage_runs_open(one_and_two):
+    """With workers, every fold's head-swap strategies (and then slim variants) are queued at once, so a later
+    fold's runs start while an earlier fold is still being decided; each fold's stage run adopts its own. With
+    one process, a fold's runs start inside its own stage run."""
+    def early_starts(experiment) -> list[bool]:
+        runs = runs_of(experiment)
+        out = []
+        for stage in ("head_swap", "slim"):
+            for fold in ("1", "2"):
+                [stage_run] = [r for r in runs if r.data.tags["stage"] == stage and r.data.tags.get("fold") == fold
+                               and "strategy" not in r.data.tags]
+                children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stage_run.info.run_id]
+                assert children and all(r.data.tags.get("fold") == fold for r in children)  # adopted by its fold
+                out.append(min(r.info.start_time for r in children) < stage_run.info.start_time)
+        return out
+
+    one, two = one_and_two
+    assert not any(early_starts(one))
+    assert all(early_starts(two)[2:])  # slim: every fold's single variant is taken at once by a free worker
+    assert any(early_starts(two)[:2])  # head_swap: a worker free after fold 0's threshold takes fold 1's finetune
+
+
+@pytest.mark.slow
 def test_two_jobs_give_the_same_numbers_as_one(one_and_two):
     one, two = one_and_two
     key = "val/f1_macro"

@@ -16,9 +16,9 @@ from ..surgery import Head
 from .baseline import baseline, baseline_key, new_regressor
 from .common import StageResult, log_run_inputs, say, stage_output, stands_for, warn
 from .compare import Comparison, compare
-from .head_swap import head_swap, start_early
+from .head_swap import head_swap, queue_strategies, start_early
 from .reference import fit_reference
-from .slim import slim
+from .slim import queue_variants, slim
 from .tune import tune, tune_folds
 
 
@@ -96,14 +96,18 @@ def _cross_fit(cfg: Config, splits: list[Prepared], brought, slimming: bool,
         checks.warn(found)
     tracking.set_tags(found)  # on the convert run too: the verdict repeats them first
     with tracking.start("head_swap", "head_swap", tags=folds) as head_swap_run:
-        chosen = [head_swap(cfg, data, base, force=force) for data, base in zip(splits, bases)]
+        queued = queue_strategies(cfg, splits, bases, head_swap_run, force)  # every fold's runs, in the workers
+        chosen = [head_swap(cfg, data, base, force=force, started=started)
+                  for data, base, started in zip(splits, bases, queued)]
         stands_for(chosen[0].model_run)
         say(f"head_swap: best on each fold's validation rows: {_names(chosen)}")
     stage_runs = {"baseline_run": baseline_run, "head_swap_run": head_swap_run}
     if not slimming:
         return chosen, stage_runs
     with tracking.start("slim", "slim", tags=folds) as slim_run:
-        chosen = [slim(cfg, data, source, force=force) for data, source in zip(splits, chosen)]
+        queued = queue_variants(cfg, splits, chosen, slim_run, force)  # every fold's variants, in the workers
+        chosen = [slim(cfg, data, source, force=force, started=started)
+                  for data, source, started in zip(splits, chosen, queued)]
         stands_for(chosen[0].model_run)
         say(f"slim: recommended on each fold's validation rows: {_names(chosen)}")
     return chosen, {**stage_runs, "slim_run": slim_run}

@@ -25,11 +25,10 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
               started: dict[tuple[str, int], Future] | None = None) -> StageResult:
     """One nested run per strategy, all on the same splits, converting `baseline`'s regressor; the
     output is the strategy best on validation macro-F1, by its mean over seeds (`threshold`, the bar, included),
-    as its best seed's classifier (selection.py). `started`: the
-    runs `start_early` began while the baseline trained, by (strategy, seed), which this stage adopts."""
-    sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
-                "seeds": cfg.seeds}
-    key, reuse = reusable("head_swap", sections, data.split_key, [baseline.run_id], force)
+    as its best seed's classifier (selection.py). `started`: runs begun before this stage's run opened, by
+    (strategy, seed), which it adopts: `start_early`'s (while the baseline trained) or `queue_strategies`'s
+    (cross-fitted)."""
+    key, reuse = _reusable(cfg, data, baseline, force)
     if reuse:
         say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
         return stage_output(reuse)
@@ -49,13 +48,9 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
                         tags={"stage_key": key, "baseline_run": baseline.run_id, **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
         tracking.log_params({"head.name": head.name, "head.activation": head.activation or "none"})
-        regressor_state = portable(regressor)
-        tasks = [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, run_id, baseline.run_id)
-                 for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, STRATEGY[strategy].trains)]
+        tasks = _tasks(cfg, data, portable(regressor), head, run_id, baseline.run_id)
         started = started or {}
-        # the workers take the longest runs first (STRATEGY's longest_first): one taken last leaves the others idle
-        late = sorted((t for t in tasks if (t[0], t[1].seed) not in started),
-                      key=lambda t: STRATEGY[t[0]].longest_first)
+        late = _longest_first([t for t in tasks if (t[0], t[1].seed) not in started])
         results = dict(zip([(t[0], t[1].seed) for t in late], jobs.run(_strategy_run, late)))
         for strategy, run_cfg, *_ in tasks:
             if (strategy, run_cfg.seed) in started:
@@ -76,6 +71,48 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
         raise UserError(f"{where('head_swap', data)}: no strategy gave a classifier that can be trusted (each failed, "
                         "diverged or stayed untrained; see the lines above); try other --strategies or more epochs")
     return StageResult(run_id, checkpoint.load_run_model(best_run), best_run)
+
+
+def _reusable(cfg: Config, data: Prepared, baseline: StageResult, force: bool) -> tuple[str, str | None]:
+    """The stage's reuse key on this split, and a finished run with it (reuse.reusable)."""
+    sections = {"train": asdict(cfg.train), "head_swap": asdict(cfg.head_swap), "head": cfg.user_model.head,
+                "seeds": cfg.seeds}
+    return reusable("head_swap", sections, data.split_key, [baseline.run_id], force)
+
+
+def _tasks(cfg: Config, data: Prepared, regressor_state: tuple[dict, dict], head: Head, parent: str,
+           baseline_run: str | None) -> list[tuple]:
+    """`_strategy_run`'s arguments for every strategy and seed, in the configured order."""
+    return [(strategy, dataclasses.replace(cfg, seed=seed), data, regressor_state, head, parent, baseline_run)
+            for strategy in strategies_for(cfg, data) for seed in seeds_of(cfg, STRATEGY[strategy].trains)]
+
+
+def _longest_first(tasks: list[tuple]) -> list[tuple]:
+    """The order the workers take `_tasks` in (STRATEGY's longest_first): a long run taken last leaves the others
+    idle."""
+    return sorted(tasks, key=lambda t: STRATEGY[t[0]].longest_first)
+
+
+def queue_strategies(cfg: Config, splits: list[Prepared], bases: list[StageResult], parent: str,
+                     force: bool = False) -> list[dict[tuple[str, int], Future]]:
+    """Cross-fitted, with workers: every fold's strategy runs queued at once, each fold's longest first, nested under
+    `parent` (the cross-fitted head_swap run) until that fold's `head_swap` adopts them (`started`). A fold's last
+    runs and its choice then no longer leave a worker idle before the next fold's runs start. Every fold is checked
+    (check_convertible) before any run is queued; a fold whose stage will be reused queues none. Without workers,
+    none: each fold's head_swap runs its own, one fold after the other."""
+    if jobs.pool_size() <= 1:
+        return [{} for _ in splits]
+    device = resolve_device(cfg.train.device)
+    tasks = []
+    for data, base in zip(splits, bases):
+        if _reusable(cfg, data, base, force)[1]:
+            tasks.append([])
+            continue
+        regressor = base.model.to(device)
+        head = find_head(regressor, data.n_features, cfg.user_model.head or None)
+        check_convertible(cfg, data, regressor, head)
+        tasks.append(_longest_first(_tasks(cfg, data, portable(regressor), head, parent, base.run_id)))
+    return [{(t[0], t[1].seed): jobs.submit(_strategy_run, *t) for t in fold} for fold in tasks]
 
 
 def _choose(rows: list[dict], seeds: int, data: Prepared) -> str | None:
@@ -99,9 +136,8 @@ def start_early(cfg: Config, data: Prepared, regressor: nn.Module, parent: str) 
     this process's core (which else leaves a core idle). Each run nests under `parent` (convert's run) until
     `head_swap` adopts it; its numbers are those it would have there."""
     head = find_head(regressor, data.n_features, cfg.user_model.head or None)
-    state = portable(regressor)
-    return {(s, seed): jobs.submit(_strategy_run, s, dataclasses.replace(cfg, seed=seed), data, state, head, parent)
-            for s in strategies_for(cfg, data) if STRATEGY[s].reset for seed in seeds_of(cfg)}
+    return {(t[0], t[1].seed): jobs.submit(_strategy_run, *t)
+            for t in _tasks(cfg, data, portable(regressor), head, parent, None) if STRATEGY[t[0]].reset}
 
 
 def _strategy_run(strategy: str, cfg: Config, data: Prepared, regressor_state: tuple[dict, dict], head: Head,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+from concurrent.futures import Future
 from dataclasses import asdict
 
 import torch
@@ -21,35 +22,32 @@ from .common import (StageResult, classifier_values, contained, costs, detail, f
                      stands_for, strategy_run_name, warn, where)
 
 
-def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) -> StageResult:
+def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
+         started: list[Future] | None = None) -> StageResult:
     """Physically smaller classifiers made from `source.model` (the best head-swap classifier): fewer
     hidden units (width_<keep>), fewer hidden blocks (depth_-<n>, the pipeline's MLP only), each
     fine-tuned, and with `slim.distill` also trained on the unslimmed model's soft labels. The output
-    is the recommended variant: the smallest within `slim.tolerance` validation macro-F1 of the best."""
-    sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim), "seeds": cfg.seeds}
-    key, reuse = reusable("slim", sections, data.split_key, [source.model_run], force)
+    is the recommended variant: the smallest within `slim.tolerance` validation macro-F1 of the best.
+    `started`: the variant runs `queue_variants` began (cross-fitted), one per task in `_tasks`' order, which this
+    stage adopts."""
+    key, reuse = _reusable(cfg, data, source, force)
     if reuse:
         say(f"slim: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
         return stage_output(reuse)
     device = resolve_device(cfg.train.device)
-    teacher = source.model.to(device).eval()
-    k = data.n_classes
-    head = find_head(teacher, data.n_features, recorded_head(teacher), n_out=1 if k == 2 else k)
-    variants: list[tuple[str, object]] = [(f"width_{r}", float(r)) for r in cfg.slim.keep_ratios]
-    base = architecture(teacher)["base"]
-    if cfg.slim.depth and base["kind"] == "mlp":
-        variants += [(f"depth_-{n}", n) for n in range(1, base["kwargs"]["depth"])]
+    teacher, head = _teacher(cfg, data, source, device)
     rows = [{"strategy": "unslimmed", "run_id": source.model_run, **_unslimmed_values(teacher, data, device)}]
     with tracking.start(run_name("slim", data), "slim", tags={"stage_key": key, "source_run": source.model_run,
                                                               **split_tags(data)}) as run_id:
         log_run_inputs(cfg, data)
-        teacher_state = portable(teacher)
-        tasks = [(name, amount, distilled, dataclasses.replace(cfg, seed=seed), data, teacher_state, head, run_id,
-                  source.model_run)
-                 for name, amount in variants
-                 for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,),
-                                                          seeds_of(cfg))]
-        for (name, _, distilled, run_cfg, *_), (child_id, values, flag) in zip(tasks, jobs.run(_variant_run, tasks)):
+        tasks = _tasks(cfg, data, teacher, head, run_id, source.model_run)
+        if started:
+            outcomes = [jobs.result(future) for future in started]
+            for child_id, _, _ in outcomes:
+                tracking.adopt(child_id, run_id, {})
+        else:
+            outcomes = jobs.run(_variant_run, tasks)
+        for (name, _, distilled, run_cfg, *_), (child_id, values, flag) in zip(tasks, outcomes):
             strategy = f"{name}_distill" if distilled else name
             label = f"{where('slim', data)}/{strategy}{f' seed {run_cfg.seed}' if cfg.seeds > 1 else ''}"
             if values is None:  # this model's layers could not be slimmed so: the other variants go on
@@ -71,6 +69,53 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False) 
     (say if data.fold is None else detail)(line)  # cross-fitted: convert says the choice over folds
     model = teacher if chosen["run_id"] == source.model_run else checkpoint.load_run_model(chosen["run_id"])
     return StageResult(run_id, model, chosen["run_id"])
+
+
+def _reusable(cfg: Config, data: Prepared, source: StageResult, force: bool) -> tuple[str, str | None]:
+    """The stage's reuse key on this split, and a finished run with it (reuse.reusable)."""
+    sections = {"train": asdict(cfg.train), "slim": asdict(cfg.slim), "seeds": cfg.seeds}
+    return reusable("slim", sections, data.split_key, [source.model_run], force)
+
+
+def _teacher(cfg: Config, data: Prepared, source: StageResult, device) -> tuple[nn.Module, object]:
+    """The model slimmed (`source.model`, in eval mode on `device`) and its head."""
+    teacher = source.model.to(device).eval()
+    k = data.n_classes
+    return teacher, find_head(teacher, data.n_features, recorded_head(teacher), n_out=1 if k == 2 else k)
+
+
+def _tasks(cfg: Config, data: Prepared, teacher: nn.Module, head, parent: str, source_run: str) -> list[tuple]:
+    """`_variant_run`'s arguments for every variant (width_<keep>, depth_-<n>: the pipeline's MLP only), distilled or
+    not, and seed."""
+    variants: list[tuple[str, object]] = [(f"width_{r}", float(r)) for r in cfg.slim.keep_ratios]
+    base = architecture(teacher)["base"]
+    if cfg.slim.depth and base["kind"] == "mlp":
+        variants += [(f"depth_-{n}", n) for n in range(1, base["kwargs"]["depth"])]
+    teacher_state = portable(teacher)
+    return [(name, amount, distilled, dataclasses.replace(cfg, seed=seed), data, teacher_state, head, parent,
+             source_run)
+            for name, amount in variants
+            for distilled, seed in itertools.product((False, True) if cfg.slim.distill else (False,), seeds_of(cfg))]
+
+
+def queue_variants(cfg: Config, splits: list[Prepared], sources: list[StageResult], parent: str,
+                   force: bool = False) -> list[list[Future] | None]:
+    """Cross-fitted, with workers: every fold's variant runs queued at once, nested under `parent` (the cross-fitted
+    slim run) until that fold's `slim` adopts them (`started`), so that a fold's last runs and its choice no longer
+    leave a worker idle before the next fold's runs start. A fold whose stage will be reused queues none (None);
+    without workers, none at all: each fold's slim runs its own, one fold after the other."""
+    if jobs.pool_size() <= 1:
+        return [None for _ in splits]
+    device = resolve_device(cfg.train.device)
+    queued = []
+    for data, source in zip(splits, sources):
+        if _reusable(cfg, data, source, force)[1]:
+            queued.append(None)
+            continue
+        teacher, head = _teacher(cfg, data, source, device)
+        queued.append([jobs.submit(_variant_run, *t) for t in _tasks(cfg, data, teacher, head, parent,
+                                                                     source.model_run)])
+    return queued
 
 
 def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared, teacher_state: tuple[dict, dict],
