@@ -343,6 +343,12 @@ def result(future: Future):
                         "run again, or with --jobs 1 to see the failure in this process") from None
 
 
-def run(fn: Callable, tasks: list[tuple]) -> list:
-    """fn(*task) for every task, in the pool when there is one, else here; results in the order of `tasks`."""
-    return [result(future) for future in [submit(fn, *task) for task in tasks]]
+def run(fn: Callable, tasks: list[tuple], costs: list[float] | None = None) -> list:
+    """fn(*task) for every task, in the pool when there is one, else here; results in the order of `tasks`.
+    `costs`: each task's expected cost; in the pool the costliest are submitted first (a long task taken last
+    leaves the other workers idle), here they run in the order given."""
+    order = list(range(len(tasks)))
+    if _POOL is not None and costs is not None:
+        order.sort(key=lambda i: -costs[i])
+    futures = dict(zip(order, [submit(fn, *tasks[i]) for i in order]))
+    return [result(futures[i]) for i in range(len(tasks))]

@@ -281,8 +281,10 @@ def tune_folds(cfg: Config, splits: list[Prepared], sources: list[StageResult], 
         workers = 1 if jobs.pool_size() > 1 else 0  # inside a pool worker: no processes of its own
         tasks = [(cfg, data, source.run_id, source.model_run, force, run_id, workers)
                  for data, source in zip(splits, sources)]
+        # a study's cost follows its source's training: each trial retrains it by its recipe
+        costs = [tracking.get_run(s.model_run).data.metrics.get("cost/train_seconds", 0.0) for s in sources]
         try:
-            fold_runs = [tracking.get_run(r) for r in jobs.run(_fold_tune, tasks)]
+            fold_runs = [tracking.get_run(r) for r in jobs.run(_fold_tune, tasks, costs)]
         except BaseException:  # a fold's worker that died mid-trial: its trials failed here, not left RUNNING
             _end_abandoned(studies)
             raise
