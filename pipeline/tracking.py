@@ -262,13 +262,11 @@ def current_experiment_id() -> str:
 
 
 def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
-    """Tags on `run_id`, else on the active run."""
+    """Tags on `run_id`, else on the active run: one store call either way (`log_batch`)."""
     if run_id is None:
         mlflow.set_tags(tags)
     else:
-        client = MlflowClient()
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+        _write_tags(run_id, None, {key: str(value) for key, value in tags.items()})
 
 
 def adopt(run_id: str, parent: str, tags: dict[str, str]) -> None:
@@ -381,7 +379,8 @@ def latest_parent(experiment: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------ owners: this process's heartbeat, orphans
-def _write_tags(run_id: str, uri: str, tags: dict[str, str]) -> None:
+def _write_tags(run_id: str, uri: str | None, tags: dict[str, str]) -> None:
+    """`tags` on `run_id` in the store at `uri` (None: the current one), in one call."""
     from mlflow.entities import RunTag
 
     MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
