@@ -216,11 +216,12 @@ def make_pruner(cfg: Config, epochs: int) -> optuna.pruners.BasePruner:
 
 class HeldMedianPruner(optuna.pruners.MedianPruner):
     """Optuna's MedianPruner, its rule unchanged, holding the study's completed trials it compares with: read once
-    per trial, and again once HEARTBEAT_S have passed. Optuna reads them back at every question, and the running
-    trial with every value it reported: 3 ms an epoch, for epochs that train in 4 (py-spy: 2.5 s of the default
-    convert). With one worker on a study (a convert's folds) nothing else completes a trial meanwhile, so every
-    answer is Optuna's own; with several, another worker's trial counts from at most HEARTBEAT_S after it
-    completed, as if it had completed that much later, which is a race between workers either way."""
+    per trial, and again once HEARTBEAT_S have passed. Optuna reads them back at every question (every epoch from
+    PRUNE_FROM), and with them every unfinished trial, this one and all the values it reported: 3 ms an epoch, for
+    epochs that train in 4 (py-spy: 2.5 s of the default convert). With one worker on a study (a convert's folds)
+    nothing else completes a trial meanwhile, so every answer is Optuna's own; with several, another worker's
+    trial counts from at most HEARTBEAT_S after it completed, as if it had completed that much later, which is a
+    race between workers either way."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

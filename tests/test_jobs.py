@@ -337,23 +337,18 @@ def test_workers_see_the_commands_directory_and_environment_not_the_fork_servers
         assert jobs.run(os.getcwd, [(), ()]) == [str(tmp_path / "later")] * 2
 
 
-def _started_at(seconds: float) -> float:
-    """A task for the workers: when it started; it then takes `seconds`."""
-    started = time.time()
-    time.sleep(seconds)
-    return started
-
-
 @pytest.mark.slow
 def test_the_workers_take_the_costliest_tasks_first_and_results_keep_the_tasks_order(experiment, store):
     """tune's fold studies go costliest first (jobs.run's `costs`: its source's training seconds): one taken last
     would leave the other worker idle at the stage's end."""
     from pipeline import jobs
 
+    # when the task started, then 0.3 s of work: a builtin every worker unpickles without importing this module
+    started_at = ("__import__('time').time() + (__import__('time').sleep(0.3) or 0)",)
     with jobs.workers(2):
-        started = jobs.run(_started_at, [(0.3,), (0.3,), (0.3,)], costs=[0.1, 5.0, 2.0])
+        started = jobs.run(eval, [started_at] * 3, costs=[0.1, 5.0, 2.0])
     assert started.index(max(started)) == 0  # the cheapest waited for a free worker
-    here = jobs.run(_started_at, [(0.01,), (0.01,)], costs=[1.0, 2.0])
+    here = jobs.run(eval, [started_at] * 2, costs=[1.0, 2.0])
     assert here[0] < here[1]  # without workers, in the order given
 
 

@@ -29,7 +29,7 @@ def head_swap(cfg: Config, data: Prepared, baseline: StageResult, force: bool = 
     (strategy, seed), which it adopts: `start_early`'s (while the baseline trained) or `queue_strategies`'s
     (cross-fitted)."""
     key, reuse = _reusable(cfg, data, baseline, force)
-    if reuse:
+    if reuse and not started:  # runs queued for this fold (queue_strategies found nothing to reuse) are collected
         say(f"head_swap: reusing finished run {reuse} (same config, data, baseline and code; --force re-runs)")
         return stage_output(reuse)
     device = resolve_device(cfg.train.device)

@@ -31,7 +31,7 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
     `started`: the variant runs `queue_variants` began (cross-fitted), one per task in `_tasks`' order, which this
     stage adopts."""
     key, reuse = _reusable(cfg, data, source, force)
-    if reuse:
+    if reuse and not started:  # variants queued for this fold (queue_variants found nothing to reuse) are collected
         say(f"slim: reusing finished run {reuse} (same config, data, input model and code; --force re-runs)")
         return stage_output(reuse)
     device = resolve_device(cfg.train.device)
@@ -42,9 +42,10 @@ def slim(cfg: Config, data: Prepared, source: StageResult, force: bool = False,
         log_run_inputs(cfg, data)
         tasks = _tasks(cfg, data, teacher, head, run_id, source.model_run)
         if started:
-            outcomes = [jobs.result(future) for future in started]
-            for child_id, _, _ in outcomes:
-                tracking.adopt(child_id, run_id, {})
+            outcomes = []
+            for future in started:  # each adopted as it is collected: a worker that dies leaves the rest unread
+                outcomes.append(jobs.result(future))
+                tracking.adopt(outcomes[-1][0], run_id, {})
         else:
             outcomes = jobs.run(_variant_run, tasks)
         for (name, _, distilled, run_cfg, *_), (child_id, values, flag) in zip(tasks, outcomes):
@@ -102,20 +103,20 @@ def queue_variants(cfg: Config, splits: list[Prepared], sources: list[StageResul
                    force: bool = False) -> list[list[Future] | None]:
     """Cross-fitted, with workers: every fold's variant runs queued at once, nested under `parent` (the cross-fitted
     slim run) until that fold's `slim` adopts them (`started`), so that a fold's last runs and its choice no longer
-    leave a worker idle before the next fold's runs start. A fold whose stage will be reused queues none (None);
-    without workers, none at all: each fold's slim runs its own, one fold after the other."""
+    leave a worker idle before the next fold's runs start. Every fold's variants are made before any is queued; a
+    fold whose stage will be reused queues none (None); without workers, none at all: each fold's slim runs its
+    own, one fold after the other."""
     if jobs.pool_size() <= 1:
         return [None for _ in splits]
     device = resolve_device(cfg.train.device)
-    queued = []
+    tasks = []
     for data, source in zip(splits, sources):
         if _reusable(cfg, data, source, force)[1]:
-            queued.append(None)
+            tasks.append(None)
             continue
         teacher, head = _teacher(cfg, data, source, device)
-        queued.append([jobs.submit(_variant_run, *t) for t in _tasks(cfg, data, teacher, head, parent,
-                                                                     source.model_run)])
-    return queued
+        tasks.append(_tasks(cfg, data, teacher, head, parent, source.model_run))
+    return [None if fold is None else [jobs.submit(_variant_run, *t) for t in fold] for fold in tasks]
 
 
 def _variant_run(name: str, amount, distilled: bool, cfg: Config, data: Prepared, teacher_state: tuple[dict, dict],
