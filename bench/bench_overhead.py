@@ -11,7 +11,11 @@ from this checkout, each in a fresh folder with a new SQLite store. From each st
   holds besides the stores (the artifacts);
 - peak MiB: the peak proportional set size summed over the command and its workers (bench_scale's measure).
 
-    python bench/bench_overhead.py [--before REF] [--cases default wine] [--data-dir ../shared/data]
+    python bench/bench_overhead.py [--before REF] [--cases default wine] [--data-dir ../shared/data] [--rounds N]
+
+`--rounds N` alternates before and after N times per case and then prints the median wall of each and the median
+of the pairs' after/before ratios: the machine's speed can move by half within an hour, and only pairs run side
+by side compare.
 
 REF defaults to the merge base of HEAD and main. Goals: overhead <= 0.15 s, train/run >= 0.5 on the default
 convert, default wall <= 20 s on 2 cores, default artifacts <= 5 MB, peak <= 1.2 GiB.
@@ -88,6 +92,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
                     help="the folder holding wine_white.csv (default: ../shared/data from the repository root)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate before and after this many times per case")
     args = ap.parse_args()
     if "wine" in args.cases and not (args.data_dir / "wine_white.csv").is_file():
         sys.exit(f"{args.data_dir / 'wine_white.csv'} not found; pass --data-dir")
@@ -102,10 +107,20 @@ def main() -> None:
             header = ("runs", "train s", "run s", "train/run", "overhead", "wall s", "MB", "files", "peak MiB")
             print(f"{'case':8} {'code':6} " + " ".join(f"{h:>9}" for h in header), flush=True)
             for case in args.cases:
-                for label, code in (("before", old), ("after", REPO)):
-                    row = measure(code, [a.format(data=args.data_dir.resolve()) for a in CASES[case]])
-                    print(f"{case:8} {label:6} " + " ".join(
-                        f"{row[h]:9d}" if isinstance(row[h], int) else f"{row[h]:9.2f}" for h in header), flush=True)
+                walls = {"before": [], "after": []}
+                for _ in range(args.rounds):
+                    for label, code in (("before", old), ("after", REPO)):
+                        row = measure(code, [a.format(data=args.data_dir.resolve()) for a in CASES[case]])
+                        walls[label].append(row["wall s"])
+                        print(f"{case:8} {label:6} " + " ".join(
+                            f"{row[h]:9d}" if isinstance(row[h], int) else f"{row[h]:9.2f}" for h in header),
+                            flush=True)
+                if args.rounds > 1:
+                    pairs = list(zip(walls["before"], walls["after"]))
+                    print(f"{case}: median wall before {statistics.median(walls['before']):.2f} s, after "
+                          f"{statistics.median(walls['after']):.2f} s; after/before, median of {len(pairs)} pairs "
+                          f"{statistics.median(a / b for b, a in pairs):.3f}; after faster in "
+                          f"{sum(a < b for b, a in pairs)}", flush=True)
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
 
