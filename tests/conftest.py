@@ -29,7 +29,11 @@ def store_uri(tmp_path_factory) -> str:
 
     root = tmp_path_factory.mktemp("mlflow")
     before = mlflow.get_tracking_uri()
-    backend.setup(f"sqlite:///{root}/mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:
+        # MLflow fixes a store's default artifact root (./mlruns) in the folder where this process first opens the
+        # store: here, so that experiments the tests make with mlflow.set_experiment keep theirs out of the repository
+        mp.chdir(root)
+        backend.setup(f"sqlite:///{root}/mlflow.db")
     mlflow.set_tracking_uri(before)  # each test points at it itself (use_store)
     return f"sqlite:///{root}/mlflow.db"
 
