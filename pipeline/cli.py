@@ -259,7 +259,26 @@ def boundary_error(e: Exception) -> str | None:
 def _prepare(opts: dict):
     """Config, data and the brought model, each validated before anything is written to MLflow: bad
     input leaves no run and no experiment behind. Returns (config, splits, brought model): one split, or
-    one per outer fold when cross-fitting (`--folds`); commands other than convert and compare use the first."""
+    one per outer fold when cross-fitting (`--folds`); commands other than convert and compare use the first.
+
+    In the console script's own process the garbage collector is off meanwhile, and what the imports (some
+    900,000 objects of torch, MLflow and scikit-learn), the store and the data made is then frozen: they live as
+    long as the command, so no collection walks them again, neither during the stages nor at the end
+    (_exit_quickly). Collections during the imports walked ever more of those objects: a second and a half of
+    this start-up. The garbage in reference cycles they left (about 10 MiB) stays with them. A caller that invokes
+    the CLI in its own process (the tests) keeps its collector as it is."""
+    if not _OWN_PROCESS:
+        return _read_inputs(opts)
+    gc.disable()
+    try:
+        return _read_inputs(opts)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def _read_inputs(opts: dict):
+    """`_prepare`'s work."""
     command = click.get_current_context().command.name
     cfg = resolve(command, opts)
     if command in POOLED:  # its workers' fork server imports from now on, beside this process's imports
@@ -309,12 +328,6 @@ def _prepare(opts: dict):
                                                                            splits[0].class_names))
         if conflict:
             raise UserError(conflict)
-    if _OWN_PROCESS:
-        # the imports (some 800,000 objects of torch, MLflow and scikit-learn), the store and the data live as long
-        # as the command: frozen, no collection walks them again, neither during the stages nor at the end
-        # (_exit_quickly). Garbage in reference cycles not yet collected stays too (20 objects after reading
-        # diamonds); a caller that invokes the CLI in its own process (the tests) keeps its collector as it is
-        gc.freeze()
     return cfg, splits, brought
 
 

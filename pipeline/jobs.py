@@ -95,7 +95,7 @@ def become_worker() -> None:
 # (`start_forkserver`'s `preload`): this module knows nothing of what runs above it. Imported in the fork server,
 # these pages are shared by every worker; what a worker does not need (matplotlib, MLflow's model flavors) is
 # imported neither here nor by the stages' modules.
-PRELOAD = ["torch._dynamo"]
+PRELOAD = [f"{__package__}.gc_off", "torch._dynamo"]  # gc_off first: the imports after it run uncollected
 
 
 def start_forkserver(n: int, preload: tuple[str, ...] = ()):
@@ -111,7 +111,7 @@ def start_forkserver(n: int, preload: tuple[str, ...] = ()):
 
     context = multiprocessing.get_context("forkserver")
     if n > 1:
-        context.set_forkserver_preload([*preload, *PRELOAD])
+        context.set_forkserver_preload([*PRELOAD, *preload])
         resource_tracker.ensure_running()  # not inside `spawning`: its first start unblocks SIGINT on the way out
         with spawning():  # the server, and so every worker it forks, starts with SIGINT blocked
             forkserver.ensure_running()
@@ -142,8 +142,10 @@ def _start_worker(tracking_uri: str, experiment_id: str, lock, cwd: str, environ
     import gc
 
     # the objects the fork server imported are shared with it page by page until written: out of the collector's
-    # reach, its passes no longer write to each of them and copy their pages into this worker (gc.freeze's docs)
+    # reach, its passes no longer write to each of them and copy their pages into this worker (gc.freeze's docs);
+    # the collector, off in the server while it imported (gc_off), then watches what this worker makes
     gc.freeze()
+    gc.enable()
     import mlflow
 
     from .train import use_threads

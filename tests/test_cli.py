@@ -267,6 +267,39 @@ def test_the_auto_width_is_resolved_before_any_run_and_logged(experiment):
     assert run.data.params["model.width"] == "64"
 
 
+@pytest.fixture
+def own_process(monkeypatch):
+    """The CLI as in the console script's own process (cli.main), with what it froze given back afterwards; and
+    whether the collector was on while `_prepare` read the inputs (`seen`)."""
+    seen = []
+    read_inputs = cli_module._read_inputs
+
+    def spy(opts):
+        seen.append(gc.isenabled())
+        return read_inputs(opts)
+
+    monkeypatch.setattr(cli_module, "_OWN_PROCESS", True)
+    monkeypatch.setattr(cli_module, "_read_inputs", spy)
+    yield seen
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_the_console_script_reads_its_inputs_uncollected_then_freezes_them(experiment, own_process):
+    """In its own process the command imports and reads with the collector off (collections would walk ever more of
+    torch's and MLflow's objects, over a second), then freezes what that made and turns the collector back on."""
+    frozen = gc.get_freeze_count()
+    assert invoke("baseline", *tiny_args(experiment)).exit_code == 0
+    assert own_process == [False]
+    assert gc.isenabled() and gc.get_freeze_count() > frozen
+
+
+def test_the_console_script_turns_its_collector_back_on_after_bad_input(experiment, own_process):
+    result = invoke("baseline", *tiny_args(experiment, "--set", "data.target=nope"))
+    assert result.exit_code == 1 and "nope" in result.output
+    assert own_process == [False] and gc.isenabled()
+
+
 def test_the_cli_in_a_callers_process_leaves_its_collector_unfrozen(experiment):
     """Only the console script's own process freezes what its imports made (cli._prepare): a caller that invokes
     the CLI in its process (these tests) keeps its garbage collector as it was."""

@@ -386,6 +386,26 @@ def test_workers_keep_the_fork_servers_objects_out_of_the_collectors_reach(exper
 
 
 @pytest.mark.slow
+def test_the_fork_server_imports_uncollected_and_its_workers_collect(experiment, store):
+    """Collections during the fork server's imports would walk ever more of torch's and MLflow's objects (over a
+    second the first task waits for): it imports with the collector off (gc_off, first in jobs.PRELOAD), and each
+    worker turns it back on for what it makes itself. A worker's collection counts start as the server's."""
+    import multiprocessing.forkserver
+
+    import mlflow
+
+    from pipeline import cli, jobs
+
+    mlflow.set_experiment(experiment)
+    multiprocessing.forkserver._forkserver._stop()  # a fresh server: it imports now, as a command's would
+    code = "(__import__('gc').isenabled(), __import__('gc').get_stats()[2]['collections'])"
+    with jobs.workers(2, cli.WORKER_IMPORTS):
+        states = jobs.run(eval, [(code,), (code,)])
+    assert all(enabled for enabled, _ in states)
+    assert max(full for _, full in states) <= 1  # with the collector on, the imports alone make several
+
+
+@pytest.mark.slow
 def test_the_fork_server_is_gone_when_the_command_exits(experiment, store, tmp_path):
     """Left to notice the command's exit itself, the fork server would tear down torch and MLflow for over a
     second, holding the command's stdout and stderr open: whoever reads them would wait for it."""

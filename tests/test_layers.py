@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 # lowest first; module names relative to the package ("stages" is stages/__init__.py)
 LAYERS = [
-    {"__init__", "strategies", "config", "stop", "memory", "progress"},                  # foundation
+    {"__init__", "strategies", "config", "stop", "memory", "progress", "gc_off"},        # foundation
     {"data", "model", "surgery", "train", "metrics", "stats", "decision", "checks", "selection"},  # models, numbers
     # the store, processes, outputs
     {"backend", "tracking", "checkpoint", "liveness", "jobs", "registry", "serving", "report", "study", "reuse"},
