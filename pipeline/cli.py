@@ -332,10 +332,10 @@ def _read_inputs(opts: dict):
 
 
 POOLED = ("convert", "head-swap", "slim")  # the commands that train side by side in worker processes (`_workers`)
-# what the workers' fork server imports once for all of them: where the functions they run live; scikit-learn's
-# metrics, which score every run (metrics.py imports them only where it scores, so that a served champion loads
-# without them); and MLflow's database store, which every worker logs its runs to (0.6 s each on its first run)
-WORKER_IMPORTS = (f"{__package__}.stages", "sklearn.metrics", "mlflow.store.tracking.sqlalchemy_store")
+# what the workers' fork server imports once for all of them: where the functions they run live, and MLflow's
+# database store, which every worker logs its runs to (0.6 s each on its first run). Not scikit-learn: runs are
+# scored without it (metrics.py); the one worker that fits the reference imports it then
+WORKER_IMPORTS = (f"{__package__}.stages", "mlflow.store.tracking.sqlalchemy_store")
 
 
 def _workers(cfg):

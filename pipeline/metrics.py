@@ -53,45 +53,61 @@ def f1_macro(c_true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
 
 
+def accuracy(c_true: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(pred == c_true))
+
+
+def balanced_accuracy(c_true: np.ndarray, pred: np.ndarray) -> float:
+    """The mean of the per-class recalls, over the classes present in `c_true` (scikit-learn's
+    balanced_accuracy_score)."""
+    return float(np.mean([np.mean(pred[c_true == k] == k) for k in np.unique(c_true)]))
+
+
+def roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
+    """The area under the ROC curve of `score` for the rows where `is_positive`: the chance that a positive row
+    outscores a negative one, ties counting half (Mann-Whitney U over mid-ranks: the trapezoids of scikit-learn's
+    roc_auc_score). NaN when the rows hold only one of the two."""
+    n_pos = int(is_positive.sum())
+    n_neg = len(is_positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, where, counts = np.unique(score, return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank of each distinct score, ties sharing theirs
+    return float((mid_rank[where][is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def classification(c_true: np.ndarray, proba: np.ndarray, pred: np.ndarray | None = None) -> dict[str, float]:
     """accuracy, balanced_accuracy, f1_macro of the classes `pred` (the model's decision rule, decision.py;
     argmax of `proba` when not given), the same two without the rule, by argmax (`f1_macro_argmax`,
-    `accuracy_argmax`), and roc_auc (one-vs-rest macro), log_loss, ece of the probabilities."""
-    # imported here: a served champion imports this module (decision.py) and never scores, and scikit-learn
-    # would add a second to every load of it (reg2cls predict, mlflow models serve, compare's clean-process check)
-    from sklearn import metrics as skm
-
+    `accuracy_argmax`), and roc_auc (one-vs-rest macro: NaN when a class is absent), log_loss, ece of the
+    probabilities. Computed here rather than by scikit-learn, whose import would be a second of every worker's
+    start (the fork server's imports, which the first task waits for) and of every load of a served champion;
+    tests/test_metrics.py checks each against scikit-learn's own."""
     k = proba.shape[1]
     argmax = proba.argmax(axis=1)
     pred = argmax if pred is None else np.asarray(pred)
-    out = {
-        "accuracy": float(skm.accuracy_score(c_true, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(c_true, pred)),
+    aucs = [roc_auc(c_true == j, proba[:, j]) for j in ([1] if k == 2 else range(k))]
+    return {
+        "accuracy": accuracy(c_true, pred),
+        "balanced_accuracy": balanced_accuracy(c_true, pred),
         "f1_macro": f1_macro(c_true, pred, k),
-        "accuracy_argmax": float(np.mean(argmax == c_true)),
+        "accuracy_argmax": accuracy(c_true, argmax),
         "f1_macro_argmax": f1_macro(c_true, argmax, k),
         "log_loss": log_loss(c_true, proba),
         "ece": expected_calibration_error(c_true, proba),
+        "roc_auc": float(np.mean(aucs)),  # NaN if any class's is
     }
-    try:
-        if k == 2:
-            out["roc_auc"] = float(skm.roc_auc_score(c_true, proba[:, 1]))
-        else:
-            out["roc_auc"] = float(skm.roc_auc_score(c_true, proba, multi_class="ovr", average="macro",
-                                                     labels=list(range(k))))
-    except ValueError:  # a class absent from this split: AUC undefined
-        out["roc_auc"] = float("nan")
-    return out
 
 
 def regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """rmse, mae, r2 in the target's own units."""
-    from sklearn import metrics as skm  # here, as in `classification`
-
+    """rmse, mae, r2 in the target's own units. r2 of a constant target is 1 for a perfect prediction, else 0
+    (scikit-learn's r2_score)."""
+    residual = float(np.sum((y_true - y_pred) ** 2, dtype=np.float64))
+    spread = float(np.sum((y_true - np.mean(y_true)) ** 2, dtype=np.float64))
     return {
         "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
         "mae": float(np.mean(np.abs(y_true - y_pred))),
-        "r2": float(skm.r2_score(y_true, y_pred)),
+        "r2": (1 - residual / spread) if spread > 0 else float(residual == 0),
     }
 
 

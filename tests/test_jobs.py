@@ -297,9 +297,10 @@ def test_workers_start_with_their_tasks_imports_done(experiment, store):
 
 
 @pytest.mark.slow
-def test_workers_hold_no_figures_library_and_no_mlflow_model_flavor(experiment, store):
+def test_workers_hold_no_figures_library_no_mlflow_model_flavor_and_no_scikit_learn(experiment, store):
     """A worker's memory holds what a training needs: no matplotlib (figures are drawn by the command), no
-    mlflow.pytorch (runs keep their state, not an MLflow model)."""
+    mlflow.pytorch (runs keep their state, not an MLflow model), no scikit-learn (runs are scored without it;
+    the worker that fits the reference imports it for that)."""
     import multiprocessing.forkserver
 
     import mlflow
@@ -308,7 +309,7 @@ def test_workers_hold_no_figures_library_and_no_mlflow_model_flavor(experiment, 
 
     mlflow.set_experiment(experiment)
     multiprocessing.forkserver._forkserver._stop()  # a server started by an earlier test preloaded other modules
-    code = "sorted({'matplotlib', 'mlflow.pytorch'} & set(__import__('sys').modules))"
+    code = "sorted({'matplotlib', 'mlflow.pytorch', 'sklearn'} & set(__import__('sys').modules))"
     with jobs.workers(2, cli.WORKER_IMPORTS):
         assert jobs.run(eval, [(code,), (code,)]) == [[], []]
 
