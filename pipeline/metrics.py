@@ -66,10 +66,10 @@ def balanced_accuracy(c_true: np.ndarray, pred: np.ndarray) -> float:
 def roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
     """The area under the ROC curve of `score` for the rows where `is_positive`: the chance that a positive row
     outscores a negative one, ties counting half (Mann-Whitney U over mid-ranks: the trapezoids of scikit-learn's
-    roc_auc_score). NaN when the rows hold only one of the two."""
+    roc_auc_score). NaN when the rows hold only one of the two, or a score is not finite (a diverged model's)."""
     n_pos = int(is_positive.sum())
     n_neg = len(is_positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or not np.isfinite(score).all():
         return float("nan")
     _, where, counts = np.unique(score, return_inverse=True, return_counts=True)
     mid_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank of each distinct score, ties sharing theirs

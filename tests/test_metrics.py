@@ -55,6 +55,15 @@ def test_roc_auc_is_undefined_when_a_class_is_absent():
     assert np.isnan(metrics.classification(c, proba, pred)["roc_auc"]) and np.isnan(_sklearn_auc(c, proba))
 
 
+def test_roc_auc_is_undefined_for_a_diverged_models_probabilities():
+    """scikit-learn refuses NaN scores (ValueError, which the runs logged as NaN): so does roc_auc."""
+    c, proba, pred = _predictions(0, 3)
+    proba[5] = np.nan
+    with np.errstate(invalid="ignore"):  # the calibration error's binning casts the NaN
+        ours = metrics.classification(c, proba, pred)
+    assert np.isnan(ours["roc_auc"]) and np.isnan(_sklearn_auc(c, proba))
+
+
 def test_balanced_accuracy_counts_only_the_classes_present():
     """A predicted class that no row has adds no recall (scikit-learn warns and leaves it out, too)."""
     c, pred = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
