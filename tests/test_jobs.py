@@ -407,6 +407,21 @@ def test_the_fork_server_imports_uncollected_and_its_workers_collect(experiment,
 
 
 @pytest.mark.slow
+def test_a_workers_reference_fit_runs_on_one_thread(experiment, store):
+    """The worker that fits the gradient-boosting reference imports scikit-learn itself, after its one-thread limit
+    was set: the OpenMP and BLAS pools that import brings are held to one thread too, not one per core."""
+    import mlflow
+
+    from pipeline import cli, jobs
+
+    mlflow.set_experiment(experiment)
+    code = ("(__import__('pipeline.stages.reference', fromlist=['_'])._import_estimators(), "
+            "sorted({i['num_threads'] for i in __import__('threadpoolctl').threadpool_info()}))[1]")
+    with jobs.workers(2, cli.WORKER_IMPORTS):
+        assert jobs.run(eval, [(code,)]) == [[1]]
+
+
+@pytest.mark.slow
 def test_the_fork_server_is_gone_when_the_command_exits(experiment, store, tmp_path):
     """Left to notice the command's exit itself, the fork server would tear down torch and MLflow for over a
     second, holding the command's stdout and stderr open: whoever reads them would wait for it."""

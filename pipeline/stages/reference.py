@@ -35,6 +35,7 @@ import numpy as np
 from .. import decision, metrics, tracking
 from ..config import TUNE_METRICS, Config
 from ..data import Prepared, to_classes
+from ..train import use_threads
 from .common import log_predictions
 
 # name -> (low, high, log, integer): what a trial searches; trial 0 is scikit-learn's default of each. A fit's cost
@@ -64,7 +65,19 @@ class Reference:
 
 def fit_reference(cfg: Config, splits: list[Prepared]) -> list[Reference]:
     """Both reference rows on `splits`: the classifier and the regressor cut at the class edges."""
+    _import_estimators()
     return [_fit(cfg, splits, regressor=False), _fit(cfg, splits, regressor=True)]
+
+
+def _import_estimators() -> None:
+    """scikit-learn's gradient boosting imported, and the OpenMP and BLAS pools it brings held to this process's
+    torch threads (train.use_threads: 1 in a worker, train.threads in the command). A limit reaches only the
+    libraries already loaded, and nothing had loaded these: unlimited, a worker's fit spins a thread per core
+    beside the other workers' trainings."""
+    import sklearn.ensemble  # noqa: F401
+    import torch
+
+    use_threads(torch.get_num_threads())
 
 
 def _estimator(params: dict, seed: int, regressor: bool):
