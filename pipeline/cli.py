@@ -264,9 +264,9 @@ def _prepare(opts: dict):
     In the console script's own process the garbage collector is off meanwhile, and what the imports (some
     900,000 objects of torch, MLflow and scikit-learn), the store and the data made is then frozen: they live as
     long as the command, so no collection walks them again, neither during the stages nor at the end
-    (_exit_quickly). Collections during the imports walked ever more of those objects: a second and a half of
-    this start-up. The garbage in reference cycles they left (about 10 MiB) stays with them; reading the data
-    leaves none (0 objects for diamonds, and for 300,000 synthetic rows). A caller that invokes
+    (_exit_quickly). Collections during the imports walked ever more of those objects: most of a second of this
+    start-up (bench/bench_startup.py). The garbage in reference cycles they left (about 10 MiB) stays with them;
+    reading the data leaves none (0 objects for diamonds, and for 300,000 synthetic rows). A caller that invokes
     the CLI in its own process (the tests) keeps its collector as it is."""
     if not _OWN_PROCESS:
         return _read_inputs(opts)
