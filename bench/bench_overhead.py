@@ -23,6 +23,7 @@ convert, default wall <= 20 s on 2 cores, default artifacts <= 5 MB, peak <= 1.2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -72,6 +73,23 @@ def artifacts(folder: Path) -> tuple[int, int]:
     return n_bytes, n_files
 
 
+@contextlib.contextmanager
+def checked_out(before: str | None):
+    """A temporary `git worktree` of the pre-change commit `before` (default: the merge base of HEAD and main),
+    said on the first line of the output, removed afterwards. The after side is this checkout."""
+    git = ["git", "-C", str(REPO)]
+    before = before or subprocess.check_output([*git, "merge-base", "HEAD", "main"], text=True).strip()
+    after = subprocess.check_output([*git, "rev-parse", "--short", "HEAD"], text=True).strip()
+    with tempfile.TemporaryDirectory(prefix="bench_before_") as tmp:
+        old = Path(tmp) / "code"
+        subprocess.run([*git, "worktree", "add", "--detach", str(old), before], check=True, capture_output=True)
+        try:
+            print(f"before: {before[:10]}   after: {after} (this checkout, uncommitted changes included)")
+            yield old
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
+
+
 def measure(code: Path, args: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
         folder = Path(tmp)
@@ -96,33 +114,24 @@ def main() -> None:
     args = ap.parse_args()
     if "wine" in args.cases and not (args.data_dir / "wine_white.csv").is_file():
         sys.exit(f"{args.data_dir / 'wine_white.csv'} not found; pass --data-dir")
-    git = ["git", "-C", str(REPO)]
-    before = args.before or subprocess.check_output([*git, "merge-base", "HEAD", "main"], text=True).strip()
-    after = subprocess.check_output([*git, "rev-parse", "--short", "HEAD"], text=True).strip()
-    with tempfile.TemporaryDirectory(prefix="bench_overhead_before_") as tmp:
-        old = Path(tmp) / "code"
-        subprocess.run([*git, "worktree", "add", "--detach", str(old), before], check=True, capture_output=True)
-        try:
-            print(f"before: {before[:10]}   after: {after} (this checkout, uncommitted changes included)")
-            header = ("runs", "train s", "run s", "train/run", "overhead", "wall s", "MB", "files", "peak MiB")
-            print(f"{'case':8} {'code':6} " + " ".join(f"{h:>9}" for h in header), flush=True)
-            for case in args.cases:
-                walls = {"before": [], "after": []}
-                for _ in range(args.rounds):
-                    for label, code in (("before", old), ("after", REPO)):
-                        row = measure(code, [a.format(data=args.data_dir.resolve()) for a in CASES[case]])
-                        walls[label].append(row["wall s"])
-                        print(f"{case:8} {label:6} " + " ".join(
-                            f"{row[h]:9d}" if isinstance(row[h], int) else f"{row[h]:9.2f}" for h in header),
-                            flush=True)
-                if args.rounds > 1:
-                    pairs = list(zip(walls["before"], walls["after"]))
-                    print(f"{case}: median wall before {statistics.median(walls['before']):.2f} s, after "
-                          f"{statistics.median(walls['after']):.2f} s; after/before, median of {len(pairs)} pairs "
-                          f"{statistics.median(a / b for b, a in pairs):.3f}; after faster in "
-                          f"{sum(a < b for b, a in pairs)}", flush=True)
-        finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
+    with checked_out(args.before) as old:
+        header = ("runs", "train s", "run s", "train/run", "overhead", "wall s", "MB", "files", "peak MiB")
+        print(f"{'case':8} {'code':6} " + " ".join(f"{h:>9}" for h in header), flush=True)
+        for case in args.cases:
+            walls = {"before": [], "after": []}
+            for _ in range(args.rounds):
+                for label, code in (("before", old), ("after", REPO)):
+                    row = measure(code, [a.format(data=args.data_dir.resolve()) for a in CASES[case]])
+                    walls[label].append(row["wall s"])
+                    print(f"{case:8} {label:6} " + " ".join(
+                        f"{row[h]:9d}" if isinstance(row[h], int) else f"{row[h]:9.2f}" for h in header),
+                        flush=True)
+            if args.rounds > 1:
+                pairs = list(zip(walls["before"], walls["after"]))
+                print(f"{case}: median wall before {statistics.median(walls['before']):.2f} s, after "
+                      f"{statistics.median(walls['after']):.2f} s; after/before, median of {len(pairs)} pairs "
+                      f"{statistics.median(a / b for b, a in pairs):.3f}; after faster in "
+                      f"{sum(a < b for b, a in pairs)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_overhead import REPO, checked_out
 
 # stamps `ready` and `first task` into $STAMPS; importable (the fork server imports a script's main module)
 PROBE = '''
@@ -75,27 +75,18 @@ def main() -> None:
     ap.add_argument("--before", help="the commit to compare with (default: merge base of HEAD and main)")
     ap.add_argument("--rounds", type=int, default=3, help="alternate before and after this many times")
     args = ap.parse_args()
-    git = ["git", "-C", str(REPO)]
-    before = args.before or subprocess.check_output([*git, "merge-base", "HEAD", "main"], text=True).strip()
-    after = subprocess.check_output([*git, "rev-parse", "--short", "HEAD"], text=True).strip()
     columns = ("ready", "first task", "convert run", "wall")
-    with tempfile.TemporaryDirectory(prefix="bench_startup_before_") as tmp:
-        old = Path(tmp) / "code"
-        subprocess.run([*git, "worktree", "add", "--detach", str(old), before], check=True, capture_output=True)
-        try:
-            print(f"before: {before[:10]}   after: {after} (this checkout, uncommitted changes included)")
-            print("seconds after launch; the fork server's imports held the first task for (first task - ready)")
-            print(f"{'code':6} " + " ".join(f"{c:>11}" for c in columns), flush=True)
-            rows = {"before": [], "after": []}
-            for _ in range(args.rounds):
-                for label, code in (("before", old), ("after", REPO)):
-                    rows[label].append(measure(code))
-                    print(f"{label:6} " + " ".join(f"{rows[label][-1][c]:11.2f}" for c in columns), flush=True)
-            for label, measured in rows.items():
-                print(f"{label:6} median " + ", ".join(f"{c} {statistics.median(r[c] for r in measured):.2f}"
-                                                      for c in columns))
-        finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
+    with checked_out(args.before) as old:
+        print("seconds after launch; the fork server's imports held the first task for (first task - ready)")
+        print(f"{'code':6} " + " ".join(f"{c:>11}" for c in columns), flush=True)
+        rows = {"before": [], "after": []}
+        for _ in range(args.rounds):
+            for label, code in (("before", old), ("after", REPO)):
+                rows[label].append(measure(code))
+                print(f"{label:6} " + " ".join(f"{rows[label][-1][c]:11.2f}" for c in columns), flush=True)
+        for label, measured in rows.items():
+            print(f"{label:6} median " + ", ".join(f"{c} {statistics.median(r[c] for r in measured):.2f}"
+                                                  for c in columns))
 
 
 if __name__ == "__main__":
